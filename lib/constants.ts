@@ -1,0 +1,37 @@
+/**
+ * Format constants, default options and hard limits.
+ */
+import type { CodecOptions } from './types.js';
+
+/** First 8 bytes of every container: high bit set and CR LF SUB LF catch text-mode mangling (the PNG trick). */
+export const MAGIC = Uint8Array.from([0x89, 0x45, 0x58, 0x43, 0x50, 0x0d, 0x0a, 0x1a]);
+/** Last 4 bytes of every container. */
+export const END_MAGIC = Uint8Array.from([0x50, 0x43, 0x58, 0x45]);
+/** Container format version this code writes and reads. */
+export const FORMAT_VERSION = 1;
+/** Package version, written into containers. */
+export const TOOL_VERSION = '0.1.0';
+
+/** Record types. */
+export const RECORD_CHUNK = 1;
+export const RECORD_FOOTER = 2;
+
+/** The method's defaults (paper values for alpha, beta, bits). */
+export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze({
+  alpha: 5e-5,
+  beta: 2.0,
+  bits: 4,
+  lossless: false,
+  chunkElements: 1 << 20,
+  vFill: 'mean',
+  vDomain: 'log',
+});
+
+/** Largest JSON header or footer accepted. */
+export const MAX_JSON_BYTES = 64 * 1024 * 1024;
+/** Largest chunk accepted (elements). */
+export const MAX_CHUNK_ELEMENTS = 1 << 26;
+/** Smallest chunk accepted (elements). */
+export const MIN_CHUNK_ELEMENTS = 64;
+/** Most tensors in one container. */
+export const MAX_TENSORS = 1_000_000;

@@ -1,0 +1,374 @@
+/**
+ * Static frequency tables for the range coder: histogram -> normalized
+ * frequencies summing to exactly 2^precision -> cumulative table and a
+ * slot -> symbol decode table, plus a compact serialisation.
+ *
+ * The one rule that matters (style guideline 10): a symbol that occurs gets
+ * a frequency >= 1, so it can always be coded, and a symbol that does not
+ * occur gets 0, so coding it is a typed error (ERR_IMPOSSIBLE_SYMBOL), never
+ * silent corruption. The decoder rebuilds the very same table from the
+ * stored frequencies and checks their sum.
+ *
+ * Normalization follows ryg_rans's "steal the range" idea, done optimally:
+ * start from rounded scaled counts (at least 1 for every used symbol), then
+ * fix the total one unit at a time, always taking the unit where it costs the
+ * fewest coded bits (count * log2 of the frequency ratio), using a heap.
+ * Greedy on marginal costs is exact for this separable convex problem.
+ */
+import type { ByteReader, ByteWriter } from './bytes.js';
+import { ExcpError } from './errors.js';
+
+/**
+ * Histogram of a symbol stream.
+ * @param symbols values in [0, alphabetSize)
+ * @param alphabetSize number of possible symbols
+ * @param counts optional array to add into (length >= alphabetSize)
+ * @returns counts per symbol
+ * @throws ExcpError ERR_OUT_OF_RANGE when a symbol is >= alphabetSize
+ */
+export function countSymbols(symbols: Uint8Array, alphabetSize: number, counts?: Uint32Array): Uint32Array {
+  const out = counts ?? new Uint32Array(alphabetSize);
+  if (out.length < alphabetSize) throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: counts length ${out.length} < alphabet ${alphabetSize}`);
+  // Count into a full byte histogram first so an out-of-alphabet symbol is seen, not dropped.
+  const hist = new Uint32Array(256);
+  for (let i = 0; i < symbols.length; i++) hist[symbols[i]!]!++;
+  for (let s = 0; s < 256; s++) {
+    const c = hist[s]!;
+    if (c === 0) continue;
+    if (s >= alphabetSize) throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: symbol ${s} is outside the alphabet of ${alphabetSize}`);
+    out[s] = out[s]! + c;
+  }
+  return out;
+}
+
+/** Min-heap of symbol indices keyed by a cost array (small: <= 256 entries). */
+class CostHeap {
+  readonly items: number[] = [];
+  constructor(private readonly cost: Float64Array) {}
+  push(i: number): void {
+    const a = this.items;
+    a.push(i);
+    let k = a.length - 1;
+    while (k > 0) {
+      const parent = (k - 1) >> 1;
+      if (this.cost[a[parent]!]! <= this.cost[i]!) break;
+      a[k] = a[parent]!;
+      k = parent;
+    }
+    a[k] = i;
+  }
+  pop(): number {
+    const a = this.items;
+    const top = a[0]!;
+    const last = a.pop()!;
+    if (a.length > 0) {
+      let k = 0;
+      for (;;) {
+        let child = 2 * k + 1;
+        if (child >= a.length) break;
+        if (child + 1 < a.length && this.cost[a[child + 1]!]! < this.cost[a[child]!]!) child++;
+        if (this.cost[a[child]!]! >= this.cost[last]!) break;
+        a[k] = a[child]!;
+        k = child;
+      }
+      a[k] = last;
+    }
+    return top;
+  }
+}
+
+/**
+ * Scale counts to frequencies summing to exactly 2^precisionBits.
+ * @param counts per-symbol counts (at least one > 0)
+ * @param precisionBits 0..16
+ * @returns freqs: freq > 0 exactly where count > 0, sum === 1 << precisionBits
+ * @throws ExcpError ERR_OUT_OF_RANGE when all counts are 0, or more symbols are used than 2^precisionBits
+ */
+export function normalizeFrequencies(counts: Uint32Array, precisionBits: number): Uint32Array {
+  if (!(Number.isInteger(precisionBits) && precisionBits >= 0 && precisionBits <= 16)) {
+    throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: precision ${precisionBits} bits is outside 0..16`);
+  }
+  const total = 1 << precisionBits;
+  const size = counts.length;
+  let n = 0;
+  let used = 0;
+  for (let s = 0; s < size; s++) {
+    n += counts[s]!;
+    if (counts[s]! > 0) used++;
+  }
+  if (used === 0) throw new ExcpError('ERR_OUT_OF_RANGE', 'frequency: cannot normalize an empty histogram');
+  if (used > total) throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: ${used} used symbols do not fit a total of ${total}`);
+  const freqs = new Uint32Array(size);
+  let sum = 0;
+  for (let s = 0; s < size; s++) {
+    const c = counts[s]!;
+    if (c === 0) continue;
+    const f = Math.max(1, Math.round((c * total) / n));
+    freqs[s] = f;
+    sum += f;
+  }
+  // Fix the total greedily: each step moves the unit with the smallest cost in coded bits.
+  const cost = new Float64Array(size);
+  if (sum !== total) {
+    const shrinking = sum > total;
+    const heap = new CostHeap(cost);
+    const marginal = (s: number): number => {
+      const c = counts[s]!;
+      const f = freqs[s]!;
+      // Removing a unit costs c*log2(f/(f-1)) bits; adding one "costs" -c*log2((f+1)/f).
+      return shrinking ? (f > 1 ? c * Math.log2(f / (f - 1)) : Infinity) : -c * Math.log2((f + 1) / f);
+    };
+    for (let s = 0; s < size; s++) {
+      if (counts[s]! === 0) continue;
+      cost[s] = marginal(s);
+      if (cost[s]! !== Infinity) heap.push(s);
+    }
+    while (sum !== total) {
+      const s = heap.pop();
+      freqs[s] = freqs[s]! + (shrinking ? -1 : 1);
+      sum += shrinking ? -1 : 1;
+      cost[s] = marginal(s);
+      if (cost[s]! !== Infinity) heap.push(s);
+    }
+  }
+  assertTable(counts, freqs, total);
+  return freqs;
+}
+
+function assertTable(counts: Uint32Array, freqs: Uint32Array, total: number): void {
+  let sum = 0;
+  for (let s = 0; s < freqs.length; s++) {
+    if ((counts[s]! > 0) !== (freqs[s]! > 0)) {
+      throw new ExcpError('ERR_IMPOSSIBLE_SYMBOL', `frequency: symbol ${s} has count ${counts[s]} but frequency ${freqs[s]}`);
+    }
+    sum += freqs[s]!;
+  }
+  if (sum !== total) throw new ExcpError('ERR_CORRUPT', `frequency: normalized sum ${sum} !== ${total}`);
+}
+
+/**
+ * @param freqs frequencies
+ * @returns cum with cum[s] = sum of freqs[0..s), length freqs.length + 1
+ */
+export function cumulative(freqs: Uint32Array): Uint32Array {
+  const cum = new Uint32Array(freqs.length + 1);
+  for (let s = 0; s < freqs.length; s++) cum[s + 1] = cum[s]! + freqs[s]!;
+  return cum;
+}
+
+/**
+ * Slot -> symbol lookup for decoding: table[t] is the symbol whose slice holds t.
+ * @param freqs frequencies summing to 2^precisionBits (alphabet <= 256)
+ * @param out optional destination of length >= 2^precisionBits
+ * @returns the table
+ */
+export function buildDecodeTable(freqs: Uint32Array, precisionBits: number, out?: Uint8Array): Uint8Array {
+  const total = 1 << precisionBits;
+  const table = out ?? new Uint8Array(total);
+  let slot = 0;
+  for (let s = 0; s < freqs.length; s++) {
+    const f = freqs[s]!;
+    if (slot + f > total) throw new ExcpError('ERR_CORRUPT', `frequency: table overflows ${total} at symbol ${s}`);
+    table.fill(s, slot, slot + f);
+    slot += f;
+  }
+  if (slot !== total) throw new ExcpError('ERR_CORRUPT', `frequency: table sums to ${slot}, expected ${total}`);
+  return table;
+}
+
+/*
+ * Serialised table (symbols up to the last used one; trailing zeros implied):
+ *   varint  2 * (number of trailing unused symbols) + (token width is 2 bits ? 1 : 0)
+ *   tokens  of width W = 4 or 2 bits, packed LSB first, scanning symbols in order
+ *           (M = 2^W - 1, i.e. 15 or 3):
+ *             1 .. M-1  frequency 1 .. M-1
+ *             M         frequency >= M; the value - M follows in the varint section
+ *             0, r      a run of r + 1 unused symbols (r = 0 .. M)
+ *   varints the large frequencies, in order
+ * The writer picks the narrower width when it is smaller: the rare symbols of
+ * a very skewed stream then cost a quarter of a byte each.
+ */
+
+interface TokenSink {
+  token(v: number): void;
+  big(v: number): void;
+}
+
+function emitTokens(freqs: Uint32Array, count: number, width: number, sink: TokenSink): void {
+  const max = (1 << width) - 1;
+  let s = 0;
+  while (s < count) {
+    const f = freqs[s]!;
+    if (f === 0) {
+      let run = 1;
+      while (s + run < count && freqs[s + run] === 0 && run <= max) run++;
+      sink.token(0);
+      sink.token(run - 1);
+      s += run;
+    } else {
+      if (f < max) sink.token(f);
+      else {
+        sink.token(max);
+        sink.big(f - max);
+      }
+      s++;
+    }
+  }
+}
+
+function usedLength(freqs: Uint32Array): number {
+  let count = freqs.length;
+  while (count > 0 && freqs[count - 1] === 0) count--;
+  return count;
+}
+
+function varintSize(v: number): number {
+  let size = 1;
+  while (v >= 128) {
+    v = Math.floor(v / 128);
+    size++;
+  }
+  return size;
+}
+
+function tableBytes(freqs: Uint32Array, count: number, width: number): number {
+  let tokens = 0;
+  let bigBytes = 0;
+  emitTokens(freqs, count, width, { token: () => tokens++, big: (v) => (bigBytes += varintSize(v)) });
+  return varintSize(2 * (freqs.length - count) + 1) + Math.ceil((tokens * width) / 8) + bigBytes;
+}
+
+function bestWidth(freqs: Uint32Array, count: number): { width: number; bytes: number } {
+  const wide = tableBytes(freqs, count, 4);
+  const narrow = tableBytes(freqs, count, 2);
+  return narrow < wide ? { width: 2, bytes: narrow } : { width: 4, bytes: wide };
+}
+
+/**
+ * Bytes that {@link writeFrequencies} would write, without writing.
+ * @param freqs the table
+ * @returns serialized size in bytes
+ */
+export function frequencyTableBytes(freqs: Uint32Array): number {
+  return bestWidth(freqs, usedLength(freqs)).bytes;
+}
+
+/**
+ * Serialise a normalized table compactly (format above).
+ * @param w destination
+ * @param freqs frequencies summing to 2^precisionBits
+ * @param precisionBits 0..16 (not stored: the caller knows it)
+ * @throws ExcpError ERR_INVALID_ARG when the table does not sum to 2^precisionBits
+ */
+export function writeFrequencies(w: ByteWriter, freqs: Uint32Array, precisionBits: number): void {
+  let sum = 0;
+  for (let s = 0; s < freqs.length; s++) sum += freqs[s]!;
+  if (sum !== 1 << precisionBits) throw new ExcpError('ERR_INVALID_ARG', `frequency: table sums to ${sum}, expected ${1 << precisionBits}`);
+  const count = usedLength(freqs);
+  const { width } = bestWidth(freqs, count);
+  w.varint(2 * (freqs.length - count) + (width === 2 ? 1 : 0));
+  const bigs: number[] = [];
+  let acc = 0;
+  let accBits = 0;
+  emitTokens(freqs, count, width, {
+    token: (v) => {
+      acc |= v << accBits;
+      accBits += width;
+      if (accBits === 8) {
+        w.u8(acc);
+        acc = 0;
+        accBits = 0;
+      }
+    },
+    big: (v) => bigs.push(v),
+  });
+  if (accBits > 0) w.u8(acc);
+  for (const v of bigs) w.varint(v);
+}
+
+/**
+ * Read a table written by {@link writeFrequencies}.
+ * @param r cursor, advanced past the table
+ * @param alphabetSize number of symbols
+ * @param precisionBits 0..16
+ * @returns frequencies summing to exactly 2^precisionBits, with a used last symbol
+ * @throws ExcpError ERR_CORRUPT on an inconsistent table, ERR_TRUNCATED when bytes run out
+ */
+export function readFrequencies(r: ByteReader, alphabetSize: number, precisionBits: number): Uint32Array {
+  const total = 1 << precisionBits;
+  const head = r.varint();
+  const trailing = Math.floor(head / 2);
+  const width = head % 2 === 1 ? 2 : 4;
+  const max = (1 << width) - 1;
+  if (trailing > alphabetSize) throw new ExcpError('ERR_CORRUPT', `frequency: ${trailing} trailing symbols exceed alphabet ${alphabetSize}`);
+  const count = alphabetSize - trailing;
+  const freqs = new Uint32Array(alphabetSize);
+  const bigAt: number[] = [];
+  let acc = 0;
+  let accBits = 0;
+  const token = (): number => {
+    if (accBits === 0) {
+      acc = r.u8();
+      accBits = 8;
+    }
+    const v = acc & max;
+    acc >>>= width;
+    accBits -= width;
+    return v;
+  };
+  let s = 0;
+  while (s < count) {
+    const v = token();
+    if (v === 0) {
+      const run = token() + 1;
+      if (s + run > count) throw new ExcpError('ERR_CORRUPT', `frequency: zero run of ${run} at symbol ${s} passes ${count}`);
+      s += run;
+    } else {
+      if (v === max) bigAt.push(s);
+      freqs[s++] = v;
+    }
+  }
+  for (const at of bigAt) {
+    freqs[at] = max + r.varint();
+    if (freqs[at]! > total) throw new ExcpError('ERR_CORRUPT', `frequency: symbol ${at} has frequency ${freqs[at]} > total ${total}`);
+  }
+  let sum = 0;
+  for (let k = 0; k < alphabetSize; k++) sum += freqs[k]!;
+  if (sum !== total || (count > 0 && freqs[count - 1] === 0)) {
+    throw new ExcpError('ERR_CORRUPT', `frequency: stored table sums to ${sum}, expected ${total}`);
+  }
+  return freqs;
+}
+
+/**
+ * Empirical order-0 information content: n * H(counts / n), in bits.
+ * @param counts histogram
+ * @returns bits (0 for an empty or single-symbol histogram)
+ */
+export function empiricalEntropyBits(counts: ArrayLike<number>): number {
+  let n = 0;
+  for (let s = 0; s < counts.length; s++) n += counts[s]!;
+  if (n === 0) return 0;
+  let bits = 0;
+  for (let s = 0; s < counts.length; s++) {
+    const c = counts[s]!;
+    if (c > 0) bits += c * Math.log2(n / c);
+  }
+  return bits;
+}
+
+/**
+ * Bits a static table spends on a histogram: sum of count * log2(total / freq).
+ * @returns Infinity when a used symbol has frequency 0
+ */
+export function codedBits(counts: Uint32Array, freqs: Uint32Array, precisionBits: number): number {
+  let bits = 0;
+  for (let s = 0; s < counts.length; s++) {
+    const c = counts[s]!;
+    if (c === 0) continue;
+    const f = freqs[s]!;
+    if (f === 0) return Infinity;
+    bits += c * (precisionBits - Math.log2(f));
+  }
+  return bits;
+}

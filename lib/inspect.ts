@@ -1,0 +1,144 @@
+/**
+ * inspect and verify: what a container holds, and whether it is intact.
+ */
+import { open } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import {
+  type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, TRAILER_BYTES,
+  decodeFooter, decodeHeader, decodeTrailer, readPreamble,
+} from './container.js';
+import { DTYPE_BYTES, elementCount } from './dtype.js';
+import { ExcpError } from './errors.js';
+import { readExactly } from './stream/checkpoint-file.js';
+import { restore } from './pipeline.js';
+
+/** One line of the inspect report. */
+export interface InspectTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  role: string;
+  mode: string;
+  keptPercent: number | null;
+  originalBytes: number;
+}
+
+/** An entry (parameter + moments) in the report. */
+export interface InspectEntry {
+  name: string;
+  mode: string;
+  parameters: number;
+  originalBytes: number;
+  codedBytes: number;
+  bitsPerParameter: number;
+  ratio: number;
+  keptWeightsPercent: number | null;
+  keptMomentsPercent: number | null;
+}
+
+/** The inspect report. */
+export interface InspectReport {
+  file: string;
+  tool: string;
+  options: ContainerHeader['options'];
+  containerBytes: number;
+  originalBytes: number;
+  ratio: number;
+  baseFingerprint: string | null;
+  targetFingerprint: string;
+  entries: InspectEntry[];
+}
+
+/**
+ * Read header and footer of a container file (random access).
+ * @param path container file
+ */
+export async function readContainerIndex(path: string): Promise<{ header: ContainerHeader; footer: ContainerFooter; size: number }> {
+  const handle = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
+    throw new ExcpError('ERR_IO', `${path}: cannot open (${e.code ?? e.message})`);
+  });
+  try {
+    const size = (await handle.stat()).size;
+    if (size < HEAD_FIXED_BYTES + TRAILER_BYTES) throw new ExcpError('ERR_TRUNCATED', `${path}: ${size} bytes is too short for a container`);
+    const jsonLength = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
+    if (HEAD_FIXED_BYTES + jsonLength + 4 > size) throw new ExcpError('ERR_TRUNCATED', `${path}: header runs past the end of the file`);
+    const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, jsonLength + 4));
+    const footerOffset = decodeTrailer(await readExactly(handle, size - TRAILER_BYTES, TRAILER_BYTES));
+    if (footerOffset + 5 > size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} is outside the file`);
+    const prefix = await readExactly(handle, footerOffset, 5);
+    const length = new DataView(prefix.buffer).getUint32(1, true);
+    if (prefix[0] !== 2 || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
+    const body = await readExactly(handle, footerOffset + 5, length + 4);
+    const footer = decodeFooter(body.subarray(0, length), new DataView(body.buffer).getUint32(length, true), header);
+    return { header, footer, size };
+  } catch (e) {
+    if (e instanceof ExcpError && !e.message.startsWith(path)) throw new ExcpError(e.code, `${path}: ${e.message}`);
+    throw e;
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Per-entry sizes, kept fractions and ratios.
+ * @param path container file
+ */
+export async function inspectContainer(path: string): Promise<InspectReport> {
+  const { header, footer, size } = await readContainerIndex(path);
+  let originalBytes = 0;
+  const entries = header.entries.map((e, i) => {
+    const members = [e.weight, e.expAvg, e.expAvgSq].filter((t): t is number => t !== null);
+    const bytes = members.reduce((s, t) => s + elementCount(header.tensors[t]!.shape, 'inspect') * DTYPE_BYTES[header.tensors[t]!.dtype], 0);
+    originalBytes += bytes;
+    const f = footer.entries[i]!;
+    const mode = e.kind === 'plain' ? (e.base ? 'exact (xor base)' : 'exact')
+      : e.exactWeight ? (e.exactMoments ? 'lossless' : 'keyframe') : 'residual';
+    return {
+      name: header.tensors[e.weight]!.name,
+      mode,
+      parameters: e.elements,
+      originalBytes: bytes,
+      codedBytes: f.codedBytes,
+      bitsPerParameter: e.elements ? (8 * f.codedBytes) / e.elements : 0,
+      ratio: f.codedBytes ? bytes / f.codedBytes : 0,
+      keptWeightsPercent: e.kind === 'param' && !e.exactWeight && e.elements ? (100 * f.keptWeights) / e.elements : null,
+      keptMomentsPercent: e.kind === 'param' && !e.exactMoments && e.elements ? (100 * f.keptMoments) / e.elements : null,
+    };
+  });
+  return {
+    file: path, tool: header.tool, options: header.options, containerBytes: size, originalBytes,
+    ratio: originalBytes / size, baseFingerprint: footer.baseFingerprint, targetFingerprint: footer.targetFingerprint, entries,
+  };
+}
+
+/** Text form of an inspect report. */
+export function formatInspect(r: InspectReport): string {
+  const pct = (x: number | null) => (x === null ? '-' : `${x.toFixed(2)}%`);
+  const lines = [
+    `${r.file}: ${r.tool}, alpha ${r.options.alpha}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
+    `base fingerprint ${r.baseFingerprint ?? '(none: keyframe)'}, restores to ${r.targetFingerprint}`,
+    '',
+    ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'ratio'].join('\t'),
+  ];
+  for (const e of r.entries) {
+    lines.push([e.name, e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), `${e.ratio.toFixed(1)}x`].join('\t'));
+  }
+  lines.push('', `total: ${r.originalBytes} bytes -> ${r.containerBytes} bytes, ratio ${r.ratio.toFixed(1)}x`);
+  return `${lines.join('\n')}\n`;
+}
+
+/**
+ * Check every CRC, the base, and the restored fingerprint without writing anything.
+ * @param path container file
+ * @param base base checkpoint path, when the container needs one
+ * @param threads worker threads
+ */
+export async function verifyContainer(path: string, base: string | undefined, threads?: number): Promise<{ chunks: number; base: boolean; target: string }> {
+  const { header, footer } = await readContainerIndex(path);
+  const sink = new Writable({ write(_c, _e, cb) { cb(); } });
+  await pipeline(createReadStream(path), restore({ base, threads }), sink);
+  const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
+  return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
+}

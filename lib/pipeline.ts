@@ -1,0 +1,274 @@
+/**
+ * compress / restore: the stages composed with stream.pipeline, as Duplex
+ * streams for users' pipelines, as file-to-file operations with atomic
+ * output for the CLI, and as one-shot buffer helpers built from the same
+ * stream classes.
+ */
+import { once } from 'node:events';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm, rename, stat, open, realpath } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ContainerHeader } from './container.js';
+import { ExcpError, toExcpError } from './errors.js';
+import { resolveOptions } from './options.js';
+import { planSafetensors } from './plan.js';
+import type { CodecOptions, LooseOptions } from './types.js';
+import { SafetensorsFile, SafetensorsMemory, type TensorReader } from './stream/checkpoint-file.js';
+import { ChunkDecoder, ChunkEncoder } from './stream/codec.js';
+import { ContainerReader, ContainerWriter } from './stream/container.js';
+import { ChunkSource } from './stream/source.js';
+import { SafetensorsWriter } from './stream/writer.js';
+import { defaultThreads } from './pool.js';
+
+/** Options of compress. */
+export interface CompressOptions extends LooseOptions {
+  /** Base checkpoint: a path, or the file's bytes. Absent: a keyframe. */
+  base?: string | Uint8Array | undefined;
+  /** Worker threads (default: all cores; 0 = in the calling thread). */
+  threads?: number | undefined;
+  /** Called as chunks are coded, with input bytes done and total. */
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+/** Options of restore. */
+export interface RestoreOptions {
+  base?: string | Uint8Array | undefined;
+  threads?: number | undefined;
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+async function openReader(source: string | Uint8Array): Promise<TensorReader> {
+  return typeof source === 'string' ? SafetensorsFile.open(source) : new SafetensorsMemory(source);
+}
+
+/** Plan the container for a checkpoint against an optional base. */
+export function planFor(current: TensorReader, base: TensorReader | null, options: CodecOptions): ContainerHeader {
+  return planSafetensors(current.header.tensors, current.header.raw, base ? base.byName : null, options);
+}
+
+/**
+ * The compress stages as one Readable of container bytes.
+ * @param current the checkpoint (random access)
+ * @param base the base, or null
+ * @param options validated options
+ * @param threads worker threads
+ */
+export function compressReadable(current: TensorReader, base: TensorReader | null, options: CodecOptions, threads: number,
+  onProgress?: (done: number, total: number) => void): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
+  const header = planFor(current, base, options);
+  const source = new ChunkSource(header, current, base);
+  const encoder = new ChunkEncoder(header, { threads });
+  const writer = new ContainerWriter(header);
+  if (onProgress) {
+    const total = current.header.dataLength;
+    let done = 0;
+    const sizes = header.entries.map((e) => [e.weight, e.expAvg, e.expAvgSq].filter((t) => t !== null)
+      .reduce((s, t) => s + current.byName.get(header.tensors[t!]!.name)!.end - current.byName.get(header.tensors[t!]!.name)!.begin, 0) / Math.max(1, e.elements));
+    encoder.on('data', (r: { entry: number; stats: { elements: number } }) => {
+      done += r.stats.elements * sizes[r.entry]!;
+      onProgress(done, total);
+    });
+  }
+  const out = new PassThrough();
+  const done = pipeline(source, encoder, writer, out).finally(() => encoder.close());
+  done.catch(() => undefined);
+  return { stream: out, header, done };
+}
+
+/** Copy a byte stream into a fresh temporary file; returns its path and a cleanup. */
+async function spool(source: AsyncIterable<Uint8Array>): Promise<{ path: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'excp-in-'));
+  const path = join(dir, 'input');
+  const cleanup = () => rm(dir, { recursive: true, force: true });
+  try {
+    await pipeline(Readable.from(source), createWriteStream(path));
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+  return { path, cleanup };
+}
+
+/**
+ * Compress as a Duplex: write safetensors bytes, read container bytes.
+ * The input is spooled to a temporary file first (bounded memory): the
+ * method needs a parameter and its moments together, wherever they sit.
+ * @param options method options and the base
+ * @returns a Duplex for stream.pipeline
+ */
+export function compress(options: CompressOptions = {}): Duplex {
+  const codec = resolveOptions(stripRuntime(options));
+  return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
+    const spooled = await spool(source);
+    const base = options.base !== undefined ? await openReader(options.base) : null;
+    let current: TensorReader | null = null;
+    try {
+      current = await SafetensorsFile.open(spooled.path).catch((e: unknown) => {
+        throw new ExcpError((e as ExcpError).code ?? 'ERR_IO', String((e as Error).message).replace(spooled.path, '<input>'));
+      });
+      const { stream, done } = compressReadable(current, base, codec, options.threads ?? defaultThreads(), options.onProgress);
+      for await (const chunk of stream) yield chunk as Uint8Array;
+      await done;
+    } finally {
+      await current?.close();
+      await base?.close();
+      await spooled.cleanup();
+    }
+  });
+}
+
+/**
+ * Restore as a Duplex: write container bytes, read safetensors bytes.
+ * @param options the base (when the container was made against one)
+ * @returns a Duplex for stream.pipeline
+ */
+export function restore(options: RestoreOptions = {}): Duplex {
+  return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
+    const base = options.base !== undefined ? await openReader(options.base) : null;
+    const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
+    const writer = new SafetensorsWriter();
+    const out = new PassThrough();
+    const done = pipeline(Readable.from(source), new ContainerReader(), decoder, writer, out);
+    done.catch(() => undefined);
+    try {
+      for await (const chunk of out) yield chunk as Uint8Array;
+      await done;
+    } finally {
+      await decoder.close();
+      await base?.close();
+    }
+  });
+}
+
+function stripRuntime(o: CompressOptions): LooseOptions {
+  const { base: _b, threads: _t, onProgress: _p, ...rest } = o;
+  return rest;
+}
+
+/**
+ * One-shot compress of an in-memory checkpoint.
+ * @param current safetensors bytes
+ * @param base base safetensors bytes, or undefined for a keyframe
+ * @param options method options
+ * @returns container bytes
+ */
+export async function compressBuffer(current: Uint8Array, base?: Uint8Array, options: Omit<CompressOptions, 'base'> = {}): Promise<Uint8Array> {
+  const codec = resolveOptions(stripRuntime(options));
+  const cur = new SafetensorsMemory(current, '<current>');
+  const b = base ? new SafetensorsMemory(base, '<base>') : null;
+  const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0);
+  const parts: Uint8Array[] = [];
+  for await (const c of stream) parts.push(c as Uint8Array);
+  await done;
+  return concat(parts);
+}
+
+/**
+ * One-shot restore of an in-memory container.
+ * @param container container bytes
+ * @param base base safetensors bytes, when needed
+ * @returns safetensors bytes
+ */
+export async function restoreBuffer(container: Uint8Array, base?: Uint8Array, options: Omit<RestoreOptions, 'base'> = {}): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  await pipeline(Readable.from([container]), restore({ ...options, base, threads: options.threads ?? 0 }), new Writable({
+    write(chunk: Uint8Array, _e, cb) {
+      parts.push(chunk);
+      cb();
+    },
+  }));
+  return concat(parts);
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const total = parts.reduce((s, p) => s + p.length, 0);
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** How an output file is produced. */
+export interface OutputOptions {
+  /** Overwrite an existing output. */
+  force?: boolean | undefined;
+  /** Paths that must not be overwritten (the inputs). */
+  inputs?: Array<string | undefined>;
+}
+
+/**
+ * Write a file atomically: into a temporary file beside the target, renamed
+ * over it only when the producer finished without error. On failure nothing
+ * is left behind and an existing target is untouched.
+ * @param target output path
+ * @param produce writes everything into the given stream and resolves when done
+ * @param options force, inputs
+ */
+export async function writeAtomically(target: string, produce: (out: Writable) => Promise<void>, options: OutputOptions = {}): Promise<void> {
+  await checkOutput(target, options);
+  const temp = join(dirname(target), `.${basename(target)}.excp-tmp-${process.pid}-${Date.now().toString(36)}`);
+  const handle = await open(temp, 'wx');
+  const out = createWriteStream('', { fd: handle.fd, autoClose: false });
+  try {
+    await produce(out);
+    if (!out.writableEnded) out.end();
+    if (!out.writableFinished) await once(out, 'finish');
+    await handle.sync();
+    await handle.close();
+    await rename(temp, target);
+  } catch (e) {
+    out.destroy();
+    await handle.close().catch(() => undefined);
+    await rm(temp, { force: true });
+    throw toExcpError(e, target);
+  }
+}
+
+async function checkOutput(target: string, options: OutputOptions): Promise<void> {
+  const existing = await stat(target).catch(() => null);
+  if (existing) {
+    const real = await realpath(target);
+    for (const input of options.inputs ?? []) {
+      if (!input) continue;
+      const other = await realpath(input).catch(() => null);
+      if (other === real) throw new ExcpError('ERR_SAME_FILE', `${target}: output is also an input; refusing to overwrite it`);
+    }
+    if (existing.isDirectory()) throw new ExcpError('ERR_EXISTS', `${target}: is a directory`);
+    if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
+  }
+}
+
+/** Compress a file (or stdin when input is undefined) into a writable. */
+export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<ContainerHeader> {
+  const codec = resolveOptions(stripRuntime(options));
+  let spooled: { path: string; cleanup: () => Promise<void> } | null = null;
+  const base = options.base !== undefined ? await openReader(options.base) : null;
+  let current: TensorReader | null = null;
+  try {
+    if (input === undefined) spooled = await spool(process.stdin);
+    current = await SafetensorsFile.open(spooled ? spooled.path : input!).catch((e: unknown) => {
+      if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<stdin>'));
+      throw e;
+    });
+    const { stream, header, done } = compressReadable(current, base, codec, options.threads ?? defaultThreads(), options.onProgress);
+    await pipeline(stream, out, { end: false });
+    await done;
+    return header;
+  } finally {
+    await current?.close();
+    await base?.close();
+    await spooled?.cleanup();
+  }
+}
+
+/** Restore a container file (or stdin) into a writable. */
+export async function restoreTo(input: string | undefined, out: Writable, options: RestoreOptions): Promise<void> {
+  const source = input === undefined ? process.stdin : createReadStream(input);
+  await pipeline(source, restore(options), out, { end: false });
+}

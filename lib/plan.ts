@@ -1,0 +1,97 @@
+/**
+ * Planning (pure): which tensors form a parameter entry with their Adam
+ * moments, which are coded on their own, and which use the base.
+ *
+ * Input convention (issue "codec end to end"): a parameter `NAME` with its
+ * optimizer state as `NAME.exp_avg` and `NAME.exp_avg_sq`, anywhere in the
+ * file (writers sort by dtype, then name, so they are rarely adjacent).
+ */
+import { type DType, LOSSY_DTYPES, elementCount } from './dtype.js';
+import type { ContainerHeader, FileSpec } from './container.js';
+import { TOOL_VERSION } from './constants.js';
+import type { CodecOptions, EntrySpec, Role, TensorSpec } from './types.js';
+
+/** A tensor as a plan needs it. */
+export interface PlanTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+}
+
+/**
+ * Group tensors into entries.
+ * @param tensors the checkpoint's tensors, in the order the container will list them
+ * @param base the base checkpoint's tensors by name, or null for a keyframe
+ * @param options method options
+ * @returns tensors and entries of the container header
+ */
+export function planEntries(
+  tensors: readonly PlanTensor[],
+  base: ReadonlyMap<string, PlanTensor> | null,
+  options: CodecOptions,
+): { tensors: TensorSpec[]; entries: EntrySpec[] } {
+  const index = new Map<string, number>();
+  tensors.forEach((t, i) => index.set(t.name, i));
+  const role: Role[] = tensors.map(() => 'plain');
+  const paired = new Map<number, [number, number]>();
+  tensors.forEach((t, i) => {
+    const m = index.get(`${t.name}.exp_avg`);
+    const v = index.get(`${t.name}.exp_avg_sq`);
+    if (m === undefined || v === undefined) return;
+    const mt = tensors[m]!;
+    const vt = tensors[v]!;
+    const same = sameShape(t.shape, mt.shape) && sameShape(t.shape, vt.shape) && mt.dtype === vt.dtype;
+    if (!same || !LOSSY_DTYPES.has(t.dtype) || !LOSSY_DTYPES.has(mt.dtype)) return;
+    if (role[i] !== 'plain' || role[m] !== 'plain' || role[v] !== 'plain') return;
+    role[i] = 'weight';
+    role[m] = 'exp_avg';
+    role[v] = 'exp_avg_sq';
+    paired.set(i, [m, v]);
+  });
+  const entries: EntrySpec[] = [];
+  const entryOf = new Int32Array(tensors.length).fill(-1);
+  tensors.forEach((t, i) => {
+    if (role[i] === 'exp_avg' || role[i] === 'exp_avg_sq') return;
+    const b = base?.get(t.name);
+    const hasBase = b !== undefined && b.dtype === t.dtype && sameShape(b.shape, t.shape);
+    const pair = paired.get(i);
+    const elements = elementCount(t.shape, `tensor '${t.name}'`);
+    const id = entries.length;
+    entryOf[i] = id;
+    if (pair) {
+      entryOf[pair[0]] = id;
+      entryOf[pair[1]] = id;
+      entries.push({
+        kind: 'param', weight: i, expAvg: pair[0], expAvgSq: pair[1],
+        exactWeight: options.lossless || !hasBase, exactMoments: options.lossless, base: hasBase, elements,
+      });
+    } else {
+      entries.push({ kind: 'plain', weight: i, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: hasBase, elements });
+    }
+  });
+  const specs = tensors.map((t, i) => ({ name: t.name, dtype: t.dtype, shape: t.shape.slice(), role: role[i]!, entry: entryOf[i]! }));
+  return { tensors: specs, entries };
+}
+
+/**
+ * The header of a container for one safetensors file.
+ * @param tensors tensors in file order
+ * @param rawHeader the file's exact header bytes (written back verbatim by restore)
+ * @param base base tensors by name, or null
+ * @param options method options
+ * @returns the container header
+ */
+export function planSafetensors(
+  tensors: readonly PlanTensor[],
+  rawHeader: Uint8Array,
+  base: ReadonlyMap<string, PlanTensor> | null,
+  options: CodecOptions,
+): ContainerHeader {
+  const planned = planEntries(tensors, base, options);
+  const file: FileSpec = { kind: 'safetensors', path: null, rawHeader: Buffer.from(rawHeader).toString('base64'), tensors: tensors.map((_, i) => i) };
+  return { tool: `excp ${TOOL_VERSION}`, options: { ...options }, tensors: planned.tensors, entries: planned.entries, files: [file] };
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}

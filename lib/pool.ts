@@ -1,0 +1,184 @@
+/**
+ * A small worker_threads pool for the chunk codec, and an order-preserving
+ * parallel Transform built on it.
+ *
+ * Why order matters: container records of an entry must be written in chunk
+ * order, and restore must hand chunks to the writer in the order they came.
+ * Why a bounded queue: a Transform that accepted chunks faster than the
+ * workers finish them would buffer the whole checkpoint; here the write
+ * callback is held until the queue has room, so back-pressure reaches the
+ * reader.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
+import { ExcpError, type ErrorCode } from './errors.js';
+import type { ChunkLayout, EncodedChunk, RestoredChunk } from './codec.js';
+import type { ChunkInput, CodecOptions } from './types.js';
+
+/** A request to a worker. */
+export type WorkerRequest =
+  | { id: number; kind: 'encode'; layout: ChunkLayout; input: ChunkInput; options: CodecOptions }
+  | { id: number; kind: 'decode'; layout: ChunkLayout; payload: Uint8Array; count: number; base: Uint8Array | null; what: string };
+
+/** A worker's answer. */
+export type WorkerResponse =
+  | { id: number; encoded: EncodedChunk }
+  | { id: number; decoded: RestoredChunk }
+  | { id: number; error: { code: ErrorCode; message: string } };
+
+/** Default thread count: all cores. */
+export function defaultThreads(): number {
+  return availableParallelism();
+}
+
+function workerUrl(): URL {
+  // Under tsx the sources are .ts; in the published package they are .js.
+  const self = import.meta.url;
+  return new URL(self.endsWith('.ts') ? './worker.ts' : './worker.js', self);
+}
+
+/** Fixed-size pool; tasks are spread over idle workers. */
+export class WorkerPool {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly waiting: Array<() => void> = [];
+  private readonly pending = new Map<number, { resolve: (r: WorkerResponse) => void; reject: (e: Error) => void }>();
+  private nextId = 1;
+  private closed = false;
+
+  /** @param size number of worker threads (>= 1) */
+  constructor(size: number) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(workerUrl());
+      w.on('message', (r: WorkerResponse) => {
+        const p = this.pending.get(r.id);
+        this.pending.delete(r.id);
+        this.release(w);
+        p?.resolve(r);
+      });
+      w.on('error', (e) => this.failAll(e));
+      w.unref();
+      this.workers.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  private release(w: Worker): void {
+    const next = this.waiting.shift();
+    this.idle.push(w);
+    next?.();
+  }
+
+  private failAll(e: Error): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
+
+  /**
+   * Run one request on the next idle worker.
+   * @param request without id
+   * @param transfer buffers to move to the worker
+   * @returns the response
+   */
+  async run(request: DistributiveOmit<WorkerRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerResponse> {
+    while (this.idle.length === 0) await new Promise<void>((r) => this.waiting.push(r));
+    if (this.closed) throw new ExcpError('ERR_IO', 'pool: closed');
+    const w = this.idle.pop()!;
+    const id = this.nextId++;
+    return new Promise<WorkerResponse>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      w.postMessage({ ...request, id }, [...new Set(transfer)]);
+    });
+  }
+
+  /** Stop all workers. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/**
+ * Turn a worker error answer into an ExcpError.
+ * @param r the response
+ * @returns r when it is not an error
+ */
+export function unwrap(r: WorkerResponse): WorkerResponse {
+  if ('error' in r) throw new ExcpError(r.error.code, r.error.message);
+  return r;
+}
+
+/**
+ * A Transform that runs an async function on each object with bounded
+ * concurrency and pushes results in input order.
+ */
+export class OrderedTransform<I, O> extends Transform {
+  private readonly work: (item: I) => Promise<O> | O;
+  private readonly limit: number;
+  private readonly queue: Array<Promise<O>> = [];
+  private held: TransformCallback | null = null;
+  private draining = false;
+  private failed = false;
+
+  /**
+   * @param work the function (may be synchronous)
+   * @param limit most items in flight
+   */
+  constructor(work: (item: I) => Promise<O> | O, limit: number) {
+    super({ objectMode: true, highWaterMark: 2 });
+    this.work = work;
+    this.limit = Math.max(1, limit);
+  }
+
+  override _transform(item: I, _enc: BufferEncoding, callback: TransformCallback): void {
+    let p: Promise<O>;
+    try {
+      p = Promise.resolve(this.work(item));
+    } catch (e) {
+      callback(e as Error);
+      return;
+    }
+    p.catch(() => undefined);
+    this.queue.push(p);
+    if (this.queue.length < this.limit) callback();
+    else this.held = callback;
+    void this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      while (this.queue.length > 0 && !this.failed) {
+        const value = await this.queue[0]!;
+        this.queue.shift();
+        this.push(value);
+        if (this.held && this.queue.length < this.limit) {
+          const cb = this.held;
+          this.held = null;
+          cb();
+        }
+      }
+    } catch (e) {
+      this.failed = true;
+      const cb = this.held;
+      this.held = null;
+      if (cb) cb(e as Error);
+      else this.destroy(e as Error);
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    const finish = async (): Promise<void> => {
+      while (this.draining) await new Promise((r) => setImmediate(r));
+      await this.drain();
+      while (this.draining) await new Promise((r) => setImmediate(r));
+    };
+    finish().then(() => (this.failed ? undefined : callback()), (e: unknown) => callback(e as Error));
+  }
+}

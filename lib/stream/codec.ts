@@ -1,0 +1,150 @@
+/**
+ * ChunkEncoder / ChunkDecoder: the chunk codec as object Transforms, run in
+ * process or on a worker pool (same pure functions, same bytes).
+ */
+import { type EncodedChunk, type RestoredChunk, decodeChunk, encodeChunk } from '../codec.js';
+import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container.js';
+import { DTYPE_BYTES } from '../dtype.js';
+import { ExcpError } from '../errors.js';
+import { OrderedTransform, WorkerPool, unwrap } from '../pool.js';
+import type { ChunkJob } from './source.js';
+import type { TensorReader } from './checkpoint-file.js';
+
+/** An encoded chunk with its position. */
+export interface EncodedRecord extends EncodedChunk {
+  entry: number;
+  chunk: number;
+}
+
+/** A chunk as read from a container. */
+export interface PayloadRecord {
+  entry: number;
+  chunk: number;
+  payload: Uint8Array;
+}
+
+/** A restored chunk with its position. */
+export interface RestoredRecord {
+  entry: number;
+  chunk: number;
+  restored: RestoredChunk;
+}
+
+/** Thread options shared by both directions. */
+export interface ThreadOptions {
+  /** Worker threads; 0 codes in the calling thread. */
+  threads?: number;
+}
+
+function ownBuffer(b: Uint8Array): Uint8Array {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
+}
+
+/** ChunkJob -> EncodedRecord. */
+export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
+  private readonly pool: WorkerPool | null;
+
+  /**
+   * @param header the container header (options and layouts)
+   * @param options threads
+   */
+  constructor(header: ContainerHeader, options: ThreadOptions = {}) {
+    const threads = options.threads ?? 0;
+    const pool = threads > 0 ? new WorkerPool(threads) : null;
+    super(async (job: ChunkJob): Promise<EncodedRecord> => {
+      const layout = layoutOf(header, job.entry);
+      if (!pool) return { entry: job.entry, chunk: job.chunk, ...encodeChunk(layout, job.input, header.options) };
+      const input = {
+        weight: ownBuffer(job.input.weight),
+        base: job.input.base && ownBuffer(job.input.base),
+        expAvg: job.input.expAvg && ownBuffer(job.input.expAvg),
+        expAvgSq: job.input.expAvgSq && ownBuffer(job.input.expAvgSq),
+      };
+      const transfer = [input.weight, input.base, input.expAvg, input.expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer);
+      const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options }, transfer));
+      if (!('encoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
+      return { entry: job.entry, chunk: job.chunk, ...r.encoded };
+    }, Math.max(2, threads * 2));
+    this.pool = pool;
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    void this.pool?.close();
+    callback(error);
+  }
+
+  /** Release the workers once the stream is done. */
+  async close(): Promise<void> {
+    await this.pool?.close();
+  }
+}
+
+/** Objects of the restore direction: the container's header and footer travel with the chunks, in order. */
+export type RestoreEvent =
+  | { type: 'header'; header: ContainerHeader }
+  | { type: 'footer'; footer: ContainerFooter }
+  | ({ type: 'chunk' } & PayloadRecord);
+
+/** Objects after decoding. */
+export type RestoredEvent =
+  | { type: 'header'; header: ContainerHeader }
+  | { type: 'footer'; footer: ContainerFooter }
+  | ({ type: 'chunk' } & RestoredRecord);
+
+/** RestoreEvent -> RestoredEvent, reading base bytes as needed. */
+export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> {
+  private pool: WorkerPool | null = null;
+
+  /**
+   * @param base the base checkpoint (required when an entry uses one)
+   * @param options threads
+   */
+  constructor(base: TensorReader | null, options: ThreadOptions = {}) {
+    const threads = options.threads ?? 0;
+    let header: ContainerHeader | null = null;
+    super(async (event: RestoreEvent): Promise<RestoredEvent> => {
+      if (event.type === 'header') {
+        header = event.header;
+        if (threads > 0 && !this.pool) this.pool = new WorkerPool(threads);
+        return event;
+      }
+      if (event.type === 'footer') return event;
+      if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
+      const rec = event;
+      const e = header.entries[rec.entry]!;
+      const spec = header.tensors[e.weight]!;
+      const chunkElements = header.options.chunkElements;
+      const start = rec.chunk * chunkElements;
+      const count = Math.min(e.elements - start, chunkElements);
+      const layout = layoutOf(header, rec.entry);
+      let baseBytes: Uint8Array | null = null;
+      if (e.base) {
+        if (!base) throw new ExcpError('ERR_BASE_MISSING', `restore: tensor '${spec.name}' was compressed against a base checkpoint; pass --base`);
+        const info = base.byName.get(spec.name);
+        if (!info || info.dtype !== spec.dtype || info.end - info.begin !== e.elements * DTYPE_BYTES[spec.dtype]) {
+          throw new ExcpError('ERR_BASE_MISMATCH', `restore: base ${base.path} has no tensor '${spec.name}' of dtype ${spec.dtype} and shape [${spec.shape.join(', ')}]`);
+        }
+        const eb = DTYPE_BYTES[spec.dtype];
+        baseBytes = await base.tensorBytes(info, start * eb, (start + count) * eb);
+      }
+      const pool = this.pool;
+      if (!pool) return { type: 'chunk', entry: rec.entry, chunk: rec.chunk, restored: decodeChunk(layout, rec.payload, count, baseBytes, spec.name) };
+      const payload = ownBuffer(rec.payload);
+      const transfer = [payload.buffer as ArrayBuffer];
+      if (baseBytes) transfer.push(baseBytes.buffer as ArrayBuffer);
+      const r = unwrap(await pool.run({ kind: 'decode', layout, payload, count, base: baseBytes, what: spec.name }, transfer));
+      if (!('decoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
+      return { type: 'chunk', entry: rec.entry, chunk: rec.chunk, restored: r.decoded };
+    }, Math.max(2, threads * 2));
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    void this.pool?.close();
+    callback(error);
+  }
+
+  /** Release the workers once the stream is done. */
+  async close(): Promise<void> {
+    await this.pool?.close();
+  }
+}

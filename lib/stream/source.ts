@@ -1,0 +1,85 @@
+/**
+ * ChunkSource: the checkpoint read entry by entry, chunk by chunk, with the
+ * matching base bytes, as the first object stream of compress. Reading by
+ * entry (not by file order) is what lets a parameter and its moments be
+ * pruned jointly wherever the writer put them in the file.
+ */
+import { Readable } from 'node:stream';
+import { DTYPE_BYTES } from '../dtype.js';
+import { ExcpError } from '../errors.js';
+import type { ContainerHeader } from '../container.js';
+import type { ChunkInput } from '../types.js';
+import type { TensorReader } from './checkpoint-file.js';
+
+/** One unit of work for the encoder. */
+export interface ChunkJob {
+  entry: number;
+  chunk: number;
+  input: ChunkInput;
+}
+
+/** Readable (object mode) of {@link ChunkJob}s in container order. */
+export class ChunkSource extends Readable {
+  private readonly header: ContainerHeader;
+  private readonly current: TensorReader;
+  private readonly base: TensorReader | null;
+  private entry = 0;
+  private chunk = 0;
+  private reading = false;
+
+  /**
+   * @param header the planned container header
+   * @param current the checkpoint being compressed
+   * @param base the base checkpoint, or null
+   */
+  constructor(header: ContainerHeader, current: TensorReader, base: TensorReader | null) {
+    super({ objectMode: true, highWaterMark: 2 });
+    this.header = header;
+    this.current = current;
+    this.base = base;
+  }
+
+  override _read(): void {
+    if (this.reading) return;
+    this.reading = true;
+    this.next().then(
+      (job) => {
+        this.reading = false;
+        this.push(job);
+      },
+      (err: unknown) => this.destroy(err as Error),
+    );
+  }
+
+  private async next(): Promise<ChunkJob | null> {
+    const { entries, tensors, options } = this.header;
+    while (this.entry < entries.length) {
+      const e = entries[this.entry]!;
+      const start = this.chunk * options.chunkElements;
+      if (start >= e.elements) {
+        this.entry++;
+        this.chunk = 0;
+        continue;
+      }
+      const end = Math.min(e.elements, start + options.chunkElements);
+      const read = async (tensor: number | null, file: TensorReader | null): Promise<Uint8Array | null> => {
+        if (tensor === null || file === null) return null;
+        const spec = tensors[tensor]!;
+        const info = file.byName.get(spec.name);
+        if (!info) throw new ExcpError('ERR_BAD_HEADER', `${file.path}: tensor '${spec.name}' is missing`);
+        const eb = DTYPE_BYTES[spec.dtype];
+        return file.tensorBytes(info, start * eb, end * eb);
+      };
+      const [weight, base, expAvg, expAvgSq] = await Promise.all([
+        read(e.weight, this.current),
+        e.base ? read(e.weight, this.base) : Promise.resolve(null),
+        read(e.expAvg, this.current),
+        read(e.expAvgSq, this.current),
+      ]);
+      const job: ChunkJob = { entry: this.entry, chunk: this.chunk, input: { weight: weight!, base, expAvg, expAvgSq } };
+      this.chunk++;
+      return job;
+    }
+    return null;
+  }
+}

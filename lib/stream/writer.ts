@@ -1,0 +1,150 @@
+/**
+ * SafetensorsWriter: restored chunks -> the safetensors file, byte for byte
+ * in the original tensor order, and the fingerprint check at the end.
+ *
+ * Chunks arrive entry by entry (a weight with its moments), files list
+ * tensors in their own order; what cannot be written yet waits in a
+ * SpillStore (memory, then a temporary file), so memory stays bounded.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import type { ContainerFooter, ContainerHeader } from '../container.js';
+import { DTYPE_BYTES, elementCount } from '../dtype.js';
+import { ExcpError } from '../errors.js';
+import { Hasher, fingerprintTensors, hashBytes } from '../hash.js';
+import { parseSafetensorsHeader } from '../safetensors.js';
+import type { RestoredEvent } from './codec.js';
+import { SpillStore } from './spill.js';
+
+const encoder = new TextEncoder();
+
+/**
+ * Check a stored safetensors header against the container's tensor table.
+ * @returns the raw header bytes
+ */
+export function checkedRawHeader(header: ContainerHeader, rawBase64: string, tensors: number[]): Uint8Array {
+  const raw = new Uint8Array(Buffer.from(rawBase64, 'base64'));
+  const parsed = parseSafetensorsHeader(raw);
+  const ok = parsed.tensors.length === tensors.length && parsed.tensors.every((t, i) => {
+    const spec = header.tensors[tensors[i]!];
+    return spec && spec.name === t.name && spec.dtype === t.dtype && spec.shape.length === t.shape.length && spec.shape.every((d, j) => d === t.shape[j]);
+  });
+  if (!ok) throw new ExcpError('ERR_BAD_HEADER', 'container: stored safetensors header does not match the tensor table');
+  return raw;
+}
+
+/** RestoredEvent -> safetensors bytes (one file: the container's first file). */
+export class SafetensorsWriter extends Transform {
+  private header: ContainerHeader | null = null;
+  private order: number[] = [];
+  private sizes: number[] = [];
+  private cursor = 0;
+  private cursorOffset = 0;
+  private readonly spill = new SpillStore();
+  private hashers: Hasher[] = [];
+  private footer: ContainerFooter | null = null;
+  /** Bytes of tensor data restored so far (for progress). */
+  restoredBytes = 0;
+
+  constructor() {
+    super({ writableObjectMode: true, readableObjectMode: false, writableHighWaterMark: 2 });
+  }
+
+  override _transform(event: RestoredEvent, _enc: BufferEncoding, callback: TransformCallback): void {
+    try {
+      if (event.type === 'header') this.onHeader(event.header);
+      else if (event.type === 'footer') this.footer = event.footer;
+      else this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq]);
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  private onHeader(header: ContainerHeader): void {
+    const file = header.files[0];
+    if (header.files.length !== 1 || !file || file.kind !== 'safetensors') {
+      throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds a checkpoint folder; restore it to a folder with -o DIR');
+    }
+    this.header = header;
+    const raw = checkedRawHeader(header, file.rawHeader, file.tensors);
+    this.order = file.tensors;
+    this.sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
+    this.hashers = header.tensors.map(() => new Hasher());
+    this.push(raw);
+    this.advance();
+  }
+
+  private onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[]): void {
+    const header = this.header;
+    if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
+    const e = header.entries[entry]!;
+    const members = [e.weight, e.expAvg, e.expAvgSq];
+    members.forEach((t, i) => {
+      const bytes = buffers[i];
+      if (t === null || !bytes) return;
+      const spec = header.tensors[t]!;
+      const offset = chunk * header.options.chunkElements * DTYPE_BYTES[spec.dtype];
+      this.hashers[t]!.update(encoder.encode(hashBytes(bytes)));
+      this.restoredBytes += bytes.length;
+      if (t === this.order[this.cursor] && offset === this.cursorOffset) this.emitBytes(bytes);
+      else this.spill.put(`${t}:${offset}`, bytes);
+    });
+    this.drain();
+  }
+
+  private emitBytes(bytes: Uint8Array): void {
+    this.push(bytes);
+    this.cursorOffset += bytes.length;
+    this.advance();
+  }
+
+  /** Move past finished (and empty) tensors. */
+  private advance(): void {
+    while (this.cursor < this.order.length && this.cursorOffset >= this.sizes[this.order[this.cursor]!]!) {
+      this.cursor++;
+      this.cursorOffset = 0;
+    }
+  }
+
+  private drain(): void {
+    while (this.cursor < this.order.length) {
+      const next = this.spill.take(`${this.order[this.cursor]}:${this.cursorOffset}`);
+      if (!next) return;
+      this.emitBytes(next);
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    try {
+      const header = this.header;
+      if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
+      if (this.cursor < this.order.length || this.spill.size > 0) throw new ExcpError('ERR_TRUNCATED', 'restore: the container ended before every tensor was restored');
+      if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
+      verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    } finally {
+      this.spill.dispose();
+    }
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.spill.dispose();
+    callback(error);
+  }
+}
+
+/**
+ * Compare restored tensor hashes with the footer.
+ * @throws ExcpError ERR_FINGERPRINT naming the first differing tensor
+ */
+export function verifyFingerprints(header: ContainerHeader, footer: ContainerFooter, hashes: string[]): void {
+  hashes.forEach((h, i) => {
+    if (h !== footer.tensorHashes[i]) {
+      throw new ExcpError('ERR_FINGERPRINT', `restore: tensor '${header.tensors[i]!.name}' restored to different bytes than recorded at compression`);
+    }
+  });
+  const target = fingerprintTensors(header.tensors.map((t, i) => ({ name: t.name, dtype: t.dtype, shape: t.shape, hash: hashes[i]! })));
+  if (target !== footer.targetFingerprint) throw new ExcpError('ERR_FINGERPRINT', 'restore: checkpoint fingerprint differs from the one recorded at compression');
+}

@@ -1,0 +1,574 @@
+/**
+ * The zip layer of PyTorch checkpoints (`torch.save` since 1.6): a random-
+ * access reader for STORED archives, a writer that lays entries out the way
+ * PyTorch's writer does, and a rewriter that swaps entry contents while
+ * carrying every other byte through.
+ *
+ * Format: PKWARE APPNOTE.TXT (6.3.x), sections 4.3 (records) and 4.5.3
+ * (zip64 extended information). What torch writes (caffe2/serialize/
+ * inline_container.cc on top of miniz with MZ_ZIP_FLAG_WRITE_ZIP64), checked
+ * against files torch 1.13 wrote (spec/fixtures/torch):
+ *  - every entry STORED; local header with version 0, time/date 0, flags
+ *    0x0808 (bit 3: sizes and CRC follow the data in a data descriptor;
+ *    bit 11: UTF-8 name), CRC and sizes 0; an empty entry has flags 0x0800
+ *    and no descriptor;
+ *  - local extra field: [zip64 field when size or header offset >= 2^32-1]
+ *    then an "FB" field padded with 'Z' so that the data starts on a 64-byte
+ *    boundary (torch's reader may mmap storages in place);
+ *  - data descriptor "PK\x07\x08", CRC, sizes as 4 bytes each (8 bytes each
+ *    when the local header has a zip64 field);
+ *  - central directory with version 0, no padding field; then always a zip64
+ *    end record (made by 0x031E, needs 45), its locator, and the classic end
+ *    record with counts and offsets clamped to 0xFFFF / 0xFFFFFFFF.
+ *
+ * The reader never allocates on a length it has not checked against the
+ * file size first, and works on a `readAt` callback so a multi-GB file is
+ * never held in memory: only the central directory and local headers are read.
+ */
+import { ExcpError } from './errors.js';
+import { ByteReader, ByteWriter } from './bytes.js';
+import { crc32 } from './crc32.js';
+
+/** Reads exactly `length` bytes at absolute `offset` (the caller guarantees offset + length <= size). */
+export type ReadAt = (offset: number, length: number) => Uint8Array;
+
+/** One STORED entry of an archive. All offsets are absolute file offsets. */
+export interface ZipEntry {
+  name: string;
+  /** Offset of the local file header. */
+  headerOffset: number;
+  /** Offset of the first data byte. */
+  dataOffset: number;
+  /** Data length (stored: compressed = uncompressed). */
+  size: number;
+  /** CRC-32 of the data, from the central directory. */
+  crc32: number;
+  /** General-purpose flags (bit 3: a data descriptor follows the data). */
+  flags: number;
+  /** Bytes of the data descriptor after the data (0 when none). */
+  descriptorLength: number;
+  /** Offset of this entry's central directory header. */
+  centralOffset: number;
+}
+
+/** The parsed directory of an archive. */
+export interface ZipDirectory {
+  /** Entries in central-directory order. */
+  entries: ZipEntry[];
+  centralDirectoryOffset: number;
+  centralDirectorySize: number;
+  /** File size the directory was validated against. */
+  size: number;
+}
+
+/** Limits for {@link readZipDirectory}. */
+export interface ZipReadOptions {
+  /** Largest central directory read, in bytes (default 64 MiB). */
+  maxCentralDirectoryBytes?: number;
+}
+
+const LOCAL_SIG = 0x04034b50;
+const CENTRAL_SIG = 0x02014b50;
+const END_SIG = 0x06054b50;
+const END64_SIG = 0x06064b50;
+const LOCATOR64_SIG = 0x07064b50;
+const DESCRIPTOR_SIG = 0x08074b50;
+const U32_MAX = 0xffffffff;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function bad(what: string): ExcpError {
+  return new ExcpError('ERR_BAD_ZIP', `zip: ${what}`);
+}
+
+/** Read `length` bytes at `offset` after checking they lie inside the file. */
+function readChecked(size: number, readAt: ReadAt, offset: number, length: number, what: string): Uint8Array {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+    throw new ExcpError('ERR_TRUNCATED', `zip: ${what} at ${offset} (+${length}) lies outside the file of ${size} bytes`);
+  }
+  const bytes = readAt(offset, length);
+  if (bytes.length !== length) throw new ExcpError('ERR_TRUNCATED', `zip: read of ${what} returned ${bytes.length} of ${length} bytes`);
+  return bytes;
+}
+
+/** Values of a zip64 extended-information field, present only for the 32-bit fields that hold 0xFFFFFFFF. */
+function readZip64Extra(extra: Uint8Array, want: { size: boolean; compressed: boolean; offset: boolean }, what: string): number[] {
+  const r = new ByteReader(extra, 'zip');
+  while (r.remaining >= 4) {
+    const id = r.u16();
+    const len = r.u16();
+    if (len > r.remaining) throw bad(`${what}: extra field ${id} of ${len} bytes overruns the extra data`);
+    if (id !== 1) {
+      r.offset += len;
+      continue;
+    }
+    const field = new ByteReader(r.bytesView(len), 'zip');
+    const out: number[] = [];
+    for (const present of [want.size, want.compressed, want.offset]) {
+      if (!present) continue;
+      if (field.remaining < 8) throw bad(`${what}: zip64 extra field is ${len} bytes, too short`);
+      out.push(field.u64());
+    }
+    return out;
+  }
+  if (want.size || want.compressed || want.offset) throw bad(`${what}: 32-bit field is 0xFFFFFFFF but there is no zip64 extra field`);
+  return [];
+}
+
+/** Locate the end records and return [central directory offset, size, entry count, end of CD region]. */
+function readEnd(size: number, readAt: ReadAt): [number, number, number, number] {
+  if (!Number.isSafeInteger(size) || size < 22) throw bad(`file of ${size} bytes is too small to be a zip archive`);
+  const tailLength = Math.min(size, 22 + 0xffff);
+  const tail = readChecked(size, readAt, size - tailLength, tailLength, 'end of central directory');
+  const view = new DataView(tail.buffer, tail.byteOffset, tail.byteLength);
+  let at = -1;
+  // Scan backwards; the comment length must account for every byte after the record.
+  for (let i = tailLength - 22; i >= 0; i--) {
+    if (view.getUint32(i, true) === END_SIG && i + 22 + view.getUint16(i + 20, true) === tailLength) {
+      at = i;
+      break;
+    }
+  }
+  if (at < 0) throw bad('no end of central directory record (not a zip archive, or bytes were appended)');
+  const endOffset = size - tailLength + at;
+  const r = new ByteReader(tail, 'zip', at + 4);
+  const disk = r.u16();
+  const cdDisk = r.u16();
+  let entriesOnDisk = r.u16();
+  let entries = r.u16();
+  let cdSize = r.u32();
+  let cdOffset = r.u32();
+  let cdEnd = endOffset;
+  if (disk !== 0 || cdDisk !== 0 || entriesOnDisk !== entries) throw bad('multi-disk archives are not supported');
+  // A zip64 locator sits right before the classic record; torch always writes one.
+  const locator = endOffset >= 20 ? readChecked(size, readAt, endOffset - 20, 20, 'zip64 locator') : null;
+  if (locator && new DataView(locator.buffer, locator.byteOffset, 20).getUint32(0, true) === LOCATOR64_SIG) {
+    const loc = new ByteReader(locator, 'zip', 4);
+    const locDisk = loc.u32();
+    const end64 = loc.u64();
+    const disks = loc.u32();
+    if (locDisk !== 0 || disks > 1) throw bad('multi-disk zip64 archives are not supported');
+    if (end64 + 56 > endOffset - 20) throw bad(`zip64 end record offset ${end64} is past the locator at ${endOffset - 20}`);
+    const e = new ByteReader(readChecked(size, readAt, end64, 56, 'zip64 end record'), 'zip');
+    if (e.u32() !== END64_SIG) throw bad(`no zip64 end record at ${end64}`);
+    e.offset += 8 + 2 + 2; // record size, made by, needed
+    if (e.u32() !== 0 || e.u32() !== 0) throw bad('multi-disk zip64 archives are not supported');
+    entriesOnDisk = e.u64();
+    entries = e.u64();
+    cdSize = e.u64();
+    cdOffset = e.u64();
+    if (entriesOnDisk !== entries) throw bad('multi-disk zip64 archives are not supported');
+    cdEnd = end64;
+  } else if (entries === 0xffff || cdSize === U32_MAX || cdOffset === U32_MAX) {
+    throw bad('end record needs zip64 values but there is no zip64 locator');
+  }
+  if (cdOffset + cdSize > cdEnd) throw bad(`central directory ${cdOffset} + ${cdSize} runs past its end record at ${cdEnd}`);
+  if (entries * 46 > cdSize) throw bad(`${entries} entries cannot fit in a central directory of ${cdSize} bytes`);
+  return [cdOffset, cdSize, entries, cdEnd];
+}
+
+/**
+ * Read and validate the directory of a STORED zip archive.
+ *
+ * Checks: end records (classic and zip64), every central header, every local
+ * header (signature, name equal to the central one, method), data
+ * descriptors (CRC and sizes equal to the central ones), no two entries
+ * overlapping, no entry reaching into the central directory, no duplicate
+ * names. Compressed, encrypted and multi-disk archives are refused.
+ * @param size total file size in bytes
+ * @param readAt random-access reader
+ * @returns the entries, with absolute data offsets for streaming reads
+ * @throws ExcpError ERR_BAD_ZIP, ERR_TRUNCATED, ERR_SHAPE
+ */
+export function readZipDirectory(size: number, readAt: ReadAt, options: ZipReadOptions = {}): ZipDirectory {
+  const maxCd = options.maxCentralDirectoryBytes ?? 64 * 1024 * 1024;
+  const [cdOffset, cdSize, count] = readEnd(size, readAt);
+  if (cdSize > maxCd) throw bad(`central directory of ${cdSize} bytes exceeds the limit of ${maxCd}`);
+  const cd = new ByteReader(readChecked(size, readAt, cdOffset, cdSize, 'central directory'), 'zip');
+  const entries: ZipEntry[] = [];
+  const names = new Set<string>();
+  for (let i = 0; i < count; i++) {
+    const centralOffset = cdOffset + cd.offset;
+    if (cd.u32() !== CENTRAL_SIG) throw bad(`entry ${i}: no central header signature at ${centralOffset}`);
+    cd.offset += 4; // made by, needed
+    const flags = cd.u16();
+    const method = cd.u16();
+    cd.offset += 4; // time, date
+    const crc = cd.u32();
+    const compressed32 = cd.u32();
+    const size32 = cd.u32();
+    const nameLength = cd.u16();
+    const extraLength = cd.u16();
+    const commentLength = cd.u16();
+    const disk = cd.u16();
+    cd.offset += 6; // internal, external attributes
+    const header32 = cd.u32();
+    const nameBytes = cd.bytesView(nameLength);
+    const extra = cd.bytesView(extraLength);
+    cd.offset += commentLength;
+    cd.need(0);
+    let name: string;
+    try {
+      name = utf8.decode(nameBytes);
+    } catch {
+      throw bad(`entry ${i}: name is not valid UTF-8`);
+    }
+    if (name.length === 0 || name.includes('\0')) throw bad(`entry ${i}: empty or NUL-containing name`);
+    if (names.has(name)) throw bad(`duplicate entry name ${JSON.stringify(name)}`);
+    names.add(name);
+    if (flags & 0x41) throw bad(`${name}: encrypted entries are not supported`);
+    if (method === 8) throw bad(`${name}: deflate-compressed entries are not supported (torch.save writes STORED entries)`);
+    if (method !== 0) throw bad(`${name}: compression method ${method} is not supported`);
+    if (disk !== 0 && disk !== 0xffff) throw bad(`${name}: multi-disk archives are not supported`);
+    const z64 = readZip64Extra(extra, { size: size32 === U32_MAX, compressed: compressed32 === U32_MAX, offset: header32 === U32_MAX }, name);
+    let k = 0;
+    const entrySize = size32 === U32_MAX ? z64[k++]! : size32;
+    const compressed = compressed32 === U32_MAX ? z64[k++]! : compressed32;
+    const headerOffset = header32 === U32_MAX ? z64[k++]! : header32;
+    if (compressed !== entrySize) throw bad(`${name}: stored entry has compressed size ${compressed} != size ${entrySize}`);
+    // Local header: fixed part, then its own name and extra lengths.
+    const local = new ByteReader(readChecked(size, readAt, headerOffset, 30, `${name} local header`), 'zip');
+    if (local.u32() !== LOCAL_SIG) throw bad(`${name}: no local header signature at ${headerOffset}`);
+    local.offset += 4;
+    const localMethod = local.u16();
+    local.offset += 16;
+    const localNameLength = local.u16();
+    const localExtraLength = local.u16();
+    if (localMethod !== method) throw bad(`${name}: local method ${localMethod} differs from central ${method}`);
+    const localName = readChecked(size, readAt, headerOffset + 30, localNameLength, `${name} local name`);
+    if (localNameLength !== nameLength || !localName.every((b, j) => b === nameBytes[j])) {
+      throw bad(`${name}: local header name differs from the central directory`);
+    }
+    const dataOffset = headerOffset + 30 + localNameLength + localExtraLength;
+    if (dataOffset + entrySize > cdOffset) throw bad(`${name}: data ${dataOffset} + ${entrySize} runs into the central directory at ${cdOffset}`);
+    let descriptorLength = 0;
+    if (flags & 8) {
+      // Descriptor: optional signature, CRC, then 4- or 8-byte sizes (8 when the local header has a zip64 field).
+      const localExtra = readChecked(size, readAt, headerOffset + 30 + localNameLength, localExtraLength, `${name} local extra`);
+      const wide = hasZip64Field(localExtra);
+      const room = Math.min(24, cdOffset - dataOffset - entrySize);
+      const d = new ByteReader(readChecked(size, readAt, dataOffset + entrySize, room, `${name} data descriptor`), 'zip');
+      const signed = d.remaining >= 4 && d.view.getUint32(0, true) === DESCRIPTOR_SIG;
+      if (signed) d.offset += 4;
+      const dCrc = d.u32();
+      const dCompressed = wide ? d.u64() : d.u32();
+      const dSize = wide ? d.u64() : d.u32();
+      if (dCrc !== crc || dCompressed !== compressed || dSize !== entrySize) {
+        throw bad(`${name}: data descriptor (crc ${dCrc}, size ${dSize}) differs from the central directory (crc ${crc}, size ${entrySize})`);
+      }
+      descriptorLength = d.offset;
+    }
+    entries.push({ name, headerOffset, dataOffset, size: entrySize, crc32: crc, flags, descriptorLength, centralOffset });
+  }
+  if (cd.remaining !== 0) throw bad(`${cd.remaining} unexplained bytes at the end of the central directory`);
+  const sorted = [...entries].sort((a, b) => a.headerOffset - b.headerOffset);
+  for (let i = 1; i < sorted.length; i++) {
+    const prev = sorted[i - 1]!;
+    const end = prev.dataOffset + prev.size + prev.descriptorLength;
+    if (end > sorted[i]!.headerOffset) throw bad(`${prev.name} (ends at ${end}) overlaps ${sorted[i]!.name} (starts at ${sorted[i]!.headerOffset})`);
+  }
+  return { entries, centralDirectoryOffset: cdOffset, centralDirectorySize: cdSize, size };
+}
+
+function hasZip64Field(extra: Uint8Array): boolean {
+  const r = new ByteReader(extra, 'zip');
+  while (r.remaining >= 4) {
+    const id = r.u16();
+    const len = r.u16();
+    if (id === 1) return true;
+    if (len > r.remaining) return false;
+    r.offset += len;
+  }
+  return false;
+}
+
+/** Options of {@link ZipWriter}. */
+export interface ZipWriterOptions {
+  /** Data alignment in bytes, a power of two from 1 to 4096 (torch: 64). */
+  alignment?: number;
+}
+
+interface WrittenEntry {
+  name: Uint8Array;
+  headerOffset: number;
+  size: number;
+  crc32: number;
+  flags: number;
+  zip64: boolean;
+}
+
+/**
+ * Writes a STORED archive laid out byte for byte as PyTorch's writer does
+ * (see the file header). Streaming: sizes are declared up front, the data
+ * itself passes through the caller, and the CRC is only needed after the data
+ * because torch's layout puts it in the data descriptor.
+ *
+ * Usage: for each entry write `beginEntry(name, size)`, then exactly `size`
+ * data bytes, then `endEntry(crc)`; finally write `finish()`.
+ */
+export class ZipWriter {
+  /** Invariant: the number of bytes the caller has written so far. */
+  offset = 0;
+  private readonly alignment: number;
+  private readonly written: WrittenEntry[] = [];
+  private open: WrittenEntry | null = null;
+  private readonly names = new Set<string>();
+
+  constructor(options: ZipWriterOptions = {}) {
+    const alignment = options.alignment ?? 64;
+    if (!Number.isInteger(alignment) || alignment < 1 || alignment > 4096 || (alignment & (alignment - 1)) !== 0) {
+      throw new ExcpError('ERR_OUT_OF_RANGE', `zip: options.alignment ${alignment} is not a power of two in 1..4096`);
+    }
+    this.alignment = alignment;
+  }
+
+  /**
+   * Start an entry.
+   * @returns the local header bytes to write before the data
+   */
+  beginEntry(name: string, size: number): Uint8Array {
+    if (this.open) throw new ExcpError('ERR_INVALID_ARG', `zip: beginEntry(${name}) before endEntry of the previous entry`);
+    if (!Number.isSafeInteger(size) || size < 0) throw new ExcpError('ERR_INVALID_ARG', `zip: entry ${name} size ${size} is not a non-negative integer`);
+    if (name.length === 0 || name.startsWith('/') || this.names.has(name)) throw new ExcpError('ERR_INVALID_ARG', `zip: entry name ${JSON.stringify(name)} is empty, absolute or repeated`);
+    const nameBytes = new TextEncoder().encode(name);
+    if (nameBytes.length > 0xffff) throw new ExcpError('ERR_INVALID_ARG', `zip: entry name of ${nameBytes.length} bytes is too long`);
+    this.names.add(name);
+    const headerOffset = this.offset;
+    const bigSize = size >= U32_MAX;
+    const bigOffset = headerOffset >= U32_MAX;
+    const zip64 = bigSize || bigOffset;
+    const zip64Length = zip64 ? 4 + (bigSize ? 16 : 0) + (bigOffset ? 8 : 0) : 0;
+    // Same arithmetic as torch's getPadding: the FB field's 4 header bytes are always there.
+    const start = headerOffset + 30 + nameBytes.length + zip64Length + 4;
+    const padding = (this.alignment - (start % this.alignment)) % this.alignment;
+    const flags = size > 0 ? 0x0808 : 0x0800;
+    const w = new ByteWriter(30 + nameBytes.length + zip64Length + 4 + padding);
+    w.u32(LOCAL_SIG);
+    w.u16(0); // version needed: torch/miniz writes 0 for STORED
+    w.u16(flags);
+    w.u16(0); // method STORED
+    w.u32(0); // time, date
+    w.u32(0); // CRC: in the data descriptor
+    w.u32(0);
+    w.u32(0);
+    w.u16(nameBytes.length);
+    w.u16(zip64Length + 4 + padding);
+    w.bytes(nameBytes);
+    if (zip64) {
+      w.u16(1);
+      w.u16(zip64Length - 4);
+      if (bigSize) {
+        w.u64(size);
+        w.u64(0); // miniz writes the compressed size as 0 here; the descriptor has the real one
+      }
+      if (bigOffset) w.u64(headerOffset);
+    }
+    w.u16(0x4246); // 'F' 'B'
+    w.u16(padding);
+    for (let i = 0; i < padding; i++) w.u8(0x5a); // 'Z'
+    const header = w.finish();
+    this.open = { name: nameBytes, headerOffset, size, crc32: 0, flags, zip64 };
+    this.offset += header.length + size;
+    return header;
+  }
+
+  /**
+   * Finish the open entry.
+   * @param crc CRC-32 of its data (see {@link crc32})
+   * @returns the data descriptor to write after the data (empty for an empty entry)
+   */
+  endEntry(crc: number): Uint8Array {
+    const e = this.open;
+    if (!e) throw new ExcpError('ERR_INVALID_ARG', 'zip: endEntry without beginEntry');
+    this.open = null;
+    e.crc32 = crc >>> 0;
+    this.written.push(e);
+    if (e.size === 0) return new Uint8Array(0);
+    const w = new ByteWriter(24);
+    w.u32(DESCRIPTOR_SIG);
+    w.u32(e.crc32);
+    if (e.zip64) {
+      w.u64(e.size);
+      w.u64(e.size);
+    } else {
+      w.u32(e.size);
+      w.u32(e.size);
+    }
+    const out = w.finish();
+    this.offset += out.length;
+    return out;
+  }
+
+  /** @returns the central directory, zip64 end record, locator and end record */
+  finish(): Uint8Array {
+    if (this.open) throw new ExcpError('ERR_INVALID_ARG', 'zip: finish with an entry still open');
+    const w = new ByteWriter(128 + this.written.length * 96);
+    const cdOffset = this.offset;
+    for (const e of this.written) {
+      const bigSize = e.size >= U32_MAX;
+      const bigOffset = e.headerOffset >= U32_MAX;
+      const extraLength = e.zip64 ? 4 + (bigSize ? 16 : 0) + (bigOffset ? 8 : 0) : 0;
+      w.u32(CENTRAL_SIG);
+      w.u16(0); // made by
+      w.u16(0); // needed
+      w.u16(e.flags);
+      w.u16(0);
+      w.u32(0); // time, date
+      w.u32(e.crc32);
+      w.u32(Math.min(e.size, U32_MAX));
+      w.u32(Math.min(e.size, U32_MAX));
+      w.u16(e.name.length);
+      w.u16(extraLength);
+      w.u16(0); // comment
+      w.u16(0); // disk
+      w.u16(0); // internal attributes
+      w.u32(0); // external attributes
+      w.u32(Math.min(e.headerOffset, U32_MAX));
+      w.bytes(e.name);
+      if (e.zip64) {
+        w.u16(1);
+        w.u16(extraLength - 4);
+        if (bigSize) {
+          w.u64(e.size);
+          w.u64(e.size);
+        }
+        if (bigOffset) w.u64(e.headerOffset);
+      }
+    }
+    const cdSize = w.length;
+    const end64 = cdOffset + cdSize;
+    w.u32(END64_SIG);
+    w.u64(44);
+    w.u16(0x031e);
+    w.u16(0x002d);
+    w.u32(0);
+    w.u32(0);
+    w.u64(this.written.length);
+    w.u64(this.written.length);
+    w.u64(cdSize);
+    w.u64(cdOffset);
+    w.u32(LOCATOR64_SIG);
+    w.u32(0);
+    w.u64(end64);
+    w.u32(1);
+    w.u32(END_SIG);
+    w.u16(0);
+    w.u16(0);
+    w.u16(Math.min(this.written.length, 0xffff));
+    w.u16(Math.min(this.written.length, 0xffff));
+    w.u32(Math.min(cdSize, U32_MAX));
+    w.u32(Math.min(cdOffset, U32_MAX));
+    w.u16(0);
+    const out = w.finish().slice();
+    this.offset += out.length;
+    return out;
+  }
+}
+
+/**
+ * One-shot: a whole archive in memory, laid out as torch.save lays it out.
+ * @param entries names and contents, in archive order
+ * @returns the archive bytes
+ */
+export function writeZip(entries: readonly { name: string; data: Uint8Array }[], options: ZipWriterOptions = {}): Uint8Array {
+  const writer = new ZipWriter(options);
+  const parts: Uint8Array[] = [];
+  for (const e of entries) {
+    parts.push(writer.beginEntry(e.name, e.data.length), e.data, writer.endEntry(crc32(e.data)));
+  }
+  parts.push(writer.finish());
+  return concatBytes(parts);
+}
+
+/** Concatenate byte arrays. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  let total = 0;
+  for (const p of parts) total += p.length;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** New contents of one entry: its bytes, or a function giving its chunks (called once, when the entry is reached). */
+export type ZipReplacement = Uint8Array | (() => Iterable<Uint8Array>);
+
+/**
+ * Rewrite an archive with new contents for some entries, carrying every other
+ * byte through unchanged: local headers (padding included), untouched entries,
+ * the central directory and end records. Only the CRC fields of replaced
+ * entries change (data descriptor and central header; the local header too
+ * when it holds the CRC itself). Replacements must keep each entry's size,
+ * so every offset stays valid.
+ *
+ * Streaming: output comes as a sequence of chunks, each valid until the next
+ * is requested (chunks may be views of `readAt` results or of the caller's
+ * chunks). A replaced entry whose local header carries its CRC (no data
+ * descriptor; never the case for torch files) is buffered whole first.
+ * @param directory from {@link readZipDirectory}
+ * @param readAt reader of the original archive
+ * @param replacements new contents by entry name
+ * @throws ExcpError ERR_INVALID_ARG (unknown entry), ERR_SHAPE (size differs)
+ */
+export function* rewriteZip(
+  directory: ZipDirectory,
+  readAt: ReadAt,
+  replacements: ReadonlyMap<string, ZipReplacement>,
+  options: { chunkBytes?: number } = {},
+): Generator<Uint8Array, void, undefined> {
+  const size = directory.size;
+  const chunk = options.chunkBytes ?? 4 * 1024 * 1024;
+  if (!Number.isSafeInteger(chunk) || chunk < 1) throw new ExcpError('ERR_OUT_OF_RANGE', `zip: options.chunkBytes ${chunk} is not a positive integer`);
+  const known = new Set(directory.entries.map((e) => e.name));
+  for (const name of replacements.keys()) {
+    if (!known.has(name)) throw new ExcpError('ERR_INVALID_ARG', `zip: no entry ${JSON.stringify(name)} to replace`);
+  }
+  function* copy(from: number, to: number): Generator<Uint8Array, void, undefined> {
+    for (let at = from; at < to; at += chunk) yield readChecked(size, readAt, at, Math.min(chunk, to - at), 'copied range');
+  }
+  const newCrc = new Map<ZipEntry, number>();
+  let cursor = 0;
+  for (const e of [...directory.entries].sort((a, b) => a.headerOffset - b.headerOffset)) {
+    const replacement = replacements.get(e.name);
+    if (replacement === undefined) continue;
+    let chunks: Iterable<Uint8Array> = replacement instanceof Uint8Array ? [replacement] : replacement();
+    const headerHoldsCrc = (e.flags & 8) === 0;
+    if (headerHoldsCrc) chunks = [concatBytes([...chunks])];
+    yield* copy(cursor, e.headerOffset);
+    const header = readChecked(size, readAt, e.headerOffset, e.dataOffset - e.headerOffset, `${e.name} local header`).slice();
+    let crc = 0;
+    let length = 0;
+    if (headerHoldsCrc) {
+      for (const c of chunks) crc = crc32(c, crc);
+      new DataView(header.buffer).setUint32(14, crc, true);
+    }
+    yield header;
+    let running = 0;
+    for (const c of chunks) {
+      length += c.length;
+      if (length > e.size) break;
+      running = crc32(c, running);
+      if (c.length > 0) yield c;
+    }
+    if (length !== e.size) throw new ExcpError('ERR_SHAPE', `zip: replacement for ${e.name} has ${length > e.size ? 'more than ' : ''}${length} bytes, the entry has ${e.size}`);
+    crc = running;
+    newCrc.set(e, crc);
+    if (e.descriptorLength > 0) {
+      const d = readChecked(size, readAt, e.dataOffset + e.size, e.descriptorLength, `${e.name} data descriptor`).slice();
+      const view = new DataView(d.buffer);
+      // Signed descriptors are 16 or 24 bytes, unsigned ones 12 or 20.
+      view.setUint32(e.descriptorLength === 16 || e.descriptorLength === 24 ? 4 : 0, crc, true);
+      yield d;
+    }
+    cursor = e.dataOffset + e.size + e.descriptorLength;
+  }
+  const cdOffset = directory.centralDirectoryOffset;
+  yield* copy(cursor, cdOffset);
+  const cd = readChecked(size, readAt, cdOffset, directory.centralDirectorySize, 'central directory').slice();
+  const cdView = new DataView(cd.buffer);
+  for (const [e, crc] of newCrc) cdView.setUint32(e.centralOffset - cdOffset + 16, crc, true);
+  yield cd;
+  yield* copy(cdOffset + directory.centralDirectorySize, size);
+}
