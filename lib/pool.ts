@@ -32,10 +32,14 @@ export function defaultThreads(): number {
   return availableParallelism();
 }
 
-function workerUrl(): URL {
-  // Under tsx the sources are .ts; in the published package they are .js.
+function startWorker(): Worker {
   const self = import.meta.url;
-  return new URL(self.endsWith('.ts') ? './worker.ts' : './worker.js', self);
+  if (!self.endsWith('.ts')) return new Worker(new URL('./worker.js', self));
+  // Running from TypeScript sources (tests, examples under tsx): the worker
+  // registers tsx's loader before importing the TypeScript worker module.
+  const url = new URL('./worker.ts', self).href;
+  const boot = `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url)}); })`;
+  return new Worker(boot, { eval: true });
 }
 
 /** Fixed-size pool; tasks are spread over idle workers. */
@@ -46,18 +50,24 @@ export class WorkerPool {
   private readonly pending = new Map<number, { resolve: (r: WorkerResponse) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private closed = false;
+  private broken: Error | null = null;
 
   /** @param size number of worker threads (>= 1) */
   constructor(size: number) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(workerUrl());
+      const w = startWorker();
       w.on('message', (r: WorkerResponse) => {
         const p = this.pending.get(r.id);
         this.pending.delete(r.id);
+        // Idle workers must not keep the process alive; busy ones must.
+        w.unref();
         this.release(w);
         p?.resolve(r);
       });
-      w.on('error', (e) => this.failAll(e));
+      w.on('error', (e) => this.failAll(new ExcpError('ERR_IO', `pool: worker failed: ${e.message}`)));
+      w.on('exit', () => {
+        if (!this.closed) this.failAll(new ExcpError('ERR_IO', 'pool: a worker exited unexpectedly'));
+      });
       w.unref();
       this.workers.push(w);
       this.idle.push(w);
@@ -71,8 +81,10 @@ export class WorkerPool {
   }
 
   private failAll(e: Error): void {
+    this.broken ??= e;
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
+    for (const wake of this.waiting.splice(0)) wake();
   }
 
   /**
@@ -82,12 +94,14 @@ export class WorkerPool {
    * @returns the response
    */
   async run(request: DistributiveOmit<WorkerRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerResponse> {
-    while (this.idle.length === 0) await new Promise<void>((r) => this.waiting.push(r));
+    while (this.idle.length === 0 && !this.broken) await new Promise<void>((r) => this.waiting.push(r));
+    if (this.broken) throw this.broken;
     if (this.closed) throw new ExcpError('ERR_IO', 'pool: closed');
     const w = this.idle.pop()!;
     const id = this.nextId++;
     return new Promise<WorkerResponse>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
+      w.ref();
       w.postMessage({ ...request, id }, [...new Set(transfer)]);
     });
   }
