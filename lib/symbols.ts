@@ -262,7 +262,7 @@ function rawOutput(symbols: Uint8Array): Uint8Array {
 
 function encodeLoop(symbols: Uint8Array, contexts: Uint8Array | undefined, alphabetSize: number, t: Tables, capacity: number): Uint8Array {
   const { mps, escape, rareBits, cum, freq } = t;
-  let out = new Uint8Array(Math.max(16, capacity));
+  let out: Uint8Array = new Uint8Array(Math.max(16, capacity));
   let pos = 0;
   let low = 0;
   let range = 0xffffffff;

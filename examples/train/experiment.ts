@@ -19,6 +19,8 @@ export interface CodecSettings {
   alpha?: number;
   beta?: number;
   bits?: number;
+  /** Code everything exactly: the loop must then reproduce the baseline bit for bit. */
+  lossless?: boolean;
 }
 
 /**
