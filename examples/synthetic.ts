@@ -141,7 +141,7 @@ function hashName(name: string): number {
 export function syntheticChunk(param: SyntheticParam, start: number, count: number, seed: number, step = 1): SyntheticChunk {
   const isNorm = param.shape.length === 1;
   const rowLength = param.shape.length > 1 ? param.shape[param.shape.length - 1]! : count + start;
-  const rng = new FastRandom(hashName(param.name) ^ Math.imul(seed, 0x9e3779b1) ^ Math.imul(start + 1, 0x85ebca6b) ^ step);
+  const rng = new FastRandom(hashName(param.name) ^ Math.imul(seed, 0x9e3779b1) ^ Math.imul(start + 1, 0x85ebca6b));
   const rowRng = new FastRandom(hashName(param.name) ^ seed);
   const previous = new Float32Array(count);
   const current = new Float32Array(count);

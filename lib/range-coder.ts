@@ -179,9 +179,18 @@ export class RangeEncoder {
     while (this.range < TOP) this.shift();
   }
 
-  /** Emit the settled top byte of low (see READ ME FIRST: carry handling). */
+  /** Emit the settled top byte of low and scale the interval by 256. */
   private shift(): void {
-    const low = this.low;
+    this.emitTopByte(this.low);
+    this.low = (this.low & 0xffffff) * 256;
+    this.range = (this.range << 8) >>> 0;
+  }
+
+  /**
+   * The carry logic of READ ME FIRST: settle the top byte of `low` (bits
+   * 24..31, bit 32 is a carry). The caller then scales low and range by 256.
+   */
+  private emitTopByte(low: number): void {
     if (low < 0xff000000 || low >= TWO32) {
       const carry = low >= TWO32 ? 1 : 0;
       if (this.pos + this.pending > this.out.length) this.grow(this.pending);
@@ -194,8 +203,49 @@ export class RangeEncoder {
       this.cache = (low >>> 24) & 0xff; // >>> takes low mod 2^32: drops the carry bit
     }
     this.pending++;
-    this.low = (low & 0xffffff) * 256;
-    this.range = (this.range << 8) >>> 0;
+  }
+
+  /**
+   * Bulk {@link encodeBitTree} over bytes, 8 bits each, same arithmetic as
+   * {@link encodeBit} but with low/range in locals (about 2x faster).
+   * Tree of context c uses probs[c * 256 + node], node = 1..255.
+   * @param values the bytes to code
+   * @param probs models, length >= 256 * (number of contexts)
+   * @param contexts per-byte context, or null to use `previous value & prevMask`
+   * @param prevMask mask on the previous byte (0: a single tree; starts from previous = 0)
+   */
+  encodeByteTrees(values: Uint8Array, probs: Uint16Array, contexts: Uint8Array | null, prevMask: number): void {
+    let low = this.low;
+    let range = this.range;
+    let previous = 0;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i]!;
+      const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
+      let node = 1;
+      for (let k = 7; k >= 0; k--) {
+        const bit = (v >>> k) & 1;
+        const p = probs[base + node]!;
+        const bound = (range >>> PROB_BITS) * p;
+        if (bit === 0) {
+          range = bound;
+          probs[base + node] = p + (((1 << PROB_BITS) - p) >>> MOVE_BITS);
+        } else {
+          low += bound;
+          range -= bound;
+          probs[base + node] = p - (p >>> MOVE_BITS);
+        }
+        node = (node << 1) | bit;
+        while (range < TOP) {
+          this.emitTopByte(low);
+          low = (low & 0xffffff) * 256;
+          range = (range << 8) >>> 0;
+        }
+      }
+      previous = v;
+    }
+    this.low = low;
+    this.range = range;
+    if (values.length > 0) this.coded = true;
   }
 
   private grow(extra: number): void {
@@ -338,6 +388,49 @@ export class RangeDecoder {
       this.range = (this.range << 8) >>> 0;
     }
     return bit;
+  }
+
+  /**
+   * Counterpart of {@link RangeEncoder.encodeByteTrees}.
+   * @param out destination; out.length bytes are decoded
+   */
+  decodeByteTrees(out: Uint8Array, probs: Uint16Array, contexts: Uint8Array | null, prevMask: number): void {
+    const bytes = this.bytes;
+    const end = this.end;
+    let pos = this.pos;
+    let code = this.code;
+    let range = this.range;
+    let previous = 0;
+    for (let i = 0; i < out.length; i++) {
+      const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
+      let node = 1;
+      while (node < 256) {
+        const p = probs[base + node]!;
+        const bound = (range >>> PROB_BITS) * p;
+        if (code < bound) {
+          range = bound;
+          probs[base + node] = p + (((1 << PROB_BITS) - p) >>> MOVE_BITS);
+          node <<= 1;
+        } else {
+          code = (code - bound) >>> 0;
+          range -= bound;
+          probs[base + node] = p - (p >>> MOVE_BITS);
+          node = (node << 1) | 1;
+        }
+        while (range < TOP) {
+          let byte = 0;
+          if (pos < end) byte = bytes[pos++]!;
+          else this.overrun++;
+          code = ((code << 8) | byte) >>> 0;
+          range = (range << 8) >>> 0;
+        }
+      }
+      previous = node & 0xff;
+      out[i] = previous;
+    }
+    this.pos = pos;
+    this.code = code;
+    this.range = range;
   }
 
   /** Counterpart of {@link RangeEncoder.encodeDirect}. @returns the value */

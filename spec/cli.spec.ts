@@ -1,0 +1,103 @@
+/**
+ * The built `excp` command (dist/lib/cli.js, built by `npm ci` via prepare
+ * and by `npm test`): pipes, files, errors, atomic output.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomCheckpointPair, sameBytes } from './helpers.js';
+import { restoreBuffer } from '../lib/pipeline.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const cli = join(root, 'dist', 'lib', 'cli.js');
+
+function run(args: string[], input?: Uint8Array, cwd?: string): { status: number | null; stdout: Buffer; stderr: string } {
+  const r = spawnSync(process.execPath, [cli, ...args], { input, cwd, maxBuffer: 1 << 28 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+describe('excp command line', () => {
+  let dir = '';
+  let prev = '';
+  let cur = '';
+  let pair: { previous: Uint8Array; current: Uint8Array };
+  before(() => {
+    assert.ok(existsSync(cli), `${cli} missing: run npm run build`);
+    dir = mkdtempSync(join(tmpdir(), 'excp-cli-'));
+    pair = randomCheckpointPair(21, { params: 4, maxElements: 5000, extras: true });
+    prev = join(dir, 'prev.safetensors');
+    cur = join(dir, 'cur.safetensors');
+    writeFileSync(prev, pair.previous);
+    writeFileSync(cur, pair.current);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('pipes: compress --base a < b | restore --base a', () => {
+    const c = run(['compress', '--base', prev], pair.current);
+    assert.equal(c.status, 0, c.stderr);
+    const r = run(['restore', '--base', prev], c.stdout);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(parseFloat('1'), 1);
+    return restoreBuffer(new Uint8Array(c.stdout), pair.previous).then((expected) => assert.ok(sameBytes(new Uint8Array(r.stdout), expected)));
+  });
+
+  it('files: -o writes atomically, inspect and verify read it', () => {
+    const out = join(dir, 'cur.excp');
+    const c = run(['compress', cur, '--base', prev, '-o', out]);
+    assert.equal(c.status, 0, c.stderr);
+    const i = run(['inspect', out, '--json']);
+    assert.equal(i.status, 0, i.stderr);
+    const report = JSON.parse(i.stdout.toString()) as { ratio: number; entries: unknown[] };
+    assert.ok(report.ratio > 1 && report.entries.length > 0);
+    const v = run(['verify', out, '--base', prev]);
+    assert.equal(v.status, 0, v.stderr);
+    assert.match(v.stdout.toString(), /ok/);
+    const again = run(['compress', cur, '--base', prev, '-o', out]);
+    assert.notEqual(again.status, 0);
+    assert.match(again.stderr, /exists/);
+    assert.equal(run(['compress', cur, '--base', prev, '-o', out, '--force']).status, 0);
+    const restored = join(dir, 'restored.safetensors');
+    assert.equal(run(['restore', out, '--base', prev, '-o', restored]).status, 0);
+    assert.ok(readFileSync(restored).length === pair.current.length);
+  });
+
+  it('bad input: one line on stderr, exit 1, no stack, no output left behind', () => {
+    const garbage = join(dir, 'garbage.excp');
+    writeFileSync(garbage, Buffer.from('this is not a container at all, not even close'));
+    const target = join(dir, 'never.safetensors');
+    const r = run(['restore', garbage, '-o', target]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^excp: /);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+    assert.equal(existsSync(target), false);
+    assert.deepEqual(readdirSync(dir).filter((f) => f.includes('excp-tmp')), []);
+  });
+
+  it('wrong base is refused with a clear message', () => {
+    const c = run(['compress', '--base', prev], pair.current);
+    const r = run(['restore', '--base', cur], c.stdout);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /base/);
+  });
+
+  it('refuses to overwrite an input', () => {
+    const r = run(['compress', cur, '--base', prev, '-o', prev, '--force']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /input/);
+  });
+
+  it('usage errors exit 2; --help and --version exit 0', () => {
+    assert.equal(run(['frobnicate']).status, 2);
+    assert.equal(run(['compress', '--bits']).status, 2);
+    assert.equal(run(['compress', cur, '--bits', '9']).status, 1);
+    const h = run(['--help']);
+    assert.equal(h.status, 0);
+    assert.match(h.stdout.toString(), /excp compress/);
+    assert.match(run(['--version']).stdout.toString(), /^excp \d/);
+  });
+});
