@@ -48,7 +48,15 @@ const K_RAW = 0;
 const K_ORDER0 = 1;
 const K_UPPER = 2;
 const K_PREV = 3;
+/** Plane descriptor byte: kind | codedBits << 2 | ZERO_FLAG. */
+const ZERO_FLAG = 64;
 const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2']);
+/**
+ * Cost charged per coded bit per element, in bits: a shift-5 adaptive binary
+ * model pays about 1/(2 * 63 * ln 2) = 0.0115 bits of estimator noise per
+ * decision, and each decision costs time; a bit plane must save more to be coded.
+ */
+const DECISION_COST = 0.015;
 /** Below this many elements modelling cannot pay for its learning: store. */
 const MIN_ELEMENTS = 64;
 /** Estimates are taken on up to this many elements, in contiguous runs. */
@@ -78,6 +86,20 @@ function splitPlanes(data: Uint8Array, base: Uint8Array | undefined, width: numb
     for (let p = 0; p < width; p++) {
       const plane = planes[p]!;
       for (let i = 0, at = start * width + p; i < count; i++, at += width) plane[i] = data[at]! ^ base[at]!;
+    }
+  } else if (width <= 4) {
+    // Same zigzag difference with 32-bit integer math (shift = 32 - 8 * width sign-extends).
+    const shift = 32 - 8 * width;
+    for (let i = 0, at = start * width; i < count; i++, at += width) {
+      let x = 0;
+      let y = 0;
+      for (let p = width - 1; p >= 0; p--) {
+        x = (x << 8) | data[at + p]!;
+        y = (y << 8) | base[at + p]!;
+      }
+      const d = ((x - y) << shift) >> shift;
+      const z = (d << 1) ^ (d >> 31);
+      for (let p = 0; p < width; p++) planes[p]![i] = (z >>> (8 * p)) & 0xff;
     }
   } else {
     const diff = new Uint8Array(width);
@@ -112,6 +134,17 @@ function joinPlanes(planes: Uint8Array[], base: Uint8Array | undefined, width: n
       const plane = planes[p]!;
       for (let i = 0, at = p; i < n; i++, at += width) out[at] = plane[i]! ^ base[at]!;
     }
+  } else if (width <= 4) {
+    for (let i = 0, at = 0; i < n; i++, at += width) {
+      let z = 0;
+      let y = 0;
+      for (let p = width - 1; p >= 0; p--) {
+        z = (z << 8) | planes[p]![i]!;
+        y = (y << 8) | base[at + p]!;
+      }
+      const x = y + ((z >>> 1) ^ -(z & 1)); // un-zigzag, add; only the low 8 * width bits matter
+      for (let p = 0; p < width; p++) out[at + p] = (x >>> (8 * p)) & 0xff;
+    }
   } else {
     for (let i = 0, at = 0; i < n; i++, at += width) {
       const flip = planes[0]![i]! & 1 ? 0xff : 0;
@@ -127,6 +160,51 @@ function joinPlanes(planes: Uint8Array[], base: Uint8Array | undefined, width: n
   }
 }
 
+/** Float top planes are rotated left by 1 (sign to bit 0), so a tree coding only the top bits skips the sign. */
+function rotateTop(plane: Uint8Array): void {
+  for (let i = 0; i < plane.length; i++) plane[i] = ((plane[i]! << 1) | (plane[i]! >>> 7)) & 0xff;
+}
+
+function unrotateTop(plane: Uint8Array): void {
+  for (let i = 0; i < plane.length; i++) plane[i] = ((plane[i]! >>> 1) | (plane[i]! << 7)) & 0xff;
+}
+
+/** The low (8 - codedBits) bits of every byte, packed LSB first. */
+function packLowBits(plane: Uint8Array, lowBits: number): Uint8Array {
+  const out = new Uint8Array(Math.ceil((plane.length * lowBits) / 8));
+  const mask = (1 << lowBits) - 1;
+  let acc = 0;
+  let accBits = 0;
+  let at = 0;
+  for (let i = 0; i < plane.length; i++) {
+    acc |= (plane[i]! & mask) << accBits;
+    accBits += lowBits;
+    if (accBits >= 8) {
+      out[at++] = acc & 0xff;
+      acc >>>= 8;
+      accBits -= 8;
+    }
+  }
+  if (accBits > 0) out[at] = acc;
+  return out;
+}
+
+function unpackLowBits(packed: Uint8Array, lowBits: number, out: Uint8Array): void {
+  const mask = (1 << lowBits) - 1;
+  let acc = 0;
+  let accBits = 0;
+  let at = 0;
+  for (let i = 0; i < out.length; i++) {
+    if (accBits < lowBits) {
+      acc |= packed[at++]! << accBits;
+      accBits += 8;
+    }
+    out[i] = acc & mask;
+    acc >>>= lowBits;
+    accBits -= lowBits;
+  }
+}
+
 /** Elements [start, end) of up to SAMPLE_RUNS runs spread over n elements. */
 function sampleRuns(n: number): [number, number][] {
   if (n <= SAMPLE_RUN * SAMPLE_RUNS) return [[0, n]];
@@ -136,33 +214,50 @@ function sampleRuns(n: number): [number, number][] {
   return runs;
 }
 
-/** Estimated bits of an adaptive model over a joint histogram hist[ctx * 256 + value]. */
-function modelBits(hist: Uint32Array, contexts: number): number {
-  let bits = 0;
+/**
+ * Estimated bits per sampled element of adaptive trees over the top m bits,
+ * for m = 1..8 (index m), from a joint histogram hist[ctx * 256 + value]:
+ * empirical conditional entropy + (k-1)/2 log2(n) learning cost per context
+ * + DECISION_COST per coded bit (adaptive-estimator noise, and time) + raw low bits.
+ */
+function treeBits(hist: Uint32Array, contexts: number, n: number): Float64Array {
+  const bits = new Float64Array(9);
+  const merged = new Float64Array(256);
   for (let c = 0; c < contexts; c++) {
-    let n = 0;
-    let used = 0;
-    let sumClogC = 0;
-    for (let v = 0, at = c << 8; v < 256; v++, at++) {
-      const k = hist[at]!;
-      if (k === 0) continue;
-      n += k;
-      used++;
-      sumClogC += k * Math.log2(k);
+    let rowTotal = 0;
+    for (let v = 0; v < 256; v++) rowTotal += hist[(c << 8) | v]!;
+    if (rowTotal === 0) continue;
+    for (let v = 0; v < 256; v++) merged[v] = hist[(c << 8) | v]!;
+    const logTotal = Math.log2(rowTotal);
+    for (let m = 8, size = 256; m >= 1; m--, size >>= 1) {
+      if (m < 8) for (let v = 0; v < size; v++) merged[v] = merged[2 * v]! + merged[2 * v + 1]!;
+      let used = 0;
+      let sumClogC = 0;
+      for (let v = 0; v < size; v++) {
+        const k = merged[v]!;
+        if (k > 0) {
+          used++;
+          sumClogC += k * Math.log2(k);
+        }
+      }
+      bits[m] = bits[m]! + rowTotal * logTotal - sumClogC + ((used - 1) / 2) * logTotal + 16;
     }
-    if (n === 0) continue;
-    bits += n * Math.log2(n) - sumClogC + ((used - 1) / 2) * Math.log2(n) + 8;
   }
+  for (let m = 1; m <= 8; m++) bits[m] = bits[m]! + n * ((8 - m) + m * DECISION_COST);
   return bits;
 }
 
 interface PlanePlan {
   kind: number;
+  /** Top bits coded by the trees (1..8); 0 for a raw plane. */
+  codedBits: number;
+  /** Code "top bits are 0" first (pays off in time when most are). */
+  zeroFlag: boolean;
   bits: number;
 }
 
-/** Best kind per plane (top first in the array index = plane index), from sample planes. */
-function planPlanes(samples: Uint8Array[][], width: number, isFloatNone: boolean): PlanePlan[] {
+/** Best kind and coded bit count per plane (array index = plane index), from sample planes. */
+function planPlanes(samples: Uint8Array[][], width: number, prevMask: number): PlanePlan[] {
   const plans: PlanePlan[] = [];
   const order0 = new Uint32Array(256);
   const joint = new Uint32Array(65536);
@@ -175,10 +270,9 @@ function planPlanes(samples: Uint8Array[][], width: number, isFloatNone: boolean
       n += plane.length;
       for (let i = 0; i < plane.length; i++) order0[plane[i]!]!++;
       if (p === width - 1) {
-        const mask = isFloatNone ? 0x7f : 0xff;
         let previous = 0;
         for (let i = 0; i < plane.length; i++) {
-          joint[((previous & mask) << 8) | plane[i]!]!++;
+          joint[((previous & prevMask) << 8) | plane[i]!]!++;
           previous = plane[i]!;
         }
       } else {
@@ -186,19 +280,28 @@ function planPlanes(samples: Uint8Array[][], width: number, isFloatNone: boolean
         for (let i = 0; i < plane.length; i++) joint[(upper[i]! << 8) | plane[i]!]!++;
       }
     }
-    const candidates: PlanePlan[] = [
-      { kind: K_RAW, bits: 8 * n * 0.985 }, // adaptive coding must win clearly to be tried
-      { kind: K_ORDER0, bits: modelBits(order0, 1) },
-      { kind: p === width - 1 ? K_PREV : K_UPPER, bits: modelBits(joint, 256) },
-    ];
-    plans.push(candidates.reduce((a, b) => (b.bits < a.bits ? b : a)));
+    let best: PlanePlan = { kind: K_RAW, codedBits: 0, zeroFlag: false, bits: 8 * n };
+    const contextKind = p === width - 1 ? K_PREV : K_UPPER;
+    for (const [kind, bits] of [[K_ORDER0, treeBits(order0, 1, n)], [contextKind, treeBits(joint, 256, n)]] as const) {
+      for (let m = 1; m <= 8; m++) if (bits[m]! < best.bits) best = { kind, codedBits: m, zeroFlag: false, bits: bits[m]! };
+    }
+    let zeros = 0;
+    for (let v = 0; v < 1 << (8 - best.codedBits); v++) zeros += order0[v]!;
+    best.zeroFlag = best.kind !== K_RAW && best.codedBits > 1 && zeros > 0.5 * n;
+    plans.push(best);
   }
   return plans;
 }
 
+function planesOf(data: Uint8Array, base: Uint8Array | undefined, width: number, transform: number, isFloat: boolean, start: number, end: number): Uint8Array[] {
+  const planes = splitPlanes(data, base, width, transform, start, end);
+  if (isFloat) rotateTop(planes[width - 1]!);
+  return planes;
+}
+
 function estimate(data: Uint8Array, base: Uint8Array | undefined, width: number, transform: number, isFloat: boolean, n: number): { plans: PlanePlan[]; bits: number } {
-  const samples = sampleRuns(n).map(([start, end]) => splitPlanes(data, base, width, transform, start, end));
-  const plans = planPlanes(samples, width, isFloat && transform === T_NONE);
+  const samples = sampleRuns(n).map(([start, end]) => planesOf(data, base, width, transform, isFloat, start, end));
+  const plans = planPlanes(samples, width, isFloat ? 0xfe : 0xff);
   return { plans, bits: plans.reduce((sum, plan) => sum + plan.bits, 0) };
 }
 
@@ -206,8 +309,8 @@ function contextsFor(kind: number, planes: Uint8Array[], p: number): Uint8Array 
   return kind === K_UPPER ? planes[p + 1]! : null;
 }
 
-function maskFor(kind: number, isFloatNone: boolean): number {
-  return kind === K_PREV ? (isFloatNone ? 0x7f : 0xff) : 0;
+function maskFor(kind: number, isFloat: boolean): number {
+  return kind === K_PREV ? (isFloat ? 0xfe : 0xff) : 0;
 }
 
 /**
@@ -239,33 +342,32 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
   }
   if (best.plans.every((plan) => plan.kind === K_RAW)) return stored(data);
 
-  const planes = splitPlanes(data, base, width, transform, 0, n);
-  const payloads: Uint8Array[] = [];
-  const kinds: number[] = [];
-  const isFloatNone = isFloat && transform === T_NONE;
-  const probs = new Uint16Array(65536);
-  for (let p = width - 1; p >= 0; p--) {
-    let kind = best.plans[p]!.kind;
-    let payload = planes[p]!;
-    if (kind !== K_RAW) {
-      const enc = new RangeEncoder(Math.ceil(best.plans[p]!.bits / 8) + 64);
-      probs.fill(PROB_INIT);
-      enc.encodeByteTrees(planes[p]!, probs, contextsFor(kind, planes, p), maskFor(kind, isFloatNone));
-      const coded = enc.finish();
-      if (coded.length < n) payload = coded;
-      else kind = K_RAW;
-    }
-    kinds.push(kind);
-    payloads.push(payload);
-  }
+  const planes = planesOf(data, base, width, transform, isFloat, 0, n);
   const w = new ByteWriter(16 + 2 * width);
   w.u8(transform);
-  for (let k = 0; k < width; k++) {
-    w.u8(kinds[k]!);
-    if (kinds[k] !== K_RAW) w.varint(payloads[k]!.length);
+  const payloads: Uint8Array[] = [];
+  const probs = new Uint16Array(65536);
+  for (let p = width - 1; p >= 0; p--) {
+    const plan = best.plans[p]!;
+    if (plan.kind !== K_RAW) {
+      const enc = new RangeEncoder(Math.ceil(plan.bits / 8) + 64);
+      probs.fill(PROB_INIT);
+      enc.encodeByteTrees(planes[p]!, probs, contextsFor(plan.kind, planes, p), maskFor(plan.kind, isFloat), plan.codedBits, plan.zeroFlag);
+      const coded = enc.finish();
+      const packed = packLowBits(planes[p]!, 8 - plan.codedBits);
+      if (coded.length + packed.length < n) {
+        w.u8(plan.kind | (plan.codedBits << 2) | (plan.zeroFlag ? ZERO_FLAG : 0));
+        w.varint(coded.length);
+        payloads.push(coded, packed);
+        continue;
+      }
+    }
+    w.u8(K_RAW);
+    payloads.push(p === width - 1 && isFloat ? unrotated(planes[p]!) : planes[p]!);
   }
+  payloads.push(data.subarray(n * width));
   const header = w.finish();
-  let total = header.length + data.length - n * width;
+  let total = header.length;
   for (const payload of payloads) total += payload.length;
   if (total >= data.length + 1) return stored(data);
   const out = new Uint8Array(total);
@@ -275,8 +377,13 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
     out.set(payload, at);
     at += payload.length;
   }
-  out.set(data.subarray(n * width), at);
   return out;
+}
+
+function unrotated(plane: Uint8Array): Uint8Array {
+  const copy = plane.slice();
+  unrotateTop(copy);
+  return copy;
 }
 
 function stored(data: Uint8Array): Uint8Array {
@@ -293,7 +400,7 @@ function stored(data: Uint8Array): Uint8Array {
  * @param byteLength the original data length
  * @param base the base given to the encoder, if any
  * @returns the original bytes, bit for bit
- * @throws ExcpError ERR_CORRUPT / ERR_TRUNCATED on inconsistent input, ERR_BASE_MISSING when a base is needed
+ * @throws ExcpError ERR_CORRUPT / ERR_TRUNCATED on inconsistent input, ERR_BASE_MISSING / ERR_BASE_MISMATCH for a missing or wrong-sized base
  */
 export function decodeExact(coded: Uint8Array, dtype: string, byteLength: number, base?: Uint8Array): Uint8Array {
   const width = widthOf(dtype);
@@ -310,40 +417,46 @@ export function decodeExact(coded: Uint8Array, dtype: string, byteLength: number
     if (base.length !== byteLength) throw new ExcpError('ERR_BASE_MISMATCH', `exact: base has ${base.length} bytes, expected ${byteLength}`);
   }
   const n = Math.floor(byteLength / width);
-  const kinds: number[] = [];
+  const isFloat = FLOATS.has(dtype);
+  const descriptors: number[] = [];
   const lengths: number[] = [];
-  for (let k = 0; k < width; k++) {
-    const kind = r.u8();
-    if (kind > K_PREV || (kind === K_UPPER && k === 0) || (kind === K_PREV && k !== 0)) {
-      throw new ExcpError('ERR_CORRUPT', `exact: plane ${width - 1 - k} has invalid kind ${kind}`);
-    }
-    kinds.push(kind);
+  for (let p = width - 1; p >= 0; p--) {
+    const d = r.u8();
+    const kind = d & 3;
+    const codedBits = (d >>> 2) & 15;
+    if (d >= 128 || (kind === K_RAW && d !== 0)) throw new ExcpError('ERR_CORRUPT', `exact: plane ${p} has invalid descriptor ${d}`);
+    const valid = kind === K_RAW ? codedBits === 0 : codedBits >= 1 && codedBits <= 8 && (kind === K_ORDER0 || kind === (p === width - 1 ? K_PREV : K_UPPER));
+    if (!valid) throw new ExcpError('ERR_CORRUPT', `exact: plane ${p} has invalid descriptor ${d}`);
+    descriptors.push(d);
     lengths.push(kind === K_RAW ? n : r.varint());
   }
-  const tail = byteLength - n * width;
-  const needed = lengths.reduce((a, b) => a + b, 0) + tail;
-  if (needed !== r.remaining) throw new ExcpError('ERR_CORRUPT', `exact: payload has ${r.remaining} bytes, header describes ${needed}`);
   const planes: Uint8Array[] = new Array<Uint8Array>(width);
-  const isFloatNone = FLOATS.has(dtype) && transform === T_NONE;
   const probs = new Uint16Array(65536);
   for (let k = 0; k < width; k++) {
     const p = width - 1 - k;
-    const kind = kinds[k]!;
+    const kind = descriptors[k]! & 3;
+    const codedBits = (descriptors[k]! >>> 2) & 15;
+    const zeroFlag = (descriptors[k]! & ZERO_FLAG) !== 0;
     const start = r.offset;
     r.bytesView(lengths[k]!);
     if (kind === K_RAW) {
-      planes[p] = coded.subarray(start, start + n);
+      planes[p] = coded.slice(start, start + n);
+      if (p === width - 1 && isFloat) rotateTop(planes[p]!);
       continue;
     }
     const plane = new Uint8Array(n);
+    unpackLowBits(r.bytesView(Math.ceil((n * (8 - codedBits)) / 8)), 8 - codedBits, plane);
     const dec = new RangeDecoder(coded, start, start + lengths[k]!);
     probs.fill(PROB_INIT);
-    dec.decodeByteTrees(plane, probs, contextsFor(kind, planes, p), maskFor(kind, isFloatNone));
+    dec.decodeByteTrees(plane, probs, contextsFor(kind, planes, p), maskFor(kind, isFloat), codedBits, zeroFlag);
     if (dec.overrun > 4 || dec.unread > 0) {
       throw new ExcpError('ERR_CORRUPT', `exact: plane ${p} does not decode to ${n} bytes (overrun ${dec.overrun}, unread ${dec.unread})`);
     }
     planes[p] = plane;
   }
+  const tail = byteLength - n * width;
+  if (r.remaining !== tail) throw new ExcpError('ERR_CORRUPT', `exact: ${r.remaining} bytes left, expected a tail of ${tail}`);
+  if (isFloat && n > 0) unrotateTop(planes[width - 1]!);
   const out = new Uint8Array(byteLength);
   joinPlanes(planes, base, width, transform, n, out);
   out.set(r.bytesView(tail), n * width);

@@ -128,13 +128,14 @@ export function mapParams(input: ParamMapInput): ParamMapping {
     for (const [key, bucket] of buckets) {
       bucket.names.sort(compareNames);
       if (bucket.names.length < bucket.ids.length) {
-        throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: ids ${bucket.ids.join(', ')} have shape ${key} but only ${bucket.names.length} parameter(s) do: ${bucket.names.join(', ') || 'none'}`);
+        throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: id(s) ${bucket.ids.join(', ')} have shape ${key} but only ${bucket.names.length} parameter(s) do: ${bucket.names.join(', ') || 'none'}`);
       }
-      ambiguous.push(...settleBucket(bucket.ids, bucket.names, input, result));
+      ambiguous.push(...settleBucket(bucket.ids, bucket.names, input, result, split.structured));
     }
   }
   if (ambiguous.length > 0) {
-    throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: cannot tell apart ${ambiguous.join('; ')}; pass the names in optimizer order explicitly`);
+    const shown = ambiguous.slice(0, 12).join('; ') + (ambiguous.length > 12 ? `; and ${ambiguous.length - 12} more ids` : '');
+    throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: cannot tell apart ${ambiguous.length} param ids: ${shown}; give two consecutive checkpoints or pass the names in optimizer order explicitly`);
   }
   return result;
 }
@@ -165,7 +166,7 @@ function shapeCounts(shapes: Iterable<readonly number[]>): Map<string, number> {
 }
 
 /** Assign candidate names to groups: by a decay rule when the groups are Trainer's two, else all names to each group. */
-function splitGroups(input: ParamMapInput): { ids: number[][]; names: NamedShape[][] } {
+function splitGroups(input: ParamMapInput): { ids: number[][]; names: NamedShape[][]; structured: boolean } {
   const ids = input.groups.map((g) => g.params.filter((id) => input.stateShapes.has(id)));
   const wd = input.groups.map((g) => g.weightDecay ?? null);
   if (input.groups.length === 2 && wd[0] !== null && wd[1] !== null && (wd[0]! > 0) !== (wd[1]! > 0)) {
@@ -178,17 +179,17 @@ function splitGroups(input: ParamMapInput): { ids: number[][]; names: NamedShape
         const decay = input.params.filter(rule);
         const rest = input.params.filter((p) => !rule(p));
         const names = decayGroup === 0 ? [decay, rest] : [rest, decay];
-        if (names.every((list, g) => covers(shapeCounts(list.map((p) => p.shape)), want[g]!, exact))) return { ids, names };
+        if (names.every((list, g) => covers(shapeCounts(list.map((p) => p.shape)), want[g]!, exact))) return { ids, names, structured: true };
       }
     }
   }
-  if (input.groups.length === 1) return { ids, names: [[...input.params]] };
-  // Unknown grouping: one bucket space for all ids (group order then means nothing).
-  return { ids: [ids.flat()], names: [[...input.params]] };
+  if (input.groups.length === 1) return { ids, names: [[...input.params]], structured: true };
+  // Unknown grouping: one bucket space for all ids; id order then says nothing about module order.
+  return { ids: [ids.flat()], names: [[...input.params]], structured: false };
 }
 
 /** Settle one (group, shape) bucket; returns descriptions of ambiguous ids. */
-function settleBucket(ids: number[], names: string[], input: ParamMapInput, result: ParamMapping): string[] {
+function settleBucket(ids: number[], names: string[], input: ParamMapInput, result: ParamMapping, structured: boolean): string[] {
   const set = (id: number, name: string, confidence: number, method: ParamMapMethod): void => {
     result.names.set(id, name);
     result.confidence.set(id, Math.max(0, Math.min(1, confidence)));
@@ -199,9 +200,12 @@ function settleBucket(ids: number[], names: string[], input: ParamMapInput, resu
     return [];
   }
   const minMargin = input.minMargin ?? 0.05;
-  const candidates = names.length === ids.length ? candidateOrders(names, input.maxCandidates ?? 40320) : null;
+  const candidates = structured && names.length === ids.length ? candidateOrders(names, input.maxCandidates ?? 40320) : null;
   const scores = input.data ? scoreMatrix(ids, names, input.data, input.sampleSize ?? 4096) : null;
-  const describe = (id: number, options: Iterable<string>): string => `id ${id} (${[...new Set(options)].join(' | ')})`;
+  const describe = (id: number, options: Iterable<string>): string => {
+    const list = [...new Set(options)];
+    return `id ${id} (${list.slice(0, 6).join(' | ')}${list.length > 6 ? ` | ${list.length - 6} more` : ''})`;
+  };
   if (candidates && candidates.length === 1) {
     candidates[0]!.forEach((name, i) => set(ids[i]!, name, 0.9, 'order'));
     return [];

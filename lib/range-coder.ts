@@ -1,5 +1,5 @@
 /**
- * Byte-oriented range coder with a 32-bit range (LZMA / Subbotin family).
+ * Byte-oriented range coder (LZMA / Subbotin family) with a 31-bit range.
  *
  * ============================== READ ME FIRST ==============================
  *
@@ -7,85 +7,81 @@
  * whose base-256 digits are the output bytes. Coding a symbol that owns the
  * slice [cum, cum + freq) of a total T narrows the interval to
  *     low += r * cum;  range = r * freq,   with r = floor(range / T).
- * Whenever range drops below 2^24 the top byte of low can no longer change
+ * When range drops below 2^23 the top byte of low can no longer change
  * except by a carry, so it is shifted out ("normalization").
  *
- * Encoder state (all JS numbers; doubles are exact integers below 2^53):
- *   low       Invariant: 0 <= low < 2^33 and low + range <= 2^33. Bits 32 and
- *             up are a pending carry into the bytes already emitted.
- *             Why 2^33 is enough: right after a shift low < 2^32 and
- *             range < 2^32; coding only shrinks the interval.
- *   range     Invariant: 2^24 <= range <= 2^32 - 1 between calls (uint32).
- *             It starts at 2^32 - 1, not 2^32, because `range >>> bits`
- *             would wrap 2^32 to 0.
- *   cache     Invariant: 0 <= cache <= 255: the last byte that is final except
- *             for a possible carry (+1).
- *   pending   Invariant: pending >= 1 counts the byte `cache` plus the 0xFF
- *             bytes after it that a carry would turn into 0x00.
- *             LZMA calls this cacheSize.
- *   out/pos   Invariant: out[0, pos) holds the bytes that are final.
+ * Why 31 (not 32!) bits of range. JS numbers are doubles, but V8 runs int32
+ * arithmetic much faster. Keeping range <= 2^31 - 1 and storing low's 32-bit
+ * pattern in an int32 makes every hot operation int32 (measured about 2x
+ * faster than LZMA's 32-bit range with a 33-bit low in a double). The price:
+ * normalizing at 2^23 instead of 2^24 leaves r = range >>> 16 >= 2^7, so the
+ * truncation of r can cost up to 2^-7 of an interval per symbol; see "the last
+ * symbol owns the remainder" for why that lands on rare symbols only.
  *
- * Carry handling (shiftLow). When the top byte of low is 0xFF and there is
- * no carry yet, we cannot know whether a later carry will ripple through it,
- * so it is only counted (pending++). As soon as the byte is < 0xFF or a
- * carry has happened (low >= 2^32), `cache + carry` and `pending - 1` bytes
- * of `0xFF + carry` are written. Products r * cum are < 2^32, so low never
- * exceeds 2^33 and doubles stay exact.
+ * Encoder state:
+ *   low    Invariant: the 32-bit pattern (stored as int32 via `| 0`) of the
+ *          interval start below the bytes already written; the interval end
+ *          low + range never passes 2^32 + (what a carry already paid for).
+ *   range  Invariant: 2^23 <= range <= 2^31 - 1 between calls (a positive int32).
+ *          It starts at 2^31 - 1, so the value coded is < 1/2 in units of the
+ *          first byte and a carry can never run off the front of the output.
+ *   out    Invariant: out[0, pos) are the bytes shifted out, already corrected
+ *   pos    for every carry seen so far.
  *
- * The first byte. Like LZMA the encoder starts with cache = 0, pending = 1,
- * so its first output byte is always 0 (the interval starts inside [0, 1) in
- * units of the first byte). We drop that byte in finish(); the decoder simply
- * starts one byte later.
+ * Carry handling. low + r * cum can pass 2^32 (r * cum < 2^31, so at most one
+ * wrap). We detect the wrap on the int32 patterns with an unsigned compare
+ * (xor both sides with the sign bit) and add 1 to the bytes already written,
+ * turning trailing 0xFF bytes into 0x00 and incrementing the first non-0xFF
+ * one. LZMA needs a cached byte and a pending-0xFF counter because it streams
+ * its output; ours is in memory, so it can be fixed in place.
  *
- * Flush (finish). Any value in [low, low + range) identifies the message.
- * Because range >= 2^24, the value V = low rounded up to a multiple of 2^24
- * is inside the interval, and its bytes below the top one are zero. The
- * decoder pads reads past the end with zero bytes, so one shiftLow to settle
- * carries plus one to emit V's top byte is enough: 1 byte of flush instead of
- * LZMA's 4-5. A stream in which nothing was coded flushes to 0 bytes.
+ * Flush (finish). Any value V in [low, low + range) identifies the message,
+ * and the decoder reads zeros past the end. So we pick V with as few nonzero
+ * leading bytes as possible: low rounded up to a multiple of 2^24 if that
+ * stays below low + range (1 byte), else to a multiple of 2^23, which always
+ * does since range >= 2^23 (2 bytes); trailing zero bytes are dropped. A
+ * stream in which nothing was coded is 0 bytes.
  *
  * The last symbol owns the remainder. r * T can be below range; the slack
- * range - r * T is given to the symbol whose slice ends at T (cum + freq == T)
+ * range - r * T goes to the symbol whose slice ends at T (cum + freq == T)
  * instead of being wasted. Callers put their most probable symbol last, so
- * truncation costs (up to 2^-8 of an interval per symbol with T = 2^16) fall
- * on rare symbols only, and a symbol with freq == T costs exactly 0 bits.
- * The decoder mirrors this by clamping its target to T - 1.
+ * truncation costs fall on rare symbols, and a symbol with freq == T costs
+ * exactly 0 bits. The decoder mirrors this by clamping its target to T - 1.
  *
  * Decoder state:
- *   code      Invariant (valid input): 0 <= code < range; it is the offset
- *             of the encoded value from low. Kept uint32 with `>>> 0`, so
- *             garbage input stays bounded (it then decodes garbage, never
- *             throws a non-ExcpError, never loops).
- *   range     Same invariant as the encoder's and computed identically, from
- *             range alone, so it stays valid whatever the input.
- *   overrun   Bytes "read" past `end` (they read as 0). A valid stream needs at
- *             most 4 (the flush is 1 byte and the decoder reads 4 ahead).
+ *   code     Invariant (valid input): 0 <= code < range; the coded value minus
+ *            low, in the same 32-bit window. Masked to 31 bits, so garbage input
+ *            stays bounded: it decodes garbage, it never throws or loops.
+ *   range    Same invariant as the encoder's and computed identically, from
+ *            range alone, so it stays valid whatever the input.
+ *   overrun  Bytes "read" past `end` (read as 0). A valid stream needs at most
+ *            4: the decoder reads 4 bytes ahead and the flush writes 0-2.
  *
  * Adaptive bits (encodeBit). probs[i] is P(bit = 0) in 12-bit fixed point,
- * initialized to 2048 (1/2). bound = (range >>> 12) * p < 2^32. The update
- * with shift 5 keeps p in [31, 4065], never 0 or 4096, so both halves of the
- * split are non-empty and range never becomes 0.
+ * initialized to 2048 (1/2). bound = (range >>> 12) * p < 2^31. The update with
+ * shift 5 keeps p in [31, 4065], never 0 or 4096, so both halves of the split
+ * are non-empty and range never reaches 0.
  * ===========================================================================
  */
 import { ExcpError } from './errors.js';
 
-/** 2^24: below this the top byte of the interval is settled and is shifted out. */
-const TOP = 0x1000000;
-/** 2^32, for carry detection on low. */
-const TWO32 = 4294967296;
+/** 2^23: below this the top byte of low is settled (but for a carry) and is shifted out. */
+const TOP = 0x800000;
+/** Largest range: 2^31 - 1, the largest positive int32. */
+const MAX_RANGE = 0x7fffffff;
+/** Sign bit as an int32, for unsigned compares of int32 patterns. */
+const SIGN = -0x80000000;
 /** Probabilities are 12-bit fixed point. */
 export const PROB_BITS = 12;
 /** Initial probability of an adaptive bit: exactly 1/2. */
 export const PROB_INIT = 1 << (PROB_BITS - 1);
-/** Adaptation speed: p moves 1/32 of the way to the observed bit. */
+/** Adaptation speed: p moves 1/32 of the way towards each observed bit. */
 const MOVE_BITS = 5;
 
 /** Range encoder writing into a growable byte buffer. */
 export class RangeEncoder {
   private low = 0;
-  private range = 0xffffffff;
-  private cache = 0;
-  private pending = 1;
+  private range = MAX_RANGE;
   private out: Uint8Array;
   private pos = 0;
   private coded = false;
@@ -93,6 +89,35 @@ export class RangeEncoder {
   /** @param initialCapacity first size of the output buffer in bytes */
   constructor(initialCapacity = 4096) {
     this.out = new Uint8Array(Math.max(16, initialCapacity));
+  }
+
+  /** low += delta (0 <= delta < 2^31), propagating a carry into the written bytes. */
+  private add(delta: number): void {
+    const before = this.low;
+    this.low = (before + delta) | 0;
+    if ((this.low ^ SIGN) < (before ^ SIGN)) this.carry();
+  }
+
+  private carry(): void {
+    let k = this.pos - 1;
+    while (k >= 0 && this.out[k] === 0xff) this.out[k--] = 0;
+    if (k >= 0) this.out[k]!++;
+  }
+
+  /** Shift out settled top bytes until range >= 2^23. */
+  private normalize(): void {
+    while (this.range < TOP) {
+      if (this.pos === this.out.length) this.grow();
+      this.out[this.pos++] = this.low >>> 24;
+      this.low <<= 8;
+      this.range <<= 8;
+    }
+  }
+
+  private grow(): void {
+    const next = new Uint8Array(this.out.length * 2);
+    next.set(this.out);
+    this.out = next;
   }
 
   /**
@@ -106,10 +131,10 @@ export class RangeEncoder {
     if (freq <= 0) throw new ExcpError('ERR_IMPOSSIBLE_SYMBOL', `range-coder: symbol at cum ${cum} has frequency ${freq}`);
     const r = this.range >>> totalBits;
     const start = r * cum;
-    this.low += start;
+    this.add(start);
     this.range = cum + freq === 1 << totalBits ? this.range - start : r * freq;
     this.coded = true;
-    while (this.range < TOP) this.shift();
+    this.normalize();
   }
 
   /**
@@ -121,28 +146,29 @@ export class RangeEncoder {
     if (freq <= 0) throw new ExcpError('ERR_IMPOSSIBLE_SYMBOL', `range-coder: symbol at cum ${cum} has frequency ${freq}`);
     const r = Math.floor(this.range / total);
     const start = r * cum;
-    this.low += start;
+    this.add(start);
     this.range = cum + freq === total ? this.range - start : r * freq;
     this.coded = true;
-    while (this.range < TOP) this.shift();
+    this.normalize();
   }
 
   /**
    * Static binary split without division: bit 0 owns [0, freq0), bit 1 owns
    * [freq0, 2^totalBits) plus the remainder.
    * @param bit 0 or 1
-   * @param freq0 1 .. 2^totalBits - 1
+   * @param freq0 0 .. 2^totalBits - 1 (0: bit 1 is certain and costs nothing)
+   * @param totalBits 1..16
    */
   encodeBinary(bit: number, freq0: number, totalBits: number): void {
     const bound = (this.range >>> totalBits) * freq0;
     if (bit === 0) {
       this.range = bound;
     } else {
-      this.low += bound;
+      this.add(bound);
       this.range -= bound;
     }
     this.coded = true;
-    while (this.range < TOP) this.shift();
+    this.normalize();
   }
 
   /**
@@ -156,14 +182,14 @@ export class RangeEncoder {
     const bound = (this.range >>> PROB_BITS) * p;
     if (bit === 0) {
       this.range = bound;
-      probs[i] = p + (((1 << PROB_BITS) - p) >>> MOVE_BITS);
+      probs[i] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
     } else {
-      this.low += bound;
+      this.add(bound);
       this.range -= bound;
-      probs[i] = p - (p >>> MOVE_BITS);
+      probs[i] = p - (p >> MOVE_BITS);
     }
     this.coded = true;
-    while (this.range < TOP) this.shift();
+    this.normalize();
   }
 
   /**
@@ -172,88 +198,80 @@ export class RangeEncoder {
    * @param bits 1..16
    */
   encodeDirect(value: number, bits: number): void {
-    const r = this.range >>> bits;
-    this.low += r * value;
-    this.range = value === (1 << bits) - 1 ? this.range - r * value : r;
-    this.coded = true;
-    while (this.range < TOP) this.shift();
-  }
-
-  /** Emit the settled top byte of low and scale the interval by 256. */
-  private shift(): void {
-    this.emitTopByte(this.low);
-    this.low = (this.low & 0xffffff) * 256;
-    this.range = (this.range << 8) >>> 0;
+    this.encode(value, 1, bits);
   }
 
   /**
-   * The carry logic of READ ME FIRST: settle the top byte of `low` (bits
-   * 24..31, bit 32 is a carry). The caller then scales low and range by 256.
-   */
-  private emitTopByte(low: number): void {
-    if (low < 0xff000000 || low >= TWO32) {
-      const carry = low >= TWO32 ? 1 : 0;
-      if (this.pos + this.pending > this.out.length) this.grow(this.pending);
-      const out = this.out;
-      let pos = this.pos;
-      out[pos++] = (this.cache + carry) & 0xff;
-      for (let k = this.pending - 1; k > 0; k--) out[pos++] = (0xff + carry) & 0xff;
-      this.pos = pos;
-      this.pending = 0;
-      this.cache = (low >>> 24) & 0xff; // >>> takes low mod 2^32: drops the carry bit
-    }
-    this.pending++;
-  }
-
-  /**
-   * Bulk {@link encodeBitTree} over bytes, 8 bits each, same arithmetic as
-   * {@link encodeBit} but with low/range in locals (about 2x faster).
-   * Tree of context c uses probs[c * 256 + node], node = 1..255.
-   * @param values the bytes to code
+   * Bulk {@link encodeBitTree} of the top `bits` bits of each byte: the same
+   * arithmetic as {@link encodeBit} with low/range in locals (about 2x faster).
+   * The tree of context c uses probs[c * 256 + node], node = 1 .. 2^bits - 1.
+   * @param values the bytes; only their top `bits` bits are coded
    * @param probs models, length >= 256 * (number of contexts)
-   * @param contexts per-byte context, or null to use `previous value & prevMask`
-   * @param prevMask mask on the previous byte (0: a single tree; starts from previous = 0)
+   * @param contexts per-byte context, or null to use `previous byte & prevMask`
+   * @param prevMask mask on the previous (whole) byte; 0 gives a single tree
+   * @param bits 1..8 (default 8)
+   * @param zeroFlag if true, first code "top bits are 0" with model probs[c * 256]
+   *   and skip the tree for zeros: same size, far fewer decisions on mostly-zero planes
    */
-  encodeByteTrees(values: Uint8Array, probs: Uint16Array, contexts: Uint8Array | null, prevMask: number): void {
+  encodeByteTrees(values: Uint8Array, probs: Uint16Array, contexts: Uint8Array | null, prevMask: number, bits = 8, zeroFlag = false): void {
     let low = this.low;
     let range = this.range;
     let previous = 0;
+    const lowest = 8 - bits;
     for (let i = 0; i < values.length; i++) {
       const v = values[i]!;
       const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
+      previous = v;
       let node = 1;
-      for (let k = 7; k >= 0; k--) {
+      let k = 7;
+      if (zeroFlag) {
+        // Node 0 is free in the tree layout: it holds P(top bits == 0).
+        const p = probs[base]!;
+        const bound = (range >>> PROB_BITS) * p;
+        if (v >>> lowest === 0) {
+          range = bound;
+          probs[base] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
+          k = -1; // nothing more to code
+        } else {
+          const before = low;
+          low = (low + bound) | 0;
+          if ((low ^ SIGN) < (before ^ SIGN)) this.carry();
+          range -= bound;
+          probs[base] = p - (p >> MOVE_BITS);
+        }
+        while (range < TOP) {
+          if (this.pos === this.out.length) this.grow();
+          this.out[this.pos++] = low >>> 24;
+          low <<= 8;
+          range <<= 8;
+        }
+      }
+      for (; k >= lowest; k--) {
         const bit = (v >>> k) & 1;
         const p = probs[base + node]!;
         const bound = (range >>> PROB_BITS) * p;
         if (bit === 0) {
           range = bound;
-          probs[base + node] = p + (((1 << PROB_BITS) - p) >>> MOVE_BITS);
+          probs[base + node] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
         } else {
-          low += bound;
+          const before = low;
+          low = (low + bound) | 0;
+          if ((low ^ SIGN) < (before ^ SIGN)) this.carry();
           range -= bound;
-          probs[base + node] = p - (p >>> MOVE_BITS);
+          probs[base + node] = p - (p >> MOVE_BITS);
         }
         node = (node << 1) | bit;
         while (range < TOP) {
-          this.emitTopByte(low);
-          low = (low & 0xffffff) * 256;
-          range = (range << 8) >>> 0;
+          if (this.pos === this.out.length) this.grow();
+          this.out[this.pos++] = low >>> 24;
+          low <<= 8;
+          range <<= 8;
         }
       }
-      previous = v;
     }
     this.low = low;
     this.range = range;
     if (values.length > 0) this.coded = true;
-  }
-
-  private grow(extra: number): void {
-    let size = this.out.length * 2;
-    while (size < this.pos + extra) size *= 2;
-    const next = new Uint8Array(size);
-    next.set(this.out.subarray(0, this.pos));
-    this.out = next;
   }
 
   /**
@@ -263,14 +281,19 @@ export class RangeEncoder {
    */
   finish(): Uint8Array {
     if (!this.coded) return new Uint8Array(0);
-    // Round low up to a multiple of 2^24: still inside [low, low + range) as range >= 2^24.
-    this.low = Math.ceil(this.low / TOP) * TOP;
-    const saved = this.range;
-    this.range = 0; // shift() also scales range; its value no longer matters
-    this.shift(); // settles carries, cache := top byte of the rounded low
-    this.shift(); // writes that byte (low is now 0, so no 0xFF ambiguity)
-    this.range = saved;
-    return this.out.subarray(1, this.pos); // drop LZMA's always-zero first byte
+    const low = this.low >>> 0;
+    let value = Math.ceil(low / 0x1000000) * 0x1000000; // 1 byte, if it stays inside the interval
+    if (value - low >= this.range) value = Math.ceil(low / TOP) * TOP; // 2 bytes; range >= 2^23 makes it fit
+    if (value >= 0x100000000) {
+      this.carry();
+      value -= 0x100000000;
+    }
+    if (this.pos + 2 > this.out.length) this.grow();
+    this.out[this.pos++] = value >>> 24;
+    this.out[this.pos++] = (value >>> 16) & 0xff;
+    // The decoder reads zeros past the end, so trailing zero bytes of the flush are implied.
+    for (let k = 0; k < 2 && this.out[this.pos - 1] === 0; k++) this.pos--;
+    return this.out.subarray(0, this.pos);
   }
 }
 
@@ -280,14 +303,9 @@ export class RangeDecoder {
   private pos: number;
   private readonly end: number;
   private code = 0;
-  private range = 0xffffffff;
+  private range = MAX_RANGE;
   /** Bytes read past `end`; more than 4 means the input was truncated or corrupt. */
   overrun = 0;
-
-  /** Bytes before `end` not read yet; a fully decoded valid stream leaves 0. */
-  get unread(): number {
-    return this.end - this.pos;
-  }
 
   /**
    * @param bytes the buffer
@@ -302,7 +320,12 @@ export class RangeDecoder {
     this.bytes = bytes;
     this.pos = offset;
     this.end = end;
-    for (let k = 0; k < 4; k++) this.code = ((this.code << 8) | this.nextByte()) >>> 0;
+    for (let k = 0; k < 4; k++) this.code = ((this.code << 8) | this.nextByte()) & MAX_RANGE;
+  }
+
+  /** Bytes before `end` not read yet; a fully decoded valid stream leaves 0. */
+  get unread(): number {
+    return this.end - this.pos;
   }
 
   private nextByte(): number {
@@ -313,8 +336,8 @@ export class RangeDecoder {
 
   private normalize(): void {
     while (this.range < TOP) {
-      this.code = ((this.code << 8) | this.nextByte()) >>> 0;
-      this.range = (this.range << 8) >>> 0;
+      this.code = ((this.code << 8) | this.nextByte()) & MAX_RANGE;
+      this.range <<= 8;
     }
   }
 
@@ -332,7 +355,7 @@ export class RangeDecoder {
   consume(cum: number, freq: number, totalBits: number): void {
     const r = this.range >>> totalBits;
     const start = r * cum;
-    this.code = (this.code - start) >>> 0;
+    this.code = (this.code - start) & MAX_RANGE;
     this.range = cum + freq === 1 << totalBits ? this.range - start : r * freq;
     this.normalize();
   }
@@ -343,11 +366,11 @@ export class RangeDecoder {
     return t >= total ? total - 1 : t;
   }
 
-  /** Counterpart of {@link decodeTargetTotal}. */
+  /** Counterpart of {@link RangeEncoder.encodeTotal}. */
   consumeTotal(cum: number, freq: number, total: number): void {
     const r = Math.floor(this.range / total);
     const start = r * cum;
-    this.code = (this.code - start) >>> 0;
+    this.code = (this.code - start) & MAX_RANGE;
     this.range = cum + freq === total ? this.range - start : r * freq;
     this.normalize();
   }
@@ -355,12 +378,11 @@ export class RangeDecoder {
   /** Counterpart of {@link RangeEncoder.encodeBinary}. @returns the bit */
   decodeBinary(freq0: number, totalBits: number): number {
     const bound = (this.range >>> totalBits) * freq0;
-    let bit: number;
+    let bit = 0;
     if (this.code < bound) {
       this.range = bound;
-      bit = 0;
     } else {
-      this.code = (this.code - bound) >>> 0;
+      this.code -= bound;
       this.range -= bound;
       bit = 1;
     }
@@ -372,65 +394,18 @@ export class RangeDecoder {
   decodeBit(probs: Uint16Array, i: number): number {
     const p = probs[i]!;
     const bound = (this.range >>> PROB_BITS) * p;
-    let bit: number;
+    let bit = 0;
     if (this.code < bound) {
       this.range = bound;
-      probs[i] = p + (((1 << PROB_BITS) - p) >>> MOVE_BITS);
-      bit = 0;
+      probs[i] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
     } else {
-      this.code = (this.code - bound) >>> 0;
+      this.code -= bound;
       this.range -= bound;
-      probs[i] = p - (p >>> MOVE_BITS);
+      probs[i] = p - (p >> MOVE_BITS);
       bit = 1;
     }
-    while (this.range < TOP) {
-      this.code = ((this.code << 8) | this.nextByte()) >>> 0;
-      this.range = (this.range << 8) >>> 0;
-    }
+    this.normalize();
     return bit;
-  }
-
-  /**
-   * Counterpart of {@link RangeEncoder.encodeByteTrees}.
-   * @param out destination; out.length bytes are decoded
-   */
-  decodeByteTrees(out: Uint8Array, probs: Uint16Array, contexts: Uint8Array | null, prevMask: number): void {
-    const bytes = this.bytes;
-    const end = this.end;
-    let pos = this.pos;
-    let code = this.code;
-    let range = this.range;
-    let previous = 0;
-    for (let i = 0; i < out.length; i++) {
-      const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
-      let node = 1;
-      while (node < 256) {
-        const p = probs[base + node]!;
-        const bound = (range >>> PROB_BITS) * p;
-        if (code < bound) {
-          range = bound;
-          probs[base + node] = p + (((1 << PROB_BITS) - p) >>> MOVE_BITS);
-          node <<= 1;
-        } else {
-          code = (code - bound) >>> 0;
-          range -= bound;
-          probs[base + node] = p - (p >>> MOVE_BITS);
-          node = (node << 1) | 1;
-        }
-        while (range < TOP) {
-          let byte = 0;
-          if (pos < end) byte = bytes[pos++]!;
-          else this.overrun++;
-          code = ((code << 8) | byte) >>> 0;
-          range = (range << 8) >>> 0;
-        }
-      }
-      previous = node & 0xff;
-      out[i] = previous;
-    }
-    this.pos = pos;
-    this.code = code;
-    this.range = range;
   }
 
   /** Counterpart of {@link RangeEncoder.encodeDirect}. @returns the value */
@@ -438,6 +413,72 @@ export class RangeDecoder {
     const value = this.decodeTarget(bits);
     this.consume(value, 1, bits);
     return value;
+  }
+
+  /**
+   * Counterpart of {@link RangeEncoder.encodeByteTrees}.
+   * @param out destination; on entry its bits below the top `bits` hold the
+   *   uncoded low bits (or 0); the decoded top bits are ORed in
+   */
+  decodeByteTrees(out: Uint8Array, probs: Uint16Array, contexts: Uint8Array | null, prevMask: number, bits = 8, zeroFlag = false): void {
+    const bytes = this.bytes;
+    const end = this.end;
+    let pos = this.pos;
+    let code = this.code;
+    let range = this.range;
+    let previous = 0;
+    const top = 1 << bits;
+    const lowest = 8 - bits;
+    for (let i = 0; i < out.length; i++) {
+      const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
+      let node = 1;
+      if (zeroFlag) {
+        const p = probs[base]!;
+        const bound = (range >>> PROB_BITS) * p;
+        if (code < bound) {
+          range = bound;
+          probs[base] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
+          node = top; // top bits are 0: skip the tree
+        } else {
+          code -= bound;
+          range -= bound;
+          probs[base] = p - (p >> MOVE_BITS);
+        }
+        while (range < TOP) {
+          let byte = 0;
+          if (pos < end) byte = bytes[pos++]!;
+          else this.overrun++;
+          code = ((code << 8) | byte) & MAX_RANGE;
+          range <<= 8;
+        }
+      }
+      while (node < top) {
+        const p = probs[base + node]!;
+        const bound = (range >>> PROB_BITS) * p;
+        if (code < bound) {
+          range = bound;
+          probs[base + node] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
+          node <<= 1;
+        } else {
+          code -= bound;
+          range -= bound;
+          probs[base + node] = p - (p >> MOVE_BITS);
+          node = (node << 1) | 1;
+        }
+        while (range < TOP) {
+          let byte = 0;
+          if (pos < end) byte = bytes[pos++]!;
+          else this.overrun++;
+          code = ((code << 8) | byte) & MAX_RANGE;
+          range <<= 8;
+        }
+      }
+      previous = (((node - top) << lowest) | out[i]!) & 0xff;
+      out[i] = previous;
+    }
+    this.pos = pos;
+    this.code = code;
+    this.range = range;
   }
 }
 

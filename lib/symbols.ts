@@ -46,9 +46,10 @@ const MODE_CONTEXT = 3;
 /** Level-1 precision: the finest the range coder allows, for extreme skews. */
 const SPLIT_BITS = 16;
 const SPLIT_TOTAL = 1 << SPLIT_BITS;
-/** Range coder constants (see range-coder.ts): normalization threshold and carry bit. */
-const TOP = 0x1000000;
-const TWO32 = 4294967296;
+/** Range coder constants (see READ ME FIRST in range-coder.ts). */
+const TOP = 0x800000;
+const MAX_RANGE = 0x7fffffff;
+const SIGN = -0x80000000;
 
 /** One table: MPS split plus a table for the other symbols. */
 interface Model {
@@ -264,80 +265,69 @@ function encodeLoop(symbols: Uint8Array, contexts: Uint8Array | undefined, alpha
   const { mps, escape, rareBits, cum, freq } = t;
   let out: Uint8Array = new Uint8Array(Math.max(16, capacity));
   let pos = 0;
-  let low = 0;
-  let range = 0xffffffff;
-  let cache = 0;
-  let pending = 1;
+  let low = 0; // int32 pattern of the 32-bit interval start
+  let range = MAX_RANGE;
   for (let i = 0; i < symbols.length; i++) {
     const s = symbols[i]!;
     const c = contexts === undefined ? 0 : contexts[i]!;
     const e = escape[c]!;
     const bound = (range >>> SPLIT_BITS) * e;
+    let add = bound;
     if (s === mps[c]) {
-      low += bound; // MPS: upper part of the split plus the slack
-      range -= bound;
+      range -= bound; // MPS: upper part of the split plus the slack
     } else {
       if (e === 0) throw new ExcpError('ERR_IMPOSSIBLE_SYMBOL', `symbols: symbol ${s} in constant context ${c}`);
       range = bound;
       const k = c * alphabetSize + s;
       const f = freq[k]!;
       if (f === 0) throw new ExcpError('ERR_IMPOSSIBLE_SYMBOL', `symbols: symbol ${s} has frequency 0 in context ${c}`);
-      // Normalize before the level-2 division: range >= 2^24 keeps r >= 2^8.
+      // Normalize before the level-2 split so that r = range >>> b keeps >= 7 bits.
       while (range < TOP) {
-        if (low < 0xff000000 || low >= TWO32) {
-          const carry = low >= TWO32 ? 1 : 0;
-          if (pos + pending > out.length) out = grow(out, pos + pending);
-          out[pos++] = (cache + carry) & 0xff;
-          for (; pending > 1; pending--) out[pos++] = (0xff + carry) & 0xff;
-          pending = 0;
-          cache = (low >>> 24) & 0xff;
-        }
-        pending++;
-        low = (low & 0xffffff) * 256;
-        range = (range << 8) >>> 0;
+        if (pos === out.length) out = grow(out);
+        out[pos++] = low >>> 24;
+        low <<= 8;
+        range <<= 8;
       }
       const b = rareBits[c]!;
       const r = range >>> b;
       const cm = cum[k]!;
-      const start = r * cm;
-      low += start;
-      range = cm + f === 1 << b ? range - start : r * f;
+      add = r * cm;
+      range = cm + f === 1 << b ? range - add : r * f;
     }
+    const before = low;
+    low = (low + add) | 0;
+    if ((low ^ SIGN) < (before ^ SIGN)) carry(out, pos);
     while (range < TOP) {
-      if (low < 0xff000000 || low >= TWO32) {
-        const carry = low >= TWO32 ? 1 : 0;
-        if (pos + pending > out.length) out = grow(out, pos + pending);
-        out[pos++] = (cache + carry) & 0xff;
-        for (; pending > 1; pending--) out[pos++] = (0xff + carry) & 0xff;
-        pending = 0;
-        cache = (low >>> 24) & 0xff;
-      }
-      pending++;
-      low = (low & 0xffffff) * 256;
-      range = (range << 8) >>> 0;
+      if (pos === out.length) out = grow(out);
+      out[pos++] = low >>> 24;
+      low <<= 8;
+      range <<= 8;
     }
   }
-  // Flush exactly like RangeEncoder.finish: round low up to a multiple of 2^24, emit two bytes' worth.
-  low = Math.ceil(low / TOP) * TOP;
-  for (let k = 0; k < 2; k++) {
-    if (low < 0xff000000 || low >= TWO32) {
-      const carry = low >= TWO32 ? 1 : 0;
-      if (pos + pending > out.length) out = grow(out, pos + pending);
-      out[pos++] = (cache + carry) & 0xff;
-      for (; pending > 1; pending--) out[pos++] = (0xff + carry) & 0xff;
-      pending = 0;
-      cache = (low >>> 24) & 0xff;
-    }
-    pending++;
-    low = (low & 0xffffff) * 256;
+  // Flush exactly like RangeEncoder.finish.
+  const unsignedLow = low >>> 0;
+  let value = Math.ceil(unsignedLow / 0x1000000) * 0x1000000;
+  if (value - unsignedLow >= range) value = Math.ceil(unsignedLow / TOP) * TOP;
+  if (value >= 0x100000000) {
+    carry(out, pos);
+    value -= 0x100000000;
   }
-  return out.subarray(1, pos); // the first byte is always 0 (see range-coder.ts)
+  if (pos + 2 > out.length) out = grow(out);
+  out[pos++] = value >>> 24;
+  out[pos++] = (value >>> 16) & 0xff;
+  for (let k = 0; k < 2 && out[pos - 1] === 0; k++) pos--;
+  return out.subarray(0, pos);
 }
 
-function grow(out: Uint8Array, needed: number): Uint8Array {
-  let size = out.length * 2;
-  while (size < needed) size *= 2;
-  const next = new Uint8Array(size);
+/** Add 1 to the bytes written so far (a carry out of low). */
+function carry(out: Uint8Array, pos: number): void {
+  let k = pos - 1;
+  while (k >= 0 && out[k] === 0xff) out[k--] = 0;
+  if (k >= 0) out[k]!++;
+}
+
+function grow(out: Uint8Array): Uint8Array {
+  const next = new Uint8Array(out.length * 2);
   next.set(out);
   return next;
 }
@@ -401,10 +391,10 @@ function decodeLoop(bytes: Uint8Array, offset: number, out: Uint8Array, contexts
   let pos = offset;
   let overrun = 0;
   let code = 0;
-  let range = 0xffffffff;
+  let range = MAX_RANGE;
   // Reads past the end yield 0 and are counted; a valid stream needs at most 4.
   for (let k = 0; k < 4; k++) {
-    code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) >>> 0;
+    code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) & MAX_RANGE;
   }
   for (let i = 0; i < out.length; i++) {
     const c = contexts === undefined ? 0 : contexts[i]!;
@@ -416,8 +406,8 @@ function decodeLoop(bytes: Uint8Array, offset: number, out: Uint8Array, contexts
     } else {
       range = bound;
       while (range < TOP) {
-        code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) >>> 0;
-        range = (range << 8) >>> 0;
+        code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) & MAX_RANGE;
+        range <<= 8;
       }
       const b = rareBits[c]!;
       const r = range >>> b;
@@ -428,13 +418,13 @@ function decodeLoop(bytes: Uint8Array, offset: number, out: Uint8Array, contexts
       const k = c * alphabetSize + s;
       const cm = cum[k]!;
       const start = r * cm;
-      code = (code - start) >>> 0;
+      code = (code - start) & MAX_RANGE;
       range = cm + freq[k]! === max + 1 ? range - start : r * freq[k]!;
       out[i] = s;
     }
     while (range < TOP) {
-      code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) >>> 0;
-      range = (range << 8) >>> 0;
+      code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) & MAX_RANGE;
+      range <<= 8;
     }
   }
   return { overrun, unread: end - pos };

