@@ -2,35 +2,45 @@
  * Lossless ("exact mode") coding of tensor bytes, optionally against a base.
  *
  * Idea: split the elements into byte planes (plane p = byte p of every
- * element, little-endian, so the top plane of a float holds the sign and the
- * high exponent bits). Planes differ wildly: the top planes of trained
- * weights carry 2-4 bits of information per byte, the low mantissa planes are
- * noise. So each plane is either stored raw (fast, and the smallest for
- * noise) or coded with adaptive binary bit-trees through the range coder, in
- * one of three contexts:
- *   order0  one tree for the plane;
- *   upper   the same element's byte in the plane above (for fp32 plane 2
- *           this is sign + exponent, which predicts the exponent's last bit
- *           and the top mantissa bits);
- *   prev    the previous element's byte in the same plane (top plane only;
- *           catches row/column structure, e.g. Adam's v).
- * The choice per plane comes from empirical conditional entropies of a
- * sample plus an adaptive-model learning penalty ((k-1)/2 log2 n bits per
- * context with k used values); a coded plane that turns out larger than raw
- * is stored raw. bf16 is exactly the top two planes of fp32, so the same
- * models serve both.
+ * element, little-endian). Planes differ wildly: the top planes of trained
+ * weights carry 2-4 bits per byte (sign, exponent), the low mantissa planes
+ * are noise. Each plane is coded in one of these ways:
+ *   raw       stored as is (noise: smallest and fastest);
+ *   constant  one byte (zero tensors, int high bytes, bf16-upcast fp32);
+ *   trees     the top m bits (1..8) through adaptive binary bit-trees and the
+ *             range coder, the low 8 - m bits packed raw. Contexts:
+ *               order0  one tree for the plane;
+ *               upper   the same element's byte in the plane above (fp32
+ *                       plane 2 given sign + exponent: predicts the exponent's
+ *                       last bit and the top mantissa bits);
+ *               prev    the previous element's byte (top plane only; row
+ *                       structure, e.g. Adam's v).
+ * Why m < 8: a near-uniform mantissa bit costs a coder decision (time) and
+ * saves nothing, so only the bits that pay are modelled. For floats the top
+ * plane is rotated left by one (sign to bit 0), so m = 7 models the exponent
+ * bits and leaves the sign of zero-mean weights raw. The plan per plane comes
+ * from empirical conditional entropies on a sample, plus (k-1)/2 log2(n)
+ * learning bits per context and DECISION_COST per modelled bit; a coded plane
+ * that ends up larger than raw is stored raw. bf16 is the top two planes of
+ * fp32, so the same models serve both.
  *
- * With a base (the previous checkpoint's bytes), the planes are built from a
+ * With a base (the previous checkpoint's bytes) the planes come from a
  * transform of each element against its base element: XOR of the bit
  * patterns, or the zigzag-coded integer difference of the bit patterns
- * (little-endian, element width). The transform with the smallest estimate
- * (including "none") is recorded.
+ * (little-endian, element width). The transform with the smallest estimate,
+ * "none" included, is recorded.
  *
  * Format:
- *   u8      transform: 0 none, 1 xor, 2 zigzag difference, 3 stored (raw bytes follow, done)
- *   per plane, from the top (p = width-1) down to 0:
- *           u8 kind: 0 raw, 1 order0, 2 upper, 3 prev; for kinds 1-3 a varint coded length
- *   payloads in the same order (raw planes: n bytes), then the byteLength % width tail bytes raw.
+ *   u8   transform: 0 none, 1 xor, 2 zigzag difference, 3 stored (raw data follows; end)
+ *   per plane from the top (p = width - 1) down to 0, a descriptor:
+ *          0                         raw: n bytes in the payload
+ *          128, u8 value             constant: nothing in the payload
+ *          kind | m << 2 | 64 * z    kind 1 order0, 2 upper, 3 prev; m = 1..8 coded top
+ *                                    bits; z: the trees first code "top bits are 0";
+ *                                    then a varint: length of the range-coded bytes
+ *   payloads in the same order (coded planes: coded bytes, then ceil(n * (8 - m) / 8)
+ *   bytes of packed low bits, LSB first), then the byteLength % width tail bytes raw.
+ *   Float top planes are in rotated form in all of the above.
  */
 import { ByteReader, ByteWriter } from './bytes.js';
 import { DTYPE_BYTES, isDType } from './dtype.js';
@@ -50,6 +60,8 @@ const K_UPPER = 2;
 const K_PREV = 3;
 /** Plane descriptor byte: kind | codedBits << 2 | ZERO_FLAG. */
 const ZERO_FLAG = 64;
+/** Plane descriptor of a plane whose bytes are all equal; the byte follows. */
+const CONSTANT = 128;
 const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2']);
 /**
  * Cost charged per coded bit per element, in bits: a shift-5 adaptive binary
@@ -349,6 +361,12 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
   const probs = new Uint16Array(65536);
   for (let p = width - 1; p >= 0; p--) {
     const plan = best.plans[p]!;
+    const constant = constantOf(planes[p]!);
+    if (constant >= 0) {
+      w.u8(CONSTANT);
+      w.u8(constant);
+      continue;
+    }
     if (plan.kind !== K_RAW) {
       const enc = new RangeEncoder(Math.ceil(plan.bits / 8) + 64);
       probs.fill(PROB_INIT);
@@ -378,6 +396,13 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
     at += payload.length;
   }
   return out;
+}
+
+/** @returns the byte every element of the plane has, or -1 */
+function constantOf(plane: Uint8Array): number {
+  const first = plane[0]!;
+  for (let i = 1; i < plane.length; i++) if (plane[i] !== first) return -1;
+  return first;
 }
 
 function unrotated(plane: Uint8Array): Uint8Array {
@@ -420,8 +445,16 @@ export function decodeExact(coded: Uint8Array, dtype: string, byteLength: number
   const isFloat = FLOATS.has(dtype);
   const descriptors: number[] = [];
   const lengths: number[] = [];
+  const constants: number[] = [];
   for (let p = width - 1; p >= 0; p--) {
     const d = r.u8();
+    if (d === CONSTANT) {
+      descriptors.push(d);
+      lengths.push(0);
+      constants.push(r.u8());
+      continue;
+    }
+    constants.push(0);
     const kind = d & 3;
     const codedBits = (d >>> 2) & 15;
     if (d >= 128 || (kind === K_RAW && d !== 0)) throw new ExcpError('ERR_CORRUPT', `exact: plane ${p} has invalid descriptor ${d}`);
@@ -437,6 +470,10 @@ export function decodeExact(coded: Uint8Array, dtype: string, byteLength: number
     const kind = descriptors[k]! & 3;
     const codedBits = (descriptors[k]! >>> 2) & 15;
     const zeroFlag = (descriptors[k]! & ZERO_FLAG) !== 0;
+    if (descriptors[k] === CONSTANT) {
+      planes[p] = new Uint8Array(n).fill(constants[k]!);
+      continue;
+    }
     const start = r.offset;
     r.bytesView(lengths[k]!);
     if (kind === K_RAW) {

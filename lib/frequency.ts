@@ -41,40 +41,28 @@ export function countSymbols(symbols: Uint8Array, alphabetSize: number, counts?:
   return out;
 }
 
-/** Min-heap of symbol indices keyed by a cost array (small: <= 256 entries). */
-class CostHeap {
-  readonly items: number[] = [];
-  constructor(private readonly cost: Float64Array) {}
-  push(i: number): void {
-    const a = this.items;
-    a.push(i);
-    let k = a.length - 1;
-    while (k > 0) {
-      const parent = (k - 1) >> 1;
-      if (this.cost[a[parent]!]! <= this.cost[i]!) break;
-      a[k] = a[parent]!;
-      k = parent;
-    }
-    a[k] = i;
+/**
+ * Bits it costs to move one unit: taking one from f costs c*log2(f/(f-1))
+ * (Infinity at f = 1: a used symbol keeps >= 1); giving one to f "costs"
+ * -c*log2((f+1)/f). Lower is better in both directions.
+ */
+function unitCost(count: number, freq: number, shrinking: boolean): number {
+  if (shrinking) return freq > 1 ? count * Math.log2(freq / (freq - 1)) : Infinity;
+  return -count * Math.log2((freq + 1) / freq);
+}
+
+/** Sift-down in a binary min-heap of slots keyed by cost. */
+function siftDown(heap: Int32Array, size: number, cost: Float64Array, at: number): void {
+  const item = heap[at]!;
+  for (;;) {
+    let child = 2 * at + 1;
+    if (child >= size) break;
+    if (child + 1 < size && cost[heap[child + 1]!]! < cost[heap[child]!]!) child++;
+    if (cost[heap[child]!]! >= cost[item]!) break;
+    heap[at] = heap[child]!;
+    at = child;
   }
-  pop(): number {
-    const a = this.items;
-    const top = a[0]!;
-    const last = a.pop()!;
-    if (a.length > 0) {
-      let k = 0;
-      for (;;) {
-        let child = 2 * k + 1;
-        if (child >= a.length) break;
-        if (child + 1 < a.length && this.cost[a[child + 1]!]! < this.cost[a[child]!]!) child++;
-        if (this.cost[a[child]!]! >= this.cost[last]!) break;
-        a[k] = a[child]!;
-        k = child;
-      }
-      a[k] = last;
-    }
-    return top;
-  }
+  heap[at] = item;
 }
 
 /**
@@ -89,48 +77,51 @@ export function normalizeFrequencies(counts: Uint32Array, precisionBits: number)
     throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: precision ${precisionBits} bits is outside 0..16`);
   }
   const total = 1 << precisionBits;
-  const size = counts.length;
+  // Work on the used symbols only ("slots"): sparse tables stay cheap.
+  const used: number[] = [];
   let n = 0;
-  let used = 0;
-  for (let s = 0; s < size; s++) {
-    n += counts[s]!;
-    if (counts[s]! > 0) used++;
+  for (let s = 0; s < counts.length; s++) {
+    if (counts[s]! > 0) {
+      used.push(s);
+      n += counts[s]!;
+    }
   }
-  if (used === 0) throw new ExcpError('ERR_OUT_OF_RANGE', 'frequency: cannot normalize an empty histogram');
-  if (used > total) throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: ${used} used symbols do not fit a total of ${total}`);
-  const freqs = new Uint32Array(size);
+  if (used.length === 0) throw new ExcpError('ERR_OUT_OF_RANGE', 'frequency: cannot normalize an empty histogram');
+  if (used.length > total) throw new ExcpError('ERR_OUT_OF_RANGE', `frequency: ${used.length} used symbols do not fit a total of ${total}`);
+  const slots = used.length;
+  const slotCount = new Float64Array(slots);
+  const slotFreq = new Float64Array(slots);
   let sum = 0;
-  for (let s = 0; s < size; s++) {
-    const c = counts[s]!;
-    if (c === 0) continue;
+  for (let k = 0; k < slots; k++) {
+    const c = counts[used[k]!]!;
     const f = Math.max(1, Math.round((c * total) / n));
-    freqs[s] = f;
+    slotCount[k] = c;
+    slotFreq[k] = f;
     sum += f;
   }
-  // Fix the total greedily: each step moves the unit with the smallest cost in coded bits.
-  const cost = new Float64Array(size);
   if (sum !== total) {
+    // Fix the total one unit at a time, always where it costs the fewest bits.
     const shrinking = sum > total;
-    const heap = new CostHeap(cost);
-    const marginal = (s: number): number => {
-      const c = counts[s]!;
-      const f = freqs[s]!;
-      // Removing a unit costs c*log2(f/(f-1)) bits; adding one "costs" -c*log2((f+1)/f).
-      return shrinking ? (f > 1 ? c * Math.log2(f / (f - 1)) : Infinity) : -c * Math.log2((f + 1) / f);
-    };
-    for (let s = 0; s < size; s++) {
-      if (counts[s]! === 0) continue;
-      cost[s] = marginal(s);
-      if (cost[s]! !== Infinity) heap.push(s);
+    const step = shrinking ? -1 : 1;
+    const cost = new Float64Array(slots);
+    const heap = new Int32Array(slots);
+    let size = 0;
+    for (let k = 0; k < slots; k++) {
+      cost[k] = unitCost(slotCount[k]!, slotFreq[k]!, shrinking);
+      if (cost[k] !== Infinity) heap[size++] = k;
     }
+    for (let at = (size >> 1) - 1; at >= 0; at--) siftDown(heap, size, cost, at);
     while (sum !== total) {
-      const s = heap.pop();
-      freqs[s] = freqs[s]! + (shrinking ? -1 : 1);
-      sum += shrinking ? -1 : 1;
-      cost[s] = marginal(s);
-      if (cost[s]! !== Infinity) heap.push(s);
+      const k = heap[0]!;
+      slotFreq[k] = slotFreq[k]! + step;
+      sum += step;
+      cost[k] = unitCost(slotCount[k]!, slotFreq[k]!, shrinking);
+      if (cost[k] === Infinity) heap[0] = heap[--size]!; // cannot shrink below 1
+      siftDown(heap, size, cost, 0);
     }
   }
+  const freqs = new Uint32Array(counts.length);
+  for (let k = 0; k < slots; k++) freqs[used[k]!] = slotFreq[k]!;
   assertTable(counts, freqs, total);
   return freqs;
 }
@@ -189,31 +180,41 @@ export function buildDecodeTable(freqs: Uint32Array, precisionBits: number, out?
  * a very skewed stream then cost a quarter of a byte each.
  */
 
-interface TokenSink {
-  token(v: number): void;
-  big(v: number): void;
+/** Collected tokens of one table (see the format above). */
+interface Tokens {
+  tokens: number[];
+  bigs: number[];
 }
 
-function emitTokens(freqs: Uint32Array, count: number, width: number, sink: TokenSink): void {
+/**
+ * Walk the table's tokens at one width; collect them into `out` if given.
+ * @returns the bytes of the token and varint sections
+ */
+function scanTokens(freqs: Uint32Array, count: number, width: number, out: Tokens | null): number {
   const max = (1 << width) - 1;
+  let tokens = 0;
+  let bigBytes = 0;
   let s = 0;
   while (s < count) {
     const f = freqs[s]!;
     if (f === 0) {
       let run = 1;
       while (s + run < count && freqs[s + run] === 0 && run <= max) run++;
-      sink.token(0);
-      sink.token(run - 1);
+      out?.tokens.push(0, run - 1);
+      tokens += 2;
       s += run;
-    } else {
-      if (f < max) sink.token(f);
-      else {
-        sink.token(max);
-        sink.big(f - max);
-      }
-      s++;
+      continue;
     }
+    tokens++;
+    if (f < max) out?.tokens.push(f);
+    else {
+      out?.tokens.push(max);
+      out?.bigs.push(f - max);
+      bigBytes += varintSize(f - max);
+    }
+    s++;
   }
+  return Math.ceil((tokens * width) / 8) + bigBytes;
 }
 
 function usedLength(freqs: Uint32Array): number {
@@ -231,16 +232,10 @@ function varintSize(v: number): number {
   return size;
 }
 
-function tableBytes(freqs: Uint32Array, count: number, width: number): number {
-  let tokens = 0;
-  let bigBytes = 0;
-  emitTokens(freqs, count, width, { token: () => tokens++, big: (v) => (bigBytes += varintSize(v)) });
-  return varintSize(2 * (freqs.length - count) + 1) + Math.ceil((tokens * width) / 8) + bigBytes;
-}
-
 function bestWidth(freqs: Uint32Array, count: number): { width: number; bytes: number } {
-  const wide = tableBytes(freqs, count, 4);
-  const narrow = tableBytes(freqs, count, 2);
+  const head = varintSize(2 * (freqs.length - count) + 1);
+  const wide = head + scanTokens(freqs, count, 4, null);
+  const narrow = head + scanTokens(freqs, count, 2, null);
   return narrow < wide ? { width: 2, bytes: narrow } : { width: 4, bytes: wide };
 }
 
@@ -267,23 +262,40 @@ export function writeFrequencies(w: ByteWriter, freqs: Uint32Array, precisionBit
   const count = usedLength(freqs);
   const { width } = bestWidth(freqs, count);
   w.varint(2 * (freqs.length - count) + (width === 2 ? 1 : 0));
-  const bigs: number[] = [];
+  const out: Tokens = { tokens: [], bigs: [] };
+  scanTokens(freqs, count, width, out);
   let acc = 0;
   let accBits = 0;
-  emitTokens(freqs, count, width, {
-    token: (v) => {
-      acc |= v << accBits;
-      accBits += width;
-      if (accBits === 8) {
-        w.u8(acc);
-        acc = 0;
-        accBits = 0;
-      }
-    },
-    big: (v) => bigs.push(v),
-  });
+  for (const token of out.tokens) {
+    acc |= token << accBits;
+    accBits += width;
+    if (accBits === 8) {
+      w.u8(acc);
+      acc = 0;
+      accBits = 0;
+    }
+  }
   if (accBits > 0) w.u8(acc);
-  for (const v of bigs) w.varint(v);
+  for (const v of out.bigs) w.varint(v);
+}
+
+/** Token reader state for {@link readFrequencies}. */
+interface TokenReader {
+  r: ByteReader;
+  acc: number;
+  accBits: number;
+  width: number;
+}
+
+function nextToken(t: TokenReader): number {
+  if (t.accBits === 0) {
+    t.acc = t.r.u8();
+    t.accBits = 8;
+  }
+  const v = t.acc & ((1 << t.width) - 1);
+  t.acc >>>= t.width;
+  t.accBits -= t.width;
+  return v;
 }
 
 /**
@@ -304,23 +316,12 @@ export function readFrequencies(r: ByteReader, alphabetSize: number, precisionBi
   const count = alphabetSize - trailing;
   const freqs = new Uint32Array(alphabetSize);
   const bigAt: number[] = [];
-  let acc = 0;
-  let accBits = 0;
-  const token = (): number => {
-    if (accBits === 0) {
-      acc = r.u8();
-      accBits = 8;
-    }
-    const v = acc & max;
-    acc >>>= width;
-    accBits -= width;
-    return v;
-  };
+  const reader = { r, acc: 0, accBits: 0, width };
   let s = 0;
   while (s < count) {
-    const v = token();
+    const v = nextToken(reader);
     if (v === 0) {
-      const run = token() + 1;
+      const run = nextToken(reader) + 1;
       if (s + run > count) throw new ExcpError('ERR_CORRUPT', `frequency: zero run of ${run} at symbol ${s} passes ${count}`);
       s += run;
     } else {

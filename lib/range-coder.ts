@@ -8,7 +8,8 @@
  * slice [cum, cum + freq) of a total T narrows the interval to
  *     low += r * cum;  range = r * freq,   with r = floor(range / T).
  * When range drops below 2^23 the top byte of low can no longer change
- * except by a carry, so it is shifted out ("normalization").
+ * except by a carry, so it is shifted out ("normalization"; waiting for 2^23
+ * rather than LZMA's 2^24 keeps range < 2^31 after the shift by 8).
  *
  * Why 31 (not 32!) bits of range. JS numbers are doubles, but V8 runs int32
  * arithmetic much faster. Keeping range <= 2^31 - 1 and storing low's 32-bit
@@ -19,9 +20,10 @@
  * symbol owns the remainder" for why that lands on rare symbols only.
  *
  * Encoder state:
- *   low    Invariant: the 32-bit pattern (stored as int32 via `| 0`) of the
- *          interval start below the bytes already written; the interval end
- *          low + range never passes 2^32 + (what a carry already paid for).
+ *   low    Invariant: L = low >>> 0 is the interval start within the current
+ *          32-bit window below the written bytes, 0 <= L < 2^32; low holds its
+ *          bit pattern as an int32 (`| 0`). A carry out of L is added to `out`
+ *          at once, so the interval start is always (out[0, pos), L).
  *   range  Invariant: 2^23 <= range <= 2^31 - 1 between calls (a positive int32).
  *          It starts at 2^31 - 1, so the value coded is < 1/2 in units of the
  *          first byte and a carry can never run off the front of the output.
@@ -160,15 +162,7 @@ export class RangeEncoder {
    * @param totalBits 1..16
    */
   encodeBinary(bit: number, freq0: number, totalBits: number): void {
-    const bound = (this.range >>> totalBits) * freq0;
-    if (bit === 0) {
-      this.range = bound;
-    } else {
-      this.add(bound);
-      this.range -= bound;
-    }
-    this.coded = true;
-    this.normalize();
+    this.split(bit, (this.range >>> totalBits) * freq0);
   }
 
   /**
@@ -179,14 +173,17 @@ export class RangeEncoder {
    */
   encodeBit(probs: Uint16Array, i: number, bit: number): void {
     const p = probs[i]!;
-    const bound = (this.range >>> PROB_BITS) * p;
+    this.split(bit, (this.range >>> PROB_BITS) * p);
+    probs[i] = bit === 0 ? p + (((1 << PROB_BITS) - p) >> MOVE_BITS) : p - (p >> MOVE_BITS);
+  }
+
+  /** Bit 0 keeps [0, bound) of the range, bit 1 the rest. */
+  private split(bit: number, bound: number): void {
     if (bit === 0) {
       this.range = bound;
-      probs[i] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
     } else {
       this.add(bound);
       this.range -= bound;
-      probs[i] = p - (p >> MOVE_BITS);
     }
     this.coded = true;
     this.normalize();
@@ -222,32 +219,10 @@ export class RangeEncoder {
       const v = values[i]!;
       const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
       previous = v;
-      let node = 1;
-      let k = 7;
-      if (zeroFlag) {
-        // Node 0 is free in the tree layout: it holds P(top bits == 0).
-        const p = probs[base]!;
-        const bound = (range >>> PROB_BITS) * p;
-        if (v >>> lowest === 0) {
-          range = bound;
-          probs[base] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
-          k = -1; // nothing more to code
-        } else {
-          const before = low;
-          low = (low + bound) | 0;
-          if ((low ^ SIGN) < (before ^ SIGN)) this.carry();
-          range -= bound;
-          probs[base] = p - (p >> MOVE_BITS);
-        }
-        while (range < TOP) {
-          if (this.pos === this.out.length) this.grow();
-          this.out[this.pos++] = low >>> 24;
-          low <<= 8;
-          range <<= 8;
-        }
-      }
-      for (; k >= lowest; k--) {
-        const bit = (v >>> k) & 1;
+      // Node 0 is free in the tree layout: with zeroFlag it holds P(top bits == 0), one level above the root.
+      let node = zeroFlag ? 0 : 1;
+      for (let k = zeroFlag ? 8 : 7; k >= lowest; k--) {
+        const bit = k === 8 ? (v >>> lowest === 0 ? 0 : 1) : (v >>> k) & 1;
         const p = probs[base + node]!;
         const bound = (range >>> PROB_BITS) * p;
         if (bit === 0) {
@@ -260,19 +235,21 @@ export class RangeEncoder {
           range -= bound;
           probs[base + node] = p - (p >> MOVE_BITS);
         }
-        node = (node << 1) | bit;
         while (range < TOP) {
           if (this.pos === this.out.length) this.grow();
           this.out[this.pos++] = low >>> 24;
           low <<= 8;
           range <<= 8;
         }
+        if (k === 8 && bit === 0) break; // top bits are 0: no tree
+        node = k === 8 ? 1 : (node << 1) | bit;
       }
     }
     this.low = low;
     this.range = range;
     if (values.length > 0) this.coded = true;
   }
+
 
   /**
    * Flush and return the coded bytes (a view of the internal buffer). The
@@ -377,31 +354,25 @@ export class RangeDecoder {
 
   /** Counterpart of {@link RangeEncoder.encodeBinary}. @returns the bit */
   decodeBinary(freq0: number, totalBits: number): number {
-    const bound = (this.range >>> totalBits) * freq0;
-    let bit = 0;
-    if (this.code < bound) {
-      this.range = bound;
-    } else {
-      this.code -= bound;
-      this.range -= bound;
-      bit = 1;
-    }
-    this.normalize();
-    return bit;
+    return this.split((this.range >>> totalBits) * freq0);
   }
 
   /** Counterpart of {@link RangeEncoder.encodeBit}. @returns the bit */
   decodeBit(probs: Uint16Array, i: number): number {
     const p = probs[i]!;
-    const bound = (this.range >>> PROB_BITS) * p;
+    const bit = this.split((this.range >>> PROB_BITS) * p);
+    probs[i] = bit === 0 ? p + (((1 << PROB_BITS) - p) >> MOVE_BITS) : p - (p >> MOVE_BITS);
+    return bit;
+  }
+
+  /** @returns 0 if code is in [0, bound), else 1; the range shrinks to that part. */
+  private split(bound: number): number {
     let bit = 0;
     if (this.code < bound) {
       this.range = bound;
-      probs[i] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
     } else {
       this.code -= bound;
       this.range -= bound;
-      probs[i] = p - (p >> MOVE_BITS);
       bit = 1;
     }
     this.normalize();
@@ -431,39 +402,19 @@ export class RangeDecoder {
     const lowest = 8 - bits;
     for (let i = 0; i < out.length; i++) {
       const base = (contexts === null ? previous & prevMask : contexts[i]!) << 8;
-      let node = 1;
-      if (zeroFlag) {
-        const p = probs[base]!;
-        const bound = (range >>> PROB_BITS) * p;
-        if (code < bound) {
-          range = bound;
-          probs[base] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
-          node = top; // top bits are 0: skip the tree
-        } else {
-          code -= bound;
-          range -= bound;
-          probs[base] = p - (p >> MOVE_BITS);
-        }
-        while (range < TOP) {
-          let byte = 0;
-          if (pos < end) byte = bytes[pos++]!;
-          else this.overrun++;
-          code = ((code << 8) | byte) & MAX_RANGE;
-          range <<= 8;
-        }
-      }
+      let node = zeroFlag ? 0 : 1;
       while (node < top) {
         const p = probs[base + node]!;
         const bound = (range >>> PROB_BITS) * p;
+        let bit = 0;
         if (code < bound) {
           range = bound;
           probs[base + node] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS);
-          node <<= 1;
         } else {
           code -= bound;
           range -= bound;
           probs[base + node] = p - (p >> MOVE_BITS);
-          node = (node << 1) | 1;
+          bit = 1;
         }
         while (range < TOP) {
           let byte = 0;
@@ -472,6 +423,7 @@ export class RangeDecoder {
           code = ((code << 8) | byte) & MAX_RANGE;
           range <<= 8;
         }
+        node = node === 0 ? (bit === 0 ? top : 1) : (node << 1) | bit; // node 0: the zero flag
       }
       previous = (((node - top) << lowest) | out[i]!) & 0xff;
       out[i] = previous;
@@ -480,6 +432,7 @@ export class RangeDecoder {
     this.code = code;
     this.range = range;
   }
+
 }
 
 /**

@@ -33,6 +33,7 @@ import {
   codedBits,
   countSymbols,
   cumulative,
+  empiricalEntropyBits,
   frequencyTableBytes,
   normalizeFrequencies,
   readFrequencies,
@@ -66,12 +67,6 @@ function bitLength(v: number): number {
   return v <= 0 ? 0 : 32 - Math.clz32(v);
 }
 
-function maxOf(values: Uint32Array): number {
-  let max = 0;
-  for (let k = 0; k < values.length; k++) if (values[k]! > max) max = values[k]!;
-  return max;
-}
-
 function varintBytes(v: number): number {
   return v < 128 ? 1 : v < 16384 ? 2 : 3;
 }
@@ -89,16 +84,22 @@ function buildModel(counts: Uint32Array, n: number): Model {
   let distinct = 0;
   for (let s = 0; s < rareCounts.length; s++) if (rareCounts[s]! > 0) distinct++;
   const headerBits = 8 * (2 + varintBytes(escape));
-  // Start at a precision finer than the counts and coarsen. The table size is
-  // a step function (frequencies >= 3 and >= 15 cost more), so keep going while
-  // any frequency is that large; after that, stop when it stops paying.
+  // Start at a precision finer than the counts and coarsen: coding loss grows,
+  // table bytes shrink (in steps: frequencies >= 3 and >= 15 cost more). Stop
+  // once the loss alone, plus the smallest table possible (every used symbol at
+  // frequency 1), cannot beat the best so far: coarser can only lose more.
   const minBits = bitLength(distinct - 1);
+  const entropy = empiricalEntropyBits(rareCounts);
+  const presence = new Uint32Array(rareCounts.length);
+  for (let s = 0; s < rareCounts.length; s++) presence[s] = rareCounts[s]! > 0 ? 1 : 0;
+  const smallestTableBits = 8 * frequencyTableBytes(presence);
   let best: { rareBits: number; rareFreqs: Uint32Array; bits: number } | undefined;
   for (let p = Math.max(minBits, Math.min(16, bitLength(rare) + 1)); p >= minBits; p--) {
     const freqs = normalizeFrequencies(rareCounts, p);
-    const bits = codedBits(rareCounts, freqs, p) + 8 * frequencyTableBytes(freqs);
+    const coded = codedBits(rareCounts, freqs, p);
+    const bits = coded + 8 * frequencyTableBytes(freqs);
     if (best === undefined || bits < best.bits) best = { rareBits: p, rareFreqs: freqs, bits };
-    else if (maxOf(freqs) < 3) break;
+    if (coded - entropy + smallestTableBits >= best.bits) break;
   }
   const chosen = best!;
   return { mps, escape, rareBits: chosen.rareBits, rareFreqs: chosen.rareFreqs, bits: headerBits + splitBits + chosen.bits };
@@ -183,18 +184,29 @@ function checkArgs(count: number, alphabetSize: number, contexts: Uint8Array | u
   }
 }
 
-/** Per-context histograms, [context * alphabetSize + symbol], plus per-context totals. */
-function countByContext(symbols: Uint8Array, alphabetSize: number, contexts: Uint8Array, numContexts: number): { counts: Uint32Array; totals: Uint32Array } {
-  const counts = new Uint32Array(256 * alphabetSize);
-  for (let i = 0; i < symbols.length; i++) counts[contexts[i]! * alphabetSize + symbols[i]!]!++;
-  const totals = new Uint32Array(256);
+/**
+ * One pass over (context, symbol) pairs: per-context histograms
+ * [context * alphabetSize + symbol], their totals, and the order-0 histogram.
+ * @throws ExcpError ERR_OUT_OF_RANGE for a symbol or context outside its range
+ */
+function countByContext(symbols: Uint8Array, alphabetSize: number, contexts: Uint8Array, numContexts: number): { counts: Uint32Array; totals: Uint32Array; global: Uint32Array } {
+  const joint = new Uint32Array(65536);
+  for (let i = 0; i < symbols.length; i++) joint[(contexts[i]! << 8) | symbols[i]!]!++;
+  const counts = new Uint32Array(numContexts * alphabetSize);
+  const totals = new Uint32Array(numContexts);
+  const global = new Uint32Array(alphabetSize);
   for (let c = 0; c < 256; c++) {
-    let n = 0;
-    for (let s = 0; s < alphabetSize; s++) n += counts[c * alphabetSize + s]!;
-    if (n > 0 && c >= numContexts) throw new ExcpError('ERR_OUT_OF_RANGE', `symbols: context ${c} >= numContexts ${numContexts}`);
-    totals[c] = n;
+    for (let s = 0; s < 256; s++) {
+      const k = joint[(c << 8) | s]!;
+      if (k === 0) continue;
+      if (s >= alphabetSize) throw new ExcpError('ERR_OUT_OF_RANGE', `symbols: symbol ${s} is outside the alphabet of ${alphabetSize}`);
+      if (c >= numContexts) throw new ExcpError('ERR_OUT_OF_RANGE', `symbols: context ${c} >= numContexts ${numContexts}`);
+      counts[c * alphabetSize + s] = k;
+      totals[c] = totals[c]! + k;
+      global[s] = global[s]! + k;
+    }
   }
-  return { counts, totals };
+  return { counts, totals, global };
 }
 
 /**
@@ -210,14 +222,13 @@ export function encodeSymbols(symbols: Uint8Array, alphabetSize: number, context
   const n = symbols.length;
   checkArgs(n, alphabetSize, contexts, numContexts);
   if (n === 0) return new Uint8Array(0);
-  const counts = countSymbols(symbols, alphabetSize);
-  const global = buildModel(counts, n);
+  const byContext = contexts === undefined ? undefined : countByContext(symbols, alphabetSize, contexts, numContexts);
+  const global = buildModel(byContext?.global ?? countSymbols(symbols, alphabetSize), n);
   if (global.escape === 0) return Uint8Array.of(MODE_CONST, global.mps);
 
   let models: (Model | undefined)[] = [global];
   let mode = MODE_ORDER0;
-  if (contexts !== undefined) {
-    const byContext = countByContext(symbols, alphabetSize, contexts, numContexts);
+  if (byContext !== undefined) {
     const perContext: (Model | undefined)[] = [];
     let bits = 0;
     for (let c = 0; c < numContexts; c++) {

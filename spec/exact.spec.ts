@@ -120,7 +120,10 @@ describe('exact: seeded round trips', () => {
       try {
         roundTrip(data, dtype);
         const base = rng.next() < 0.5 ? randomBytes(rng, data.length) : data.slice();
-        if (base.length > 0 && rng.next() < 0.7) base[rng.int(base.length)] ^= 0x5a;
+        if (base.length > 0 && rng.next() < 0.7) {
+          const at = rng.int(base.length);
+          base[at] = base[at]! ^ 0x5a;
+        }
         roundTrip(data, dtype, base);
         roundTrip(data.length % WIDTH[dtype] === 0 ? nudged(rng, dtype, data) : data, dtype, data);
       } catch (err) {
@@ -172,7 +175,7 @@ describe('exact: errors', () => {
   const data = realistic(new Prng(5), 'F32', 3000);
   const coded = encodeExact(data, 'F32');
   const base = data.slice();
-  base[0] ^= 1;
+  base[0] = base[0]! ^ 1;
   const againstBase = encodeExact(data, 'F32', base);
 
   it('refuses an unknown dtype (ERR_DTYPE)', () => {
