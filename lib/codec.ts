@@ -39,6 +39,11 @@ export interface RestoredChunk {
   expAvgSq: Uint8Array | null;
 }
 
+/** A decoded chunk with the digests of its restored bytes. */
+export interface DecodedChunk extends RestoredChunk {
+  digests: string[];
+}
+
 /** Result of coding a chunk. */
 export interface EncodedChunk {
   payload: Uint8Array;
@@ -62,56 +67,62 @@ export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: Cod
   if (layout.base && !base) throw new ExcpError('ERR_BASE_MISSING', 'codec: entry needs base bytes');
   const baseDigest = base ? hashBytes(base) : null;
 
-  let weight: WeightCode;
-  let residual: Float32Array | null = null;
-  if (layout.exactWeight) {
-    weight = { exact: encodeExact(input.weight, layout.weightDtype, base ?? undefined) };
-  } else {
-    residual = new Float32Array(n);
-    const positions = computeResidual(toFloat32(input.weight, layout.weightDtype), toFloat32(base!, layout.weightDtype), residual);
-    weight = { residual: { domain: 'linear', centers: new Float32Array(0), symbols: new Uint8Array(0) }, exceptions: pickExceptions(input.weight, positions, eb) };
+  const md = layout.momentDtype;
+  const hasMoments = md !== null && input.expAvg !== null && input.expAvgSq !== null;
+  // A lossy weight is only planned for a param entry: its threshold needs v.
+  if (!layout.exactWeight && !(hasMoments && !layout.exactMoments)) {
+    throw new ExcpError('ERR_INVALID_ARG', 'codec: a lossy weight needs lossy moments in the same entry');
   }
-
+  let weight: WeightCode | null = layout.exactWeight ? { exact: encodeExact(input.weight, layout.weightDtype, base ?? undefined) } : null;
   let moments: MomentCode | null = null;
   let keptMoments = 0;
   let keptWeights = n;
-  const md = layout.momentDtype;
-  if (md && input.expAvg && input.expAvgSq) {
-    if (layout.exactMoments) {
-      moments = { exactM: encodeExact(input.expAvg, md), exactV: encodeExact(input.expAvgSq, md) };
-      keptMoments = n;
-    } else {
-      const m = toFloat32(input.expAvg, md);
-      const v = toFloat32(input.expAvgSq, md);
-      const mb = DTYPE_BYTES[md];
-      const mExceptions = pickExceptions(input.expAvg, extractNonFinite(m), mb);
-      const vExceptions = pickExceptions(input.expAvgSq, extractNonFinite(v), mb);
-      const pruned = pruneJoint(residual, m, v, options);
-      keptMoments = pruned.keptMoments;
-      if (residual) keptWeights = pruned.keptWeights;
-      let wFull: Uint8Array | null = null;
-      if (residual && 'residual' in weight) {
-        weight.residual = quantizeStream(residual, null, options.bits, 'linear');
-        wFull = weight.residual.symbols;
-      }
-      const mq = quantizeStream(m, wFull, options.bits, 'linear');
-      const vq = quantizeStream(v, expandSymbols(mq.symbols, wFull, n), options.bits, options.vDomain);
-      moments = { m: mq, v: vq, vFill: pruned.vFill, mExceptions, vExceptions };
+  if (hasMoments && layout.exactMoments) {
+    moments = { exactM: encodeExact(input.expAvg!, md), exactV: encodeExact(input.expAvgSq!, md) };
+    keptMoments = n;
+  } else if (hasMoments) {
+    const mb = DTYPE_BYTES[md];
+    const m = toFloat32(input.expAvg!, md);
+    const v = toFloat32(input.expAvgSq!, md);
+    const mExceptions = pickExceptions(input.expAvg!, extractNonFinite(m), mb);
+    const vExceptions = pickExceptions(input.expAvgSq!, extractNonFinite(v), mb);
+    let residual: Float32Array | null = null;
+    let weightExceptions: Exceptions | null = null;
+    if (!weight) {
+      residual = new Float32Array(n);
+      const positions = computeResidual(toFloat32(input.weight, layout.weightDtype), toFloat32(base!, layout.weightDtype), residual);
+      weightExceptions = pickExceptions(input.weight, positions, eb);
     }
-  } else if (residual && 'residual' in weight) {
-    // A lossy weight needs v for its threshold; the container never asks for
-    // this, but keep the stage total: prune with the cap factor alone.
-    const pruned = pruneJoint(residual, null, null, options);
-    keptWeights = pruned.keptWeights;
-    weight.residual = quantizeStream(residual, null, options.bits, 'linear');
+    const pruned = pruneJoint(residual, m, v, options);
+    keptMoments = pruned.keptMoments;
+    let wFull: Uint8Array | null = null;
+    if (residual && weightExceptions) {
+      keptWeights = pruned.keptWeights;
+      const q = quantizeStream(residual, null, options.bits, 'linear');
+      weight = { residual: q, exceptions: weightExceptions };
+      wFull = q.symbols;
+    }
+    const mq = quantizeStream(m, wFull, options.bits, 'linear');
+    const vq = quantizeStream(v, expandSymbols(mq.symbols, wFull, n), options.bits, options.vDomain);
+    moments = { m: mq, v: vq, vFill: pruned.vFill, mExceptions, vExceptions };
   }
+  if (!weight) throw new ExcpError('ERR_INVALID_ARG', 'codec: no weight stream');
 
   const code: ChunkCode = { baseDigest, weight, moments };
   const restored = reconstructChunk(layout, code, n, base, input.weight, input.expAvg, input.expAvgSq);
+  return { payload: encodePayload(code, n), digests: restoredDigests(restored), baseDigest, stats: { elements: n, keptWeights, keptMoments } };
+}
+
+/**
+ * Digests of restored bytes (weight, then m and v when present): the
+ * per-chunk input of the fingerprints, computed where the bytes are made
+ * (in the worker) rather than again on the main thread.
+ */
+export function restoredDigests(restored: RestoredChunk): string[] {
   const digests = [hashBytes(restored.weight)];
   if (restored.expAvg) digests.push(hashBytes(restored.expAvg));
   if (restored.expAvgSq) digests.push(hashBytes(restored.expAvgSq));
-  return { payload: encodePayload(code, n), digests, baseDigest, stats: { elements: n, keptWeights, keptMoments } };
+  return digests;
 }
 
 /**
@@ -121,10 +132,10 @@ export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: Cod
  * @param n elements in the chunk
  * @param base base bytes of the chunk's weight (when layout.base)
  * @param what tensor name for error messages
- * @returns restored bytes
+ * @returns restored bytes and their digests
  * @throws ExcpError ERR_BASE_MISSING, ERR_BASE_MISMATCH, ERR_CORRUPT
  */
-export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string): RestoredChunk {
+export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string): DecodedChunk {
   const mb = layout.momentDtype ? DTYPE_BYTES[layout.momentDtype] : 1;
   const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null);
   if (Boolean(code.baseDigest) !== layout.base) throw new ExcpError('ERR_CORRUPT', `restore: tensor '${what}': base flag disagrees with the header`);
@@ -135,7 +146,8 @@ export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number,
       throw new ExcpError('ERR_BASE_MISMATCH', `restore: tensor '${what}': the base differs from the one used at compression (digest ${digest}, expected ${code.baseDigest})`);
     }
   }
-  return reconstructChunk(layout, code, n, base, null, null, null);
+  const restored = reconstructChunk(layout, code, n, base, null, null, null);
+  return { ...restored, digests: restoredDigests(restored) };
 }
 
 /**

@@ -12,6 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ContainerHeader } from './container.js';
+import { DTYPE_BYTES } from './dtype.js';
 import { ExcpError, toExcpError } from './errors.js';
 import { resolveOptions } from './options.js';
 import { planSafetensors } from './plan.js';
@@ -63,12 +64,13 @@ export function compressReadable(current: TensorReader, base: TensorReader | nul
   const encoder = new ChunkEncoder(header, { threads });
   const writer = new ContainerWriter(header);
   if (onProgress) {
+    // Progress in checkpoint bytes: an entry's chunk covers its elements in every member tensor.
+    const bytesPerElement = header.entries.map((e) => [e.weight, e.expAvg, e.expAvgSq]
+      .reduce((sum: number, t) => sum + (t === null ? 0 : DTYPE_BYTES[header.tensors[t]!.dtype]), 0));
     const total = current.header.dataLength;
     let done = 0;
-    const sizes = header.entries.map((e) => [e.weight, e.expAvg, e.expAvgSq].filter((t) => t !== null)
-      .reduce((s, t) => s + current.byName.get(header.tensors[t!]!.name)!.end - current.byName.get(header.tensors[t!]!.name)!.begin, 0) / Math.max(1, e.elements));
     encoder.on('data', (r: { entry: number; stats: { elements: number } }) => {
-      done += r.stats.elements * sizes[r.entry]!;
+      done += r.stats.elements * bytesPerElement[r.entry]!;
       onProgress(done, total);
     });
   }
@@ -93,31 +95,40 @@ async function spool(source: AsyncIterable<Uint8Array>): Promise<{ path: string;
 }
 
 /**
+ * Container bytes for a checkpoint given as a path or as a byte stream (which
+ * is spooled to a temporary file first: the method needs a parameter and its
+ * moments together, wherever they sit, so the input must be random access).
+ */
+async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions): AsyncGenerator<Uint8Array> {
+  const codec = resolveOptions(stripRuntime(options));
+  const spooled = typeof input === 'string' ? null : await spool(input);
+  let base: TensorReader | null = null;
+  let current: TensorReader | null = null;
+  try {
+    base = options.base !== undefined ? await openReader(options.base) : null;
+    current = await SafetensorsFile.open(spooled ? spooled.path : (input as string)).catch((e: unknown) => {
+      if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
+      throw e;
+    });
+    const { stream, done } = compressReadable(current, base, codec, options.threads ?? defaultThreads(), options.onProgress);
+    for await (const chunk of stream) yield chunk as Uint8Array;
+    await done;
+  } finally {
+    await current?.close();
+    await base?.close();
+    await spooled?.cleanup();
+  }
+}
+
+/**
  * Compress as a Duplex: write safetensors bytes, read container bytes.
- * The input is spooled to a temporary file first (bounded memory): the
- * method needs a parameter and its moments together, wherever they sit.
+ * The input is spooled to a temporary file (bounded memory).
  * @param options method options and the base
  * @returns a Duplex for stream.pipeline
  */
 export function compress(options: CompressOptions = {}): Duplex {
-  const codec = resolveOptions(stripRuntime(options));
-  return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
-    const spooled = await spool(source);
-    const base = options.base !== undefined ? await openReader(options.base) : null;
-    let current: TensorReader | null = null;
-    try {
-      current = await SafetensorsFile.open(spooled.path).catch((e: unknown) => {
-        throw new ExcpError((e as ExcpError).code ?? 'ERR_IO', String((e as Error).message).replace(spooled.path, '<input>'));
-      });
-      const { stream, done } = compressReadable(current, base, codec, options.threads ?? defaultThreads(), options.onProgress);
-      for await (const chunk of stream) yield chunk as Uint8Array;
-      await done;
-    } finally {
-      await current?.close();
-      await base?.close();
-      await spooled.cleanup();
-    }
-  });
+  resolveOptions(stripRuntime(options)); // bad options throw here, not later inside the stream
+  return Duplex.from((source: AsyncIterable<Uint8Array>) => compressedBytes(source, options));
 }
 
 /**
@@ -129,7 +140,7 @@ export function restore(options: RestoreOptions = {}): Duplex {
   return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
     const base = options.base !== undefined ? await openReader(options.base) : null;
     const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
-    const writer = new SafetensorsWriter();
+    const writer = new SafetensorsWriter(options.onProgress);
     const out = new PassThrough();
     const done = pipeline(Readable.from(source), new ContainerReader(), decoder, writer, out);
     done.catch(() => undefined);
@@ -245,26 +256,8 @@ async function checkOutput(target: string, options: OutputOptions): Promise<void
 }
 
 /** Compress a file (or stdin when input is undefined) into a writable. */
-export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<ContainerHeader> {
-  const codec = resolveOptions(stripRuntime(options));
-  let spooled: { path: string; cleanup: () => Promise<void> } | null = null;
-  const base = options.base !== undefined ? await openReader(options.base) : null;
-  let current: TensorReader | null = null;
-  try {
-    if (input === undefined) spooled = await spool(process.stdin);
-    current = await SafetensorsFile.open(spooled ? spooled.path : input!).catch((e: unknown) => {
-      if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<stdin>'));
-      throw e;
-    });
-    const { stream, header, done } = compressReadable(current, base, codec, options.threads ?? defaultThreads(), options.onProgress);
-    await pipeline(stream, out, { end: false });
-    await done;
-    return header;
-  } finally {
-    await current?.close();
-    await base?.close();
-    await spooled?.cleanup();
-  }
+export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {
+  await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options)), out, { end: false });
 }
 
 /** Restore a container file (or stdin) into a writable. */

@@ -13,7 +13,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { ExcpError, type ErrorCode } from './errors.js';
-import type { ChunkLayout, EncodedChunk, RestoredChunk } from './codec.js';
+import type { ChunkLayout, DecodedChunk, EncodedChunk } from './codec.js';
 import type { ChunkInput, CodecOptions } from './types.js';
 
 /** A request to a worker. */
@@ -24,7 +24,7 @@ export type WorkerRequest =
 /** A worker's answer. */
 export type WorkerResponse =
   | { id: number; encoded: EncodedChunk }
-  | { id: number; decoded: RestoredChunk }
+  | { id: number; decoded: DecodedChunk }
   | { id: number; error: { code: ErrorCode; message: string } };
 
 /** Default thread count: all cores. */

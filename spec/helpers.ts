@@ -1,7 +1,9 @@
 /**
  * Shared test helpers: seeded random checkpoints, chunking, stream collection.
  */
+import assert from 'node:assert/strict';
 import { Readable, Writable, type Duplex } from 'node:stream';
+import { ExcpError } from '../lib/errors.js';
 import { pipeline } from 'node:stream/promises';
 import { Prng } from '../lib/prng.js';
 import { type DType, fromFloat32 } from '../lib/dtype.js';
@@ -116,4 +118,32 @@ export async function runThrough(chunks: Uint8Array[], stream: Duplex): Promise<
 /** Assert helper: bytes equal, with a short message. */
 export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.length), Buffer.from(b.buffer, b.byteOffset, b.length)) === 0;
+}
+
+/** A seeded uniform [0, 1) source for spec generators and fuzz loops. */
+export function uniform(seed: number): () => number {
+  const rng = new Prng(seed);
+  return () => rng.next();
+}
+
+/** The ExcpError `fn` throws; fails the test if it throws nothing or something else. */
+export function errorOf(fn: () => unknown): ExcpError {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof ExcpError, `expected ExcpError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail('expected an error');
+}
+
+/** The code of the ExcpError `fn` throws, or 'none' when it succeeds. */
+export function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof ExcpError, `expected ExcpError, got ${String(err)}`);
+    return err.code;
+  }
+  return 'none';
 }

@@ -8,6 +8,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { ExcpError } from '../lib/errors.js';
 import { type ParamMapInput, candidateOrders, compareNames, hungarian, mapParams } from '../lib/param-map.js';
 import { readOptimizerState } from '../lib/torch.js';
+import { errorOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);
 const reference = JSON.parse(readFileSync(new URL('reference.json', FIXTURES), 'utf8'));
@@ -62,15 +63,6 @@ function fixtureInput(run: string, withData: boolean): ParamMapInput {
   };
 }
 
-function error(fn: () => unknown): ExcpError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof ExcpError, `expected ExcpError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail('expected an error');
-}
 
 test('compareNames sorts indices numerically', () => {
   const names = ['layers.10.w', 'layers.2.w', 'layers.1.w', 'head', 'layers.9.w', 'layers.1.b', 'embed'];
@@ -121,7 +113,7 @@ for (const run of ['fp32', 'bf16']) {
   });
 
   test(`fixtures ${run}: without data the ambiguous ids are named`, () => {
-    const err = error(() => mapParams(fixtureInput(run, false)));
+    const err = errorOf(() => mapParams(fixtureInput(run, false)));
     assert.equal(err.code, 'ERR_PARAM_MAP');
     assert.match(err.message, /id 0 \((embed\.weight \| head\.weight|head\.weight \| embed\.weight)\)/);
     assert.match(err.message, /id 12 /);
@@ -146,12 +138,12 @@ test('explicit names settle everything and are checked', () => {
   const result = mapParams({ ...input, explicit: order });
   assert.deepEqual([...result.names].map(([id, n]) => [id, n]), order.map((n, id) => [id, n]));
   assert.ok([...result.method.values()].every((m) => m === 'explicit'));
-  assert.equal(error(() => mapParams({ ...input, explicit: order.slice(1) })).code, 'ERR_PARAM_MAP');
-  assert.equal(error(() => mapParams({ ...input, explicit: [...order.slice(0, -1), 'nope'] })).code, 'ERR_PARAM_MAP');
+  assert.equal(errorOf(() => mapParams({ ...input, explicit: order.slice(1) })).code, 'ERR_PARAM_MAP');
+  assert.equal(errorOf(() => mapParams({ ...input, explicit: [...order.slice(0, -1), 'nope'] })).code, 'ERR_PARAM_MAP');
   const swapped = [...order];
   [swapped[0], swapped[1]] = [swapped[1]!, swapped[0]!]; // [40,12] vs [12,12]
-  assert.match(error(() => mapParams({ ...input, explicit: swapped })).message, /id 0 has shape \[40,12\]/);
-  assert.equal(error(() => mapParams({ ...input, explicit: [...order.slice(0, -1), order[0]!] })).code, 'ERR_PARAM_MAP');
+  assert.match(errorOf(() => mapParams({ ...input, explicit: swapped })).message, /id 0 has shape \[40,12\]/);
+  assert.equal(errorOf(() => mapParams({ ...input, explicit: [...order.slice(0, -1), order[0]!] })).code, 'ERR_PARAM_MAP');
 });
 
 test('synthetic: unique shapes, index-only buckets, ids without state, impossible shapes', () => {
@@ -171,7 +163,7 @@ test('synthetic: unique shapes, index-only buckets, ids without state, impossibl
   assert.equal(result.method.get(0), 'order');
   assert.equal(result.confidence.get(0), 0.9);
   assert.deepEqual(result.unmapped, [7]);
-  const err = error(() => mapParams({ params, groups, stateShapes: new Map([...stateShapes, [6, [3]]]) }));
+  const err = errorOf(() => mapParams({ params, groups, stateShapes: new Map([...stateShapes, [6, [3]]]) }));
   assert.equal(err.code, 'ERR_PARAM_MAP');
   assert.match(err.message, /id\(s\) 6 have shape \[3\]/);
 });
@@ -181,7 +173,7 @@ test('groups that are not Trainer\'s two: id order is not trusted, data decides'
   const stateShapes = new Map<number, number[]>([[0, [3]], [1, [3]]]);
   // Three groups with custom hyper-parameters: no structural guess.
   const groups = [{ params: [0], weightDecay: 0.1 }, { params: [1], weightDecay: 0.1 }, { params: [], weightDecay: 0 }];
-  assert.equal(error(() => mapParams({ params, groups, stateShapes })).code, 'ERR_PARAM_MAP');
+  assert.equal(errorOf(() => mapParams({ params, groups, stateShapes })).code, 'ERR_PARAM_MAP');
   const m = new Map([[0, new Float32Array([1, -2, 3])], [1, new Float32Array([-5, 1, 1])]]);
   // dW of a.w moves against m of id 1, dW of b.w against m of id 0.
   const delta = new Map([['a.w', new Float32Array([5, -1, -1.2])], ['b.w', new Float32Array([-1, 2, -3.1])]]);

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { ExcpError } from '../lib/errors.js';
 import { type PickleValue, type TensorRef, DEFAULT_ALLOWED_GLOBALS, isTuple, unpickle } from '../lib/pickle.js';
 import { readZipDirectory } from '../lib/zip.js';
+import { uniform, errorOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);
 const load = (path: string): Uint8Array => new Uint8Array(readFileSync(new URL(path, FIXTURES)));
@@ -32,26 +33,7 @@ function b(...parts: (number | string)[]): Uint8Array {
   return new Uint8Array(out);
 }
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-function error(fn: () => unknown): ExcpError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof ExcpError, `expected ExcpError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail('expected an error');
-}
 
 test('protocol 2 by hand: dict, list, tuple, ints, float, strings, memo', () => {
   const value = unpickle(b(
@@ -164,7 +146,7 @@ test('malicious pickles are refused at the GLOBAL, naming it, and nothing runs',
     [b(0x80, 2, 'ctorch\nload\n'), 'torch.load'],
   ];
   for (const [bytes, name] of cases) {
-    const err = error(() => unpickle(bytes));
+    const err = errorOf(() => unpickle(bytes));
     assert.equal(err.code, 'ERR_UNSAFE_PICKLE', name);
     assert.ok(err.message.includes(JSON.stringify(name)), err.message);
   }
@@ -197,11 +179,11 @@ test('one refusal per kind of malformed pickle', () => {
     [b(0x80, 2, 0x5d, 0x4e, 0x62, 0x2e), 'ERR_BAD_PICKLE', /BUILD/],
   ];
   for (const [bytes, expected, message] of cases) {
-    const err = error(() => unpickle(bytes));
+    const err = errorOf(() => unpickle(bytes));
     assert.equal(err.code, expected, err.message);
     assert.match(err.message, message);
   }
-  assert.equal(error(() => unpickle(b(0x80, 2, 0x4e, 0x2e), { maxBytes: 3 })).code, 'ERR_BAD_PICKLE');
+  assert.equal(errorOf(() => unpickle(b(0x80, 2, 0x4e, 0x2e), { maxBytes: 3 })).code, 'ERR_BAD_PICKLE');
 });
 
 test('cycles and deep nesting build without recursion', () => {
@@ -222,7 +204,7 @@ test('cycles and deep nesting build without recursion', () => {
 
 test('fuzz: 4000 seeded mutations of torch pickles end in success or an ExcpError', () => {
   const sources = [dataPkl('fp32/checkpoint-4/scheduler.pt'), dataPkl('bf16/checkpoint-4/rng_state.pth'), dataPkl('fp32/checkpoint-4/optimizer.pt').subarray(0, 3000)];
-  const rand = prng(99);
+  const rand = uniform(99);
   for (let round = 0; round < 4000; round++) {
     const bytes = sources[round % sources.length]!.slice();
     const edits = 1 + Math.floor(rand() * 3);

@@ -9,6 +9,7 @@ import { crc32 } from '../lib/crc32.js';
 import { ExcpError } from '../lib/errors.js';
 import { type ReadAt, readZipDirectory, writeZip } from '../lib/zip.js';
 import { type TorchTensor, readOptimizerState, readTorchCheckpoint, rewriteTorchCheckpoint, writeTorchCheckpoint } from '../lib/torch.js';
+import { codeOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);
 const load = (path: string): Uint8Array => new Uint8Array(readFileSync(new URL(path, FIXTURES)));
@@ -46,15 +47,6 @@ function matches(t: TorchTensor, readAt: ReadAt, ref: Summary, what: string): vo
   assert.ok(Math.abs(sum - ref.sum) <= 1e-9 * Math.max(1, Math.abs(ref.sum)) + 1e-12, `${what}: sum ${sum} vs ${ref.sum}`);
 }
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof ExcpError, `expected ExcpError, got ${String(err)}`);
-    return err.code;
-  }
-  return 'none';
-}
 
 for (const run of ['fp32', 'bf16']) {
   for (const ck of ['checkpoint-4', 'checkpoint-8']) {
@@ -100,13 +92,13 @@ test('readTorchCheckpoint: rng_state.pth lists its one tensor; the RNG tuple sta
 test('refusals: malicious pickle, training_args.bin, not Adam, bad CRC, missing or short storages', () => {
   for (const f of ['malicious/optimizer.pt', 'fp32/checkpoint-4/training_args.bin']) {
     const bytes = load(f);
-    assert.equal(code(() => readTorchCheckpoint(bytes.length, reader(bytes))), 'ERR_UNSAFE_PICKLE', f);
+    assert.equal(codeOf(() => readTorchCheckpoint(bytes.length, reader(bytes))), 'ERR_UNSAFE_PICKLE', f);
   }
   const sched = load('fp32/checkpoint-4/scheduler.pt');
-  assert.equal(code(() => readOptimizerState(sched.length, reader(sched))), 'ERR_BAD_PICKLE');
+  assert.equal(codeOf(() => readOptimizerState(sched.length, reader(sched))), 'ERR_BAD_PICKLE');
   const broken = load('fp32/checkpoint-4/optimizer.pt').slice();
   broken[100] = broken[100]! ^ 1; // inside data.pkl
-  assert.equal(code(() => readTorchCheckpoint(broken.length, reader(broken))), 'ERR_CRC');
+  assert.equal(codeOf(() => readTorchCheckpoint(broken.length, reader(broken))), 'ERR_CRC');
 });
 
 const ascii = (text: string): number[] => [...Buffer.from(text, 'latin1')];
@@ -146,7 +138,7 @@ test('tensor table: offsets, contiguity and the checks against storage sizes', (
     [archive(tensorPickle(4, 0, [2, 2], [2, 1]), 16, [{ name: 'arc/byteorder', data: new TextEncoder().encode('big') }]), 'ERR_DTYPE'],
     [writeZip([{ name: 'flat.pkl', data: tensorPickle(4, 0, [2, 2], [2, 1]) }]), 'ERR_BAD_ZIP'], // no archive folder
   ];
-  for (const [bytes, expected] of cases) assert.equal(code(() => readTorchCheckpoint(bytes.length, reader(bytes))), expected);
+  for (const [bytes, expected] of cases) assert.equal(codeOf(() => readTorchCheckpoint(bytes.length, reader(bytes))), expected);
   // One tensor object under two keys (as tied weights pickle): listed at both paths.
   const body = tensorPickle(4, 0, [2, 2], [2, 1]).subarray(2, -1);
   const shared = archive(new Uint8Array([0x80, 2, 0x7d, 0x28, 0x58, 1, 0, 0, 0, 0x61, ...body, 0x71, 99, 0x58, 1, 0, 0, 0, 0x62, 0x68, 99, 0x75, 0x2e]), 16);
@@ -154,7 +146,7 @@ test('tensor table: offsets, contiguity and the checks against storage sizes', (
   // 100 nested lists: the tensor walk stops at maxDepth instead of recursing.
   const deep = new Uint8Array([0x80, 2, ...new Array(100).fill(0x5d), ...new Array(99).fill(0x61), 0x2e]);
   const deepZip = archive(deep, null);
-  assert.equal(code(() => readTorchCheckpoint(deepZip.length, reader(deepZip))), 'ERR_BAD_PICKLE');
+  assert.equal(codeOf(() => readTorchCheckpoint(deepZip.length, reader(deepZip))), 'ERR_BAD_PICKLE');
   assert.equal(readTorchCheckpoint(deepZip.length, reader(deepZip), { maxDepth: 200 }).tensors.length, 0);
 });
 
@@ -192,8 +184,8 @@ for (const run of ['fp32', 'bf16']) {
     // Streaming with chunk sources and small copy chunks gives the same file.
     const chunks = [...rewriteTorchCheckpoint(opt.checkpoint, readAt, new Map([[s3.expAvg.storageKey, () => [fresh.subarray(0, 7), fresh.subarray(7)]]]), { chunkBytes: 1000 })];
     assert.ok(Buffer.concat(chunks.map((c) => Buffer.from(c))).equals(Buffer.from(out)));
-    assert.equal(code(() => writeTorchCheckpoint(opt.checkpoint, readAt, new Map([['nope', fresh]]))), 'ERR_INVALID_ARG');
-    assert.equal(code(() => writeTorchCheckpoint(opt.checkpoint, readAt, new Map([[s3.expAvg.storageKey, fresh.subarray(2)]]))), 'ERR_SHAPE');
+    assert.equal(codeOf(() => writeTorchCheckpoint(opt.checkpoint, readAt, new Map([['nope', fresh]]))), 'ERR_INVALID_ARG');
+    assert.equal(codeOf(() => writeTorchCheckpoint(opt.checkpoint, readAt, new Map([[s3.expAvg.storageKey, fresh.subarray(2)]]))), 'ERR_SHAPE');
   });
 }
 

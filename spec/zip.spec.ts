@@ -9,6 +9,7 @@ import zlib from 'node:zlib';
 import { crc32 } from '../lib/crc32.js';
 import { ExcpError } from '../lib/errors.js';
 import { type ReadAt, ZipWriter, concatBytes, readZipDirectory, rewriteZip, writeZip } from '../lib/zip.js';
+import { uniform, codeOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);
 const load = (path: string): Uint8Array => new Uint8Array(readFileSync(new URL(path, FIXTURES)));
@@ -16,26 +17,7 @@ const reader = (bytes: Uint8Array): ReadAt => (offset, length) => bytes.subarray
 const hex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
 
 /** Small seeded PRNG (mulberry32) so fuzz cases are reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof ExcpError, `expected ExcpError, got ${String(err)}`);
-    return err.code;
-  }
-  return 'none';
-}
 
 // The non-data bytes of a file torch 1.13 wrote with a 4 GiB + 1000 byte uint8
 // tensor (so: a zip64 entry, then entries whose header offsets exceed 2^32),
@@ -62,7 +44,7 @@ const TORCH_ZIP64 = {
 test('crc32: check value, incremental use, agreement with zlib', () => {
   assert.equal(crc32(new TextEncoder().encode('123456789')), 0xcbf43926);
   assert.equal(crc32(new Uint8Array(0)), 0);
-  const rand = prng(7);
+  const rand = uniform(7);
   const data = new Uint8Array(5000).map(() => Math.floor(rand() * 256));
   for (let start = 0; start < 9; start++) {
     for (const length of [0, 1, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000]) {
@@ -153,15 +135,15 @@ test('writer: empty entries, bad options and misuse', () => {
   const bytes = writeZip([{ name: 'a/empty', data: new Uint8Array(0) }, { name: 'a/x', data: new Uint8Array([1, 2, 3]) }]);
   const dir = readZipDirectory(bytes.length, reader(bytes));
   assert.deepEqual(dir.entries.map((e) => [e.name, e.size, e.flags, e.descriptorLength]), [['a/empty', 0, 0x0800, 0], ['a/x', 3, 0x0808, 16]]);
-  assert.equal(code(() => new ZipWriter({ alignment: 48 })), 'ERR_OUT_OF_RANGE');
+  assert.equal(codeOf(() => new ZipWriter({ alignment: 48 })), 'ERR_OUT_OF_RANGE');
   const w = new ZipWriter();
   w.beginEntry('a/b', 1);
-  assert.equal(code(() => w.beginEntry('a/c', 1)), 'ERR_INVALID_ARG');
-  assert.equal(code(() => w.finish()), 'ERR_INVALID_ARG');
+  assert.equal(codeOf(() => w.beginEntry('a/c', 1)), 'ERR_INVALID_ARG');
+  assert.equal(codeOf(() => w.finish()), 'ERR_INVALID_ARG');
   w.endEntry(0);
-  assert.equal(code(() => w.beginEntry('a/b', 1)), 'ERR_INVALID_ARG');
-  assert.equal(code(() => w.beginEntry('/abs', 1)), 'ERR_INVALID_ARG');
-  assert.equal(code(() => w.endEntry(0)), 'ERR_INVALID_ARG');
+  assert.equal(codeOf(() => w.beginEntry('a/b', 1)), 'ERR_INVALID_ARG');
+  assert.equal(codeOf(() => w.beginEntry('/abs', 1)), 'ERR_INVALID_ARG');
+  assert.equal(codeOf(() => w.endEntry(0)), 'ERR_INVALID_ARG');
 });
 
 /** A small valid archive and a way to patch it at a field of a chosen record. */
@@ -172,18 +154,18 @@ function sample(): { bytes: Uint8Array; cd: number; view: DataView } {
 }
 
 test('reader: one refusal per kind of bad archive', () => {
-  assert.equal(code(() => readZipDirectory(10, reader(new Uint8Array(10)))), 'ERR_BAD_ZIP');
-  assert.equal(code(() => readZipDirectory(100, reader(new Uint8Array(100)))), 'ERR_BAD_ZIP');
+  assert.equal(codeOf(() => readZipDirectory(10, reader(new Uint8Array(10)))), 'ERR_BAD_ZIP');
+  assert.equal(codeOf(() => readZipDirectory(100, reader(new Uint8Array(100)))), 'ERR_BAD_ZIP');
   {
     const { bytes } = sample();
     const extended = concatBytes([bytes, new Uint8Array([1, 2, 3])]);
-    assert.equal(code(() => readZipDirectory(extended.length, reader(extended))), 'ERR_BAD_ZIP', 'trailing bytes');
-    assert.equal(code(() => readZipDirectory(bytes.length - 1, reader(bytes))), 'ERR_BAD_ZIP', 'cut end record');
+    assert.equal(codeOf(() => readZipDirectory(extended.length, reader(extended))), 'ERR_BAD_ZIP', 'trailing bytes');
+    assert.equal(codeOf(() => readZipDirectory(bytes.length - 1, reader(bytes))), 'ERR_BAD_ZIP', 'cut end record');
   }
   const patched = (patch: (s: ReturnType<typeof sample>) => void): string => {
     const s = sample();
     patch(s);
-    return code(() => readZipDirectory(s.bytes.length, reader(s.bytes)));
+    return codeOf(() => readZipDirectory(s.bytes.length, reader(s.bytes)));
   };
   // Deflate: method 8 in the central and local headers.
   let message = '';
@@ -213,14 +195,14 @@ test('reader: one refusal per kind of bad archive', () => {
     const second = dir.entries[1]!;
     bytes.set(new TextEncoder().encode('arc/aa'), second.centralOffset + 46);
     bytes.set(new TextEncoder().encode('arc/aa'), second.headerOffset + 30);
-    assert.equal(code(() => readZipDirectory(bytes.length, reader(bytes))), 'ERR_BAD_ZIP');
+    assert.equal(codeOf(() => readZipDirectory(bytes.length, reader(bytes))), 'ERR_BAD_ZIP');
   }
   // Overlap: point the second entry's header at the first one's.
   {
     const bytes = writeZip([{ name: 'arc/aa', data: new Uint8Array([1]) }, { name: 'arc/aa2', data: new Uint8Array([1]) }]);
     const dir = readZipDirectory(bytes.length, reader(bytes));
     new DataView(bytes.buffer).setUint32(dir.entries[1]!.centralOffset + 42, 0, true);
-    assert.equal(code(() => readZipDirectory(bytes.length, reader(bytes))), 'ERR_BAD_ZIP');
+    assert.equal(codeOf(() => readZipDirectory(bytes.length, reader(bytes))), 'ERR_BAD_ZIP');
   }
 });
 
@@ -236,9 +218,9 @@ test('reader: lengths are checked against the file before anything is read or al
     largest = Math.max(largest, length);
     return bytes.subarray(offset, offset + length);
   };
-  assert.equal(code(() => readZipDirectory(bytes.length, spy)), 'ERR_BAD_ZIP');
+  assert.equal(codeOf(() => readZipDirectory(bytes.length, spy)), 'ERR_BAD_ZIP');
   assert.ok(largest <= bytes.length, `read ${largest} bytes from a ${bytes.length}-byte file`);
-  assert.equal(code(() => readZipDirectory(bytes.length, reader(bytes), { maxCentralDirectoryBytes: 10 })), 'ERR_BAD_ZIP');
+  assert.equal(codeOf(() => readZipDirectory(bytes.length, reader(bytes), { maxCentralDirectoryBytes: 10 })), 'ERR_BAD_ZIP');
 });
 
 test('rewrite: new storage bytes, CRCs patched, every other byte carried through', () => {
@@ -263,9 +245,9 @@ test('rewrite: new storage bytes, CRCs patched, every other byte carried through
   // Chunked replacement through a function, tiny copy chunks: same result.
   const chunked = concatBytes([...rewriteZip(dir, reader(bytes), new Map([[target.name, () => [replacement.subarray(0, 5), replacement.subarray(5)]]]), { chunkBytes: 777 })].map((c) => c.slice()));
   assert.ok(Buffer.from(chunked).equals(Buffer.from(out)));
-  assert.equal(code(() => [...rewriteZip(dir, reader(bytes), new Map([[target.name, replacement.subarray(1)]]))]), 'ERR_SHAPE');
-  assert.equal(code(() => [...rewriteZip(dir, reader(bytes), new Map([[target.name, () => [replacement, replacement]]]))]), 'ERR_SHAPE');
-  assert.equal(code(() => [...rewriteZip(dir, reader(bytes), new Map([['optimizer/nope', replacement]]))]), 'ERR_INVALID_ARG');
+  assert.equal(codeOf(() => [...rewriteZip(dir, reader(bytes), new Map([[target.name, replacement.subarray(1)]]))]), 'ERR_SHAPE');
+  assert.equal(codeOf(() => [...rewriteZip(dir, reader(bytes), new Map([[target.name, () => [replacement, replacement]]]))]), 'ERR_SHAPE');
+  assert.equal(codeOf(() => [...rewriteZip(dir, reader(bytes), new Map([['optimizer/nope', replacement]]))]), 'ERR_INVALID_ARG');
 });
 
 test('rewrite: an entry without data descriptor gets its local header CRC patched', () => {
@@ -307,7 +289,7 @@ test('rewrite: an entry without data descriptor gets its local header CRC patche
 test('fuzz: 3000 seeded mutations of a torch zip end in success or an ExcpError', () => {
   const original = load('bf16/checkpoint-4/scheduler.pt');
   const optimizer = load('fp32/checkpoint-4/optimizer.pt');
-  const rand = prng(20240611);
+  const rand = uniform(20240611);
   for (let round = 0; round < 3000; round++) {
     const base = round % 10 === 0 ? optimizer : original;
     const bytes = base.slice();

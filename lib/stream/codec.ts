@@ -2,7 +2,7 @@
  * ChunkEncoder / ChunkDecoder: the chunk codec as object Transforms, run in
  * process or on a worker pool (same pure functions, same bytes).
  */
-import { type EncodedChunk, type RestoredChunk, decodeChunk, encodeChunk } from '../codec.js';
+import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '../codec.js';
 import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container.js';
 import { DTYPE_BYTES } from '../dtype.js';
 import { ExcpError } from '../errors.js';
@@ -27,7 +27,7 @@ export interface PayloadRecord {
 export interface RestoredRecord {
   entry: number;
   chunk: number;
-  restored: RestoredChunk;
+  restored: DecodedChunk;
 }
 
 /** Thread options shared by both directions. */

@@ -10,7 +10,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import type { ContainerFooter, ContainerHeader } from '../container.js';
 import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
-import { Hasher, fingerprintTensors, hashBytes } from '../hash.js';
+import { Hasher, fingerprintTensors } from '../hash.js';
 import { parseSafetensorsHeader } from '../safetensors.js';
 import type { RestoredEvent } from './codec.js';
 import { SpillStore } from './spill.js';
@@ -42,18 +42,21 @@ export class SafetensorsWriter extends Transform {
   private readonly spill = new SpillStore();
   private hashers: Hasher[] = [];
   private footer: ContainerFooter | null = null;
-  /** Bytes of tensor data restored so far (for progress). */
-  restoredBytes = 0;
+  private restoredBytes = 0;
+  private totalBytes = 0;
+  private readonly onProgress: ((done: number, total: number) => void) | undefined;
 
-  constructor() {
+  /** @param onProgress called with tensor bytes restored so far and in all */
+  constructor(onProgress?: (done: number, total: number) => void) {
     super({ writableObjectMode: true, readableObjectMode: false, writableHighWaterMark: 2 });
+    this.onProgress = onProgress;
   }
 
   override _transform(event: RestoredEvent, _enc: BufferEncoding, callback: TransformCallback): void {
     try {
       if (event.type === 'header') this.onHeader(event.header);
       else if (event.type === 'footer') this.footer = event.footer;
-      else this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq]);
+      else this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq], event.restored.digests);
       callback();
     } catch (err) {
       callback(err as Error);
@@ -70,26 +73,31 @@ export class SafetensorsWriter extends Transform {
     this.order = file.tensors;
     this.sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
     this.hashers = header.tensors.map(() => new Hasher());
+    this.totalBytes = this.sizes.reduce((a, b) => a + b, 0);
     this.push(raw);
     this.advance();
   }
 
-  private onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[]): void {
+  private onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[], digests: string[]): void {
     const header = this.header;
     if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
     const e = header.entries[entry]!;
     const members = [e.weight, e.expAvg, e.expAvgSq];
+    let d = 0;
     members.forEach((t, i) => {
       const bytes = buffers[i];
       if (t === null || !bytes) return;
+      const digest = digests[d++];
+      if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
       const spec = header.tensors[t]!;
       const offset = chunk * header.options.chunkElements * DTYPE_BYTES[spec.dtype];
-      this.hashers[t]!.update(encoder.encode(hashBytes(bytes)));
+      this.hashers[t]!.update(encoder.encode(digest));
       this.restoredBytes += bytes.length;
       if (t === this.order[this.cursor] && offset === this.cursorOffset) this.emitBytes(bytes);
       else this.spill.put(`${t}:${offset}`, bytes);
     });
     this.drain();
+    this.onProgress?.(this.restoredBytes, this.totalBytes);
   }
 
   private emitBytes(bytes: Uint8Array): void {
