@@ -6,7 +6,10 @@
  * excp compress / restore (wall time, MB/s of checkpoint bytes, peak RSS,
  * ratio), `cat > /dev/null` (the read limit), `zstd -3 -T0` and `zstd -d`.
  * Peak RSS comes from /usr/bin/time -v. Speed is reported as a ratio to the
- * baselines measured here, because the machine is shared and noisy.
+ * baselines measured here, because the machine is shared and noisy. The
+ * last line compares the coded symbol streams with the empirical entropy of
+ * the symbols they code (recorded per entry in the footer; `excp inspect`
+ * shows the same numbers).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
@@ -78,7 +81,7 @@ try {
   rows.push(['excp restore', timed(`node ${cli} restore ${out} --base ${prev} -o ${back} --quiet${threads}`), null]);
   if (statSync(back).size !== bytes) throw new Error('restored size differs');
   const inspect = spawnSync('node', [cli, 'inspect', out, '--json'], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  const report = JSON.parse(inspect.stdout) as { ratio: number };
+  const report = JSON.parse(inspect.stdout) as { ratio: number; entropyBits: number | null; symbolBits: number | null };
 
   const mbps = (r: Run) => bytes / 1e6 / r.seconds;
   const base = (name: string) => rows.find((r) => r[0] === name)?.[1];
@@ -98,6 +101,11 @@ try {
   console.log('');
   if (z && zd) console.log(`excp compress speed / zstd -3 -T0: ${(z.seconds / c.seconds).toFixed(2)}; excp restore speed / zstd -d: ${(zd.seconds / d.seconds).toFixed(2)}`);
   console.log(`excp compress speed / cat: ${(cat.seconds / c.seconds).toFixed(3)}; container ratio ${report.ratio.toFixed(1)}x, ${(8 * excpBytes / count).toFixed(3)} bits per parameter`);
+  if (report.entropyBits !== null && report.symbolBits !== null && report.entropyBits > 0) {
+    // Per parameter of the model (weight + m + v together count as one parameter).
+    const overhead = 100 * (report.symbolBits / report.entropyBits - 1);
+    console.log(`coded symbols: ${(report.symbolBits / count).toFixed(4)} bits per parameter against an empirical entropy of ${(report.entropyBits / count).toFixed(4)} (+${overhead.toFixed(2)}%); the rest of the container (centers, exceptions, framing, header, footer) is ${(8 * excpBytes / count - report.symbolBits / count).toFixed(4)} bits per parameter`);
+  }
 } finally {
   if (!values.keep) rmSync(dir, { recursive: true, force: true });
 }

@@ -6,10 +6,14 @@
  * validation-loss gap, and writes an SVG chart.
  *
  *   npx tsx examples/fidelity.ts                       # defaults: 1m params, 300 steps, every 50
- *   npx tsx examples/fidelity.ts --alpha 2e-4 --beta 2 --bits 4 --every 50 --steps 300 --params 1m
+ *   npx tsx examples/fidelity.ts --keep 0.3 --bits 2 --beta 2 --every 50 --steps 300 --params 1m
+ *   npx tsx examples/fidelity.ts --rule saliency       # weight rule: magnitude (default), saliency, paper
+ *   npx tsx examples/fidelity.ts --alpha 1e-3          # the paper's alpha rule (an explicit alpha selects it)
+ *   npx tsx examples/fidelity.ts --paper               # the paper's settings: alpha rule, 4 bits, zero v fill, linear v
  *   npx tsx examples/fidelity.ts --sweep               # ratio against final loss gap over settings
  *   npx tsx examples/fidelity.ts --codec none          # harness check: identity codec, gap must be 0
  *
+ * The README's chart: --svg examples/train/fidelity.svg.
  * Other flags: --svg PATH (default runs/fidelity.svg), --batch B, --lr LR,
  * --seed S, --eval-samples N.
  */
@@ -43,16 +47,18 @@ const HEADER = [
 ].join(' ');
 
 /**
- * Settings tried by --sweep. The paper's alpha (5e-5, the library default)
- * sits far below this model's sqrt(mean v) (~3e-4 to 4e-3 at lr 2e-3), so the
- * threshold factor alpha/sqrt(mean v) is ~0.01-0.2 and most residuals
- * survive; alpha ~1e-2 reaches the 2.5 cap. So: alpha first, then beta and
- * bits around the capped alpha.
+ * Settings tried by --sweep. The paper's alpha (5e-5) sits far below this
+ * model's sqrt(mean v) (~3e-4 to 4e-3 at lr 2e-3), so its factor
+ * alpha/sqrt(mean v) is ~0.01-0.2 and ~93% of residuals survive; alpha 1e-3
+ * keeps ~22%. The library default keeps a fixed share (30%) by magnitude
+ * and codes with 2 bits. So: the paper's rule, then the share kept against
+ * bits, the saliency rule, and the paper's v handling at the defaults.
  */
+const PAPER: CodecSettings = { weightRule: 'paper', bits: 4, vFill: 'zero', vDomain: 'linear' };
 const SWEEP: CodecSettings[] = [
-  {}, { alpha: 1e-3 }, { alpha: 1e-2 }, { alpha: 1 },
-  { alpha: 1e-2, beta: 1 }, { alpha: 1e-2, beta: 4 },
-  { alpha: 1e-2, bits: 3 }, { alpha: 1e-2, bits: 5 },
+  {}, { ...PAPER }, { ...PAPER, alpha: 1e-3 }, { ...PAPER, alpha: 1e-2 },
+  { keep: 0.2, bits: 4 }, { keep: 0.3, bits: 3 }, { keep: 0.2 }, { keep: 0.4 },
+  { weightRule: 'saliency' }, { vFill: 'zero', vDomain: 'linear' },
 ];
 
 function describeSettings(s: CodecSettings): string {
@@ -64,6 +70,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       alpha: { type: 'string' }, beta: { type: 'string' }, bits: { type: 'string' },
+      rule: { type: 'string' }, keep: { type: 'string' }, paper: { type: 'boolean', default: false },
       every: { type: 'string', default: '50' }, steps: { type: 'string', default: '300' }, params: { type: 'string', default: '1m' },
       batch: { type: 'string' }, lr: { type: 'string' }, seed: { type: 'string' }, 'eval-samples': { type: 'string' },
       sweep: { type: 'boolean', default: false }, svg: { type: 'string', default: 'runs/fidelity.svg' },
@@ -92,6 +99,18 @@ async function main(): Promise<void> {
   if (beta !== undefined) settings.beta = beta;
   const bits = num('bits', values.bits);
   if (bits !== undefined) settings.bits = bits;
+  if (values.rule !== undefined) {
+    if (values.rule !== 'paper' && values.rule !== 'magnitude' && values.rule !== 'saliency') throw new Error(`fidelity: --rule '${values.rule}' is not paper, magnitude or saliency`);
+    settings.weightRule = values.rule;
+  }
+  const keep = num('keep', values.keep);
+  if (keep !== undefined) settings.keep = keep;
+  // --paper: the paper's method throughout (alpha formula, zero-filled pruned v, linear v codebook).
+  if (values.paper) {
+    settings.vFill = 'zero';
+    settings.vDomain = 'linear';
+    if (values.rule === undefined) settings.weightRule = 'paper';
+  }
   const experiment: ExperimentOptions = { trainer, steps: num('steps', values.steps)!, every: num('every', values.every)! };
   const codecFor = (s: CodecSettings): CheckpointCodec => (values.codec === 'none' ? identityCodec : excpCodec(s));
 
@@ -101,11 +120,13 @@ async function main(): Promise<void> {
 
   if (values.sweep) {
     console.log('\nsweep: aggregate ratio over residual checkpoints against final validation-loss gap');
-    console.log('settings                      keyframe  residual  mean ratio   final val   gap');
+    console.log(`${'settings'.padEnd(62)} keyframe  residual  mean ratio  W kept   final val     gap`);
     for (const s of SWEEP.map((x) => ({ ...x, ...settings }))) {
       const run = await runCompressed(experiment, codecFor(s));
       const sum = summarise(baseline, run);
-      console.log(`${describeSettings(s).padEnd(28)} ${sum.keyframeRatio.toFixed(1).padStart(8)}x ${sum.residualRatio.toFixed(1).padStart(8)}x ${sum.meanResidualRatio.toFixed(1).padStart(10)}x ${sum.compressedValidation.toFixed(4).padStart(11)} ${pct(sum.finalGap)}`);
+      const residual = run.checkpoints.filter((r) => r.kind === 'residual');
+      const kept = residual.reduce((t, r) => t + r.weightsKept, 0) / residual.length;
+      console.log(`${describeSettings(s).padEnd(62)} ${sum.keyframeRatio.toFixed(1).padStart(8)}x ${sum.residualRatio.toFixed(1).padStart(8)}x ${sum.meanResidualRatio.toFixed(1).padStart(10)}x ${pct(kept)} ${sum.compressedValidation.toFixed(4).padStart(11)} ${pct(sum.finalGap)}`);
     }
     return;
   }

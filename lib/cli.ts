@@ -6,8 +6,10 @@
 import type { Writable } from 'node:stream';
 import { TOOL_VERSION } from './constants.js';
 import { ExcpError, toExcpError } from './errors.js';
-import { compressTo, restoreTo, writeAtomically } from './pipeline.js';
+import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFolder, writeAtomically } from './pipeline.js';
+import { readParamMapFile } from './folder.js';
 import { inspectContainer, formatInspect, verifyContainer } from './inspect.js';
+import { appendToChain, createChain, formatChain, readManifest, restoreChainStep } from './chain.js';
 
 const HELP = `excp ${TOOL_VERSION}: extreme compression of training checkpoints (ExCP)
 
@@ -16,17 +18,30 @@ Usage:
   excp restore  [IN] [--base BASE] [-o OUT]
   excp inspect  IN [--json]
   excp verify   IN [--base BASE]
+  excp chain    CHAIN_DIR CKPT... [--keyframe-every K] [compress options]
+  excp chain append  CHAIN_DIR CKPT...
+  excp chain restore CHAIN_DIR --step N [-o OUT]
+  excp chain ls      CHAIN_DIR [--json]
 
 IN absent or '-' reads stdin; OUT absent or '-' writes stdout.
+IN may be a PyTorch / Hugging Face checkpoint folder (safetensors weights or
+shards, optimizer.pt, other files carried byte-exactly; --base is then the
+previous folder); such a container restores to a folder: -o DIR.
 
 compress options:
   --base FILE       previous (restored) checkpoint; without it the checkpoint is a keyframe
-  --alpha A         weight prune factor (default 5e-5): r_w = median|dW| * min(2.5, A / sqrt(mean v))
+  --keep Q          share of the weight residual kept per chunk, largest |dW| first (default 0.3)
+  --alpha A         use the paper's weight rule instead: r_w = median|dW| * min(2.5, A / sqrt(mean v)) (paper: 5e-5)
   --beta B          moment prune factor (default 2.0): r_o = B * mean|m|
-  --bits N          index bits, 1..8 (default 4): 2^N - 1 centers plus zero
+  --bits N          index bits, 1..8 (default 2): 2^N - 1 centers plus zero
   --lossless        code every tensor exactly
-  --paper           the paper's exact choices (pruned v restores as 0, linear v codebook)
+  --paper           the paper's exact choices (alpha rule, 4 bits, pruned v restores as 0, linear v codebook)
   --chunk N         elements per chunk (default 1048576)
+  --param-map FILE  folder input: JSON list of parameter names in optimizer order
+chain options:
+  --keyframe-every K  step 0 and every K-th step are keyframes (default 10); the
+                      others are residuals against the restored previous step
+  --step N          the step to restore, 0-based in the order the checkpoints were given
 common options:
   -o, --output OUT  output file ('-' = stdout); written atomically
   -f, --force       overwrite an existing output
@@ -43,7 +58,7 @@ interface Args {
   flags: Map<string, string | true>;
 }
 
-const VALUE_FLAGS = new Set(['--base', '-o', '--output', '--alpha', '--beta', '--bits', '--threads', '--chunk']);
+const VALUE_FLAGS = new Set(['--base', '-o', '--output', '--alpha', '--keep', '--beta', '--bits', '--threads', '--chunk', '--keyframe-every', '--step', '--param-map']);
 const BOOL_FLAGS = new Set(['--lossless', '--json', '-f', '--force', '--quiet', '--debug', '-h', '--help', '-V', '--version', '--paper']);
 
 function parseArgs(argv: string[]): Args {
@@ -131,24 +146,34 @@ async function main(argv: string[]): Promise<void> {
     case 'compress': {
       const input = inputOf(args);
       const paper = args.flags.has('--paper');
+      const mapFile = stringFlag(args, '--param-map');
+      const paramMap = mapFile === undefined ? undefined : await readParamMapFile(mapFile);
       await toOutput(stringFlag(args, '-o'), [input, base], force, async (out) => {
         await compressTo(input, out, {
           base, threads,
           alpha: numberFlag(args, '--alpha'),
           beta: numberFlag(args, '--beta'),
-          bits: numberFlag(args, '--bits'),
+          bits: numberFlag(args, '--bits') ?? (paper ? 4 : undefined),
+          keep: numberFlag(args, '--keep'),
+          weightRule: paper ? 'paper' : undefined,
           chunkElements: numberFlag(args, '--chunk'),
           lossless: args.flags.has('--lossless') ? true : undefined,
           vFill: paper ? 'zero' : undefined,
           vDomain: paper ? 'linear' : undefined,
           onProgress: progress(!quiet, 'compress'),
+          paramMap,
         });
       });
       return;
     }
     case 'restore': {
       const input = inputOf(args);
-      await toOutput(stringFlag(args, '-o'), [input, base], force, async (out) => {
+      const target = stringFlag(args, '-o');
+      if (input !== undefined && target !== undefined && target !== '-' && await holdsFolder(input)) {
+        await restoreToFolder(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
+        return;
+      }
+      await toOutput(target, [input, base], force, async (out) => {
         await restoreTo(input, out, { base, threads, onProgress: progress(!quiet, 'restore') });
       });
       return;
@@ -167,8 +192,61 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${input}: ok (${result.chunks} chunks checked${result.base ? ', base fingerprint matches' : ''}; restores to fingerprint ${result.target})\n`);
       return;
     }
+    case 'chain': {
+      await chainCommand(args, threads, force, quiet);
+      return;
+    }
     default:
       throw new ExcpError('ERR_USAGE', `unknown command '${args.command}' (see excp --help)`);
+  }
+}
+
+/** `excp chain ...`: create, append, restore, ls (lib/chain.ts). */
+async function chainCommand(args: Args, threads: number | undefined, force: boolean, quiet: boolean): Promise<void> {
+  const sub = ['append', 'restore', 'ls'].includes(args.positional[0] ?? '') ? args.positional.shift()! : 'create';
+  const dir = args.positional.shift();
+  if (dir === undefined) throw new ExcpError('ERR_USAGE', `chain ${sub === 'create' ? '' : `${sub} `}needs a chain folder`);
+  const codecFlags = ['--alpha', '--keep', '--beta', '--bits', '--chunk', '--lossless', '--paper', '--keyframe-every', '--base'].filter((f) => args.flags.has(f));
+  if (sub !== 'create' && codecFlags.length) throw new ExcpError('ERR_USAGE', `chain ${sub}: ${codecFlags.join(', ')} can only be given when the chain is created`);
+  if (sub !== 'restore' && args.flags.has('--step')) throw new ExcpError('ERR_USAGE', '--step is for chain restore');
+  const onStep = quiet ? undefined : (s: { step: number; keyframe: boolean; originalBytes: number; containerBytes: number; file: string }) => {
+    process.stderr.write(`chain: step ${s.step} ${s.keyframe ? 'keyframe' : 'residual'} ${s.originalBytes} -> ${s.containerBytes} bytes (${(s.originalBytes / s.containerBytes).toFixed(1)}x) ${s.file}\n`);
+  };
+  switch (sub) {
+    case 'create': {
+      if (!args.positional.length) throw new ExcpError('ERR_USAGE', 'chain needs at least one checkpoint');
+      const paper = args.flags.has('--paper');
+      await createChain(dir, args.positional, {
+        keyframeEvery: numberFlag(args, '--keyframe-every'), threads, onStep,
+        alpha: numberFlag(args, '--alpha'),
+        beta: numberFlag(args, '--beta'),
+        bits: numberFlag(args, '--bits') ?? (paper ? 4 : undefined),
+        keep: numberFlag(args, '--keep'),
+        weightRule: paper ? 'paper' : undefined,
+        chunkElements: numberFlag(args, '--chunk'),
+        lossless: args.flags.has('--lossless') ? true : undefined,
+        vFill: paper ? 'zero' : undefined,
+        vDomain: paper ? 'linear' : undefined,
+      });
+      return;
+    }
+    case 'append': {
+      if (!args.positional.length) throw new ExcpError('ERR_USAGE', 'chain append needs a checkpoint');
+      await appendToChain(dir, args.positional, { threads, onStep });
+      return;
+    }
+    case 'restore': {
+      if (args.positional.length) throw new ExcpError('ERR_USAGE', `unexpected argument '${args.positional[0]}'`);
+      const step = numberFlag(args, '--step');
+      if (step === undefined) throw new ExcpError('ERR_USAGE', 'chain restore needs --step N');
+      await toOutput(stringFlag(args, '-o'), [], force, (out) => restoreChainStep(dir, step, out, { threads }));
+      return;
+    }
+    default: {
+      if (args.positional.length) throw new ExcpError('ERR_USAGE', `unexpected argument '${args.positional[0]}'`);
+      const manifest = await readManifest(dir);
+      process.stdout.write(args.flags.has('--json') ? `${JSON.stringify(manifest, null, 2)}\n` : formatChain(manifest));
+    }
   }
 }
 
@@ -176,6 +254,13 @@ const debug = process.argv.includes('--debug');
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(0);
 });
+// Interrupted while writing -o OUT: remove the temporary file, leave OUT as it was.
+for (const [signal, number] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const) {
+  process.once(signal, () => {
+    removeActiveTemps();
+    process.exit(128 + number);
+  });
+}
 main(process.argv.slice(2)).then(
   () => undefined,
   (e: unknown) => {

@@ -16,8 +16,8 @@ import { ExcpError } from './errors.js';
 import { hashBytes } from './hash.js';
 import { computeResidual, extractNonFinite } from './residual.js';
 import { pruneJoint } from './prune.js';
-import { dequantizeStream, expandSymbols, quantizeStream } from './quantize.js';
-import { type ChunkCode, type Exceptions, type MomentCode, type WeightCode, decodePayload, encodePayload } from './entropy.js';
+import { dequantizeNested, dequantizeStream, quantizeStream } from './quantize.js';
+import { type ChunkCode, type Exceptions, type MomentCode, type SymbolCost, type WeightCode, decodePayload, encodePayload } from './entropy.js';
 import { decodeExact, encodeExact } from './exact.js';
 import type { ChunkInput, ChunkStats, CodecOptions } from './types.js';
 
@@ -82,15 +82,16 @@ export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: Cod
     keptMoments = n;
   } else if (hasMoments) {
     const mb = DTYPE_BYTES[md];
-    const m = toFloat32(input.expAvg!, md);
-    const v = toFloat32(input.expAvgSq!, md);
+    const m = toFloat32(input.expAvg!, md, scratchF32(SCRATCH_M, n));
+    const v = toFloat32(input.expAvgSq!, md, scratchF32(SCRATCH_V, n));
     const mExceptions = pickExceptions(input.expAvg!, extractNonFinite(m), mb);
     const vExceptions = pickExceptions(input.expAvgSq!, extractNonFinite(v), mb);
     let residual: Float32Array | null = null;
     let weightExceptions: Exceptions | null = null;
     if (!weight) {
-      residual = new Float32Array(n);
-      const positions = computeResidual(toFloat32(input.weight, layout.weightDtype), toFloat32(base!, layout.weightDtype), residual);
+      residual = scratchF32(SCRATCH_RESIDUAL, n);
+      const current = readFloat32(input.weight, layout.weightDtype, SCRATCH_WEIGHT, n);
+      const positions = computeResidual(current, readFloat32(base!, layout.weightDtype, SCRATCH_BASE, n), residual);
       weightExceptions = pickExceptions(input.weight, positions, eb);
     }
     const pruned = pruneJoint(residual, m, v, options);
@@ -103,14 +104,67 @@ export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: Cod
       wFull = q.symbols;
     }
     const mq = quantizeStream(m, wFull, options.bits, 'linear');
-    const vq = quantizeStream(v, expandSymbols(mq.symbols, wFull, n), options.bits, options.vDomain);
+    // v is selected by the full-length m symbols: nonzero m inside the dW selection.
+    const vq = quantizeStream(v, expandInto(mq.symbols, wFull, n), options.bits, options.vDomain);
     moments = { m: mq, v: vq, vFill: pruned.vFill, mExceptions, vExceptions };
   }
   if (!weight) throw new ExcpError('ERR_INVALID_ARG', 'codec: no weight stream');
 
   const code: ChunkCode = { baseDigest, weight, moments };
-  const restored = reconstructChunk(layout, code, n, base, input.weight, input.expAvg, input.expAvgSq);
-  return { payload: encodePayload(code, n), digests: restoredDigests(restored), baseDigest, stats: { elements: n, keptWeights, keptMoments } };
+  // The restored bytes are only hashed here, so they may live in scratch.
+  const restored = reconstructInto(layout, code, n, base, input.weight, input.expAvg, input.expAvgSq, true);
+  const digests = restoredDigests(restored);
+  const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
+  const payload = encodePayload(code, n, cost);
+  return { payload, digests, baseDigest, stats: { elements: n, keptWeights, keptMoments, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
+}
+
+/*
+ * Per-thread scratch: the float32 working copies of a chunk, reused from
+ * chunk to chunk instead of allocated (a worker codes one chunk at a time,
+ * and nothing returned from this module points into them). This keeps a
+ * worker's memory at a few chunk-sized arrays whatever the checkpoint size.
+ */
+const SCRATCH_M = 0;
+const SCRATCH_V = 1;
+const SCRATCH_RESIDUAL = 2;
+const SCRATCH_WEIGHT = 3;
+const SCRATCH_BASE = 4;
+const SCRATCH_SELECT = 5;
+const scratchBuffers: ArrayBuffer[] = [];
+
+function scratchBuffer(slot: number, bytes: number): ArrayBuffer {
+  let b = scratchBuffers[slot];
+  if (!b || b.byteLength < bytes) {
+    b = new ArrayBuffer(Math.max(bytes, 64));
+    scratchBuffers[slot] = b;
+  }
+  return b;
+}
+
+function scratchF32(slot: number, n: number): Float32Array {
+  return new Float32Array(scratchBuffer(slot, 4 * n), 0, n);
+}
+
+/** Float32 values of element bytes for reading only: a view for aligned F32, else converted into scratch. */
+function readFloat32(bytes: Uint8Array, dtype: DType, slot: number, n: number): Float32Array {
+  if (dtype === 'F32' && bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, n);
+  return toFloat32(bytes, dtype, scratchF32(slot, n));
+}
+
+/** expandSymbols into scratch (the selection of v while encoding). */
+function expandInto(symbols: Uint8Array, select: Uint8Array | null, n: number): Uint8Array {
+  if (!select) return symbols;
+  const out = new Uint8Array(scratchBuffer(SCRATCH_SELECT, n), 0, n);
+  // Branch-free: symbols[j] past the end reads as undefined only when the
+  // position is unselected, and then the 0 from the mask wins.
+  const last = symbols.length;
+  for (let i = 0, j = 0; i < n; i++) {
+    const selected = +(select[i] !== 0);
+    out[i] = selected * symbols[j < last ? j : 0]!;
+    j += selected;
+  }
+  return out;
 }
 
 /**
@@ -158,24 +212,39 @@ export function reconstructChunk(
   layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
   exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null,
 ): RestoredChunk {
+  return reconstructInto(layout, code, n, base, exactWeight, exactM, exactV, false);
+}
+
+/**
+ * reconstructChunk; with `scratch`, the lossy outputs may be views of this
+ * module's scratch buffers, valid until the next call (the encoder only
+ * hashes them).
+ */
+function reconstructInto(
+  layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
+  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null, scratch: boolean,
+): RestoredChunk {
   const wd = layout.weightDtype;
   const eb = DTYPE_BYTES[wd];
   let weight: Uint8Array;
   let wFull: Uint8Array | null = null;
   if ('exact' in code.weight) {
-    weight = exactWeight ?? decodeExact(code.weight.exact, wd, n * eb, base ?? undefined);
+    weight = exactWeight ?? decodeExactStream(code.weight.exact, wd, n * eb, base);
   } else {
     const { residual, exceptions } = code.weight;
     wFull = residual.symbols;
     if (wFull.length !== n) throw new ExcpError('ERR_CORRUPT', `codec: ${wFull.length} residual symbols for ${n} elements`);
-    const restored = toFloat32(base!, wd);
+    // For F32 the float32 values are the output bytes: no conversion copy.
+    const direct = wd === 'F32';
+    const outBytes = direct && !scratch ? new Uint8Array(n * 4) : null;
+    const restored = toFloat32(base!, wd, outBytes ? new Float32Array(outBytes.buffer, 0, n) : scratchF32(SCRATCH_WEIGHT, n));
     const centers = residual.centers;
     for (let i = 0; i < n; i++) {
       const s = wFull[i]!;
       // Pruned positions keep the base value untouched (even -0).
       if (s !== 0) restored[i] = restored[i]! + centers[s - 1]!;
     }
-    weight = fromFloat32(restored, wd);
+    weight = outBytes ?? (direct ? new Uint8Array(restored.buffer, 0, n * 4) : fromFloat32(restored, wd));
     applyExceptions(weight, exceptions, eb);
   }
   let expAvg: Uint8Array | null = null;
@@ -185,19 +254,35 @@ export function reconstructChunk(
   if (m && md) {
     const mb = DTYPE_BYTES[md];
     if ('exactM' in m) {
-      expAvg = exactM ?? decodeExact(m.exactM, md, n * mb);
-      expAvgSq = exactV ?? decodeExact(m.exactV, md, n * mb);
+      expAvg = exactM ?? decodeExactStream(m.exactM, md, n * mb, null);
+      expAvgSq = exactV ?? decodeExactStream(m.exactV, md, n * mb, null);
     } else {
-      const values = new Float32Array(n);
-      expAvg = fromFloat32(dequantizeStream(m.m, wFull, values, 0), md);
+      const mValues = floatTarget(md, n, scratch, SCRATCH_M);
+      expAvg = finishFloat(dequantizeStream(m.m, wFull, mValues.values, 0), md, mValues.bytes);
       applyExceptions(expAvg, m.mExceptions, mb);
-      const mFull = expandSymbols(m.m.symbols, wFull, n);
-      expAvgSq = fromFloat32(dequantizeStream(m.v, mFull, values, m.vFill), md);
+      const vValues = floatTarget(md, n, scratch, SCRATCH_V);
+      expAvgSq = finishFloat(dequantizeNested(m.v, wFull, m.m.symbols, vValues.values, m.vFill), md, vValues.bytes);
       applyExceptions(expAvgSq, m.vExceptions, mb);
     }
   }
   if (weight.length !== n * eb) throw new ExcpError('ERR_CORRUPT', `codec: restored ${weight.length} weight bytes, expected ${n * eb}`);
   return { weight, expAvg, expAvgSq };
+}
+
+/**
+ * Where a restored float tensor is computed: for F32 directly in its output
+ * bytes (fresh, or scratch), otherwise in scratch float32 then converted.
+ */
+function floatTarget(dtype: DType, n: number, scratch: boolean, slot: number): { values: Float32Array; bytes: Uint8Array | null } {
+  if (dtype === 'F32') {
+    const values = scratch ? scratchF32(slot, n) : new Float32Array(n);
+    return { values, bytes: new Uint8Array(values.buffer, 0, n * 4) };
+  }
+  return { values: scratchF32(slot, n), bytes: null };
+}
+
+function finishFloat(values: Float32Array, dtype: DType, bytes: Uint8Array | null): Uint8Array {
+  return bytes ?? fromFloat32(values, dtype);
 }
 
 function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Exceptions {
@@ -208,4 +293,18 @@ function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Excep
 
 function applyExceptions(bytes: Uint8Array, e: Exceptions, eb: number): void {
   e.positions.forEach((p, i) => bytes.set(e.raw.subarray(i * eb, i * eb + eb), p * eb));
+}
+
+/**
+ * decodeExact inside a container: the header already said whether a base is
+ * used, so an exact stream that asks for a base the header did not give is
+ * corrupt data, not a missing argument.
+ */
+function decodeExactStream(coded: Uint8Array, dtype: DType, byteLength: number, base: Uint8Array | null): Uint8Array {
+  try {
+    return decodeExact(coded, dtype, byteLength, base ?? undefined);
+  } catch (e) {
+    if (!base && e instanceof ExcpError && e.code === 'ERR_BASE_MISSING') throw new ExcpError('ERR_CORRUPT', `codec: ${e.message}`);
+    throw e;
+  }
 }

@@ -45,6 +45,10 @@ export interface FooterEntry {
   codedBytes: number;
   keptWeights: number;
   keptMoments: number;
+  /** Empirical entropy of the entry's coded symbols, in bits (absent in older files). */
+  entropyBits?: number;
+  /** Bits of the entry's coded symbol streams, tables included (absent in older files). */
+  symbolBits?: number;
 }
 
 /** The footer: index and fingerprints. */
@@ -162,7 +166,38 @@ export function decodeFooter(body: Uint8Array, crc: number, header: ContainerHea
     && Array.isArray(footer.tensorHashes) && footer.tensorHashes.length === header.tensors.length
     && Array.isArray(footer.baseHashes) && typeof footer.targetFingerprint === 'string';
   if (!ok) throw new ExcpError('ERR_BAD_HEADER', 'container: footer does not match the header');
+  validateFooter(footer, header);
   return footer;
+}
+
+const DIGEST = /^[0-9a-f]{16}$/;
+
+/** Field-level checks on a footer, so inspect, verify and chains can use it without further checks. */
+function validateFooter(f: ContainerFooter, header: ContainerHeader): void {
+  const fail = (what: string): never => {
+    throw new ExcpError('ERR_BAD_HEADER', `container: invalid footer: ${what}`);
+  };
+  const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
+  f.entries.forEach((e, i) => {
+    if (!e || typeof e !== 'object' || !Array.isArray(e.offsets)) fail(`entry ${i}`);
+    if (!count(e.codedBytes) || !count(e.keptWeights) || !count(e.keptMoments)) fail(`entry ${i} counts`);
+    const spec = header.entries[i]!;
+    if (e.offsets.length !== chunkCount(spec, header.options.chunkElements)) fail(`entry ${i} has ${e.offsets.length} record offsets`);
+    let previous = -1;
+    for (const o of e.offsets) {
+      if (!count(o) || o <= previous) fail(`entry ${i} record offset ${String(o)}`);
+      previous = o;
+    }
+  });
+  f.tensorHashes.forEach((h, i) => {
+    if (typeof h !== 'string' || !DIGEST.test(h)) fail(`tensor hash ${i}`);
+  });
+  if (f.baseHashes.length !== header.tensors.length) fail('base hash count');
+  f.baseHashes.forEach((h, i) => {
+    if (h !== null && (typeof h !== 'string' || !DIGEST.test(h))) fail(`base hash ${i}`);
+  });
+  if (f.baseFingerprint !== null && (typeof f.baseFingerprint !== 'string' || !DIGEST.test(f.baseFingerprint))) fail('base fingerprint');
+  if (!DIGEST.test(f.targetFingerprint)) fail('target fingerprint');
 }
 
 /**
@@ -262,6 +297,76 @@ export function validateHeader(h: ContainerHeader): void {
     if (typeof e.base !== 'boolean' || typeof e.exactWeight !== 'boolean' || typeof e.exactMoments !== 'boolean') bad(`entry ${i} flags`);
   });
   if (owner.some((x) => x === -1)) bad('a tensor belongs to no entry');
+  validateFiles(h);
+  if (h.info !== undefined && (h.info === null || typeof h.info !== 'object' || Array.isArray(h.info))) bad('info');
+}
+
+/**
+ * A file path of a folder container: relative, '/'-separated, no empty, `.`
+ * or `..` component, no backslash, NUL or drive letter, so restore can never
+ * write outside the output folder.
+ */
+export function isSafeRelativePath(path: unknown): path is string {
+  if (typeof path !== 'string' || path.length === 0 || path.length > 4096) return false;
+  if (/[\\\0]/.test(path)) return false;
+  return path.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
+}
+
+/** Checks on `files`: kinds, paths, tensor references (each tensor in at most one file; all of them in a folder). */
+function validateFiles(h: ContainerHeader): void {
+  const used = new Uint8Array(h.tensors.length);
+  const tensorIndex = (t: unknown, what: string): number => {
+    if (!Number.isInteger(t) || (t as number) < 0 || (t as number) >= h.tensors.length || used[t as number]) bad(`${what} tensor ${String(t)}`);
+    used[t as number] = 1;
+    return t as number;
+  };
+  const bytesOf = (t: number): number => elementCount(h.tensors[t]!.shape, 'container') * DTYPE_BYTES[h.tensors[t]!.dtype];
+  const isBytes = (t: number): boolean => h.tensors[t]!.dtype === 'U8' && h.tensors[t]!.shape.length === 1 && h.tensors[t]!.role === 'plain';
+  const single = h.files.length === 1 && h.files[0]?.kind === 'safetensors' && h.files[0].path === null;
+  const paths = new Set<string>();
+  h.files.forEach((f, i) => {
+    const what = `file ${i}`;
+    if (!f || typeof f !== 'object') bad(what);
+    if (!(single && f.kind === 'safetensors' && f.path === null)) {
+      if (!isSafeRelativePath(f.path)) bad(`${what} path ${JSON.stringify(f.path)}`);
+      if (paths.has(f.path)) bad(`${what} path ${JSON.stringify(f.path)} repeats`);
+      paths.add(f.path);
+    }
+    if (f.kind === 'safetensors') {
+      if (typeof f.rawHeader !== 'string' || !Array.isArray(f.tensors)) bad(what);
+      f.tensors.forEach((t) => tensorIndex(t, what));
+    } else if (f.kind === 'blob') {
+      if (!isBytes(tensorIndex(f.tensor, what))) bad(`${what}: a blob is one U8 vector`);
+    } else if (f.kind === 'torch') {
+      const layout = f.layout as { size?: unknown; offsets?: unknown } | null;
+      if (!Array.isArray(f.tensors) || f.tensors.length < 1 || !layout || typeof layout !== 'object') bad(what);
+      const size = layout.size;
+      const offsets = layout.offsets;
+      if (!Number.isSafeInteger(size) || (size as number) < 0 || !Array.isArray(offsets) || offsets.length !== f.tensors.length - 1) bad(`${what} layout`);
+      const members = f.tensors.map((t) => tensorIndex(t, what));
+      if (!isBytes(members[0]!)) bad(`${what}: the skeleton is one U8 vector`);
+      let end = 0;
+      let cut = 0;
+      members.slice(1).forEach((t, k) => {
+        const at = (offsets as unknown[])[k];
+        if (!Number.isSafeInteger(at) || (at as number) < end) bad(`${what} layout offset ${String(at)}`);
+        end = (at as number) + bytesOf(t);
+        cut += bytesOf(t);
+      });
+      if (end > (size as number) || bytesOf(members[0]!) !== (size as number) - cut) bad(`${what} layout size`);
+    } else {
+      bad(`${what} kind ${JSON.stringify((f as { kind?: unknown }).kind)}`);
+    }
+  });
+  if (!single) {
+    for (const p of paths) {
+      const parts = p.split('/');
+      for (let k = 1; k < parts.length; k++) {
+        if (paths.has(parts.slice(0, k).join('/'))) bad(`path ${JSON.stringify(parts.slice(0, k).join('/'))} is both a file and a folder`);
+      }
+    }
+    if (used.some((u) => u === 0)) bad('a tensor belongs to no file');
+  }
 }
 
 function isLossyDtype(d: DType): boolean {

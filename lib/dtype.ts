@@ -155,22 +155,28 @@ export function toFloat32(bytes: Uint8Array, dtype: DType, out?: Float32Array): 
  * Encode float32 values as elements of `dtype` (round to nearest even).
  * @param values float32 values
  * @param dtype F32, F16 or BF16
- * @returns little-endian element bytes
+ * @param out optional destination (aligned to the element size), length >= values.length * element bytes
+ * @returns little-endian element bytes (a fresh array, or `out` cut to length)
  * @throws ExcpError ERR_DTYPE for a non-float dtype
  */
-export function fromFloat32(values: Float32Array, dtype: DType): Uint8Array {
+export function fromFloat32(values: Float32Array, dtype: DType, out?: Uint8Array): Uint8Array {
   const n = values.length;
-  if (dtype === 'F32') return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + n * 4));
+  if (dtype === 'F32') {
+    if (!out) return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + n * 4));
+    out.set(new Uint8Array(values.buffer, values.byteOffset, n * 4));
+    return out.subarray(0, n * 4);
+  }
   if (dtype !== 'BF16' && dtype !== 'F16') throw new ExcpError('ERR_DTYPE', `dtype: cannot encode float as ${dtype}`);
-  const out = new Uint16Array(n);
+  const bytes = out ? out.subarray(0, n * 2) : new Uint8Array(n * 2);
+  const dst = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
   if (dtype === 'BF16') {
     const bits = new Uint32Array(values.buffer, values.byteOffset, n);
     for (let i = 0; i < n; i++) {
       const x = bits[i]!;
-      out[i] = (x & 0x7fffffff) > 0x7f800000 ? ((x >>> 16) | 0x40) & 0xffff : ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+      dst[i] = (x & 0x7fffffff) > 0x7f800000 ? ((x >>> 16) | 0x40) & 0xffff : ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
     }
   } else {
-    for (let i = 0; i < n; i++) out[i] = f32ToF16(values[i]!);
+    for (let i = 0; i < n; i++) dst[i] = f32ToF16(values[i]!);
   }
-  return new Uint8Array(out.buffer);
+  return bytes;
 }

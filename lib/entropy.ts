@@ -10,7 +10,7 @@
 import { ByteReader, ByteWriter } from './bytes.js';
 import { ExcpError } from './errors.js';
 import { decodeSymbols, encodeSymbols } from './symbols.js';
-import { type QuantizedStream, expandSymbols, selectionContexts } from './quantize.js';
+import { type QuantizedStream, nonzeroSymbols } from './quantize.js';
 import type { QuantDomain } from './kmeans.js';
 
 /** Exact values at positions the lossy path cannot code (NaN, infinities). */
@@ -44,13 +44,26 @@ const FLAG_MOMENTS = 4;
 const FLAG_MOMENTS_EXACT = 8;
 const DOMAINS: QuantDomain[] = ['linear', 'log'];
 
+/** What the symbol streams of a payload cost, against what they could cost. */
+export interface SymbolCost {
+  /**
+   * Empirical entropy of the coded symbols, in bits: sum over streams of
+   * count * H(symbol | context) with the stream's own counts (the context
+   * is the selecting stream's symbol where one is used, else none).
+   */
+  entropyBits: number;
+  /** Bits of the coded symbol streams (their tables included). */
+  symbolBits: number;
+}
+
 /**
  * Serialise a chunk.
  * @param code the chunk's streams
  * @param n elements in the chunk
+ * @param cost optional accumulator of the symbol streams' entropy and coded size
  * @returns payload bytes
  */
-export function encodePayload(code: ChunkCode, n: number): Uint8Array {
+export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost): Uint8Array {
   const w = new ByteWriter(1024);
   const m = code.moments;
   let flags = 0;
@@ -64,7 +77,7 @@ export function encodePayload(code: ChunkCode, n: number): Uint8Array {
   if ('exact' in code.weight) {
     writeBlob(w, code.weight.exact);
   } else {
-    writeStream(w, code.weight.residual, null, 0);
+    writeStream(w, code.weight.residual, undefined, 0, cost);
     writeExceptions(w, code.weight.exceptions);
     wFull = code.weight.residual.symbols;
   }
@@ -73,9 +86,10 @@ export function encodePayload(code: ChunkCode, n: number): Uint8Array {
     writeBlob(w, m.exactV);
   } else if (m) {
     const wContexts = 'residual' in code.weight ? code.weight.residual.centers.length + 1 : 0;
-    writeStream(w, m.m, wFull, wContexts);
-    const mFull = expandSymbols(m.m.symbols, wFull, n);
-    writeStream(w, m.v, mFull, m.m.centers.length + 1);
+    // The contexts of m are the nonzero dW symbols; those of v, the nonzero
+    // m symbols (the same as the full-length m symbols at selected positions).
+    writeStream(w, m.m, wFull ? nonzeroSymbols(wFull) : undefined, wContexts, cost);
+    writeStream(w, m.v, nonzeroSymbols(m.m.symbols), m.m.centers.length + 1, cost);
     w.f32(m.vFill);
     writeExceptions(w, m.mExceptions);
     writeExceptions(w, m.vExceptions);
@@ -103,7 +117,7 @@ export function decodePayload(payload: Uint8Array, n: number, elementBytes: { we
   if (flags & FLAG_WEIGHT_EXACT) {
     weight = { exact: readBlob(r) };
   } else {
-    const residual = readStream(r, n, null, 0);
+    const residual = readStream(r, n, undefined, 0);
     weight = { residual, exceptions: readExceptions(r, n, elementBytes.weight) };
     wFull = residual.symbols;
   }
@@ -112,21 +126,15 @@ export function decodePayload(payload: Uint8Array, n: number, elementBytes: { we
     moments = { exactM: readBlob(r), exactV: readBlob(r) };
   } else if (flags & FLAG_MOMENTS) {
     const wContexts = 'residual' in weight ? weight.residual.centers.length + 1 : 0;
-    const m = readStream(r, countSelected(wFull, n), wFull, wContexts);
-    const mFull = expandSymbols(m.symbols, wFull, n);
-    const v = readStream(r, countSelected(mFull, n), mFull, m.centers.length + 1);
+    const wSelected = wFull ? nonzeroSymbols(wFull) : undefined;
+    const m = readStream(r, wSelected ? wSelected.length : n, wSelected, wContexts);
+    const mSelected = nonzeroSymbols(m.symbols);
+    const v = readStream(r, mSelected.length, mSelected, m.centers.length + 1);
     const vFill = r.f32();
     moments = { m, v, vFill, mExceptions: readExceptions(r, n, elementBytes.moments), vExceptions: readExceptions(r, n, elementBytes.moments) };
   }
   if (r.remaining !== 0) throw new ExcpError('ERR_CORRUPT', `payload: ${r.remaining} unexpected bytes after the last stream`);
   return { baseDigest, weight, moments };
-}
-
-function countSelected(select: Uint8Array | null, n: number): number {
-  if (!select) return n;
-  let c = 0;
-  for (let i = 0; i < select.length; i++) if (select[i] !== 0) c++;
-  return c;
 }
 
 function writeDigest(w: ByteWriter, hex: string): void {
@@ -147,24 +155,89 @@ function readBlob(r: ByteReader): Uint8Array {
   return r.bytesView(r.varint());
 }
 
-function writeStream(w: ByteWriter, q: QuantizedStream, select: Uint8Array | null, numContexts: number): void {
+/**
+ * @param selected the selecting stream's symbols at the selected positions
+ *   (one per symbol of q), or undefined when nothing selects this stream
+ */
+function writeStream(w: ByteWriter, q: QuantizedStream, selected: Uint8Array | undefined, numContexts: number, cost: SymbolCost | undefined): void {
   w.u8(DOMAINS.indexOf(q.domain));
   w.u8(q.centers.length);
   for (let i = 0; i < q.centers.length; i++) w.f32(q.centers[i]!);
-  const contexts = select && numContexts > 1 ? selectionContexts(select, q.symbols.length) : undefined;
-  writeBlob(w, encodeSymbols(q.symbols, Math.max(2, q.centers.length + 1), contexts, contexts ? numContexts : undefined));
+  const contexts = selected && numContexts > 1 ? selected : undefined;
+  const coded = encodeSymbols(q.symbols, Math.max(2, q.centers.length + 1), contexts, contexts ? numContexts : undefined);
+  if (cost) {
+    cost.entropyBits += empiricalEntropyBits(q.symbols, contexts);
+    cost.symbolBits += 8 * coded.length;
+  }
+  writeBlob(w, coded);
 }
 
-function readStream(r: ByteReader, count: number, select: Uint8Array | null, numContexts: number): QuantizedStream {
+/**
+ * count * H(S | C) in bits from the stream's own joint counts (order 0 when
+ * there are no contexts).
+ * @param symbols the symbols
+ * @param contexts one per symbol, or undefined
+ * @returns the empirical entropy in bits
+ */
+export function empiricalEntropyBits(symbols: Uint8Array, contexts: Uint8Array | undefined): number {
+  const joint = jointScratch.fill(0, 0, contexts ? 65536 : 256);
+  let contextEnd = 256;
+  if (contexts) {
+    let maxContext = 0;
+    for (let i = 0; i < symbols.length; i++) {
+      const c = contexts[i]!;
+      joint[(c << 8) | symbols[i]!]!++;
+      if (c > maxContext) maxContext = c;
+    }
+    contextEnd = (maxContext + 1) << 8;
+  } else {
+    for (let i = 0; i < symbols.length; i++) joint[symbols[i]!]!++;
+  }
+  let bits = 0;
+  for (let c = 0; c < contextEnd; c += 256) {
+    let total = 0;
+    for (let s = 0; s < 256; s++) total += joint[c + s]!;
+    if (total === 0) continue;
+    for (let s = 0; s < 256; s++) {
+      const k = joint[c + s]!;
+      if (k > 0) bits += k * Math.log2(total / k);
+    }
+  }
+  return bits;
+}
+
+const jointScratch = new Uint32Array(65536);
+
+/**
+ * Run a decoder on payload bytes: its argument errors (a context stream
+ * without contexts, a context above the count) can only come from corrupt
+ * bytes here, so they are reported as ERR_CORRUPT.
+ */
+function decodeCorrupt<T>(decode: () => T): T {
+  try {
+    return decode();
+  } catch (e) {
+    if (e instanceof ExcpError && (e.code === 'ERR_INVALID_ARG' || e.code === 'ERR_OUT_OF_RANGE')) {
+      throw new ExcpError('ERR_CORRUPT', `payload: ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+}
+
+function readStream(r: ByteReader, count: number, selected: Uint8Array | undefined, numContexts: number): QuantizedStream {
   const domain = DOMAINS[r.u8()];
   if (!domain) throw new ExcpError('ERR_CORRUPT', 'payload: unknown quantisation domain');
   const k = r.u8();
   const centers = new Float32Array(k);
   for (let i = 0; i < k; i++) centers[i] = r.f32();
-  const contexts = select && numContexts > 1 ? selectionContexts(select, count) : undefined;
-  const symbols = decodeSymbols(readBlob(r), count, Math.max(2, k + 1), contexts, contexts ? numContexts : undefined);
-  for (let i = 0; i < count; i++) {
-    if (symbols[i]! > k) throw new ExcpError('ERR_CORRUPT', `payload: symbol ${symbols[i]} exceeds codebook size ${k}`);
+  const contexts = selected && numContexts > 1 ? selected : undefined;
+  const symbols = decodeCorrupt(() => decodeSymbols(readBlob(r), count, Math.max(2, k + 1), contexts, contexts ? numContexts : undefined));
+  // decodeSymbols returns symbols below the alphabet, max(2, k + 1): only a
+  // codebook of 0 centers leaves a symbol (1) that no center backs.
+  if (k === 0) {
+    for (let i = 0; i < count; i++) {
+      if (symbols[i]! > k) throw new ExcpError('ERR_CORRUPT', `payload: symbol ${symbols[i]} exceeds codebook size ${k}`);
+    }
   }
   return { domain, centers, symbols };
 }

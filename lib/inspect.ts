@@ -11,8 +11,10 @@ import {
 } from './container.js';
 import { DTYPE_BYTES, elementCount } from './dtype.js';
 import { ExcpError } from './errors.js';
+import { MAX_JSON_BYTES } from './constants.js';
 import { readExactly } from './stream/checkpoint-file.js';
-import { restore } from './pipeline.js';
+import { restore, verifyFolderContainer } from './pipeline.js';
+import type { ParamMapInfo } from './plan.js';
 
 /** One line of the inspect report. */
 export interface InspectTensor {
@@ -36,6 +38,10 @@ export interface InspectEntry {
   ratio: number;
   keptWeightsPercent: number | null;
   keptMomentsPercent: number | null;
+  /** Empirical entropy of the coded symbols, bits per parameter (null when the file does not record it). */
+  entropyBitsPerParameter: number | null;
+  /** Coded symbol streams (tables included), bits per parameter (null when not recorded). */
+  symbolBitsPerParameter: number | null;
 }
 
 /** The inspect report. */
@@ -48,7 +54,14 @@ export interface InspectReport {
   ratio: number;
   baseFingerprint: string | null;
   targetFingerprint: string;
+  /** Folder containers: the files restore writes (path and kind). */
+  files?: { path: string; kind: string }[];
+  /** Folder containers: optimizer param id -> parameter name, with confidence (header.info.paramMap). */
+  paramMap?: ParamMapInfo;
   entries: InspectEntry[];
+  /** Totals over lossy entries: empirical entropy of the coded symbols and their coded size, in bits (null when not recorded). */
+  entropyBits: number | null;
+  symbolBits: number | null;
 }
 
 /**
@@ -67,9 +80,11 @@ export async function readContainerIndex(path: string): Promise<{ header: Contai
     const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, jsonLength + 4));
     const footerOffset = decodeTrailer(await readExactly(handle, size - TRAILER_BYTES, TRAILER_BYTES));
     if (footerOffset + 5 > size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} is outside the file`);
+    if (footerOffset < HEAD_FIXED_BYTES + jsonLength + 4) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} points into the header`);
     const prefix = await readExactly(handle, footerOffset, 5);
     const length = new DataView(prefix.buffer).getUint32(1, true);
     if (prefix[0] !== 2 || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
+    if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `${path}: footer length ${length} exceeds limit ${MAX_JSON_BYTES}`);
     const body = await readExactly(handle, footerOffset + 5, length + 4);
     const footer = decodeFooter(body.subarray(0, length), new DataView(body.buffer).getUint32(length, true), header);
     return { header, footer, size };
@@ -105,11 +120,18 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
       ratio: f.codedBytes ? bytes / f.codedBytes : 0,
       keptWeightsPercent: e.kind === 'param' && !e.exactWeight && e.elements ? (100 * f.keptWeights) / e.elements : null,
       keptMomentsPercent: e.kind === 'param' && !e.exactMoments && e.elements ? (100 * f.keptMoments) / e.elements : null,
+      entropyBitsPerParameter: f.entropyBits !== undefined && e.elements ? f.entropyBits / e.elements : null,
+      symbolBitsPerParameter: f.symbolBits !== undefined && e.elements ? f.symbolBits / e.elements : null,
     };
   });
+  const recorded = footer.entries.every((f) => f.entropyBits !== undefined && f.symbolBits !== undefined);
   return {
     file: path, tool: header.tool, options: header.options, containerBytes: size, originalBytes,
     ratio: originalBytes / size, baseFingerprint: footer.baseFingerprint, targetFingerprint: footer.targetFingerprint, entries,
+    ...(header.files.some((f) => f.path !== null) ? { files: header.files.map((f) => ({ path: f.path ?? '', kind: f.kind })) } : {}),
+    ...(header.info?.['paramMap'] ? { paramMap: header.info['paramMap'] as ParamMapInfo } : {}),
+    entropyBits: recorded ? footer.entries.reduce((s, f) => s + (f.entropyBits ?? 0), 0) : null,
+    symbolBits: recorded ? footer.entries.reduce((s, f) => s + (f.symbolBits ?? 0), 0) : null,
   };
 }
 
@@ -117,15 +139,27 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
 export function formatInspect(r: InspectReport): string {
   const pct = (x: number | null) => (x === null ? '-' : `${x.toFixed(2)}%`);
   const lines = [
-    `${r.file}: ${r.tool}, alpha ${r.options.alpha}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
+    `${r.file}: ${r.tool}, ${r.options.weightRule === 'paper' || r.options.weightRule === undefined ? `alpha ${r.options.alpha}` : `${r.options.weightRule} rule, keep ${r.options.keep}`}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
     `base fingerprint ${r.baseFingerprint ?? '(none: keyframe)'}, restores to ${r.targetFingerprint}`,
     '',
-    ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'ratio'].join('\t'),
+    ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'entropy bits/param', 'ratio'].join('\t'),
   ];
+  const bits = (x: number | null) => (x === null ? '-' : x.toFixed(3));
   for (const e of r.entries) {
-    lines.push([e.name, e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), `${e.ratio.toFixed(1)}x`].join('\t'));
+    lines.push([e.name, e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), bits(e.entropyBitsPerParameter), `${e.ratio.toFixed(1)}x`].join('\t'));
   }
   lines.push('', `total: ${r.originalBytes} bytes -> ${r.containerBytes} bytes, ratio ${r.ratio.toFixed(1)}x`);
+  if (r.files) lines.push('', `folder: ${r.files.length} files: ${r.files.map((f) => `${f.path} (${f.kind})`).join(', ')}`);
+  if (r.paramMap) {
+    const m = r.paramMap;
+    const methods = new Map<string, number>();
+    for (const [, , , method] of m.ids) methods.set(method, (methods.get(method) ?? 0) + 1);
+    lines.push(`param map (${m.file}): ${m.ids.length} ids named, ${m.unmapped.length} unmapped (moments coded exactly), lowest confidence ${m.minConfidence}; by ${[...methods].map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    for (const [id, name, confidence, method] of m.ids) lines.push(`  id ${id}\t${name}\t${confidence}\t${method}`);
+  }
+  if (r.entropyBits !== null && r.symbolBits !== null && r.entropyBits > 0) {
+    lines.push(`coded symbols: ${r.symbolBits} bits against an empirical entropy of ${r.entropyBits} bits (+${(100 * (r.symbolBits / r.entropyBits - 1)).toFixed(2)}%)`);
+  }
   return `${lines.join('\n')}\n`;
 }
 
@@ -137,8 +171,12 @@ export function formatInspect(r: InspectReport): string {
  */
 export async function verifyContainer(path: string, base: string | undefined, threads?: number): Promise<{ chunks: number; base: boolean; target: string }> {
   const { header, footer } = await readContainerIndex(path);
-  const sink = new Writable({ write(_c, _e, cb) { cb(); } });
-  await pipeline(createReadStream(path), restore({ base, threads }), sink);
+  if (header.files.some((f) => f.path !== null)) {
+    await verifyFolderContainer(path, { base, threads });
+  } else {
+    const sink = new Writable({ write(_c, _e, cb) { cb(); } });
+    await pipeline(createReadStream(path), restore({ base, threads }), sink);
+  }
   const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
   return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
 }

@@ -73,29 +73,39 @@ function dedupeSorted(centers: Float32Array): Float32Array {
 function histogramPoints(values: Float32Array, useLog: boolean): { points: Float64Array; weights: Float64Array } {
   const n = values.length;
   const bits = new Uint32Array(values.buffer, values.byteOffset, n);
-  const lo = [0xffffffff, 0xffffffff];
-  const hi = [0, 0];
+  // Per sign (0 positive, 1 negative): smallest and largest magnitude bits.
+  let lo0 = 0xffffffff, lo1 = 0xffffffff, hi0 = 0, hi1 = 0;
   for (let i = 0; i < n; i++) {
     const b = bits[i]!;
-    const s = b >>> 31;
     const mag = b & 0x7fffffff;
-    if (mag < lo[s]!) lo[s] = mag;
-    if (mag > hi[s]!) hi[s] = mag;
+    if (b >>> 31) {
+      if (mag < lo1) lo1 = mag;
+      if (mag > hi1) hi1 = mag;
+    } else {
+      if (mag < lo0) lo0 = mag;
+      if (mag > hi0) hi0 = mag;
+    }
   }
-  const shift = [0, 0];
-  for (let s = 0; s < 2; s++) {
-    while (hi[s]! >= lo[s]! && (hi[s]! - lo[s]!) >>> shift[s]! >= BINS_PER_SIGN) shift[s]!++;
-  }
+  let shift0 = 0, shift1 = 0;
+  while (hi0 >= lo0 && (hi0 - lo0) >>> shift0 >= BINS_PER_SIGN) shift0++;
+  while (hi1 >= lo1 && (hi1 - lo1) >>> shift1 >= BINS_PER_SIGN) shift1++;
   // bins 0..B-1: negative values, most negative first; B..2B-1: positive ascending.
   const count = new Float64Array(2 * BINS_PER_SIGN);
   const sum = new Float64Array(2 * BINS_PER_SIGN);
-  for (let i = 0; i < n; i++) {
-    const b = bits[i]!;
-    const s = b >>> 31;
-    const rel = ((b & 0x7fffffff) - lo[s]!) >>> shift[s]!;
-    const bin = s ? BINS_PER_SIGN - 1 - rel : BINS_PER_SIGN + rel;
-    count[bin]!++;
-    sum[bin]! += useLog ? Math.log(values[i]!) : values[i]!;
+  if (useLog) {
+    // log requires positive values (the caller checked), so every bin is positive.
+    for (let i = 0; i < n; i++) {
+      const bin = BINS_PER_SIGN + (((bits[i]! & 0x7fffffff) - lo0) >>> shift0);
+      count[bin]!++;
+      sum[bin]! += Math.log(values[i]!);
+    }
+  } else {
+    for (let i = 0; i < n; i++) {
+      const b = bits[i]!;
+      const bin = b >>> 31 ? BINS_PER_SIGN - 1 - (((b & 0x7fffffff) - lo1) >>> shift1) : BINS_PER_SIGN + (((b & 0x7fffffff) - lo0) >>> shift0);
+      count[bin]!++;
+      sum[bin]! += values[i]!;
+    }
   }
   let m = 0;
   for (let i = 0; i < count.length; i++) if (count[i]! > 0) m++;
@@ -126,13 +136,15 @@ function lloyd(points: Float64Array, weights: Float64Array, k: number): Float64A
   }
   const sums = new Float64Array(k);
   const counts = new Float64Array(k);
+  const mids = new Float64Array(k);
   for (let iter = 0; iter < MAX_ITERATIONS; iter++) {
     sums.fill(0);
     counts.fill(0);
+    for (let j = 0; j + 1 < k; j++) mids[j] = (centers[j]! + centers[j + 1]!) / 2;
     let c = 0;
     for (let i = 0; i < m; i++) {
       const x = points[i]!;
-      while (c < k - 1 && x > (centers[c]! + centers[c + 1]!) / 2) c++;
+      while (c < k - 1 && x > mids[c]!) c++;
       sums[c]! += x * weights[i]!;
       counts[c]! += weights[i]!;
     }

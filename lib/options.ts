@@ -19,7 +19,11 @@ function range(name: string, value: unknown, ok: boolean, what: string): void {
 export function resolveOptions(partial: LooseOptions = {}): CodecOptions {
   const o: CodecOptions = { ...DEFAULT_OPTIONS };
   for (const [k, v] of Object.entries(partial)) if (v !== undefined) (o as unknown as Record<string, unknown>)[k] = v;
+  // An explicit alpha asks for the paper's formula (alpha means nothing to the other rules).
+  if (partial.alpha !== undefined && partial.weightRule === undefined) o.weightRule = 'paper';
   range('alpha', o.alpha, typeof o.alpha === 'number' && o.alpha > 0 && Number.isFinite(o.alpha), 'a finite number > 0');
+  range('weightRule', o.weightRule, o.weightRule === 'paper' || o.weightRule === 'magnitude' || o.weightRule === 'saliency', "'paper', 'magnitude' or 'saliency'");
+  range('keep', o.keep, typeof o.keep === 'number' && o.keep > 0 && o.keep <= 1, 'a number in (0, 1]');
   range('beta', o.beta, typeof o.beta === 'number' && o.beta >= 0 && Number.isFinite(o.beta), 'a finite number >= 0');
   range('bits', o.bits, Number.isInteger(o.bits) && o.bits >= 1 && o.bits <= 8, 'an integer from 1 to 8');
   range('lossless', o.lossless, typeof o.lossless === 'boolean', 'a boolean');
@@ -30,5 +34,5 @@ export function resolveOptions(partial: LooseOptions = {}): CodecOptions {
   return o;
 }
 
-/** The paper's exact behaviour (for comparisons): zero-filled pruned v, linear v codebook. */
-export const PAPER_OPTIONS: Readonly<Partial<CodecOptions>> = Object.freeze({ vFill: 'zero', vDomain: 'linear' });
+/** The paper's exact behaviour (for comparisons): the alpha formula, 4 bits, zero-filled pruned v, linear v codebook. */
+export const PAPER_OPTIONS: Readonly<Partial<CodecOptions>> = Object.freeze({ weightRule: 'paper', bits: 4, vFill: 'zero', vDomain: 'linear' });

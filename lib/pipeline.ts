@@ -7,15 +7,19 @@
 import { once } from 'node:events';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, rename, stat, open, realpath } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, sep } from 'node:path';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ContainerHeader } from './container.js';
 import { DTYPE_BYTES } from './dtype.js';
 import { ExcpError, toExcpError } from './errors.js';
 import { resolveOptions } from './options.js';
-import { planSafetensors } from './plan.js';
+import { planFolder, planSafetensors } from './plan.js';
+import { FolderCheckpoint, isDirectory } from './folder.js';
+import { FolderWriter, type FolderTargetOptions, writeFolderAtomically } from './stream/folder-writer.js';
 import type { CodecOptions, LooseOptions } from './types.js';
 import { SafetensorsFile, SafetensorsMemory, type TensorReader } from './stream/checkpoint-file.js';
 import { ChunkDecoder, ChunkEncoder } from './stream/codec.js';
@@ -32,6 +36,8 @@ export interface CompressOptions extends LooseOptions {
   threads?: number | undefined;
   /** Called as chunks are coded, with input bytes done and total. */
   onProgress?: ((done: number, total: number) => void) | undefined;
+  /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
+  paramMap?: readonly string[] | undefined;
 }
 
 /** Options of restore. */
@@ -42,11 +48,14 @@ export interface RestoreOptions {
 }
 
 async function openReader(source: string | Uint8Array): Promise<TensorReader> {
+  // A base folder: its moments stay unnamed (only its weights and files are used as a base).
+  if (typeof source === 'string' && await isDirectory(source)) return FolderCheckpoint.open(source, { mapMoments: false });
   return typeof source === 'string' ? SafetensorsFile.open(source) : new SafetensorsMemory(source);
 }
 
 /** Plan the container for a checkpoint against an optional base. */
 export function planFor(current: TensorReader, base: TensorReader | null, options: CodecOptions): ContainerHeader {
+  if (current instanceof FolderCheckpoint) return planFolder(current.header.tensors, current.files, current.paramMap, base ? base.byName : null, options);
   return planSafetensors(current.header.tensors, current.header.raw, base ? base.byName : null, options);
 }
 
@@ -106,7 +115,9 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
   let current: TensorReader | null = null;
   try {
     base = options.base !== undefined ? await openReader(options.base) : null;
-    current = await SafetensorsFile.open(spooled ? spooled.path : (input as string)).catch((e: unknown) => {
+    current = typeof input === 'string' && await isDirectory(input)
+      ? await FolderCheckpoint.open(input, { mapMoments: true, previous: base instanceof FolderCheckpoint ? base : null, explicit: options.paramMap ?? null })
+      : await SafetensorsFile.open(spooled ? spooled.path : (input as string)).catch((e: unknown) => {
       if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
       throw e;
     });
@@ -155,7 +166,7 @@ export function restore(options: RestoreOptions = {}): Duplex {
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, ...rest } = o;
   return rest;
 }
 
@@ -217,14 +228,39 @@ export interface OutputOptions {
  * Write a file atomically: into a temporary file beside the target, renamed
  * over it only when the producer finished without error. On failure nothing
  * is left behind and an existing target is untouched.
+ *
+ * The temporary file is a dotfile, `.NAME.excp-tmp-PID-TIME`, in the target's
+ * folder (a rename is only atomic within one file system). A process killed
+ * with SIGKILL (or a power loss) cannot remove it; the next writeAtomically
+ * to the same target removes such leftovers whose process is gone, and the
+ * CLI removes its own on SIGINT, SIGTERM and SIGHUP ({@link removeActiveTemps}).
+ * A target that is a character device or a FIFO (`/dev/null`, a named pipe)
+ * is written directly: there is nothing to rename over.
  * @param target output path
  * @param produce writes everything into the given stream and resolves when done
  * @param options force, inputs
+ * @throws ExcpError ERR_EXISTS, ERR_SAME_FILE, ERR_NO_SPACE (disk full: the partial output is removed), ERR_IO
  */
 export async function writeAtomically(target: string, produce: (out: Writable) => Promise<void>, options: OutputOptions = {}): Promise<void> {
-  await checkOutput(target, options);
-  const temp = join(dirname(target), `.${basename(target)}.excp-tmp-${process.pid}-${Date.now().toString(36)}`);
-  const handle = await open(temp, 'wx');
+  const kind = await checkOutput(target, options);
+  if (kind === 'device') {
+    const out = createWriteStream(target);
+    try {
+      await produce(out);
+      if (!out.writableEnded) out.end();
+      if (!out.writableFinished) await once(out, 'finish');
+    } catch (e) {
+      out.destroy();
+      throw outputError(e, target, false);
+    }
+    return;
+  }
+  await removeStaleTemps(target);
+  const temp = join(dirname(target), `${tempPrefix(target)}${process.pid}-${Date.now().toString(36)}`);
+  const handle = await open(temp, 'wx').catch((e: unknown) => {
+    throw outputError(e, target, false);
+  });
+  activeTemps.add(temp);
   const out = createWriteStream('', { fd: handle.fd, autoClose: false });
   try {
     await produce(out);
@@ -237,22 +273,97 @@ export async function writeAtomically(target: string, produce: (out: Writable) =
     out.destroy();
     await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
-    throw toExcpError(e, target);
+    throw outputError(e, target, true);
+  } finally {
+    activeTemps.delete(temp);
   }
 }
 
-async function checkOutput(target: string, options: OutputOptions): Promise<void> {
-  const existing = await stat(target).catch(() => null);
-  if (existing) {
-    const real = await realpath(target);
-    for (const input of options.inputs ?? []) {
-      if (!input) continue;
-      const other = await realpath(input).catch(() => null);
-      if (other === real) throw new ExcpError('ERR_SAME_FILE', `${target}: output is also an input; refusing to overwrite it`);
+/** Temporary files of writeAtomically calls in progress in this process. */
+const activeTemps = new Set<string>();
+
+/**
+ * Remove the temporary files of writes in progress, synchronously: for a
+ * signal handler, just before the process exits.
+ */
+export function removeActiveTemps(): void {
+  for (const temp of activeTemps) {
+    try {
+      rmSync(temp, { force: true });
+    } catch {
+      // best effort: the process is exiting
     }
-    if (existing.isDirectory()) throw new ExcpError('ERR_EXISTS', `${target}: is a directory`);
-    if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
   }
+  activeTemps.clear();
+}
+
+/** Name prefix of writeAtomically's temporary files for `target`. */
+export function tempPrefix(target: string): string {
+  return `.${basename(target)}.excp-tmp-`;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Remove temporary files a killed run left beside `target` (only those whose process is gone). */
+async function removeStaleTemps(target: string): Promise<void> {
+  const prefix = tempPrefix(target);
+  const names = await readdir(dirname(target)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processAlive(pid)) continue;
+    await rm(join(dirname(target), name), { force: true }).catch(() => undefined);
+  }
+}
+
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+/** An output failure as an ExcpError; a full disk gets ERR_NO_SPACE and a message that says what was done. */
+function outputError(e: unknown, target: string, removed: boolean): ExcpError {
+  const code = e instanceof ExcpError ? e.code : (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ERR_NO_SPACE' || (typeof code === 'string' && NO_SPACE.has(code))) {
+    const why = code === 'EDQUOT' ? 'disk quota exceeded' : code === 'EFBIG' ? 'file too large for the device' : 'no space left on the device';
+    const what = removed ? '; nothing was written (the partial output was removed)' : '';
+    return new ExcpError('ERR_NO_SPACE', `${target}: ${why}${what}`, { cause: e });
+  }
+  return toExcpError(e, target);
+}
+
+/**
+ * Check the target before writing.
+ * @returns 'new' (absent), 'file' (an existing file that --force lets us replace) or 'device' (a character device or FIFO, written directly)
+ */
+async function checkOutput(target: string, options: OutputOptions): Promise<'new' | 'file' | 'device'> {
+  // An output (or its temporary file) inside a checkpoint folder being read would become part of that input.
+  const targetDir = await realpath(dirname(target)).catch(() => null);
+  for (const input of options.inputs ?? []) {
+    if (!input || !targetDir) continue;
+    const info = await stat(input).catch(() => null);
+    const dir = info?.isDirectory() ? await realpath(input).catch(() => null) : null;
+    if (dir && (targetDir === dir || targetDir.startsWith(dir + sep))) {
+      throw new ExcpError('ERR_SAME_FILE', `${target}: output would be written inside the input folder ${input}`);
+    }
+  }
+  const existing = await stat(target).catch(() => null);
+  if (!existing) return 'new';
+  const real = await realpath(target);
+  for (const input of options.inputs ?? []) {
+    if (!input) continue;
+    const other = await realpath(input).catch(() => null);
+    if (other === real) throw new ExcpError('ERR_SAME_FILE', `${target}: output is also an input; refusing to overwrite it`);
+  }
+  if (existing.isDirectory()) throw new ExcpError('ERR_EXISTS', `${target}: is a directory`);
+  if (existing.isCharacterDevice() || existing.isFIFO()) return 'device';
+  if (!existing.isFile()) throw new ExcpError('ERR_EXISTS', `${target}: is not a regular file`);
+  if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
+  return 'file';
 }
 
 /** Compress a file (or stdin when input is undefined) into a writable. */
@@ -265,3 +376,36 @@ export async function restoreTo(input: string | undefined, out: Writable, option
   const source = input === undefined ? process.stdin : createReadStream(input);
   await pipeline(source, restore(options), out, { end: false });
 }
+
+/**
+ * Restore a container that holds a checkpoint folder into the folder `target`
+ * (written into a temporary folder beside it, renamed at the end).
+ * @param input container file
+ * @param target output folder
+ * @param options base (a folder), threads, progress, force, inputs
+ */
+export async function restoreToFolder(input: string, target: string, options: RestoreOptions & FolderTargetOptions): Promise<void> {
+  await writeFolderAtomically(target, (temp) => decodeFolder(input, temp, options), { force: options.force, inputs: [...(options.inputs ?? []), input] });
+}
+
+/**
+ * Decode a folder container and check its fingerprints without writing anything (excp verify).
+ * @param input container file
+ * @param options base (a folder), threads
+ */
+export async function verifyFolderContainer(input: string, options: RestoreOptions): Promise<void> {
+  await decodeFolder(input, null, options);
+}
+
+async function decodeFolder(input: string, temp: string | null, options: RestoreOptions): Promise<void> {
+  const base = options.base !== undefined ? await openReader(options.base) : null;
+  const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
+  try {
+    await pipeline(createReadStream(input), new ContainerReader(), decoder, new FolderWriter(temp, options.onProgress));
+  } finally {
+    await decoder.close();
+    await base?.close();
+  }
+}
+
+export { holdsFolder } from './stream/folder-writer.js';

@@ -9,6 +9,7 @@
 import { type DType, LOSSY_DTYPES, elementCount } from './dtype.js';
 import type { ContainerHeader, FileSpec } from './container.js';
 import { TOOL_VERSION } from './constants.js';
+import { ExcpError } from './errors.js';
 import type { CodecOptions, EntrySpec, Role, TensorSpec } from './types.js';
 
 /** A tensor as a plan needs it. */
@@ -90,6 +91,56 @@ export function planSafetensors(
   const planned = planEntries(tensors, base, options);
   const file: FileSpec = { kind: 'safetensors', path: null, rawHeader: Buffer.from(rawHeader).toString('base64'), tensors: tensors.map((_, i) => i) };
   return { tool: `excp ${TOOL_VERSION}`, options: { ...options }, tensors: planned.tensors, entries: planned.entries, files: [file] };
+}
+
+/** How one file of a checkpoint folder maps onto the container's tensors (lib/folder.ts builds these). */
+export type FolderFile =
+  | { kind: 'safetensors'; path: string; rawHeader: Uint8Array; tensors: string[] }
+  | { kind: 'blob'; path: string; tensor: string }
+  | { kind: 'torch'; path: string; size: number; skeleton: string; moments: { name: string; offset: number }[] };
+
+/** The param map as stored in `header.info.paramMap` and shown by inspect. */
+export interface ParamMapInfo {
+  /** The optimizer file, e.g. `optimizer.pt`. */
+  file: string;
+  /** [id, name, confidence 0..1, method] per mapped id, in id order. */
+  ids: [number, string, number, string][];
+  /** Ids with state whose moments are coded exactly under `__optimizer__/ID/...`. */
+  unmapped: number[];
+  minConfidence: number;
+}
+
+/**
+ * The header of a container for a checkpoint folder (issue 7): tensors in
+ * the folder's virtual table order, one file spec per file.
+ * @param tensors the folder's virtual tensors (model, optimizer skeleton and moments, blobs)
+ * @param files how files map onto those tensors
+ * @param paramMap the optimizer param map, stored in header.info
+ * @param base base tensors by name, or null
+ * @param options method options
+ */
+export function planFolder(
+  tensors: readonly PlanTensor[],
+  files: readonly FolderFile[],
+  paramMap: ParamMapInfo | null,
+  base: ReadonlyMap<string, PlanTensor> | null,
+  options: CodecOptions,
+): ContainerHeader {
+  const planned = planEntries(tensors, base, options);
+  const index = new Map(tensors.map((t, i) => [t.name, i]));
+  const at = (name: string): number => {
+    const i = index.get(name);
+    if (i === undefined) throw new ExcpError('ERR_BAD_HEADER', `plan: file tensor '${name}' is not in the table`);
+    return i;
+  };
+  const specs = files.map((f): FileSpec => {
+    if (f.kind === 'safetensors') return { kind: 'safetensors', path: f.path, rawHeader: Buffer.from(f.rawHeader).toString('base64'), tensors: f.tensors.map(at) };
+    if (f.kind === 'blob') return { kind: 'blob', path: f.path, tensor: at(f.tensor) };
+    return { kind: 'torch', path: f.path, tensors: [at(f.skeleton), ...f.moments.map((m) => at(m.name))], layout: { size: f.size, offsets: f.moments.map((m) => m.offset) } };
+  });
+  const header: ContainerHeader = { tool: `excp ${TOOL_VERSION}`, options: { ...options }, tensors: planned.tensors, entries: planned.entries, files: specs };
+  if (paramMap) header.info = { paramMap };
+  return header;
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {

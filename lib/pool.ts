@@ -23,23 +23,73 @@ export type WorkerRequest =
 
 /** A worker's answer. */
 export type WorkerResponse =
-  | { id: number; encoded: EncodedChunk }
+  | { id: number; encoded: EncodedChunk; inputs: ArrayBuffer[] }
   | { id: number; decoded: DecodedChunk }
   | { id: number; error: { code: ErrorCode; message: string } };
+
+/**
+ * A free list of chunk-sized ArrayBuffers. The compress direction reads
+ * every chunk into a buffer from here and gives it back once the chunk is
+ * coded (workers transfer the input buffers back with their answer), so
+ * the read buffers cycle instead of piling up as garbage: a worker's GC
+ * runs rarely, and dead transferred buffers would otherwise hold tens of
+ * MB per thread.
+ */
+export class BufferRecycler {
+  private readonly free: ArrayBuffer[] = [];
+  /** Size of every pooled buffer; larger requests get a one-off buffer. */
+  readonly slotBytes: number;
+  private readonly keep: number;
+
+  /**
+   * @param slotBytes size of a pooled buffer
+   * @param keep most free buffers kept
+   */
+  constructor(slotBytes: number, keep: number) {
+    this.slotBytes = slotBytes;
+    this.keep = keep;
+  }
+
+  /**
+   * @param bytes length wanted
+   * @returns a view of that length, over a pooled buffer when bytes <= slotBytes
+   */
+  take(bytes: number): Uint8Array {
+    if (bytes > this.slotBytes) return new Uint8Array(bytes);
+    return new Uint8Array(this.free.pop() ?? new ArrayBuffer(this.slotBytes), 0, bytes);
+  }
+
+  /** @returns whether a view came from {@link take} over a pooled buffer */
+  pooled(view: Uint8Array): boolean {
+    return view.byteOffset === 0 && view.buffer.byteLength === this.slotBytes;
+  }
+
+  /** Return buffers (pool-sized ones are kept; detached or foreign sizes are dropped). */
+  give(buffers: ArrayBuffer[]): void {
+    for (const b of buffers) {
+      if (b.byteLength === this.slotBytes && this.free.length < this.keep && !this.free.includes(b)) this.free.push(b);
+    }
+  }
+}
 
 /** Default thread count: all cores. */
 export function defaultThreads(): number {
   return availableParallelism();
 }
 
+const WORKER_LIMITS = { maxYoungGenerationSizeMb: 4 };
+
 function startWorker(): Worker {
   const self = import.meta.url;
-  if (!self.endsWith('.ts')) return new Worker(new URL('./worker.js', self));
+  // A small young generation: a worker's JS objects are few and short-lived
+  // (the chunk data lives in ArrayBuffers outside the heap), so the default
+  // semi-spaces only add resident memory per thread.
+  if (!self.endsWith('.ts')) return new Worker(new URL('./worker.js', self), { resourceLimits: WORKER_LIMITS });
   // Running from TypeScript sources (tests, examples under tsx): the worker
   // registers tsx's loader before importing the TypeScript worker module.
   const url = new URL('./worker.ts', self).href;
   const boot = `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url)}); })`;
-  return new Worker(boot, { eval: true });
+  return new Worker(boot, { eval: true, resourceLimits: WORKER_LIMITS });
 }
 
 /** Fixed-size pool; tasks are spread over idle workers. */
@@ -106,10 +156,17 @@ export class WorkerPool {
     });
   }
 
-  /** Stop all workers. */
-  async close(): Promise<void> {
+  private closing: Promise<void> | null = null;
+
+  /**
+   * Stop all workers. Idempotent: a stream's destroy and its owner both close
+   * the pool, and a second Worker.terminate() on an exited worker need not
+   * settle, so every caller shares the first call's promise.
+   */
+  close(): Promise<void> {
     this.closed = true;
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.closing ??= Promise.all(this.workers.map((w) => w.terminate())).then(() => undefined);
+    return this.closing;
   }
 }
 
@@ -142,7 +199,9 @@ export class OrderedTransform<I, O> extends Transform {
    * @param limit most items in flight
    */
   constructor(work: (item: I) => Promise<O> | O, limit: number) {
-    super({ objectMode: true, highWaterMark: 2 });
+    // One object buffered on each side: the items are whole chunks (up to
+    // 16 MB in, 12 MB restored out), and `limit` already keeps the workers fed.
+    super({ objectMode: true, highWaterMark: 1 });
     this.work = work;
     this.limit = Math.max(1, limit);
   }

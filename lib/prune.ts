@@ -8,13 +8,24 @@
  *   was kept (for a keyframe, which has no residual, only the first test).
  * Statistics are taken per chunk (see spec/FORMAT.md, "Chunks").
  *
+ * `weightRule` chooses how dW is pruned (the moment rule is the same for all):
+ * - `paper`: the formula above. Its factor alpha / sqrt(mean v) depends on
+ *   the gradient scale, so one alpha does not carry across models;
+ * - `magnitude`: keep the `keep` share of the chunk's largest |dW[i]|;
+ * - `saliency`: keep the `keep` share of the largest |dW[i]| * sqrt(v[i]),
+ *   the loss increase of undoing dW[i] in the diagonal-Fisher (v ~ E[g^2])
+ *   approximation: 1/2 v[i] dW[i]^2. Free of the gradient and weight scale.
+ *
  * Pruned entries become exact zeros in the arrays, so downstream "kept" is
  * simply "nonzero": a kept dW has |dW| > r_w >= 0 and a kept m has |m| > r_o
  * >= 0, hence both are nonzero.
  */
 
+import { DEFAULT_OPTIONS } from './constants.js';
+
 /** Counts of what survived. */
 export interface PruneResult {
+  /** r_w: on |dW| (rules `paper`, `magnitude`) or on |dW| * sqrt(v) (`saliency`). */
   weightThreshold: number;
   momentThreshold: number;
   keptWeights: number;
@@ -90,24 +101,65 @@ export function weightThreshold(residual: Float32Array, meanV: number, alpha: nu
   return medianAbs(residual) * factor;
 }
 
+/** How the weight residual is pruned (see the file comment). */
+export type WeightRule = 'paper' | 'magnitude' | 'saliency';
+
+/** What pruneJoint reads of the codec options. */
+export interface PruneOptions {
+  alpha: number;
+  beta: number;
+  vFill: 'mean' | 'zero';
+  /** Weight rule; absent means `paper`. */
+  weightRule?: WeightRule;
+  /** Share of dW kept by the `magnitude` and `saliency` rules, (0, 1]; absent means DEFAULT_OPTIONS.keep. */
+  keep?: number;
+}
+
+/**
+ * |dW[i]| * sqrt(v[i]) as float32 (v < 0 cannot occur in Adam; it counts as 0).
+ * @param residual dW
+ * @param v second moment
+ * @returns the scores
+ */
+export function saliencyScores(residual: Float32Array, v: Float32Array): Float32Array {
+  const out = new Float32Array(residual.length);
+  for (let i = 0; i < residual.length; i++) {
+    const vi = v[i]!;
+    out[i] = vi > 0 ? Math.abs(residual[i]!) * Math.sqrt(vi) : 0;
+  }
+  return out;
+}
+
 /**
  * Apply the joint prune in place.
  * @param residual dW, or null for a keyframe (no residual: moments tested alone)
  * @param m first moment, or null when the tensor has no optimizer state
  * @param v second moment, or null
- * @param options alpha, beta, and whether pruned v restores as the mean of the pruned v (`'mean'`) or 0 (`'zero'`, the paper)
+ * @param options alpha, beta, weight rule and keep share, and whether pruned v restores as the mean of the pruned v (`'mean'`) or 0 (`'zero'`, the paper)
  * @returns thresholds and counts
  */
 export function pruneJoint(
   residual: Float32Array | null,
   m: Float32Array | null,
   v: Float32Array | null,
-  options: { alpha: number; beta: number; vFill: 'mean' | 'zero' },
+  options: PruneOptions,
 ): PruneResult {
   const meanV = v ? meanAbs(v) : 0;
   let rw = 0;
   let keptWeights = 0;
-  if (residual) {
+  const rule = options.weightRule ?? 'paper';
+  if (residual && rule !== 'paper' && v) {
+    const keep = options.keep ?? DEFAULT_OPTIONS.keep;
+    const n = residual.length;
+    const score = rule === 'saliency' ? saliencyScores(residual, v) : residual;
+    // Keep the scores strictly above the (1 - keep) quantile: a zero dW never survives.
+    const rank = Math.min(n - 1, Math.max(0, Math.floor((1 - keep) * n)));
+    rw = keep >= 1 ? 0 : selectAbs(score, rank);
+    for (let i = 0; i < n; i++) {
+      if (Math.abs(score[i]!) > rw && residual[i] !== 0) keptWeights++;
+      else residual[i] = 0;
+    }
+  } else if (residual) {
     rw = weightThreshold(residual, meanV, options.alpha);
     for (let i = 0; i < residual.length; i++) {
       if (Math.abs(residual[i]!) > rw) keptWeights++;

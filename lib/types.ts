@@ -10,8 +10,16 @@ export type Role = 'weight' | 'exp_avg' | 'exp_avg_sq' | 'plain';
 
 /** Options of the method (all have defaults, see DEFAULT_OPTIONS). */
 export interface CodecOptions {
-  /** Weight prune factor numerator: r_w = median|dW| * min(2.5, alpha / sqrt(mean v)). > 0. */
+  /** Weight prune factor numerator: r_w = median|dW| * min(2.5, alpha / sqrt(mean v)). > 0. Used by weightRule `paper`. */
   alpha: number;
+  /**
+   * How dW is pruned: `paper` (the alpha formula), `magnitude` (keep the `keep`
+   * share of largest |dW|) or `saliency` (keep the `keep` share of largest
+   * |dW| * sqrt(v)). See lib/prune.ts.
+   */
+  weightRule: 'paper' | 'magnitude' | 'saliency';
+  /** Share of dW kept per chunk by weightRule `magnitude` / `saliency`. (0, 1]. */
+  keep: number;
   /** Moment prune factor: r_o = beta * mean|m|. >= 0. */
   beta: number;
   /** Index bits: 2^bits - 1 centers plus zero. 1..8. */
@@ -70,6 +78,10 @@ export interface ChunkStats {
   elements: number;
   keptWeights: number;
   keptMoments: number;
+  /** Empirical entropy of the chunk's coded symbols, in bits (lossy chunks; 0 otherwise). */
+  entropyBits?: number;
+  /** Bits of the chunk's coded symbol streams, tables included (lossy chunks; 0 otherwise). */
+  symbolBits?: number;
 }
 
 /** Options as users pass them: any may be missing or undefined (defaults apply). */

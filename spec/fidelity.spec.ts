@@ -1,13 +1,20 @@
 /**
  * The compress-in-the-loop experiment in small (examples/fidelity.ts at
- * 200k parameters, 120 steps, a checkpoint every 20): training that resumes
+ * 750k parameters, 150 steps, a checkpoint every 50): training that resumes
  * from restored checkpoints stays close to the uncompressed run, and the
- * residual checkpoints shrink. Runs in about 15 s on one core.
+ * residual checkpoints shrink. Runs in about 30 s on one core.
  *
- * Bounds come from a run of the library defaults (alpha 5e-5, beta 2,
- * bits 4) on the day this spec was written: residual ratio 16.6x aggregate,
- * final validation-loss gap +0.91%. The bounds leave room for noise and for
- * better defaults; tighten them when the defaults change on purpose.
+ * Measured with the library defaults (weightRule magnitude, keep 0.3,
+ * beta 2, bits 2): residual ratio 52.4x aggregate, final validation-loss gap
+ * +0.48%, so the product target (>= 50x within 1%) is asserted here. The run
+ * is deterministic (seeded data and weights), so the margins (4.9% on the
+ * ratio, 0.5 points on the gap) only move when the codec or trainer changes.
+ * The full run (examples/fidelity.ts, 1M parameters, 300 steps) gives 54x
+ * at +0.27..+0.74% over three seeds. Shorter, smaller runs fall short:
+ * 200k parameters with a checkpoint every 20 give 40.4x at +2.07%, and 500k
+ * with one every 50 give 49.8x at +1.03% (the per-chunk codebooks and coder
+ * models weigh more on small tensors, and frequent checkpoints lose more
+ * training to pruning).
  */
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,16 +24,17 @@ import {
   excpCodec, identityCodec, runBaseline, runCompressed, summarise,
 } from '../examples/train/experiment.js';
 
+const corpus = loadCorpus();
 const EXPERIMENT: ExperimentOptions = {
-  trainer: { corpus: loadCorpus(), params: '200k', evalSamples: 512 },
-  steps: 120,
-  every: 20,
+  trainer: { corpus, params: '750k', evalSamples: 512 },
+  steps: 150,
+  every: 50,
 };
-/** Lowest acceptable Σ original / Σ compressed over residual checkpoints (measured 16.6x). */
-const MIN_RESIDUAL_RATIO = 15;
-/** Largest acceptable |final validation gap| (measured +0.91%). */
+/** Lowest acceptable Σ original / Σ compressed over residual checkpoints (measured 52.4x). */
+const MIN_RESIDUAL_RATIO = 45;
+/** Largest acceptable |final validation gap| (measured +0.48%). */
 const MAX_ABS_GAP = 0.02;
-/** The product's target at the default settings (examples/fidelity.ts at 1M parameters). */
+/** The product's target at the default settings. */
 const TARGET = { ratio: 50, gap: 0.01 };
 
 describe('fidelity: compress in the loop', () => {
@@ -41,14 +49,14 @@ describe('fidelity: compress in the loop', () => {
   });
 
   it('checkpoints every K steps: one keyframe, then residuals', () => {
-    assert.deepEqual(compressed.checkpoints.map((r) => r.step), [20, 40, 60, 80, 100, 120]);
-    assert.deepEqual(compressed.checkpoints.map((r) => r.kind), ['keyframe', 'residual', 'residual', 'residual', 'residual', 'residual']);
+    assert.deepEqual(compressed.checkpoints.map((r) => r.step), [50, 100, 150]);
+    assert.deepEqual(compressed.checkpoints.map((r) => r.kind), ['keyframe', 'residual', 'residual']);
     assert.deepEqual(compressed.evals.map((e) => e.step), baseline.evals.map((e) => e.step));
   });
 
   it('the two runs agree until the first checkpoint, bit for bit', () => {
-    // Nothing has been compressed before step 20, so the batch losses must be identical.
-    assert.deepEqual(compressed.stepLosses.subarray(0, 20), baseline.stepLosses.subarray(0, 20));
+    // Nothing has been compressed before step 50, so the batch losses must be identical.
+    assert.deepEqual(compressed.stepLosses.subarray(0, 50), baseline.stepLosses.subarray(0, 50));
     assert.ok(compressed.stepLosses.every(Number.isFinite));
   });
 
@@ -64,14 +72,14 @@ describe('fidelity: compress in the loop', () => {
       `gap ${(100 * summary.finalGap).toFixed(2)}% (baseline ${summary.baselineValidation}, compressed ${summary.compressedValidation})`);
   });
 
-  it(`reaches the product target (>= ${TARGET.ratio}x, gap <= ${100 * TARGET.gap}%)`, { todo: 'library defaults keep ~95% of residuals on this model (alpha / sqrt(mean v) << 2.5)' }, () => {
+  it(`reaches the product target (>= ${TARGET.ratio}x, gap <= ${100 * TARGET.gap}%)`, () => {
     assert.ok(summary.residualRatio >= TARGET.ratio, `residual ratio ${summary.residualRatio.toFixed(1)}x`);
     assert.ok(Math.abs(summary.finalGap) <= TARGET.gap, `gap ${(100 * summary.finalGap).toFixed(2)}%`);
   });
 });
 
 describe('fidelity: the harness itself', () => {
-  const short: ExperimentOptions = { ...EXPERIMENT, steps: 40, every: 20 };
+  const short: ExperimentOptions = { trainer: { corpus, params: '200k', evalSamples: 512 }, steps: 40, every: 20 };
 
   it('an identity codec reproduces the baseline exactly', async () => {
     const baseline = runBaseline(short);

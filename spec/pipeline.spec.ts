@@ -195,8 +195,11 @@ describe('corruption', () => {
     const pair = randomCheckpointPair(13, { params: 1, maxElements: 3000 });
     const container = await compressBuffer(pair.current, pair.previous);
     const bad = container.slice();
-    const mid = Math.floor(bad.length / 2);
-    bad[mid] = bad[mid]! ^ 0x10;
+    // The first record starts after the 16-byte preamble, the header JSON and its CRC;
+    // byte 20 of the record is inside its payload.
+    const headerLength = new DataView(bad.buffer, bad.byteOffset).getUint32(12, true);
+    const inPayload = 16 + headerLength + 4 + 20;
+    bad[inPayload] = bad[inPayload]! ^ 0x10;
     await assert.rejects(restoreBuffer(bad, pair.previous), (e: ExcpError) => e.code === 'ERR_CRC' && /tensor 'layers\.0\.weight'/.test(e.message));
   });
 

@@ -1,9 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { medianAbs, pruneJoint, selectAbs } from '../lib/prune.js';
+import { medianAbs, pruneJoint, saliencyScores, selectAbs } from '../lib/prune.js';
 import { fitKMeans, assignClusters } from '../lib/kmeans.js';
 import { quantizeStream, dequantizeStream } from '../lib/quantize.js';
 import { Prng } from '../lib/prng.js';
+import { PAPER_OPTIONS, resolveOptions } from '../lib/options.js';
 
 function heavy(rng: Prng, n: number, scale: number): Float32Array {
   const out = new Float32Array(n);
@@ -60,6 +61,90 @@ describe('joint prune', () => {
     }
     assert.ok(Math.abs(keptW - whole.keptWeights) / whole.keptWeights < 0.02, `kept dW ${keptW} vs ${whole.keptWeights}`);
     assert.ok(Math.abs(keptM - whole.keptMoments) / whole.keptMoments < 0.03, `kept m ${keptM} vs ${whole.keptMoments}`);
+  });
+});
+
+describe('joint prune: scale-free weight rules', () => {
+  const rules = ['magnitude', 'saliency'] as const;
+
+  it('keeps the top `keep` share of |dW| or |dW| * sqrt(v), and the moment rule is unchanged', () => {
+    const rng = new Prng(5);
+    const n = 20000;
+    for (const weightRule of rules) {
+      for (const keep of [0.02, 0.1, 0.5]) {
+        const dW = heavy(rng, n, 1e-3);
+        const m = heavy(rng, n, 1e-2);
+        const v = Float32Array.from(m, (x) => x * x + 1e-5 * rng.next());
+        const [d0, m0, v0] = [dW.slice(), m.slice(), v.slice()];
+        const score = weightRule === 'saliency' ? saliencyScores(d0, v0) : d0.map(Math.abs);
+        const sorted = Array.from(score).sort((a, b) => a - b);
+        const t = sorted[Math.floor((1 - keep) * n)]!;
+        const ro = 2 * m0.reduce((s, x) => s + Math.abs(x), 0) / n;
+        const r = pruneJoint(dW, m, v, { alpha: 5e-5, beta: 2, vFill: 'zero', weightRule, keep });
+        assert.equal(r.weightThreshold, t);
+        for (let i = 0; i < n; i++) {
+          const keepW = Math.abs(score[i]!) > t;
+          assert.equal(dW[i] !== 0, keepW, `${weightRule} keep=${keep} i=${i}`);
+          if (keepW) assert.equal(dW[i], d0[i]);
+          assert.equal(m[i] !== 0, keepW && Math.abs(m0[i]!) > ro);
+        }
+        assert.ok(Math.abs(r.keptWeights / n - keep) < 0.002, `${weightRule}: kept ${r.keptWeights / n}, asked ${keep}`);
+      }
+    }
+  });
+
+  it('does not depend on the scale of dW or v (unlike the paper\'s alpha)', () => {
+    const rng = new Prng(6);
+    const n = 4096;
+    const dW = heavy(rng, n, 1e-3);
+    const m = heavy(rng, n, 1e-2);
+    const v = Float32Array.from(m, (x) => x * x + 1e-6);
+    for (const weightRule of rules) {
+      const kept = (ds: number, vs: number): number[] => {
+        const d = dW.map((x) => x * ds);
+        pruneJoint(d, m.slice(), v.map((x) => x * vs), { alpha: 5e-5, beta: 2, vFill: 'mean', weightRule, keep: 0.1 });
+        return Array.from(d, (x, i) => (x !== 0 ? i : -1)).filter((i) => i >= 0);
+      };
+      const ref = kept(1, 1);
+      assert.deepEqual(kept(4, 1), ref, `${weightRule}: dW x4`);
+      assert.deepEqual(kept(1, 16), ref, `${weightRule}: v x16`);
+    }
+    // The paper's rule keeps a different share when v is scaled (its factor is alpha / sqrt(mean v)).
+    const paper = (vs: number): number => pruneJoint(dW.slice(), m.slice(), v.map((x) => x * vs), { alpha: 1e-3, beta: 2, vFill: 'zero' }).keptWeights;
+    assert.notEqual(paper(1), paper(1e4));
+  });
+
+  it('never keeps a zero residual and keeps everything nonzero at keep = 1', () => {
+    const dW = Float32Array.from([0, 1e-3, 0, -2e-3, 0, 0, 5e-4, 0]);
+    const v = new Float32Array(8).fill(1e-4);
+    for (const weightRule of rules) {
+      const d = dW.slice();
+      const r = pruneJoint(d, new Float32Array(8).fill(1e-3), v.slice(), { alpha: 5e-5, beta: 0, vFill: 'zero', weightRule, keep: 1 });
+      assert.deepEqual(d, dW);
+      assert.equal(r.keptWeights, 3);
+      const d2 = dW.slice();
+      assert.equal(pruneJoint(d2, null, null, { alpha: 5e-5, beta: 0, vFill: 'zero', weightRule, keep: 0.5 }).keptWeights > 0, true);
+    }
+  });
+});
+
+describe('weight rule options', () => {
+  it('defaults to the scale-free rule; an explicit alpha or PAPER_OPTIONS select the paper\'s', () => {
+    const d = resolveOptions();
+    assert.equal(d.weightRule, 'magnitude');
+    assert.equal(d.keep, 0.3);
+    assert.equal(d.bits, 2);
+    assert.equal(resolveOptions({ alpha: 1e-3 }).weightRule, 'paper');
+    assert.equal(resolveOptions({ alpha: 1e-3, weightRule: 'saliency' }).weightRule, 'saliency');
+    const paper = resolveOptions({ ...PAPER_OPTIONS });
+    assert.deepEqual([paper.weightRule, paper.bits, paper.vFill, paper.vDomain, paper.alpha], ['paper', 4, 'zero', 'linear', 5e-5]);
+  });
+
+  it('rejects a bad rule or share, naming the option', () => {
+    for (const keep of [0, -0.1, 1.5, Number.NaN]) {
+      assert.throws(() => resolveOptions({ keep }), (e: Error & { code?: string }) => e.code === 'ERR_OUT_OF_RANGE' && /options\.keep/.test(e.message));
+    }
+    assert.throws(() => resolveOptions({ weightRule: 'median' as 'paper' }), /options\.weightRule/);
   });
 });
 

@@ -19,6 +19,10 @@ export interface CodecSettings {
   alpha?: number;
   beta?: number;
   bits?: number;
+  weightRule?: 'paper' | 'magnitude' | 'saliency';
+  keep?: number;
+  vFill?: 'mean' | 'zero';
+  vDomain?: 'log' | 'linear';
   /** Code everything exactly: the loop must then reproduce the baseline bit for bit. */
   lossless?: boolean;
 }

@@ -13,7 +13,11 @@ export interface TensorReader {
   readonly path: string;
   readonly header: SafetensorsHeader;
   readonly byName: Map<string, TensorInfo>;
-  tensorBytes(info: TensorInfo, start: number, end: number): Promise<Uint8Array>;
+  /**
+   * Bytes [start, end) of a tensor's data. With `into` (length end - start),
+   * a reader may read into it and return it, so a caller can reuse buffers.
+   */
+  tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
   close(): Promise<void>;
 }
 
@@ -41,9 +45,14 @@ export class SafetensorsMemory implements TensorReader {
     this.byName = new Map(this.header.tensors.map((t) => [t.name, t]));
   }
 
-  async tensorBytes(info: TensorInfo, start: number, end: number): Promise<Uint8Array> {
+  async tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const from = this.header.dataOffset + info.begin + start;
-    return new Uint8Array(this.bytes.subarray(from, from + end - start));
+    const bytes = this.bytes.subarray(from, from + end - start);
+    if (into && into.length === bytes.length) {
+      into.set(bytes);
+      return into;
+    }
+    return new Uint8Array(bytes);
   }
 
   async close(): Promise<void> {}
@@ -98,9 +107,10 @@ export class SafetensorsFile implements TensorReader {
    * @param info the tensor
    * @param start first byte within the tensor
    * @param end one past the last byte within the tensor
+   * @param into optional destination of length end - start (returned when given)
    */
-  async tensorBytes(info: TensorInfo, start: number, end: number): Promise<Uint8Array> {
-    return readExactly(this.handle, this.header.dataOffset + info.begin + start, end - start);
+  async tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    return readExactly(this.handle, this.header.dataOffset + info.begin + start, end - start, into);
   }
 
   async close(): Promise<void> {
@@ -108,9 +118,9 @@ export class SafetensorsFile implements TensorReader {
   }
 }
 
-/** Read exactly `length` bytes at `position` into a fresh (aligned) buffer. */
-export async function readExactly(handle: FileHandle, position: number, length: number): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
+/** Read exactly `length` bytes at `position` into `into` (when its length fits) or a fresh (aligned) buffer. */
+export async function readExactly(handle: FileHandle, position: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+  const out = into && into.length === length ? into : new Uint8Array(length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await handle.read(out, done, length - done, position + done);

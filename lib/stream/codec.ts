@@ -36,6 +36,15 @@ export interface ThreadOptions {
   threads?: number;
 }
 
+/**
+ * Chunks in flight: one per worker plus one read ahead, so a worker that
+ * finishes finds its next chunk already read. More only adds memory (each
+ * compress chunk is up to 4 tensors x chunkElements x 4 bytes).
+ */
+function inFlight(threads: number): number {
+  return threads > 0 ? threads + 1 : 1;
+}
+
 function ownBuffer(b: Uint8Array): Uint8Array {
   return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
 }
@@ -53,18 +62,26 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
     const pool = threads > 0 ? new WorkerPool(threads) : null;
     super(async (job: ChunkJob): Promise<EncodedRecord> => {
       const layout = layoutOf(header, job.entry);
-      if (!pool) return { entry: job.entry, chunk: job.chunk, ...encodeChunk(layout, job.input, header.options) };
+      if (!pool) {
+        const encoded = encodeChunk(layout, job.input, header.options);
+        const { weight, base, expAvg, expAvgSq } = job.input;
+        job.release?.([...new Set([weight, base, expAvg, expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))]);
+        return { entry: job.entry, chunk: job.chunk, ...encoded };
+      }
+      // Recycled views own their whole buffer; other views are copied unless they do.
+      const own = job.release ? (b: Uint8Array) => b : ownBuffer;
       const input = {
-        weight: ownBuffer(job.input.weight),
-        base: job.input.base && ownBuffer(job.input.base),
-        expAvg: job.input.expAvg && ownBuffer(job.input.expAvg),
-        expAvgSq: job.input.expAvgSq && ownBuffer(job.input.expAvgSq),
+        weight: own(job.input.weight),
+        base: job.input.base && own(job.input.base),
+        expAvg: job.input.expAvg && own(job.input.expAvg),
+        expAvgSq: job.input.expAvgSq && own(job.input.expAvgSq),
       };
       const transfer = [input.weight, input.base, input.expAvg, input.expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer);
       const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options }, transfer));
       if (!('encoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
+      job.release?.(r.inputs);
       return { entry: job.entry, chunk: job.chunk, ...r.encoded };
-    }, Math.max(2, threads * 2));
+    }, inFlight(threads));
     this.pool = pool;
   }
 
@@ -135,7 +152,9 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
       const r = unwrap(await pool.run({ kind: 'decode', layout, payload, count, base: baseBytes, what: spec.name }, transfer));
       if (!('decoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
       return { type: 'chunk', entry: rec.entry, chunk: rec.chunk, restored: r.decoded };
-    }, Math.max(2, threads * 2));
+    // One restored chunk (12 MB at the default size) per worker: the writer
+    // and the spill store already buffer ahead of the output.
+    }, Math.max(1, threads));
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {

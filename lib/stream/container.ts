@@ -62,7 +62,7 @@ export class ContainerWriter extends Transform {
     super({ writableObjectMode: true, readableObjectMode: false, writableHighWaterMark: 2 });
     this.header = header;
     this.order = new RecordOrder(header);
-    this.footerEntries = header.entries.map(() => ({ offsets: [], codedBytes: 0, keptWeights: 0, keptMoments: 0 }));
+    this.footerEntries = header.entries.map(() => ({ offsets: [], codedBytes: 0, keptWeights: 0, keptMoments: 0, entropyBits: 0, symbolBits: 0 }));
     this.tensorHashers = header.tensors.map(() => new Hasher());
     this.baseHashers = header.tensors.map((t, i) => (header.entries[t.entry]!.base && header.entries[t.entry]!.weight === i ? new Hasher() : null));
   }
@@ -89,6 +89,8 @@ export class ContainerWriter extends Transform {
       fe.codedBytes += bytes.length;
       fe.keptWeights += rec.stats.keptWeights;
       fe.keptMoments += rec.stats.keptMoments;
+      fe.entropyBits = (fe.entropyBits ?? 0) + (rec.stats.entropyBits ?? 0);
+      fe.symbolBits = (fe.symbolBits ?? 0) + (rec.stats.symbolBits ?? 0);
       const members = [e.weight, e.expAvg, e.expAvgSq].filter((t): t is number => t !== null);
       members.forEach((t, i) => this.tensorHashers[t]!.update(encoder.encode(rec.digests[i]!)));
       if (rec.baseDigest) this.baseHashers[e.weight]?.update(encoder.encode(rec.baseDigest));
@@ -103,6 +105,7 @@ export class ContainerWriter extends Transform {
     try {
       this.start();
       if (!this.order.done) throw new ExcpError('ERR_TRUNCATED', 'container: input ended before every chunk was coded');
+      for (const fe of this.footerEntries) fe.entropyBits = Math.round(fe.entropyBits ?? 0);
       const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.map((h) => h.digest()), this.baseHashers.map((h) => h?.digest() ?? null));
       this.out(encodeTail(footer, this.offset));
       callback();

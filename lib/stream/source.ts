@@ -10,12 +10,19 @@ import { ExcpError } from '../errors.js';
 import type { ContainerHeader } from '../container.js';
 import type { ChunkInput } from '../types.js';
 import type { TensorReader } from './checkpoint-file.js';
+import { BufferRecycler } from '../pool.js';
 
 /** One unit of work for the encoder. */
 export interface ChunkJob {
   entry: number;
   chunk: number;
   input: ChunkInput;
+  /**
+   * Set when every input buffer came from the source's recycler: the coder
+   * hands the buffers back through it once the chunk is coded (and then
+   * may transfer the views' whole buffers, which hold nothing else).
+   */
+  release?: (buffers: ArrayBuffer[]) => void;
 }
 
 /** Readable (object mode) of {@link ChunkJob}s in container order. */
@@ -26,6 +33,9 @@ export class ChunkSource extends Readable {
   private entry = 0;
   private chunk = 0;
   private reading = false;
+  /** Read buffers, reused chunk after chunk (float32 chunks fit a slot). */
+  private readonly recycler: BufferRecycler;
+  private readonly release: (buffers: ArrayBuffer[]) => void;
 
   /**
    * @param header the planned container header
@@ -33,10 +43,13 @@ export class ChunkSource extends Readable {
    * @param base the base checkpoint, or null
    */
   constructor(header: ContainerHeader, current: TensorReader, base: TensorReader | null) {
-    super({ objectMode: true, highWaterMark: 2 });
+    // One job read ahead: the encoder keeps its own in-flight queue.
+    super({ objectMode: true, highWaterMark: 1 });
     this.header = header;
     this.current = current;
     this.base = base;
+    this.recycler = new BufferRecycler(Math.max(64, header.options.chunkElements * 4), 64);
+    this.release = (buffers) => this.recycler.give(buffers);
   }
 
   override _read(): void {
@@ -62,13 +75,17 @@ export class ChunkSource extends Readable {
         continue;
       }
       const end = Math.min(e.elements, start + options.chunkElements);
+      let pooled = true;
       const read = async (tensor: number | null, file: TensorReader | null): Promise<Uint8Array | null> => {
         if (tensor === null || file === null) return null;
         const spec = tensors[tensor]!;
         const info = file.byName.get(spec.name);
         if (!info) throw new ExcpError('ERR_BAD_HEADER', `${file.path}: tensor '${spec.name}' is missing`);
         const eb = DTYPE_BYTES[spec.dtype];
-        return file.tensorBytes(info, start * eb, end * eb);
+        const into = this.recycler.take((end - start) * eb);
+        const bytes = await file.tensorBytes(info, start * eb, end * eb, into);
+        if (bytes !== into || !this.recycler.pooled(bytes)) pooled = false;
+        return bytes;
       };
       const [weight, base, expAvg, expAvgSq] = await Promise.all([
         read(e.weight, this.current),
@@ -77,6 +94,7 @@ export class ChunkSource extends Readable {
         read(e.expAvgSq, this.current),
       ]);
       const job: ChunkJob = { entry: this.entry, chunk: this.chunk, input: { weight: weight!, base, expAvg, expAvgSq } };
+      if (pooled) job.release = this.release;
       this.chunk++;
       return job;
     }

@@ -21,7 +21,7 @@ export class SpillStore {
   private fileLength = 0;
 
   /** @param memoryLimit bytes kept in memory before spilling to disk */
-  constructor(memoryLimit = 32 * 1024 * 1024) {
+  constructor(memoryLimit = 16 * 1024 * 1024) {
     this.memoryLimit = memoryLimit;
   }
 
@@ -44,6 +44,11 @@ export class SpillStore {
     while (done < bytes.length) done += writeSync(this.fd, bytes, done, bytes.length - done, this.fileLength + done);
     this.slots.set(key, { offset: this.fileLength, length: bytes.length });
     this.fileLength += bytes.length;
+  }
+
+  /** @returns whether a value is stored under key */
+  has(key: string): boolean {
+    return this.slots.has(key);
   }
 
   /** Remove and return a value, or null when absent. */

@@ -18,6 +18,13 @@ import { SpillStore } from './spill.js';
 const encoder = new TextEncoder();
 
 /**
+ * Bytes the readable side may hold before spilled data waits for the reader
+ * (drain). Without it, finishing a weight released its whole moments from
+ * the spill file at once: hundreds of MB for a large embedding.
+ */
+const DRAIN_BYTES = 8 * 1024 * 1024;
+
+/**
  * Check a stored safetensors header against the container's tensor table.
  * @returns the raw header bytes
  */
@@ -45,6 +52,8 @@ export class SafetensorsWriter extends Transform {
   private restoredBytes = 0;
   private totalBytes = 0;
   private readonly onProgress: ((done: number, total: number) => void) | undefined;
+  /** _flush's callback while spilled data still waits for the reader. */
+  private pendingFlush: TransformCallback | null = null;
 
   /** @param onProgress called with tensor bytes restored so far and in all */
   constructor(onProgress?: (done: number, total: number) => void) {
@@ -114,26 +123,45 @@ export class SafetensorsWriter extends Transform {
     }
   }
 
-  private drain(): void {
+  /** @returns true when it stopped because the reader has not taken enough yet (more is ready) */
+  private drain(): boolean {
     while (this.cursor < this.order.length) {
-      const next = this.spill.take(`${this.order[this.cursor]}:${this.cursorOffset}`);
-      if (!next) return;
+      const key = `${this.order[this.cursor]}:${this.cursorOffset}`;
+      if (this.readableLength >= DRAIN_BYTES) return this.spill.has(key);
+      const next = this.spill.take(key);
+      if (!next) return false;
       this.emitBytes(next);
     }
+    return false;
+  }
+
+  override _read(size: number): void {
+    super._read(size);
+    this.drain();
+    if (this.pendingFlush) this.finish(this.pendingFlush);
   }
 
   override _flush(callback: TransformCallback): void {
+    this.finish(callback);
+  }
+
+  private finish(callback: TransformCallback): void {
+    this.pendingFlush = null;
     try {
+      if (this.drain()) {
+        this.pendingFlush = callback;
+        return;
+      }
       const header = this.header;
       if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
       if (this.cursor < this.order.length || this.spill.size > 0) throw new ExcpError('ERR_TRUNCATED', 'restore: the container ended before every tensor was restored');
       if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
       verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
+      this.spill.dispose();
       callback();
     } catch (err) {
-      callback(err as Error);
-    } finally {
       this.spill.dispose();
+      callback(err as Error);
     }
   }
 

@@ -1,0 +1,285 @@
+/**
+ * FolderWriter: restored chunks -> the files of a checkpoint folder (issue 7).
+ *
+ * Consumes the same RestoredEvent stream as SafetensorsWriter. Every byte of
+ * every output file has a fixed position known from the header (a
+ * safetensors file is its raw header then its tensors in order; a blob is
+ * one tensor; optimizer.pt is the skeleton's bytes in the gaps between the
+ * moment ranges), so chunks are written where they belong as they arrive,
+ * with positional writes: nothing waits in memory, whatever the order.
+ *
+ * Everything is written into a temporary folder beside the target. At the
+ * end the fingerprints are checked, optimizer.pt's zip CRCs are recomputed
+ * for the storages that hold (lossy) restored moments (lib/torch.ts
+ * rewriteTorchCheckpoint: every other byte carried through), and the
+ * temporary folder is renamed to the target. On error it is removed.
+ *
+ * It is a Writable (object mode), not a Transform: it produces files, not a
+ * byte stream.
+ */
+import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { mkdir, mkdtemp, open, rename, rm, stat, realpath } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Writable } from 'node:stream';
+import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, decodeHeader, readPreamble } from '../container.js';
+import { DTYPE_BYTES, elementCount } from '../dtype.js';
+import { ExcpError } from '../errors.js';
+import { Hasher } from '../hash.js';
+import { readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
+import { readExactly } from './checkpoint-file.js';
+import type { RestoredEvent } from './codec.js';
+import { checkedRawHeader, verifyFingerprints } from './writer.js';
+
+const encoder = new TextEncoder();
+
+/** Where a tensor's bytes go: a file and an offset, or (a skeleton) the gaps of a file. */
+type Target =
+  | { fd: number; offset: number }
+  | { fd: number; segments: { at: number; offset: number; length: number }[] };
+
+interface TorchFix {
+  fd: number;
+  rawPath: string;
+  finalPath: string;
+  size: number;
+  ranges: { offset: number; length: number }[];
+}
+
+/** RestoredEvent -> files in `temp`. */
+export class FolderWriter extends Writable {
+  private readonly temp: string | null;
+  private header: ContainerHeader | null = null;
+  private footer: ContainerFooter | null = null;
+  private targets: (Target | null)[] = [];
+  private hashers: Hasher[] = [];
+  private readonly fds: number[] = [];
+  private fixes: TorchFix[] = [];
+  private restoredBytes = 0;
+  private totalBytes = 0;
+  private readonly onProgress: ((done: number, total: number) => void) | undefined;
+
+  /**
+   * @param temp an empty folder the files are written into; null only checks the fingerprints (excp verify)
+   * @param onProgress called with tensor bytes restored so far and in all
+   */
+  constructor(temp: string | null, onProgress?: (done: number, total: number) => void) {
+    super({ objectMode: true, highWaterMark: 2 });
+    this.temp = temp;
+    this.onProgress = onProgress;
+  }
+
+  override _write(event: RestoredEvent, _enc: BufferEncoding, callback: (error?: Error | null) => void): void {
+    const run = async (): Promise<void> => {
+      if (event.type === 'header') await this.onHeader(event.header);
+      else if (event.type === 'footer') this.footer = event.footer;
+      else this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq], event.restored.digests);
+    };
+    run().then(() => callback(), (e: unknown) => callback(e as Error));
+  }
+
+  private open(path: string): number {
+    const fd = openSync(join(this.temp!, path), 'wx+');
+    this.fds.push(fd);
+    return fd;
+  }
+
+  private async onHeader(header: ContainerHeader): Promise<void> {
+    if (header.files.some((f) => f.path === null)) throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds one safetensors file, not a folder; restore it to a file');
+    this.header = header;
+    const sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
+    this.totalBytes = sizes.reduce((a, b) => a + b, 0);
+    this.hashers = header.tensors.map(() => new Hasher());
+    this.targets = header.tensors.map(() => null);
+    if (this.temp === null) {
+      for (const f of header.files) if (f.kind === 'safetensors') checkedRawHeader(header, f.rawHeader, f.tensors);
+      return;
+    }
+    for (const f of header.files) {
+      const path = f.path!;
+      if (path.includes('/')) await mkdir(join(this.temp, dirname(path)), { recursive: true });
+      if (f.kind === 'safetensors') {
+        const raw = checkedRawHeader(header, f.rawHeader, f.tensors);
+        const fd = this.open(path);
+        writeSync(fd, raw, 0, raw.length, 0);
+        let offset = raw.length;
+        for (const t of f.tensors) {
+          this.targets[t] = { fd, offset };
+          offset += sizes[t]!;
+        }
+      } else if (f.kind === 'blob') {
+        this.targets[f.tensor] = { fd: this.open(path), offset: 0 };
+      } else {
+        const layout = f.layout as { size: number; offsets: number[] };
+        const rawPath = `.${basename(path)}.excp-raw`;
+        const fd = this.open(join(dirname(path), rawPath));
+        const segments: { at: number; offset: number; length: number }[] = [];
+        const ranges: { offset: number; length: number }[] = [];
+        let cursor = 0;
+        let at = 0;
+        f.tensors.slice(1).forEach((t, k) => {
+          const offset = layout.offsets[k]!;
+          if (offset > cursor) segments.push({ at, offset: cursor, length: offset - cursor });
+          at += offset - cursor;
+          this.targets[t] = { fd, offset };
+          ranges.push({ offset, length: sizes[t]! });
+          cursor = offset + sizes[t]!;
+        });
+        if (layout.size > cursor) segments.push({ at, offset: cursor, length: layout.size - cursor });
+        this.targets[f.tensors[0]!] = { fd, segments };
+        this.fixes.push({ fd, rawPath: join(this.temp, dirname(path), rawPath), finalPath: join(this.temp, path), size: layout.size, ranges });
+      }
+    }
+  }
+
+  private onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[], digests: string[]): void {
+    const header = this.header;
+    if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
+    const e = header.entries[entry]!;
+    let d = 0;
+    [e.weight, e.expAvg, e.expAvgSq].forEach((t, i) => {
+      const bytes = buffers[i];
+      if (t === null || !bytes) return;
+      const digest = digests[d++];
+      if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
+      this.hashers[t]!.update(encoder.encode(digest));
+      const start = chunk * header.options.chunkElements * DTYPE_BYTES[header.tensors[t]!.dtype];
+      const target = this.targets[t];
+      if (!target) {
+        // verify only
+      } else if ('offset' in target) {
+        writeAll(target.fd, bytes, target.offset + start);
+      } else {
+        for (const s of target.segments) {
+          const from = Math.max(start, s.at);
+          const to = Math.min(start + bytes.length, s.at + s.length);
+          if (from < to) writeAll(target.fd, bytes.subarray(from - start, to - start), s.offset + from - s.at);
+        }
+      }
+      this.restoredBytes += bytes.length;
+    });
+    this.onProgress?.(this.restoredBytes, this.totalBytes);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    try {
+      const header = this.header;
+      if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
+      if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
+      verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
+      for (const fix of this.fixes) fixTorchFile(fix);
+      for (const fd of this.fds.splice(0)) {
+        fsyncSync(fd);
+        closeSync(fd);
+      }
+      Promise.all(this.fixes.map((f) => rm(f.rawPath, { force: true }))).then(() => callback(), (e: unknown) => callback(e as Error));
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    for (const fd of this.fds.splice(0)) closeSync(fd);
+    callback(error);
+  }
+}
+
+/** optimizer.pt with recomputed CRCs for the storages that hold restored moments; every other byte as written. */
+function fixTorchFile(fix: TorchFix): void {
+  const readAt = (offset: number, length: number): Uint8Array => {
+    const out = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const n = readSync(fix.fd, out, done, length - done, offset + done);
+      if (n === 0) throw new ExcpError('ERR_TRUNCATED', `restore: ${fix.finalPath}: short read at byte ${offset + done}`);
+      done += n;
+    }
+    return out;
+  };
+  const checkpoint = readTorchCheckpoint(fix.size, readAt);
+  const replacements = new Map<string, () => Iterable<Uint8Array>>();
+  const storages = [...checkpoint.storages.values()];
+  for (const r of fix.ranges) {
+    if (r.length === 0) continue;
+    const s = storages.find((x) => r.offset >= x.entry.dataOffset && r.offset + r.length <= x.entry.dataOffset + x.entry.size);
+    if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${fix.finalPath}: moment bytes at ${r.offset} lie outside every storage`);
+    replacements.set(s.key, function* () {
+      const step = 4 * 1024 * 1024;
+      for (let at = 0; at < s.entry.size; at += step) yield readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at));
+    });
+  }
+  const out = openSync(fix.finalPath, 'wx');
+  try {
+    let position = 0;
+    for (const chunk of rewriteTorchCheckpoint(checkpoint, readAt, replacements)) {
+      writeAll(out, chunk, position);
+      position += chunk.length;
+    }
+    fsyncSync(out);
+  } finally {
+    closeSync(out);
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+}
+
+/** What a folder restore writes to. */
+export interface FolderTargetOptions {
+  /** Replace an existing folder. */
+  force?: boolean | undefined;
+  /** Paths that must not be overwritten (the inputs). */
+  inputs?: Array<string | undefined>;
+}
+
+/**
+ * Produce a folder atomically: into a temporary folder beside the target,
+ * renamed over it only when the producer finished without error.
+ * @param target the output folder
+ * @param produce fills the given (empty) temporary folder
+ */
+export async function writeFolderAtomically(target: string, produce: (temp: string) => Promise<void>, options: FolderTargetOptions = {}): Promise<void> {
+  const existing = await stat(target).catch(() => null);
+  if (existing) {
+    const real = await realpath(target);
+    for (const input of options.inputs ?? []) {
+      if (input && (await realpath(input).catch(() => null)) === real) throw new ExcpError('ERR_SAME_FILE', `${target}: output is also an input; refusing to overwrite it`);
+    }
+    if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
+    if (!existing.isDirectory()) throw new ExcpError('ERR_EXISTS', `${target}: is not a folder`);
+  }
+  const temp = await mkdtemp(join(dirname(target), `.${basename(target)}.excp-tmp-`));
+  try {
+    await produce(temp);
+    if (existing) {
+      const old = `${temp}.old`;
+      await rename(target, old);
+      await rename(temp, target);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(temp, target);
+    }
+  } catch (e) {
+    await rm(temp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/**
+ * Does a container file hold a checkpoint folder (rather than one safetensors file)?
+ * Reads only the preamble and header.
+ * @param path container file
+ */
+export async function holdsFolder(path: string): Promise<boolean> {
+  const handle = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
+    throw new ExcpError('ERR_IO', `${path}: cannot open (${e.code ?? e.message})`);
+  });
+  try {
+    const length = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
+    const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, length + 4));
+    return !header.files.every((f) => f.kind === 'safetensors' && f.path === null);
+  } finally {
+    await handle.close();
+  }
+}

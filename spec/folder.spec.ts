@@ -1,0 +1,258 @@
+/**
+ * PyTorch / Hugging Face checkpoint folders through compress and restore
+ * (issue 7), on the committed fixture folders (spec/fixtures/torch): fp32
+ * (one model.safetensors, F32 moments) and bf16 (two shards, BF16 moments).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { decodeHeader, encodeHead, validateHeader, type ContainerHeader } from '../lib/container.js';
+import { crc32 } from '../lib/crc32.js';
+import { toFloat32, type DType } from '../lib/dtype.js';
+import { ExcpError } from '../lib/errors.js';
+import { FolderCheckpoint } from '../lib/folder.js';
+import { compressTo, planFor, restoreToFolder } from '../lib/pipeline.js';
+import { resolveOptions } from '../lib/options.js';
+import { parseSafetensors } from '../lib/safetensors.js';
+import { readOptimizerState, type OptimizerState } from '../lib/torch.js';
+import { readZipDirectory } from '../lib/zip.js';
+
+const FIXTURES = fileURLToPath(new URL('./fixtures/torch/', import.meta.url));
+const reference = JSON.parse(readFileSync(join(FIXTURES, 'reference.json'), 'utf8'));
+const work = mkdtempSync(join(tmpdir(), 'excp-folder-spec-'));
+process.on('exit', () => rmSync(work, { recursive: true, force: true }));
+let counter = 0;
+
+async function compressFolder(input: string, options: Parameters<typeof compressTo>[2]): Promise<string> {
+  const path = join(work, `c${counter++}.excp`);
+  const out = createWriteStream(path);
+  await compressTo(input, out, { threads: 0, ...options });
+  out.end();
+  await new Promise<void>((resolve) => out.on('finish', () => resolve()));
+  return path;
+}
+
+async function restoreFolder(container: string, base?: string): Promise<string> {
+  const target = join(work, `r${counter++}`);
+  await restoreToFolder(container, target, { base, threads: 0 });
+  return target;
+}
+
+function bytesOf(dir: string, file: string): Uint8Array {
+  return new Uint8Array(readFileSync(join(dir, file)));
+}
+
+function optimizer(dir: string): { bytes: Uint8Array; state: OptimizerState } {
+  const bytes = bytesOf(dir, 'optimizer.pt');
+  return { bytes, state: readOptimizerState(bytes.length, (o, l) => bytes.subarray(o, o + l)) };
+}
+
+function floatsAt(bytes: Uint8Array, offset: number, length: number, dtype: DType): Float32Array {
+  return toFloat32(bytes.slice(offset, offset + length), dtype);
+}
+
+function maxAbs(a: Float32Array): number {
+  return a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+}
+
+/** Every tensor of the folder's *.safetensors files, as float32. */
+function modelTensors(dir: string): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const f of readdirSync(dir).filter((x) => x.endsWith('.safetensors'))) {
+    for (const t of parseSafetensors(bytesOf(dir, f)).tensors) out.set(t.name, toFloat32(t.data, t.dtype));
+  }
+  return out;
+}
+
+/** Each zip entry's data matches the CRC its central directory records. */
+function assertZipCrcs(bytes: Uint8Array): void {
+  const dir = readZipDirectory(bytes.length, (o, l) => bytes.subarray(o, o + l));
+  for (const e of dir.entries) assert.equal(crc32(bytes.subarray(e.dataOffset, e.dataOffset + e.size)), e.crc32, e.name);
+}
+
+const OPAQUE = ['rng_state.pth', 'scheduler.pt', 'trainer_state.json', 'training_args.bin'];
+
+for (const run of ['fp32', 'bf16'] as const) {
+  const prev = join(FIXTURES, run, 'checkpoint-4');
+  const cur = join(FIXTURES, run, 'checkpoint-8');
+
+  test(`${run}: lossy round trip against the previous folder`, async () => {
+    const container = await compressFolder(cur, { base: prev });
+    const out = await restoreFolder(container, prev);
+    assert.deepEqual(readdirSync(out).sort(), readdirSync(cur).sort());
+    for (const f of readdirSync(cur).filter((x) => !x.endsWith('.safetensors') && x !== 'optimizer.pt')) {
+      assert.deepEqual(bytesOf(out, f), bytesOf(cur, f), `${f} is byte-identical`);
+    }
+    for (const f of OPAQUE) assert.ok(existsSync(join(out, f)));
+    // Weights: within the residual's reach (|W' - W| <= max |W - W_prev|), headers verbatim.
+    const [before, now, restored] = [modelTensors(prev), modelTensors(cur), modelTensors(out)];
+    assert.deepEqual([...restored.keys()].sort(), [...now.keys()].sort());
+    for (const [name, w] of now) {
+      const r = restored.get(name)!;
+      const b = before.get(name)!;
+      const reach = maxAbs(w.map((x, i) => x - b[i]!));
+      const err = maxAbs(r.map((x, i) => x - w[i]!));
+      assert.ok(err <= reach * 1.01 + 1e-6, `${name}: error ${err} > reach ${reach}`);
+    }
+    for (const f of readdirSync(cur).filter((x) => x.endsWith('.safetensors'))) {
+      const n = 8 + Number(new DataView(bytesOf(cur, f).buffer).getBigUint64(0, true));
+      assert.deepEqual(bytesOf(out, f).subarray(0, n), bytesOf(cur, f).subarray(0, n), `${f} header`);
+    }
+    // optimizer.pt: parseable, valid CRCs, steps and hyper-parameters unchanged, moments bounded.
+    const a = optimizer(cur);
+    const b = optimizer(out);
+    assertZipCrcs(b.bytes);
+    assert.equal(b.bytes.length, a.bytes.length);
+    assert.deepEqual([...b.state.state.keys()], [...a.state.state.keys()]);
+    assert.deepEqual(b.state.paramGroups, a.state.paramGroups);
+    let changed = 0;
+    for (const [id, s] of a.state.state) {
+      const t = b.state.state.get(id)!;
+      assert.equal(t.step, s.step);
+      for (const key of ['expAvg', 'expAvgSq'] as const) {
+        const orig = floatsAt(a.bytes, s[key].byteOffset, s[key].byteLength, s[key].dtype);
+        const got = floatsAt(b.bytes, t[key].byteOffset, t[key].byteLength, t[key].dtype);
+        assert.deepEqual(t[key].shape, s[key].shape);
+        assert.ok(maxAbs(got.map((x, i) => x - orig[i]!)) <= 2 * maxAbs(orig) + 1e-12, `state ${id} ${key} bounded`);
+        if (key === 'expAvgSq') assert.ok(got.every((x) => x >= 0), `state ${id} exp_avg_sq >= 0`);
+        if (got.some((x, i) => x !== orig[i])) changed++;
+      }
+    }
+    assert.ok(changed > 0, 'lossy coding changed some moments');
+    // Everything outside the moment ranges of optimizer.pt is unchanged except the CRC fields.
+    const moments = [...a.state.state.values()].flatMap((s) => [s.expAvg, s.expAvgSq]);
+    const inMoment = (i: number) => moments.some((m) => i >= m.byteOffset && i < m.byteOffset + m.byteLength);
+    let outside = 0;
+    for (let i = 0; i < a.bytes.length; i++) if (a.bytes[i] !== b.bytes[i] && !inMoment(i)) outside++;
+    assert.ok(outside <= 8 * moments.length, `${outside} bytes differ outside moments (CRC fields only)`);
+  });
+
+  test(`${run}: lossless round trip gives byte-identical files`, async () => {
+    const container = await compressFolder(cur, { base: prev, lossless: true });
+    const out = await restoreFolder(container, prev);
+    assert.deepEqual(readdirSync(out).sort(), readdirSync(cur).sort());
+    for (const f of readdirSync(cur)) assert.deepEqual(bytesOf(out, f), bytesOf(cur, f), f);
+  });
+
+  test(`${run}: the inferred param map is the truth, and is stored in the header`, async () => {
+    const base = await FolderCheckpoint.open(prev, { mapMoments: false });
+    const folder = await FolderCheckpoint.open(cur, { mapMoments: true, previous: base });
+    try {
+      const truth: string[] = reference.runs[run].param_order;
+      assert.deepEqual(folder.paramMap!.ids.map(([, name]) => name), truth);
+      assert.deepEqual(folder.paramMap!.unmapped, []);
+      const header = planFor(folder, base, resolveOptions({}));
+      assert.deepEqual(header.info?.['paramMap'], folder.paramMap);
+      assert.equal(header.entries.filter((e) => e.kind === 'param').length, truth.length);
+      validateHeader(JSON.parse(JSON.stringify(header)) as ContainerHeader);
+    } finally {
+      await folder.close();
+      await base.close();
+    }
+  });
+}
+
+test('keyframe: ambiguous shapes need --param-map; with it, restores without a base', async () => {
+  const dir = join(FIXTURES, 'fp32', 'checkpoint-4');
+  await assert.rejects(compressFolder(dir, {}), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && /--param-map/.test(e.message));
+  const container = await compressFolder(dir, { paramMap: reference.runs.fp32.param_order });
+  const out = await restoreFolder(container);
+  for (const f of readdirSync(dir).filter((x) => x !== 'optimizer.pt')) assert.deepEqual(bytesOf(out, f), bytesOf(dir, f), f);
+  assertZipCrcs(bytesOf(out, 'optimizer.pt'));
+  const wrong = [...reference.runs.fp32.param_order];
+  [wrong[0], wrong[1]] = [wrong[1], wrong[0]];
+  await assert.rejects(compressFolder(dir, { paramMap: wrong }), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_PARAM_MAP');
+});
+
+test('a folder container needs its base, and restore does not leave a temporary folder behind', async () => {
+  const cur = join(FIXTURES, 'bf16', 'checkpoint-8');
+  const container = await compressFolder(cur, { base: join(FIXTURES, 'bf16', 'checkpoint-4') });
+  const target = join(work, 'no-base');
+  await assert.rejects(restoreToFolder(container, target, { threads: 0 }), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_BASE_MISSING');
+  await assert.rejects(restoreToFolder(container, target, { threads: 0, base: join(FIXTURES, 'fp32', 'checkpoint-4') }), (e: unknown) => e instanceof ExcpError);
+  assert.deepEqual(readdirSync(work).filter((f) => f.includes('no-base')), []);
+});
+
+test('a malicious optimizer.pt is refused with ERR_UNSAFE_PICKLE and never executed', async () => {
+  const dir = join(work, 'malicious');
+  rmSync(dir, { recursive: true, force: true });
+  const src = join(FIXTURES, 'fp32', 'checkpoint-4');
+  mkdirSync(dir);
+  for (const f of readdirSync(src)) if (f !== 'optimizer.pt') copyFileSync(join(src, f), join(dir, f));
+  copyFileSync(join(FIXTURES, 'malicious', 'optimizer.pt'), join(dir, 'optimizer.pt'));
+  const marker = reference.malicious_marker as string;
+  rmSync(marker, { force: true });
+  await assert.rejects(compressFolder(dir, { base: src }), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_UNSAFE_PICKLE');
+  assert.equal(existsSync(marker), false);
+});
+
+test('validateHeader refuses folder paths that leave the output folder, and bad torch layouts', async () => {
+  const base = await FolderCheckpoint.open(join(FIXTURES, 'fp32', 'checkpoint-4'), { mapMoments: false });
+  try {
+    const good = planFor(base, null, resolveOptions({}));
+    const variants: [string, (h: ContainerHeader) => void][] = [
+      ['dotdot', (h) => { h.files[h.files.length - 1]!.path = '../evil'; }],
+      ['absolute', (h) => { h.files[h.files.length - 1]!.path = '/etc/evil'; }],
+      ['backslash', (h) => { h.files[h.files.length - 1]!.path = 'a\\b'; }],
+      ['duplicate', (h) => { h.files[h.files.length - 1]!.path = h.files[0]!.path; }],
+      ['file and folder', (h) => { h.files[h.files.length - 1]!.path = `${h.files[0]!.path}/x`; }],
+      ['unknown kind', (h) => { (h.files[0] as { kind: string }).kind = 'exe'; }],
+      ['unreferenced tensor', (h) => { h.files.pop(); }],
+      ['torch size', (h) => { const f = h.files.find((x) => x.kind === 'torch')! as { layout: { size: number } }; f.layout.size += 1; }],
+      ['torch overlap', (h) => { const f = h.files.find((x) => x.kind === 'torch')! as { layout: { offsets: number[] } }; f.layout.offsets[1] = f.layout.offsets[0]!; }],
+    ];
+    for (const [what, mutate] of variants) {
+      const h = JSON.parse(JSON.stringify(good)) as ContainerHeader;
+      mutate(h);
+      const head = encodeHead(h);
+      assert.throws(() => decodeHeader(head.subarray(16)), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_BAD_HEADER', what);
+    }
+    decodeHeader(encodeHead(good).subarray(16));
+  } finally {
+    await base.close();
+  }
+});
+
+test('CLI: compress DIR --base PREV, inspect shows the param map, restore -o DIR, verify', () => {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args], { cwd: root, encoding: 'utf8' });
+  const prev = join(FIXTURES, 'bf16', 'checkpoint-4');
+  const cur = join(FIXTURES, 'bf16', 'checkpoint-8');
+  const container = join(work, 'cli.excp');
+  const target = join(work, 'cli-out');
+  let r = run('compress', cur, '--base', prev, '-o', container, '--quiet');
+  assert.equal(r.status, 0, r.stderr);
+  r = run('inspect', container);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /param map \(optimizer\.pt\): 49 ids named, 0 unmapped/);
+  assert.match(r.stdout, /model-00001-of-00002\.safetensors \(safetensors\)/);
+  r = run('restore', container, '--base', prev, '-o', target, '--quiet');
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(readdirSync(target).sort(), readdirSync(cur).sort());
+  r = run('restore', container, '--base', prev, '-o', target, '--quiet');
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /exists \(use --force/);
+  r = run('verify', container, '--base', prev);
+  assert.equal(r.status, 0, r.stderr);
+  const map = join(work, 'map.json');
+  writeFileSync(map, JSON.stringify(reference.runs.bf16.param_order));
+  r = run('compress', prev, '--param-map', map, '-o', join(work, 'cli-key.excp'), '--quiet');
+  assert.equal(r.status, 0, r.stderr);
+  r = run('compress', prev, '-o', join(work, 'cli-key2.excp'), '--quiet');
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^excp: .*cannot tell apart/);
+});
+
+test('an optimizer.pt that is not an Adam state_dict is carried byte for byte', async () => {
+  const dir = join(work, 'not-adam');
+  mkdirSync(dir);
+  const src = join(FIXTURES, 'fp32', 'checkpoint-4');
+  for (const f of readdirSync(src)) copyFileSync(join(src, f), join(dir, f));
+  copyFileSync(join(src, 'scheduler.pt'), join(dir, 'optimizer.pt'));
+  const out = await restoreFolder(await compressFolder(dir, {}));
+  for (const f of readdirSync(dir)) assert.deepEqual(bytesOf(out, f), bytesOf(dir, f), f);
+});
