@@ -5,6 +5,8 @@
  */
 import type { Writable } from 'node:stream';
 import { TOOL_VERSION } from './constants.js';
+import { PAPER_OPTIONS } from './options.js';
+import type { LooseOptions } from './types.js';
 import { ExcpError, toExcpError } from './errors.js';
 import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFolder, writeAtomically } from './pipeline.js';
 import { readParamMapFile } from './folder.js';
@@ -128,6 +130,20 @@ function inputOf(args: Args): string | undefined {
   return input === undefined || input === '-' ? undefined : input;
 }
 
+/** The method's options from flags: `--paper` first, explicit flags override it. */
+function codecOptions(args: Args): LooseOptions {
+  const explicit: LooseOptions = {
+    alpha: numberFlag(args, '--alpha'),
+    beta: numberFlag(args, '--beta'),
+    bits: numberFlag(args, '--bits'),
+    keep: numberFlag(args, '--keep'),
+    chunkElements: numberFlag(args, '--chunk'),
+    lossless: args.flags.has('--lossless') ? true : undefined,
+  };
+  const given = Object.fromEntries(Object.entries(explicit).filter(([, v]) => v !== undefined)) as LooseOptions;
+  return args.flags.has('--paper') ? { ...PAPER_OPTIONS, ...given } : given;
+}
+
 async function main(argv: string[]): Promise<void> {
   const args = parseArgs(argv);
   if (args.flags.has('-V')) {
@@ -145,21 +161,12 @@ async function main(argv: string[]): Promise<void> {
   switch (args.command) {
     case 'compress': {
       const input = inputOf(args);
-      const paper = args.flags.has('--paper');
       const mapFile = stringFlag(args, '--param-map');
       const paramMap = mapFile === undefined ? undefined : await readParamMapFile(mapFile);
       await toOutput(stringFlag(args, '-o'), [input, base], force, async (out) => {
         await compressTo(input, out, {
           base, threads,
-          alpha: numberFlag(args, '--alpha'),
-          beta: numberFlag(args, '--beta'),
-          bits: numberFlag(args, '--bits') ?? (paper ? 4 : undefined),
-          keep: numberFlag(args, '--keep'),
-          weightRule: paper ? 'paper' : undefined,
-          chunkElements: numberFlag(args, '--chunk'),
-          lossless: args.flags.has('--lossless') ? true : undefined,
-          vFill: paper ? 'zero' : undefined,
-          vDomain: paper ? 'linear' : undefined,
+          ...codecOptions(args),
           onProgress: progress(!quiet, 'compress'),
           paramMap,
         });
@@ -215,18 +222,9 @@ async function chainCommand(args: Args, threads: number | undefined, force: bool
   switch (sub) {
     case 'create': {
       if (!args.positional.length) throw new ExcpError('ERR_USAGE', 'chain needs at least one checkpoint');
-      const paper = args.flags.has('--paper');
       await createChain(dir, args.positional, {
         keyframeEvery: numberFlag(args, '--keyframe-every'), threads, onStep,
-        alpha: numberFlag(args, '--alpha'),
-        beta: numberFlag(args, '--beta'),
-        bits: numberFlag(args, '--bits') ?? (paper ? 4 : undefined),
-        keep: numberFlag(args, '--keep'),
-        weightRule: paper ? 'paper' : undefined,
-        chunkElements: numberFlag(args, '--chunk'),
-        lossless: args.flags.has('--lossless') ? true : undefined,
-        vFill: paper ? 'zero' : undefined,
-        vDomain: paper ? 'linear' : undefined,
+        ...codecOptions(args),
       });
       return;
     }
