@@ -30,6 +30,8 @@ export const CODES = Object.freeze({
   ERR_BAD_ZIP: 'a zip archive is malformed or unsupported',
   ERR_PARAM_MAP: 'optimizer state cannot be matched to parameter names',
   ERR_CHAIN: 'a chain folder or manifest is invalid',
+  ERR_MISMATCH: 'two checkpoints being compared do not hold the same tensors',
+  ERR_TOO_DIFFERENT: 'a compared checkpoint differs by more than the allowed error',
   ERR_EXISTS: 'the output exists (use --force to overwrite)',
   ERR_SAME_FILE: 'the output would overwrite an input',
   ERR_NO_SPACE: 'no space left on the output device',

@@ -27,3 +27,4 @@ export {
   type CompressOptions, type RestoreOptions,
 } from './pipeline.js';
 export { inspectContainer, verifyContainer, readContainerIndex } from './inspect.js';
+export { compareCheckpoints, formatCompare, type CompareReport } from './compare.js';
