@@ -11,7 +11,9 @@ import { ExcpError, toExcpError } from './errors.js';
 import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFolder, writeAtomically } from './pipeline.js';
 import { readParamMapFile } from './folder.js';
 import { inspectContainer, formatInspect, verifyContainer } from './inspect.js';
-import { appendToChain, createChain, formatChain, readManifest, restoreChainStep } from './chain.js';
+import { compareCheckpoints, formatCompare, worstRelativeError } from './compare.js';
+import { checkpointList } from './glob.js';
+import { appendToChain, createChain, formatChain, readManifest, restoreChainStep, restoreChainStepToFolder } from './chain.js';
 
 const HELP = `excp ${TOOL_VERSION}: extreme compression of training checkpoints (ExCP)
 
@@ -20,10 +22,12 @@ Usage:
   excp restore  [IN] [--base BASE] [-o OUT]
   excp inspect  IN [--json]
   excp verify   IN [--base BASE]
+  excp compare  A B [--json] [--top N] [--max-error E]
   excp chain    CHAIN_DIR CKPT... [--keyframe-every K] [compress options]
   excp chain append  CHAIN_DIR CKPT...
   excp chain restore CHAIN_DIR --step N [-o OUT]
   excp chain ls      CHAIN_DIR [--json]
+  (CKPT: safetensors files, or checkpoint folders (then -o DIR); one kind per chain)
 
 IN absent or '-' reads stdin; OUT absent or '-' writes stdout.
 IN may be a PyTorch / Hugging Face checkpoint folder (safetensors weights or
@@ -40,10 +44,15 @@ compress options:
   --paper           the paper's exact choices (alpha rule, 4 bits, pruned v restores as 0, linear v codebook)
   --chunk N         elements per chunk (default 1048576)
   --param-map FILE  folder input: JSON list of parameter names in optimizer order
+compare options (A: the original, B: e.g. the restored checkpoint; files or folders):
+  --top N           list the N most changed tensors (default 10)
+  --max-error E     exit 1 when a tensor's relative error ||a-b||/||a|| exceeds E
 chain options:
   --keyframe-every K  step 0 and every K-th step are keyframes (default 10); the
                       others are residuals against the restored previous step
   --step N          the step to restore, 0-based in the order the checkpoints were given
+  --param-map FILE  a chain of folders: parameter names in optimizer order, for every step
+  CKPT may be a quoted glob ('run/checkpoint-*'): excp expands it in numeric order
 common options:
   -o, --output OUT  output file ('-' = stdout); written atomically
   -f, --force       overwrite an existing output
@@ -60,7 +69,7 @@ interface Args {
   flags: Map<string, string | true>;
 }
 
-const VALUE_FLAGS = new Set(['--base', '-o', '--output', '--alpha', '--keep', '--beta', '--bits', '--threads', '--chunk', '--keyframe-every', '--step', '--param-map']);
+const VALUE_FLAGS = new Set(['--base', '-o', '--output', '--alpha', '--keep', '--beta', '--bits', '--threads', '--chunk', '--keyframe-every', '--step', '--param-map', '--top', '--max-error']);
 const BOOL_FLAGS = new Set(['--lossless', '--json', '-f', '--force', '--quiet', '--debug', '-h', '--help', '-V', '--version', '--paper']);
 
 function parseArgs(argv: string[]): Args {
@@ -199,6 +208,20 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${input}: ok (${result.chunks} chunks checked${result.base ? ', base fingerprint matches' : ''}; restores to fingerprint ${result.target})\n`);
       return;
     }
+    case 'compare': {
+      const [a, b, extra] = args.positional;
+      if (a === undefined || b === undefined) throw new ExcpError('ERR_USAGE', 'compare needs two checkpoints: compare ORIGINAL RESTORED');
+      if (extra !== undefined) throw new ExcpError('ERR_USAGE', `unexpected argument '${extra}'`);
+      const report = await compareCheckpoints(a, b, progress(!quiet, 'compare'));
+      const top = numberFlag(args, '--top') ?? 10;
+      process.stdout.write(args.flags.has('--json') ? `${JSON.stringify(report, null, 2)}\n` : formatCompare(report, top));
+      const limit = numberFlag(args, '--max-error');
+      if (limit !== undefined) {
+        const worst = worstRelativeError(report);
+        if (worst > limit) throw new ExcpError('ERR_TOO_DIFFERENT', `compare: a tensor's relative error is ${worst.toPrecision(3)}, above --max-error ${limit}`);
+      }
+      return;
+    }
     case 'chain': {
       await chainCommand(args, threads, force, quiet);
       return;
@@ -209,11 +232,18 @@ async function main(argv: string[]): Promise<void> {
 }
 
 /** `excp chain ...`: create, append, restore, ls (lib/chain.ts). */
+/** Chain checkpoints: globs expanded in step order; a warning when the order given is not numeric. */
+function checkpoints(positional: string[], quiet: boolean): string[] {
+  const { paths, warning } = checkpointList(positional);
+  if (warning && !quiet) process.stderr.write(`excp: warning: ${warning}\n`);
+  return paths;
+}
+
 async function chainCommand(args: Args, threads: number | undefined, force: boolean, quiet: boolean): Promise<void> {
   const sub = ['append', 'restore', 'ls'].includes(args.positional[0] ?? '') ? args.positional.shift()! : 'create';
   const dir = args.positional.shift();
   if (dir === undefined) throw new ExcpError('ERR_USAGE', `chain ${sub === 'create' ? '' : `${sub} `}needs a chain folder`);
-  const codecFlags = ['--alpha', '--keep', '--beta', '--bits', '--chunk', '--lossless', '--paper', '--keyframe-every', '--base'].filter((f) => args.flags.has(f));
+  const codecFlags = ['--alpha', '--keep', '--beta', '--bits', '--chunk', '--lossless', '--paper', '--keyframe-every', '--base', '--param-map'].filter((f) => args.flags.has(f));
   if (sub !== 'create' && codecFlags.length) throw new ExcpError('ERR_USAGE', `chain ${sub}: ${codecFlags.join(', ')} can only be given when the chain is created`);
   if (sub !== 'restore' && args.flags.has('--step')) throw new ExcpError('ERR_USAGE', '--step is for chain restore');
   const onStep = quiet ? undefined : (s: { step: number; keyframe: boolean; originalBytes: number; containerBytes: number; file: string }) => {
@@ -222,22 +252,30 @@ async function chainCommand(args: Args, threads: number | undefined, force: bool
   switch (sub) {
     case 'create': {
       if (!args.positional.length) throw new ExcpError('ERR_USAGE', 'chain needs at least one checkpoint');
-      await createChain(dir, args.positional, {
+      const mapFile = stringFlag(args, '--param-map');
+      await createChain(dir, checkpoints(args.positional, quiet), {
         keyframeEvery: numberFlag(args, '--keyframe-every'), threads, onStep,
+        paramMap: mapFile === undefined ? undefined : await readParamMapFile(mapFile),
         ...codecOptions(args),
       });
       return;
     }
     case 'append': {
       if (!args.positional.length) throw new ExcpError('ERR_USAGE', 'chain append needs a checkpoint');
-      await appendToChain(dir, args.positional, { threads, onStep });
+      await appendToChain(dir, checkpoints(args.positional, quiet), { threads, onStep });
       return;
     }
     case 'restore': {
       if (args.positional.length) throw new ExcpError('ERR_USAGE', `unexpected argument '${args.positional[0]}'`);
       const step = numberFlag(args, '--step');
       if (step === undefined) throw new ExcpError('ERR_USAGE', 'chain restore needs --step N');
-      await toOutput(stringFlag(args, '-o'), [], force, (out) => restoreChainStep(dir, step, out, { threads }));
+      const target = stringFlag(args, '-o');
+      if ((await readManifest(dir)).kind === 'folder') {
+        if (target === undefined || target === '-') throw new ExcpError('ERR_USAGE', `chain restore: ${dir} holds checkpoint folders; give the output folder with -o DIR`);
+        await restoreChainStepToFolder(dir, step, target, { threads, force });
+        return;
+      }
+      await toOutput(target, [], force, (out) => restoreChainStep(dir, step, out, { threads }));
       return;
     }
     default: {

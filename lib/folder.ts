@@ -242,6 +242,7 @@ function mapOptimizer(opt: OptimizerState, optFd: number, model: { name: string;
     stateShapes: new Map([...opt.state].map(([id, s]) => [id, s.expAvg.shape])),
     ...(data ? { data } : {}),
     ...(options.explicit ? { explicit: options.explicit } : {}),
+    ...(prev || options.explicit ? {} : { keyframe: true }),
   });
 }
 

@@ -65,10 +65,18 @@ export interface ParamMapInput {
   sampleSize?: number;
   /** Most candidate orders enumerated per bucket (default 40320). */
   maxCandidates?: number;
+  /**
+   * A keyframe (no previous checkpoint): ids that stay ambiguous are paired
+   * with the remaining names of their shape in name order, method
+   * `shape-only`, confidence 0, instead of failing. A keyframe codes its
+   * weights exactly, so pairing decides nothing but which equal-shape weight
+   * a moment is listed with: it does not change what is kept or restored.
+   */
+  keyframe?: boolean;
 }
 
 /** How an id was settled. */
-export type ParamMapMethod = 'explicit' | 'shape' | 'order' | 'correlation';
+export type ParamMapMethod = 'explicit' | 'shape' | 'order' | 'correlation' | 'shape-only';
 
 /** Result of {@link mapParams}. */
 export interface ParamMapping {
@@ -130,7 +138,19 @@ export function mapParams(input: ParamMapInput): ParamMapping {
       if (bucket.names.length < bucket.ids.length) {
         throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: id(s) ${bucket.ids.join(', ')} have shape ${key} but only ${bucket.names.length} parameter(s) do: ${bucket.names.join(', ') || 'none'}`);
       }
-      ambiguous.push(...settleBucket(bucket.ids, bucket.names, input, result, split.structured));
+      const left = settleBucket(bucket.ids, bucket.names, input, result, split.structured);
+      if (left.length > 0 && input.keyframe) {
+        const used = new Set(result.names.values());
+        const free = bucket.names.filter((n) => !used.has(n));
+        for (const id of bucket.ids) {
+          if (result.names.has(id)) continue;
+          result.names.set(id, free.shift()!);
+          result.confidence.set(id, 0);
+          result.method.set(id, 'shape-only');
+        }
+      } else {
+        ambiguous.push(...left);
+      }
     }
   }
   if (ambiguous.length > 0) {

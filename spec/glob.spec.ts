@@ -6,8 +6,12 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { checkpointList, componentRegExp, expandGlob, isGlob, naturalCompare } from '../lib/glob.js';
-import { codeOf } from './helpers.js';
+import { codeOf, randomCheckpointPair } from './helpers.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
 
 describe('glob', () => {
   let dir = '';
@@ -57,5 +61,25 @@ describe('glob', () => {
     assert.equal(natural.paths.length, 5);
     assert.equal(natural.warning, null);
     assert.equal(checkpointList([join(dir, 'step-3.safetensors')]).warning, null);
+  });
+
+  it('excp chain takes a quoted glob in step order, and warns about a shell-ordered list', () => {
+    const run = join(dir, 'st');
+    mkdirSync(run);
+    const pair = randomCheckpointPair(3, { params: 3, maxElements: 2000 });
+    writeFileSync(join(run, 'step-1.safetensors'), pair.previous);
+    writeFileSync(join(run, 'step-2.safetensors'), pair.current);
+    writeFileSync(join(run, 'step-10.safetensors'), pair.current);
+    const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args, '--threads', '0'], { cwd: root, encoding: 'utf8' });
+    const made = cli('chain', join(dir, 'c1'), join(run, 'step-*.safetensors'), '--quiet');
+    assert.equal(made.status, 0, made.stderr);
+    const ls = JSON.parse(cli('chain', 'ls', join(dir, 'c1'), '--json').stdout) as { steps: { source: string }[] };
+    assert.deepEqual(ls.steps.map((s) => s.source), ['step-1.safetensors', 'step-2.safetensors', 'step-10.safetensors']);
+    const shell = cli('chain', join(dir, 'c2'), ...['step-1', 'step-10', 'step-2'].map((n) => join(run, `${n}.safetensors`)));
+    assert.equal(shell.status, 0, shell.stderr);
+    assert.match(shell.stderr, /warning: the checkpoints are not in numeric order/);
+    const none = cli('chain', join(dir, 'c3'), join(run, 'nothing-*'));
+    assert.equal(none.status, 2);
+    assert.match(none.stderr, /^excp: no checkpoint matches/);
   });
 });

@@ -121,6 +121,21 @@ for (const run of ['fp32', 'bf16']) {
   });
 }
 
+test('a keyframe pairs the ids that stay ambiguous by shape alone, with confidence 0', () => {
+  const input = fixtureInput('fp32', false);
+  const result = mapParams({ ...input, keyframe: true });
+  const order: string[] = reference.runs.fp32.param_order;
+  assert.equal(result.names.size, order.length);
+  assert.equal(new Set(result.names.values()).size, order.length, 'every name used once');
+  const shapes = new Map(input.params.map((p) => [p.name, p.shape.join()]));
+  for (const [id, name] of result.names) {
+    assert.equal(shapes.get(name), input.stateShapes.get(id)!.join(), `id ${id} pairs with a parameter of its shape`);
+    if (result.method.get(id) === 'shape-only') assert.equal(result.confidence.get(id), 0);
+    else assert.equal(name, order[id], `settled id ${id} is right`);
+  }
+  assert.ok([...result.method.values()].includes('shape-only'));
+});
+
 test('a weaker method never gives a wrong answer silently', () => {
   const order: string[] = reference.runs.fp32.param_order;
   // Force the unstructured assignment: it either settles correctly or names the ids it cannot.
