@@ -8,7 +8,7 @@ import { TOOL_VERSION } from './constants.js';
 import { PAPER_OPTIONS } from './options.js';
 import type { LooseOptions } from './types.js';
 import { ExcpError, toExcpError } from './errors.js';
-import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFolder, writeAtomically } from './pipeline.js';
+import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFolder, spoolToFile, writeAtomically } from './pipeline.js';
 import { readParamMapFile } from './folder.js';
 import { inspectContainer, formatInspect, verifyContainer } from './inspect.js';
 import { compareCheckpoints, formatCompare, worstRelativeError } from './compare.js';
@@ -183,15 +183,23 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'restore': {
-      const input = inputOf(args);
+      let input = inputOf(args);
       const target = stringFlag(args, '-o');
-      if (input !== undefined && target !== undefined && target !== '-' && await holdsFolder(input)) {
-        await restoreToFolder(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
-        return;
+      // stdin to a path: the container may hold a folder, which is restored
+      // by path; spool it (it is small) and go on as for a file.
+      const spooled = input === undefined && target !== undefined && target !== '-' ? await spoolToFile(process.stdin, target) : null;
+      input = spooled?.path ?? input;
+      try {
+        if (input !== undefined && target !== undefined && target !== '-' && await holdsFolder(input)) {
+          await restoreToFolder(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
+          return;
+        }
+        await toOutput(target, [input, base], force, async (out) => {
+          await restoreTo(input, out, { base, threads, onProgress: progress(!quiet, 'restore') });
+        });
+      } finally {
+        await spooled?.remove();
       }
-      await toOutput(target, [input, base], force, async (out) => {
-        await restoreTo(input, out, { base, threads, onProgress: progress(!quiet, 'restore') });
-      });
       return;
     }
     case 'inspect': {

@@ -279,6 +279,32 @@ export async function writeAtomically(target: string, produce: (out: Writable) =
   }
 }
 
+/**
+ * Copy a stream (stdin) into a temporary file beside `near`, for a restore
+ * that needs random access: a folder container is restored by path. The
+ * container is small (a fiftieth of the checkpoint), so this costs little.
+ * The file is removed by `remove()`, and by {@link removeActiveTemps} on a
+ * signal.
+ * @param source the stream
+ * @param near a path whose folder receives the file (the output)
+ * @returns the file's path and its remover
+ */
+export async function spoolToFile(source: Readable, near: string): Promise<{ path: string; remove: () => Promise<void> }> {
+  const path = join(dirname(near), `.${basename(near)}.excp-stdin-${process.pid}-${Date.now().toString(36)}`);
+  activeTemps.add(path);
+  const remove = async (): Promise<void> => {
+    await rm(path, { force: true });
+    activeTemps.delete(path);
+  };
+  try {
+    await pipeline(source, createWriteStream(path, { flags: 'wx' }));
+  } catch (e) {
+    await remove();
+    throw outputError(e, near, false);
+  }
+  return { path, remove };
+}
+
 /** Temporary files of writeAtomically calls in progress in this process. */
 const activeTemps = new Set<string>();
 

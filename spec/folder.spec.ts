@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -244,6 +244,16 @@ test('CLI: compress DIR --base PREV, inspect shows the param map, restore -o DIR
   assert.match(r.stderr, /exists \(use --force/);
   r = run('verify', container, '--base', prev);
   assert.equal(r.status, 0, r.stderr);
+  // From stdin: the container is spooled beside the output, restored, and the spool removed.
+  const fromStdin = join(work, 'cli-stdin');
+  const piped = spawnSync(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), 'restore', '--base', prev, '-o', fromStdin, '--quiet'],
+    { cwd: root, encoding: 'utf8', input: readFileSync(container) });
+  assert.equal(piped.status, 0, piped.stderr);
+  for (const f of readdirSync(target)) assert.deepEqual(bytesOf(fromStdin, f), bytesOf(target, f), f);
+  assert.deepEqual(readdirSync(work).filter((f) => f.includes('excp-stdin') || f.includes('excp-tmp')), []);
+  const probe = join(work, 'probe-folder');
+  mkdirSync(probe);
+  assert.equal(statSync(fromStdin).mode & 0o777, statSync(probe).mode & 0o777, 'a restored folder has the permissions of any new folder (not 0700)');
   const map = join(work, 'map.json');
   writeFileSync(map, JSON.stringify(reference.runs.bf16.param_order));
   r = run('compress', prev, '--param-map', map, '-o', join(work, 'cli-key.excp'), '--quiet');

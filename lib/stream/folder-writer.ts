@@ -18,7 +18,7 @@
  * byte stream.
  */
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
-import { mkdir, mkdtemp, open, rename, rm, stat, realpath } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, decodeHeader, readPreamble } from '../container.js';
@@ -249,7 +249,10 @@ export async function writeFolderAtomically(target: string, produce: (temp: stri
     if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
     if (!existing.isDirectory()) throw new ExcpError('ERR_EXISTS', `${target}: is not a folder`);
   }
-  const temp = await mkdtemp(join(dirname(target), `.${basename(target)}.excp-tmp-`));
+  // Not mkdtemp: it makes the folder 0700, and the restored folder should
+  // have the permissions any new folder gets (0777 less the umask).
+  const temp = join(dirname(target), `.${basename(target)}.excp-tmp-${process.pid}-${Date.now().toString(36)}`);
+  await mkdir(temp, { mode: 0o777 });
   try {
     await produce(temp);
     if (existing) {
