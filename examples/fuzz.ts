@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
+import { decodeFooter, decodeHeader, readPreambleInfo } from '../lib/container.js';
 import { crc32 } from '../lib/crc32.js';
 import { DTYPE_BYTES, elementCount } from '../lib/dtype.js';
 import { ExcpError } from '../lib/errors.js';
@@ -301,6 +302,64 @@ export interface ContainerParts {
   footerAt: number;
 }
 
+/**
+ * A version 2 container (what the writer makes) as version 1 parts: JSON
+ * header and footer text, u32 record fields, preamble version 1. The
+ * JSON-level and field-level mutations work on that version 1 form.
+ */
+function splitContainerV2(c: Uint8Array): ContainerParts {
+  const view = new DataView(c.buffer, c.byteOffset, c.length);
+  const { length: headerLength } = readPreambleInfo(c.subarray(0, 16));
+  const header = decodeHeader(c.subarray(16, 16 + headerLength + 4));
+  let o = 16 + headerLength + 4;
+  const records: ContainerParts['records'] = [];
+  const varint = (): number => {
+    let v = 0;
+    for (let scale = 1; ; scale *= 128) {
+      const b = c[o++]!;
+      v += (b & 0x7f) * scale;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  const order: [number, number][] = [];
+  header.entries.forEach((e, i) => {
+    for (let k = 0; k < Math.ceil(e.elements / header.options.chunkElements); k++) order.push([i, k]);
+  });
+  while (c[o] === 1) {
+    const at = o++;
+    const [entry, chunk] = order.shift() ?? [0, 0];
+    const length = varint();
+    records.push({ entry, chunk, payload: c.subarray(o, o + length), at });
+    o += length + 4;
+  }
+  const footerLength = view.getUint32(o + 1, true);
+  const footer = decodeFooter(c.subarray(o + 5, o + 5 + footerLength), view.getUint32(o + 5 + footerLength, true), header);
+  const head = c.slice(0, 12);
+  head[8] = 1;
+  head[9] = 0;
+  return { head, headerText: Buffer.from(JSON.stringify(header)).toString('latin1'), records, footerText: Buffer.from(JSON.stringify(footer)).toString('latin1'), footerAt: o };
+}
+
+/** Version 2 container with bytes of its header or footer body changed in place and the CRC recomputed. */
+function mutateV2Body(c: Uint8Array, rng: Prng): { bytes: Uint8Array; what: string } {
+  const b = c.slice();
+  const view = new DataView(b.buffer, b.byteOffset, b.length);
+  const headerLength = view.getUint32(12, true);
+  const footerAt = Number(view.getBigUint64(b.length - 16, true));
+  const footerLength = view.getUint32(footerAt + 1, true);
+  const inHeader = rng.next() < 0.5;
+  const start = inHeader ? 16 : footerAt + 5;
+  const length = inHeader ? headerLength : footerLength;
+  const flips = 1 + rng.int(3);
+  for (let k = 0; k < flips; k++) {
+    const at = start + rng.int(Math.max(1, length));
+    b[at] = rng.next() < 0.5 ? b[at]! ^ (1 << rng.int(8)) : rng.int(256);
+  }
+  if (inHeader) view.setUint32(16 + headerLength, crc32(b.subarray(16, 16 + headerLength)), true);
+  else view.setUint32(footerAt + 5 + footerLength, crc32(b.subarray(footerAt + 5, footerAt + 5 + footerLength), crc32(b.subarray(footerAt, footerAt + 5))), true);
+  return { bytes: b, what: `${inHeader ? 'header' : 'footer'} body: ${flips} bytes changed, CRC recomputed` };
+}
+
 function splitContainer(c: Uint8Array): ContainerParts {
   const view = new DataView(c.buffer, c.byteOffset, c.length);
   const headerLength = view.getUint32(12, true);
@@ -358,6 +417,8 @@ export interface ContainerSample {
   base: Uint8Array | undefined;
   restored: Uint8Array;
   parts: ContainerParts;
+  /** The same container as the writer made it (format version 2); `container` is its version 1 form. */
+  containerV2: Uint8Array;
 }
 
 /** Valid containers: lossy against a base, lossless keyframe, special values, BF16. */
@@ -372,15 +433,17 @@ export async function containerCorpus(): Promise<ContainerSample[]> {
   for (const s of specs) {
     const pair = randomCheckpointPair(s.seed, s.pair);
     const base = s.base ? pair.previous : undefined;
-    const container = await compressBuffer(pair.current, base, { ...s.options, threads: 0 });
-    const restored = await restoreBuffer(container, base, { threads: 0 });
-    out.push({ name: s.name, container, base, restored, parts: splitContainer(container) });
+    const containerV2 = await compressBuffer(pair.current, base, { ...s.options, threads: 0 });
+    const restored = await restoreBuffer(containerV2, base, { threads: 0 });
+    const v2parts = splitContainerV2(containerV2);
+    const container = assemble(v2parts, v2parts.headerText, v2parts.records, null);
+    out.push({ name: s.name, container, base, restored, parts: splitContainer(container), containerV2 });
   }
   return out;
 }
 
 /** Kinds of container mutation; "sealed" ones recompute CRCs. */
-export type ContainerMutation = 'bytes' | 'field' | 'header-json' | 'footer-json' | 'payload' | 'records';
+export type ContainerMutation = 'bytes' | 'field' | 'header-json' | 'footer-json' | 'payload' | 'records' | 'v2-bytes' | 'v2-body';
 
 /**
  * A mutated container.
@@ -390,7 +453,12 @@ export function mutateContainer(sample: ContainerSample, rng: Prng): { bytes: Ui
   const p = sample.parts;
   const c = sample.container;
   const r = rng.int(12);
-  if (r < 4) return { kind: 'bytes', ...mutateBytes(c, rng) };
+  if (r < 4) {
+    // Raw byte mutations of the version 1 form and of the writer's version 2 bytes.
+    if (rng.next() < 0.5) return { kind: 'v2-bytes', ...mutateBytes(sample.containerV2, rng) };
+    if (rng.next() < 0.5) return { kind: 'v2-body', ...mutateV2Body(sample.containerV2, rng) };
+    return { kind: 'bytes', ...mutateBytes(c, rng) };
+  }
   if (r < 6) {
     // A length / index / offset field set to an extreme.
     const b = c.slice();
@@ -489,7 +557,7 @@ export async function containerCase(sample: ContainerSample, bytes: Uint8Array, 
     // A re-sealed header may legitimately change what the CRC protected and
     // the fingerprint does not cover (the stored safetensors header, e.g.
     // metadata); the tensors themselves must still be exact.
-    const ok = kind === 'header-json' ? sameTensors(out, sample.restored) : sameBytes(out, sample.restored);
+    const ok = kind === 'header-json' || kind === 'v2-body' ? sameTensors(out, sample.restored) : sameBytes(out, sample.restored);
     if (!ok) throw new FuzzFailure(`restore succeeded with a different result (${out.length} bytes, clean ${sample.restored.length})`);
   }
   if (dir) {

@@ -2,10 +2,17 @@
  * Stage 6 (pure): the .excp container, byte by byte as in spec/FORMAT.md.
  *
  *   preamble  MAGIC(8) version u16 reserved u16
- *   header    length u32, JSON, crc32(JSON) u32
- *   records   type=1 u8, entry u32, chunk u32, length u32, payload, crc32 u32
- *   footer    type=2 u8, length u32, JSON, crc32 u32
+ *   header    length u32, body, crc32(body) u32
+ *   records   type=1 u8, [entry, chunk,] length, payload, crc32 u32
+ *   footer    type=2 u8, length u32, body, crc32 u32
  *   trailer   footer offset u64, crc32(offset bytes) u32, END_MAGIC(4)
+ *
+ * Version 2 (written): header and footer bodies are the compact encodings of
+ * lib/container-v2.ts (first byte 0 or 1); a record stores only its length
+ * (varint): entry and chunk are implied by the record order, which readers
+ * always enforced, and still covered by the CRC (as varints, see
+ * recordCrcPrefix). Version 1 (still read): the bodies are JSON (first byte
+ * '{') and records store entry, chunk and length as u32.
  *
  * Every length is checked against a limit before anything is allocated, and
  * every record's CRC covers its type, indices, length and payload, so a
@@ -15,6 +22,7 @@ import { ByteReader, ByteWriter } from './bytes.js';
 import { crc32 } from './crc32.js';
 import { type DType, DTYPE_BYTES, elementCount, isDType } from './dtype.js';
 import { ExcpError } from './errors.js';
+import { decodeFooterBody, decodeHeaderBody, encodeFooterBody, encodeHeaderBody } from './container-v2.js';
 import {
   END_MAGIC, FORMAT_VERSION, MAGIC, MAX_CHUNK_ELEMENTS, MAX_JSON_BYTES, MAX_TENSORS, MIN_CHUNK_ELEMENTS,
   RECORD_CHUNK, RECORD_FOOTER,
@@ -71,7 +79,7 @@ export interface ChunkRecord {
 
 /** Bytes of the preamble and header. */
 export function encodeHead(header: ContainerHeader): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify(header));
+  const json = encodeHeaderBody(header);
   const w = new ByteWriter(json.length + 24);
   w.bytes(MAGIC);
   w.u16(FORMAT_VERSION);
@@ -84,19 +92,32 @@ export function encodeHead(header: ContainerHeader): Uint8Array {
 
 /** Bytes of one chunk record. */
 export function encodeRecord(record: ChunkRecord): Uint8Array {
-  const w = new ByteWriter(record.payload.length + 17);
+  const w = new ByteWriter(record.payload.length + 14);
   w.u8(RECORD_CHUNK);
-  w.u32(record.entry);
-  w.u32(record.chunk);
-  w.u32(record.payload.length);
+  w.varint(record.payload.length);
   w.bytes(record.payload);
-  w.u32(crc32(w.finish()));
+  w.u32(recordCrc(recordCrcPrefix(record.entry, record.chunk, record.payload.length), record.payload));
+  return w.finish();
+}
+
+/**
+ * What a version 2 record's CRC covers before the payload: type, then entry,
+ * chunk and payload length as varints. Entry and chunk are not stored (the
+ * reader knows which record comes next), so a record moved to another place
+ * fails its CRC.
+ */
+export function recordCrcPrefix(entry: number, chunk: number, length: number): Uint8Array {
+  const w = new ByteWriter(24);
+  w.u8(RECORD_CHUNK);
+  w.varint(entry);
+  w.varint(chunk);
+  w.varint(length);
   return w.finish();
 }
 
 /** Bytes of the footer record and the trailer. */
-export function encodeTail(footer: ContainerFooter, footerOffset: number): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify(footer));
+export function encodeTail(footer: ContainerFooter, footerOffset: number, header: ContainerHeader): Uint8Array {
+  const json = encodeFooterBody(footer, header);
   const w = new ByteWriter(json.length + 32);
   w.u8(RECORD_FOOTER);
   w.u32(json.length);
@@ -122,21 +143,38 @@ export const TRAILER_BYTES = 16;
  * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
  */
 export function readPreamble(first16: Uint8Array): number {
+  return readPreambleInfo(first16).length;
+}
+
+/** Oldest container format version this code reads. */
+export const MIN_FORMAT_VERSION = 1;
+
+/**
+ * {@link readPreamble}, also returning the format version (1 or 2).
+ * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
+ */
+export function readPreambleInfo(first16: Uint8Array): { version: number; length: number } {
   const r = new ByteReader(first16, 'container');
   for (let i = 0; i < MAGIC.length; i++) {
     if (r.u8() !== MAGIC[i]) throw new ExcpError('ERR_BAD_MAGIC', 'container: not an .excp file (bad magic)');
   }
   const version = r.u16();
-  if (version !== FORMAT_VERSION) throw new ExcpError('ERR_VERSION', `container: format version ${version} is not supported (this is version ${FORMAT_VERSION})`);
+  if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) throw new ExcpError('ERR_VERSION', `container: format version ${version} is not supported (this reads versions ${MIN_FORMAT_VERSION} to ${FORMAT_VERSION})`);
   r.u16();
   const length = r.u32();
   if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: header length ${length} exceeds limit ${MAX_JSON_BYTES}`);
-  return length;
+  return { version, length };
+}
+
+/** A version 1 body is JSON and starts with '{'; a version 2 body starts with its encoding byte (0 or 1). */
+function isJsonBody(body: Uint8Array): boolean {
+  return body[0] === 0x7b;
 }
 
 /**
- * Parse and validate the header JSON (followed by its CRC).
- * @param bytes JSON bytes then 4 CRC bytes
+ * Parse and validate the header body (followed by its CRC): JSON (version 1)
+ * or compact (version 2), told apart by the first byte.
+ * @param bytes body bytes then 4 CRC bytes
  * @returns the validated header
  * @throws ExcpError ERR_CRC, ERR_BAD_HEADER, ERR_SHAPE, ERR_DTYPE
  */
@@ -144,7 +182,8 @@ export function decodeHeader(bytes: Uint8Array): ContainerHeader {
   const json = bytes.subarray(0, bytes.length - 4);
   const stored = new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
   if (crc32(json) !== stored) throw new ExcpError('ERR_CRC', 'container: header checksum mismatch: the file is corrupt');
-  const header = parseJson(json, 'header') as ContainerHeader;
+  if (json.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: header is empty');
+  const header = isJsonBody(json) ? parseJson(json, 'header') as ContainerHeader : decodeHeaderBody(json);
   validateHeader(header);
   return header;
 }
@@ -161,7 +200,8 @@ export function decodeFooter(body: Uint8Array, crc: number, header: ContainerHea
   prefix.u8(RECORD_FOOTER);
   prefix.u32(body.length);
   if (crc32(body, crc32(prefix.finish())) !== crc) throw new ExcpError('ERR_CRC', 'container: footer checksum mismatch: the file is corrupt');
-  const footer = parseJson(body, 'footer') as ContainerFooter;
+  if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: footer is empty');
+  const footer = isJsonBody(body) ? parseJson(body, 'footer') as ContainerFooter : decodeFooterBody(body, header);
   const ok = footer && Array.isArray(footer.entries) && footer.entries.length === header.entries.length
     && Array.isArray(footer.tensorHashes) && footer.tensorHashes.length === header.tensors.length
     && Array.isArray(footer.baseHashes) && typeof footer.targetFingerprint === 'string';
@@ -218,7 +258,7 @@ export function decodeTrailer(trailer: Uint8Array): number {
 
 /**
  * CRC of a chunk record as encodeRecord computes it.
- * @param prefix the 13 bytes before the payload
+ * @param prefix the 13 bytes before the payload (version 1), or {@link recordCrcPrefix} (version 2)
  * @param payload the payload
  */
 export function recordCrc(prefix: Uint8Array, payload: Uint8Array): number {

@@ -6,7 +6,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import {
   type ContainerFooter, type ContainerHeader, type FooterEntry, HEAD_FIXED_BYTES, TRAILER_BYTES,
   chunkCount, decodeFooter, decodeHeader, decodeTrailer, encodeHead, encodeRecord, encodeTail,
-  maxPayloadBytes, readPreamble, recordCrc,
+  maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix,
 } from '../container.js';
 import { RECORD_CHUNK, RECORD_FOOTER, MAX_JSON_BYTES } from '../constants.js';
 import { ExcpError } from '../errors.js';
@@ -44,6 +44,11 @@ export class RecordOrder {
 
   get done(): boolean {
     return this.entry >= this.counts.length;
+  }
+
+  /** The record expected next (meaningless when done). */
+  get next(): { entry: number; chunk: number } {
+    return { entry: this.entry, chunk: this.chunk };
   }
 }
 
@@ -107,7 +112,7 @@ export class ContainerWriter extends Transform {
       if (!this.order.done) throw new ExcpError('ERR_TRUNCATED', 'container: input ended before every chunk was coded');
       for (const fe of this.footerEntries) fe.entropyBits = Math.round(fe.entropyBits ?? 0);
       const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.map((h) => h.digest()), this.baseHashers.map((h) => h?.digest() ?? null));
-      this.out(encodeTail(footer, this.offset));
+      this.out(encodeTail(footer, this.offset, this.header));
       callback();
     } catch (err) {
       callback(err as Error);
@@ -133,7 +138,10 @@ export function buildFooter(header: ContainerHeader, entries: FooterEntry[], ten
   };
 }
 
-type ReaderState = 'preamble' | 'header' | 'record' | 'payload' | 'footer-length' | 'footer' | 'trailer' | 'done';
+type ReaderState = 'preamble' | 'header' | 'record' | 'fields' | 'payload' | 'footer-length' | 'footer' | 'trailer' | 'done';
+
+/** Longest varint of a version 2 record length (values below 2^35). */
+const MAX_FIELD_BYTES = 5;
 
 /** Container bytes -> RestoreEvent objects (header, chunks, footer). */
 export class ContainerReader extends Transform {
@@ -146,6 +154,11 @@ export class ContainerReader extends Transform {
   private header: ContainerHeader | null = null;
   private order: RecordOrder | null = null;
   private pendingRecord: { entry: number; chunk: number; prefix: Uint8Array; length: number } | null = null;
+  /** Format version from the preamble: 1 frames records with u32 entry, chunk and length; 2 with a varint length only. */
+  private version = 0;
+  /** Version 2 record length varint being read byte by byte. */
+  private fieldValue = 0;
+  private fieldScale = 1;
   private footerLength = 0;
   private footerOffset = 0;
 
@@ -207,10 +220,13 @@ export class ContainerReader extends Transform {
   private step(bytes: Uint8Array): void {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     switch (this.state) {
-      case 'preamble':
-        this.need = readPreamble(bytes) + 4;
+      case 'preamble': {
+        const { version, length } = readPreambleInfo(bytes);
+        this.version = version;
+        this.need = length + 4;
         this.state = 'header';
         return;
+      }
       case 'header': {
         this.header = decodeHeader(bytes);
         this.order = new RecordOrder(this.header);
@@ -227,26 +243,38 @@ export class ContainerReader extends Transform {
           return;
         }
         if (type !== RECORD_CHUNK) throw new ExcpError('ERR_CORRUPT', `container: unknown record type ${type} at byte ${this.consumed - 1}`);
-        this.state = 'payload';
-        this.need = 12;
         this.pendingRecord = null;
+        if (this.version === 1) {
+          this.state = 'payload';
+          this.need = 12;
+          return;
+        }
+        if (this.order!.done) throw new ExcpError('ERR_CORRUPT', `container: chunk record at byte ${this.consumed - 1} after the last chunk`);
+        this.state = 'fields';
+        this.need = 1;
+        this.fieldValue = 0;
+        this.fieldScale = 1;
+        return;
+      }
+      case 'fields': {
+        const b = bytes[0]!;
+        this.fieldValue += (b & 0x7f) * this.fieldScale;
+        this.fieldScale *= 128;
+        if (b & 0x80) {
+          if (this.fieldScale >= 128 ** MAX_FIELD_BYTES) throw new ExcpError('ERR_CORRUPT', `container: record length varint longer than ${MAX_FIELD_BYTES} bytes at byte ${this.consumed - 1}`);
+          return;
+        }
+        const { entry, chunk } = this.order!.next;
+        this.beginPayload(entry, chunk, this.fieldValue, recordCrcPrefix(entry, chunk, this.fieldValue));
         return;
       }
       case 'payload': {
         const header = this.header!;
         if (!this.pendingRecord) {
-          const entry = view.getUint32(0, true);
-          const chunk = view.getUint32(4, true);
-          const length = view.getUint32(8, true);
-          const e = header.entries[entry];
-          const name = e ? header.tensors[e.weight]!.name : `#${entry}`;
-          if (!e) throw new ExcpError('ERR_CORRUPT', `container: record names entry ${entry}, but there are ${header.entries.length}`);
-          if (length > maxPayloadBytes(header, e)) throw new ExcpError('ERR_CORRUPT', `container: tensor '${name}' chunk ${chunk} claims ${length} bytes, more than possible`);
           const prefix = new Uint8Array(13);
           prefix[0] = RECORD_CHUNK;
           prefix.set(bytes, 1);
-          this.pendingRecord = { entry, chunk, prefix, length };
-          this.need = length + 4;
+          this.beginPayload(view.getUint32(0, true), view.getUint32(4, true), view.getUint32(8, true), prefix);
           return;
         }
         const rec = this.pendingRecord;
@@ -290,6 +318,18 @@ export class ContainerReader extends Transform {
       default:
         return;
     }
+  }
+
+  /** Check a record's fields (before its payload is allocated) and wait for payload + CRC. */
+  private beginPayload(entry: number, chunk: number, length: number, prefix: Uint8Array): void {
+    const header = this.header!;
+    const e = header.entries[entry];
+    const name = e ? header.tensors[e.weight]!.name : `#${entry}`;
+    if (!e) throw new ExcpError('ERR_CORRUPT', `container: record names entry ${entry}, but there are ${header.entries.length}`);
+    if (length > maxPayloadBytes(header, e)) throw new ExcpError('ERR_CORRUPT', `container: tensor '${name}' chunk ${chunk} claims ${length} bytes, more than possible`);
+    this.pendingRecord = { entry, chunk, prefix, length };
+    this.state = 'payload';
+    this.need = length + 4;
   }
 
   private expectRecord(): void {

@@ -1,0 +1,307 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { ByteWriter } from '../lib/bytes.js';
+import {
+  type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeRecord, readPreambleInfo, recordCrcPrefix,
+} from '../lib/container.js';
+import { crc32 } from '../lib/crc32.js';
+import { ExcpError } from '../lib/errors.js';
+import { lzCompress, lzDecompress } from '../lib/lz.js';
+import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
+import { Prng } from '../lib/prng.js';
+import { RangeEncoder, createBitModels } from '../lib/range-coder.js';
+import { codeOf, randomCheckpointPair, sameBytes } from './helpers.js';
+
+const LIMIT = 64 * 1024 * 1024;
+
+function roundTrip(input: Uint8Array): Uint8Array {
+  const packed = lzCompress(input);
+  const back = lzDecompress(packed, input.length, LIMIT);
+  assert.ok(sameBytes(back, input), `lz round trip of ${input.length} bytes`);
+  return packed;
+}
+
+test('lz: round trips of random, empty, all-same, JSON text and 1 MB inputs', () => {
+  const rng = new Prng(5);
+  const random = Uint8Array.from({ length: 10000 }, () => rng.int(256));
+  assert.ok(roundTrip(random).length < random.length + 200, 'random bytes barely grow');
+  assert.equal(roundTrip(new Uint8Array(0)).length, 0);
+  assert.ok(roundTrip(new Uint8Array(100000).fill(7)).length < 100);
+  const json = new TextEncoder().encode(JSON.stringify(Array.from({ length: 300 }, (_, i) => ({ name: `layers.${i}.fc.weight`, dtype: 'F32', shape: [12, i % 40], data_offsets: [i * 576, (i + 1) * 576] }))));
+  const packedJson = roundTrip(json);
+  assert.ok(packedJson.length < json.length / 5, `JSON ${json.length} -> ${packedJson.length}`);
+  const big = new Uint8Array(1 << 20);
+  for (let i = 0; i < big.length; i++) big[i] = i % 1000 < 500 ? rng.int(4) : (i * 7) & 0xff;
+  const packedBig = roundTrip(big);
+  assert.ok(packedBig.length < big.length / 2, `1 MB -> ${packedBig.length}`);
+  // Lengths 2..273 and far distances (beyond the tree-coded slots).
+  const far = new Uint8Array(300000);
+  for (let i = 0; i < 100000; i++) far[i] = rng.int(256);
+  far.set(far.subarray(0, 100000), 200000);
+  roundTrip(far);
+});
+
+test('lz: hostile streams end in ERR_CORRUPT, ERR_TRUNCATED or ERR_HEADER_TOO_LARGE, never a hang or crash', () => {
+  const text = new TextEncoder().encode('{"a":1,"b":[1,2,3],"c":"abcabcabcabcabc"}'.repeat(40));
+  const packed = lzCompress(text);
+  // Truncated streams: an error, or (when only the flush's padding is missing) the same bytes.
+  for (let cut = 0; cut < packed.length; cut += 3) {
+    try {
+      const out = lzDecompress(packed.subarray(0, cut), text.length, LIMIT);
+      assert.ok(packed.length - cut <= 4 && sameBytes(out, text), `cut at ${cut} of ${packed.length} decoded silently`);
+    } catch (e) {
+      assert.ok(e instanceof ExcpError && ['ERR_TRUNCATED', 'ERR_CORRUPT'].includes(e.code), String(e));
+    }
+  }
+  // A declared length beyond the limit is refused before allocating.
+  assert.equal(codeOf(() => lzDecompress(packed, LIMIT + 1, LIMIT)), 'ERR_HEADER_TOO_LARGE');
+  assert.equal(codeOf(() => lzDecompress(packed, -1, LIMIT)), 'ERR_HEADER_TOO_LARGE');
+  // A match at byte 0 (its distance, the initial rep 1, reaches before the start).
+  const enc = new RangeEncoder();
+  enc.encodeBit(createBitModels(4), 0, 1);
+  enc.encodeBit(createBitModels(4), 0, 1);
+  assert.equal(codeOf(() => lzDecompress(enc.finish(), 10, LIMIT)), 'ERR_CORRUPT');
+  // A match running past the declared end.
+  const rep = new TextEncoder().encode('abababababababababab');
+  assert.equal(codeOf(() => lzDecompress(lzCompress(rep), 3, LIMIT)), 'ERR_CORRUPT');
+  // Garbage with declared lengths: bounded work, ExcpError or some bytes.
+  const rng = new Prng(9);
+  for (let k = 0; k < 300; k++) {
+    const garbage = Uint8Array.from({ length: rng.int(64) }, () => rng.int(256));
+    try {
+      lzDecompress(garbage, rng.int(5000), LIMIT);
+    } catch (e) {
+      assert.ok(e instanceof ExcpError, String(e));
+    }
+  }
+});
+
+/** Varint bytes (LEB128). */
+function varint(v: number): number[] {
+  const out: number[] = [];
+  while (v >= 128) {
+    out.push((v % 128) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  out.push(v);
+  return out;
+}
+
+function str(s: string): number[] {
+  const b = [...new TextEncoder().encode(s)];
+  return [...varint(b.length), ...b];
+}
+
+const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
+
+test('header v2: hand-built stored body decodes to the in-memory header', () => {
+  const raw = '{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}';
+  const body = [
+    0, // stored
+    ...str('excp test'),
+    1, ...str('{"lossless":true,"chunkElements":1024}'), // options: difference from the reference
+    1, // one file
+    0, 0, // safetensors, path null
+    1, ...str(raw), // rawHeader as UTF-8 text
+    1, 0, // tensors [0] (zigzag delta from previous + 1)
+    1, // one tensor
+    0, ...str('w'), // names: shared prefix with the previous name, then the rest
+    1 | (3 << 4), // codes: F32, plain
+    2, 2, 3, // shapes: [2, 3]
+    1, // one entry
+    2, 0, // plain, exactWeight; weight 0
+    0, // no info
+  ];
+  const bytes = Uint8Array.from([...body, 0, 0, 0, 0]);
+  new DataView(bytes.buffer).setUint32(body.length, crc32(bytes.subarray(0, body.length)), true);
+  const h = decodeHeader(bytes);
+  assert.deepEqual(h, {
+    tool: 'excp test', options: OPTIONS,
+    tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], role: 'plain', entry: 0 }],
+    entries: [{ kind: 'plain', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 6 }],
+    files: [{ kind: 'safetensors', path: null, rawHeader: Buffer.from(raw).toString('base64'), tensors: [0] }],
+  });
+  // The writer's own bytes decode to the same header, and the preamble says version 2.
+  const head = encodeHead(h);
+  assert.deepEqual(readPreambleInfo(head.subarray(0, 16)), { version: 2, length: head.length - 20 });
+  assert.deepEqual(decodeHeader(head.subarray(16)), h);
+  // Unknown body encodings and trailing bytes are refused.
+  const bad = bytes.slice();
+  bad[0] = 7;
+  new DataView(bad.buffer).setUint32(body.length, crc32(bad.subarray(0, body.length)), true);
+  assert.equal(codeOf(() => decodeHeader(bad)), 'ERR_BAD_HEADER');
+  const longer = Uint8Array.from([...body, 0, 0, 0, 0, 0]);
+  new DataView(longer.buffer).setUint32(body.length + 1, crc32(longer.subarray(0, body.length + 1)), true);
+  assert.equal(codeOf(() => decodeHeader(longer)), 'ERR_BAD_HEADER');
+  // Raw mode 3: the safetensors header is rebuilt from the tensors (here with 5 padding spaces).
+  const derivedBody = body.slice();
+  const at = body.indexOf(1, 1 + str('excp test').length + 1 + str('{"lossless":true,"chunkElements":1024}').length + 3);
+  derivedBody.splice(at, 1 + str(raw).length, 3, 0, 0, 5);
+  const derived = Uint8Array.from([...derivedBody, 0, 0, 0, 0]);
+  new DataView(derived.buffer).setUint32(derivedBody.length, crc32(derived.subarray(0, derivedBody.length)), true);
+  const json5 = new TextEncoder().encode(`${raw}     `);
+  const expected = Buffer.concat([Buffer.from(Uint8Array.from([json5.length, 0, 0, 0, 0, 0, 0, 0])), Buffer.from(json5)]);
+  assert.equal((decodeHeader(derived).files[0] as { rawHeader: string }).rawHeader, expected.toString('base64'));
+  const h3 = { ...h, files: [{ kind: 'safetensors' as const, path: null, rawHeader: expected.toString('base64'), tensors: [0] }] };
+  assert.ok(encodeHead(h3).length < encodeHead(h).length, 'the writer finds the derivation');
+  assert.deepEqual(decodeHeader(encodeHead(h3).subarray(16)), h3);
+  // A version 1 JSON body still decodes.
+  const json = new TextEncoder().encode(JSON.stringify(h));
+  const v1 = Uint8Array.from([...json, 0, 0, 0, 0]);
+  new DataView(v1.buffer).setUint32(json.length, crc32(json), true);
+  assert.deepEqual(decodeHeader(v1), h);
+});
+
+test('record v2: type and length varint stored; the CRC also covers the implied entry and chunk', () => {
+  const payload = Uint8Array.from({ length: 200 }, (_, i) => i);
+  const rec = encodeRecord({ entry: 3, chunk: 130, payload });
+  assert.deepEqual([...rec.subarray(0, 3)], [1, ...varint(200)]);
+  assert.equal(rec.length, 3 + 200 + 4);
+  const covered = Uint8Array.from([1, 3, ...varint(130), ...varint(200), ...payload]);
+  assert.equal(new DataView(rec.buffer, rec.byteOffset).getUint32(rec.length - 4, true), crc32(covered));
+  assert.deepEqual([...recordCrcPrefix(3, 130, 200)], [1, 3, ...varint(130), ...varint(200)]);
+});
+
+test('record v2: a record moved to another place fails its CRC', async () => {
+  const pair = randomCheckpointPair(44, { params: 2, maxElements: 300 });
+  const c = await compressBuffer(pair.current, pair.previous, { chunkElements: 64, lossless: true, threads: 0 });
+  const view = new DataView(c.buffer, c.byteOffset, c.length);
+  let o = 16 + view.getUint32(12, true) + 4;
+  const spans: [number, number][] = [];
+  while (c[o] === 1) {
+    let n = 0;
+    let scale = 1;
+    let k = o + 1;
+    for (;;) {
+      const b = c[k++]!;
+      n += (b & 0x7f) * scale;
+      scale *= 128;
+      if (!(b & 0x80)) break;
+    }
+    spans.push([o, k + n + 4]);
+    o = k + n + 4;
+  }
+  assert.ok(spans.length >= 3);
+  const [a, b] = [spans[0]!, spans[1]!];
+  const swapped = Buffer.concat([c.subarray(0, a[0]), c.subarray(b[0], b[1]), c.subarray(a[0], a[1]), c.subarray(b[1])]);
+  await assert.rejects(restoreBuffer(swapped, pair.previous), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_CRC');
+});
+
+test('footer v2: a hand-built stored body decodes to the in-memory footer', () => {
+  const header: ContainerHeader = {
+    tool: 't', options: { ...OPTIONS },
+    tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], role: 'plain', entry: 0 }, { name: 'b', dtype: 'F32', shape: [70], role: 'plain', entry: 1 }],
+    entries: [
+      { kind: 'plain', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: true, elements: 6 },
+      { kind: 'plain', weight: 1, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 70 },
+    ],
+    files: [{ kind: 'safetensors', path: null, rawHeader: '', tensors: [0, 1] }],
+  };
+  const hash = (k: number) => Array.from({ length: 8 }, (_, i) => k * 16 + i);
+  const hex = (k: number) => hash(k).map((b) => b.toString(16).padStart(2, '0')).join('');
+  const body = Uint8Array.from([
+    0, // stored
+    3, // base (1) and target (2) fingerprints stored, not derived
+    1, 1, ...varint(2 * 50), 30, 0, 0, 5, // entry 0: entropy only; offsets [50] (zigzag); codedBytes 30; kept 6 of 6; no moments
+    3, 1, 0, 40, 2, 0, 7, 9, // entry 1: both; offsets [80] (predicted 50 + 30); codedBytes 40; kept 69 of 70 (zigzag 1)
+    ...hash(1), ...hash(2), // tensor hashes
+    0b01, ...hash(3), // base hash of tensor 0 only
+    ...hash(4), ...hash(5), // base and target fingerprints
+  ]);
+  const prefix = Uint8Array.from([2, body.length, 0, 0, 0]);
+  const footer = decodeFooter(body, crc32(body, crc32(prefix)), header);
+  assert.deepEqual(footer, {
+    entries: [
+      { offsets: [50], codedBytes: 30, keptWeights: 6, keptMoments: 0, entropyBits: 5 },
+      { offsets: [80], codedBytes: 40, keptWeights: 69, keptMoments: 0, entropyBits: 7, symbolBits: 9 },
+    ],
+    tensorHashes: [hex(1), hex(2)], baseHashes: [hex(3), null], baseFingerprint: hex(4), targetFingerprint: hex(5),
+  });
+});
+
+/** A writer's version 2 container rewritten in version 1 (JSON header and footer, u32 record fields). */
+function toVersion1(c: Uint8Array): Uint8Array {
+  const view = new DataView(c.buffer, c.byteOffset, c.length);
+  const { length } = readPreambleInfo(c.subarray(0, 16));
+  const header = decodeHeader(c.subarray(16, 16 + length + 4));
+  const w = new ByteWriter(c.length * 2);
+  const head = c.slice(0, 12);
+  head[8] = 1;
+  w.bytes(head);
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  w.u32(json.length);
+  w.bytes(json);
+  w.u32(crc32(json));
+  let o = 16 + length + 4;
+  const read = (): number => {
+    let v = 0;
+    for (let scale = 1; ; scale *= 128) {
+      const b = c[o++]!;
+      v += (b & 0x7f) * scale;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  const offsets: number[][] = header.entries.map(() => []);
+  const order: [number, number][] = [];
+  header.entries.forEach((e, i) => {
+    for (let k = 0; k < Math.ceil(e.elements / header.options.chunkElements); k++) order.push([i, k]);
+  });
+  while (c[o] === 1) {
+    o++;
+    const [entry, chunk] = order.shift()!;
+    const n = read();
+    offsets[entry]!.push(w.finish().length);
+    const rec = new ByteWriter(n + 17);
+    rec.u8(1);
+    rec.u32(entry);
+    rec.u32(chunk);
+    rec.u32(n);
+    rec.bytes(c.subarray(o, o + n));
+    rec.u32(crc32(rec.finish()));
+    w.bytes(rec.finish());
+    o += n + 4;
+  }
+  const footerLength = view.getUint32(o + 1, true);
+  const footer = decodeFooter(c.subarray(o + 5, o + 5 + footerLength), view.getUint32(o + 5 + footerLength, true), header);
+  footer.entries.forEach((e, i) => { e.offsets = offsets[i]!; });
+  const footerAt = w.finish().length;
+  const body = new TextEncoder().encode(JSON.stringify(footer));
+  const f = new ByteWriter(body.length + 9);
+  f.u8(2);
+  f.u32(body.length);
+  f.bytes(body);
+  f.u32(crc32(f.finish()));
+  w.bytes(f.finish());
+  const t = new ByteWriter(8);
+  t.u64(footerAt);
+  w.bytes(t.finish());
+  w.u32(crc32(t.finish()));
+  w.bytes(Uint8Array.from([0x50, 0x43, 0x58, 0x45]));
+  return w.finish().slice();
+}
+
+test('containers: written as version 2, a version 1 rewrite of the same content still restores', async () => {
+  for (const [seed, lossless] of [[41, true], [42, false]] as const) {
+    const pair = randomCheckpointPair(seed, { params: 2, maxElements: 400, extras: true });
+    const c = await compressBuffer(pair.current, pair.previous, { chunkElements: 128, lossless, threads: 0 });
+    assert.equal(readPreambleInfo(c.subarray(0, 16)).version, 2);
+    const restored = await restoreBuffer(c, pair.previous);
+    const v1 = toVersion1(c);
+    assert.ok(v1.length > c.length, `v1 ${v1.length} vs v2 ${c.length}`);
+    assert.ok(sameBytes(await restoreBuffer(v1, pair.previous), restored));
+  }
+});
+
+test('header and footer sizes on the fp32 PyTorch fixture (lossless)', async () => {
+  const model = readFileSync(new URL('./fixtures/torch/fp32/checkpoint-8/model.safetensors', import.meta.url));
+  const c = await compressBuffer(model, undefined, { lossless: true, threads: 0 });
+  const view = new DataView(c.buffer, c.byteOffset, c.length);
+  const headerBody = view.getUint32(12, true);
+  const footerAt = Number(view.getBigUint64(c.length - 16, true));
+  const footerBody = view.getUint32(footerAt + 1, true);
+  // Version 1 wrote 15782 + 6212 bytes of JSON here (version 2: 178 + 450 when measured).
+  assert.ok(headerBody < 300, `header body ${headerBody} bytes`);
+  assert.ok(footerBody < 600, `footer body ${footerBody} bytes`);
+  assert.ok(sameBytes(await restoreBuffer(c), model));
+});
