@@ -23,13 +23,13 @@
  * (once with --quick, a smoke run of a few seconds on a 50k-parameter model).
  */
 import { spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { finished } from 'node:stream/promises';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { compressTo, restoreTo } from '../lib/pipeline.js';
+import { compressTo, restoreTo, restoreToFolder } from '../lib/pipeline.js';
 import { fromFloat32, toFloat32 } from '../lib/dtype.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
 import { createTrainer } from './train/trainer.js';
@@ -120,6 +120,43 @@ async function runExcp(input: string, base: string | undefined, tag: string, rep
   return { bytes: statSync(coded).size, compressSeconds, decompressSeconds };
 }
 
+/** Files of a folder, recursively, relative paths in sorted order. */
+function filesOf(folder: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(d, e.name));
+      else out.push(relative(folder, join(d, e.name)));
+    }
+  };
+  walk(folder);
+  return out.sort();
+}
+
+function folderBytes(folder: string): number {
+  return filesOf(folder).reduce((s, f) => s + statSync(join(folder, f)).size, 0);
+}
+
+async function runExcpFolder(input: string, base: string | undefined, tag: string, reps: number): Promise<Result> {
+  const coded = join(dir, `${tag}.excp`);
+  const restored = join(dir, `${tag}.restored`);
+  const compressSeconds = await timeAsync(reps, () => toFile(coded, (out) => compressTo(input, out, { lossless: true, base, threads })));
+  const decompressSeconds = await timeAsync(reps, () => restoreToFolder(coded, restored, { base, threads, force: true }));
+  for (const f of filesOf(input)) {
+    if (!readFileSync(join(restored, f)).equals(readFileSync(join(input, f)))) throw new Error(`exact-bench: ${tag}: ${f} did not restore bit for bit`);
+  }
+  return { bytes: statSync(coded).size, compressSeconds, decompressSeconds };
+}
+
+/** zstd / xz over a tar of the folder (what one would run on a checkpoint folder). */
+function runToolFolder(input: string, tool: 'zstd' | 'xz', tag: string, reps: number): Result {
+  const coded = join(dir, `${tag}.tar.${tool === 'zstd' ? 'zst' : 'xz'}`);
+  const level = tool === 'zstd' ? '-19' : '-9';
+  const compressSeconds = timeShell(reps, `tar -cf - -C '${dirname(input)}' '${basename(input)}' | ${tool} ${level} -q -c > '${coded}'`);
+  const decompressSeconds = timeShell(reps, `${tool} -d -q -c '${coded}' > /dev/null`);
+  return { bytes: statSync(coded).size, compressSeconds, decompressSeconds };
+}
+
 function runTool(input: string, tool: 'zstd' | 'xz', tag: string, reps: number): Result {
   const coded = join(dir, `${tag}.${tool === 'zstd' ? 'zst' : 'xz'}`);
   const level = tool === 'zstd' ? '-19' : '-9';
@@ -144,6 +181,21 @@ async function measure(name: string, input: string, base: string): Promise<Row> 
   return { name, raw, cells };
 }
 
+/** A whole checkpoint folder: excp's folder container against zstd / xz over its tar. */
+async function measureFolder(name: string, input: string, base: string): Promise<Row> {
+  const raw = folderBytes(input);
+  const reps = values.quick ? 1 : 5;
+  const tag = name.replace(/[^a-z0-9]+/gi, '-');
+  const cells = new Map<string, Result>();
+  await runExcpFolder(input, undefined, `${tag}-warmup`, 1);
+  cells.set('excp', await runExcpFolder(input, undefined, `${tag}-key`, reps));
+  cells.set('excp --base', await runExcpFolder(input, base, `${tag}-base`, reps));
+  if (has('zstd')) cells.set('zstd -19', runToolFolder(input, 'zstd', tag, reps));
+  if (has('xz')) cells.set('xz -9', runToolFolder(input, 'xz', tag, reps));
+  process.stderr.write(`measured ${name}\n`);
+  return { name, raw, cells };
+}
+
 const { base, current } = trainerPair();
 const rows: Row[] = [];
 rows.push(await measure(`trainer ${params} fp32, step ${steps} (base: step ${steps - gap})`, current, base));
@@ -153,6 +205,10 @@ rows.push(await measure('torch fixture fp32 model.safetensors, ckpt 8 (base: 4)'
   join(fixtures, 'fp32', 'checkpoint-8', 'model.safetensors'), join(fixtures, 'fp32', 'checkpoint-4', 'model.safetensors')));
 rows.push(await measure('torch fixture bf16 model-00001-of-00002, ckpt 8 (base: 4)',
   join(fixtures, 'bf16', 'checkpoint-8', 'model-00001-of-00002.safetensors'), join(fixtures, 'bf16', 'checkpoint-4', 'model-00001-of-00002.safetensors')));
+for (const kind of ['fp32', 'bf16']) {
+  rows.push(await measureFolder(`torch fixture ${kind} folder checkpoint-8 (base: 4; zstd/xz: its tar)`,
+    join(fixtures, kind, 'checkpoint-8'), join(fixtures, kind, 'checkpoint-4')));
+}
 
 const methods = ['excp', 'excp --base', 'zstd -19', 'xz -9'].filter((m) => rows[0]!.cells.has(m));
 const cpu = cpus()[0]?.model ?? 'unknown CPU';

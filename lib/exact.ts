@@ -30,8 +30,15 @@
  * (little-endian, element width). The transform with the smallest estimate,
  * "none" included, is recorded.
  *
+ * Byte data (U8, I8, BOOL: whole files and optimizer.pt skeletons of a
+ * checkpoint folder, token ids) has no planes to split and is mostly
+ * structured text or pickle: it is also tried through lib/lz.ts (LZ77 and
+ * the adaptive range coder), alone or over the XOR against the base, and the
+ * smallest result is kept.
+ *
  * Format:
- *   u8   transform: 0 none, 1 xor, 2 zigzag difference, 3 stored (raw data follows; end)
+ *   u8   transform: 0 none, 1 xor, 2 zigzag difference, 3 stored (raw data follows; end),
+ *        4 lz (an lz stream of the data follows; end), 5 lz of data XOR base (end)
  *   per plane from the top (p = width - 1) down to 0, a descriptor:
  *          0                         raw: n bytes in the payload
  *          128, u8 value             constant: nothing in the payload
@@ -46,6 +53,7 @@ import { ByteReader, ByteWriter } from './bytes.js';
 import { DTYPE_BYTES, isDType } from './dtype.js';
 import { ExcpError } from './errors.js';
 import { PROB_INIT, RangeDecoder, RangeEncoder } from './range-coder.js';
+import { lzCompress, lzDecompress } from './lz.js';
 
 /** Dtypes this module is tested on (every safetensors dtype works through its width). */
 export type ExactDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -54,6 +62,10 @@ const T_NONE = 0;
 const T_XOR = 1;
 const T_SUB = 2;
 const T_STORED = 3;
+const T_LZ = 4;
+const T_LZ_XOR = 5;
+/** Byte data shorter than this is not worth an LZ attempt. */
+const MIN_LZ_BYTES = 64;
 const K_RAW = 0;
 const K_ORDER0 = 1;
 const K_UPPER = 2;
@@ -338,6 +350,29 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
   if (base !== undefined && base.length !== data.length) {
     throw new ExcpError('ERR_BASE_MISMATCH', `exact: base has ${base.length} bytes, data ${data.length}`);
   }
+  const planar = encodePlanes(data, dtype, width, base);
+  if (width !== 1 || data.length < MIN_LZ_BYTES) return planar;
+  let best = planar;
+  for (const transform of base === undefined ? [T_LZ] : [T_LZ, T_LZ_XOR]) {
+    const source = transform === T_LZ ? data : xorBytes(data, base!);
+    const coded = lzCompress(source);
+    if (coded.length + 1 < best.length) {
+      best = new Uint8Array(coded.length + 1);
+      best[0] = transform;
+      best.set(coded, 1);
+    }
+  }
+  return best;
+}
+
+function xorBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i]! ^ b[i]!;
+  return out;
+}
+
+/** The byte-plane coder (transforms 0-3). */
+function encodePlanes(data: Uint8Array, dtype: string, width: number, base: Uint8Array | undefined): Uint8Array {
   const n = Math.floor(data.length / width);
   if (n < MIN_ELEMENTS) return stored(data);
   const isFloat = FLOATS.has(dtype);
@@ -436,10 +471,16 @@ export function decodeExact(coded: Uint8Array, dtype: string, byteLength: number
     if (r.remaining !== byteLength) throw new ExcpError('ERR_CORRUPT', `exact: stored ${r.remaining} bytes, expected ${byteLength}`);
     return coded.slice(1);
   }
-  if (transform > T_STORED) throw new ExcpError('ERR_CORRUPT', `exact: unknown transform ${transform}`);
-  if (transform !== T_NONE) {
+  if (transform > T_LZ_XOR) throw new ExcpError('ERR_CORRUPT', `exact: unknown transform ${transform}`);
+  if (transform !== T_NONE && transform !== T_LZ) {
     if (base === undefined) throw new ExcpError('ERR_BASE_MISSING', 'exact: data was coded against a base; none given');
     if (base.length !== byteLength) throw new ExcpError('ERR_BASE_MISMATCH', `exact: base has ${base.length} bytes, expected ${byteLength}`);
+  }
+  if (transform === T_LZ || transform === T_LZ_XOR) {
+    // byteLength is the tensor's size from the validated header: bounded by the chunk.
+    const out = lzDecompress(r.bytesView(r.remaining), byteLength, byteLength);
+    if (transform === T_LZ_XOR) for (let i = 0; i < out.length; i++) out[i] = out[i]! ^ base![i]!;
+    return out;
   }
   const n = Math.floor(byteLength / width);
   const isFloat = FLOATS.has(dtype);

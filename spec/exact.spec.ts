@@ -4,6 +4,7 @@ import { f32ToBf16, f32ToF16 } from '../lib/dtype.js';
 import { ExcpError } from '../lib/errors.js';
 import { type ExactDtype, decodeExact, encodeExact } from '../lib/exact.js';
 import { Prng } from '../lib/prng.js';
+import { lzCompress } from '../lib/lz.js';
 
 const DTYPES: ExactDtype[] = ['F32', 'F16', 'BF16', 'F64', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL'];
 const WIDTH: Record<ExactDtype, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
@@ -220,5 +221,48 @@ describe('exact: errors', () => {
       }
     }
     assert.ok(Buffer.from(decodeExact(coded, 'F32', data.length)).equals(Buffer.from(data)));
+  });
+});
+
+describe('exact: byte data (files, skeletons) through lz', () => {
+  const text = new TextEncoder().encode(JSON.stringify({ log_history: Array.from({ length: 60 }, (_, i) => ({ step: i, loss: 2 - i / 100, learning_rate: 1e-4 })) }));
+  const edited = text.slice();
+  for (let i = 0; i < edited.length; i += 97) edited[i] = 0x30 + (i % 10);
+
+  it('codes structured bytes with lz (transform 4), far below the byte planes', () => {
+    const coded = encodeExact(text, 'U8');
+    assert.equal(coded[0], 4);
+    assert.ok(coded.length < text.length / 4, `${coded.length} of ${text.length}`);
+    assert.ok(Buffer.from(decodeExact(coded, 'U8', text.length)).equals(Buffer.from(text)));
+  });
+
+  it('codes against a base of the same length: XOR planes or lz over the XOR (transform 5), whichever is smaller', () => {
+    const coded = encodeExact(edited, 'U8', text);
+    assert.ok(coded.length < encodeExact(edited, 'U8').length / 2);
+    assert.ok(coded.length <= 1 + lzCompress(edited).length && coded.length <= 1 + lzCompress(edited.map((b, i) => b ^ text[i]!)).length);
+    // Transform 5 by hand: lz over data XOR base.
+    const viaLz = Uint8Array.from([5, ...lzCompress(edited.map((b, i) => b ^ text[i]!))]);
+    assert.ok(Buffer.from(decodeExact(viaLz, 'U8', edited.length, text)).equals(Buffer.from(edited)));
+    assert.ok(Buffer.from(decodeExact(coded, 'U8', edited.length, text)).equals(Buffer.from(edited)));
+    assert.throws(() => decodeExact(coded, 'U8', edited.length), { code: 'ERR_BASE_MISSING' });
+  });
+
+  it('keeps the plane coder (or stored) for noise, and lz output never decodes past its length', () => {
+    const rng = new Prng(3);
+    const noise = Uint8Array.from({ length: 5000 }, () => rng.int(256));
+    const coded = encodeExact(noise, 'U8');
+    assert.ok(coded.length <= noise.length + 1);
+    assert.ok(Buffer.from(decodeExact(coded, 'U8', noise.length)).equals(Buffer.from(noise)));
+    const lz = encodeExact(text, 'U8');
+    for (let seed = 1; seed <= 100; seed++) {
+      const r = new Prng(seed);
+      const bad = lz.slice(0, seed % 3 ? lz.length : 1 + r.int(lz.length - 1));
+      for (let k = 0; k < 1 + r.int(3); k++) bad[1 + r.int(bad.length - 1)] = r.int(256);
+      try {
+        assert.equal(decodeExact(bad, 'U8', text.length).length, text.length);
+      } catch (err) {
+        assert.ok(err instanceof ExcpError, `seed ${seed}: ${String(err)}`);
+      }
+    }
   });
 });
