@@ -19,7 +19,9 @@ import { pruneJoint } from './prune.js';
 import { dequantizeNested, dequantizeStream, quantizeStream } from './quantize.js';
 import { type ChunkCode, type Exceptions, type MomentCode, type SymbolCost, type WeightCode, decodePayload, encodePayload } from './entropy.js';
 import { decodeExact, encodeExact } from './exact.js';
+import { encodeFused } from './fused.js';
 import type { ChunkInput, ChunkStats, CodecOptions } from './types.js';
+import { Scratch } from './scratch.js';
 
 /** What the chunk codec must know about an entry. */
 export interface ChunkLayout {
@@ -61,6 +63,15 @@ export interface EncodedChunk {
  * @returns the payload, digests of what restore will produce, and counts
  */
 export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: CodecOptions): EncodedChunk {
+  // The common chunk (lossy weight against a base, lossy moments) in fused passes, same bytes.
+  return encodeFused(layout, input, options) ?? encodeChunkStaged(layout, input, options);
+}
+
+/**
+ * encodeChunk stage by stage: the definition lib/fused.ts must equal, and
+ * the path of every chunk it does not take.
+ */
+export function encodeChunkStaged(layout: ChunkLayout, input: ChunkInput, options: CodecOptions): EncodedChunk {
   const eb = DTYPE_BYTES[layout.weightDtype];
   const n = input.weight.length / eb;
   const base = layout.base ? input.base : null;
@@ -82,14 +93,14 @@ export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: Cod
     keptMoments = n;
   } else if (hasMoments) {
     const mb = DTYPE_BYTES[md];
-    const m = toFloat32(input.expAvg!, md, scratchF32(SCRATCH_M, n));
-    const v = toFloat32(input.expAvgSq!, md, scratchF32(SCRATCH_V, n));
+    const m = toFloat32(input.expAvg!, md, work.f32(SCRATCH_M, n));
+    const v = toFloat32(input.expAvgSq!, md, work.f32(SCRATCH_V, n));
     const mExceptions = pickExceptions(input.expAvg!, extractNonFinite(m), mb);
     const vExceptions = pickExceptions(input.expAvgSq!, extractNonFinite(v), mb);
     let residual: Float32Array | null = null;
     let weightExceptions: Exceptions | null = null;
     if (!weight) {
-      residual = scratchF32(SCRATCH_RESIDUAL, n);
+      residual = work.f32(SCRATCH_RESIDUAL, n);
       const current = readFloat32(input.weight, layout.weightDtype, SCRATCH_WEIGHT, n);
       const positions = computeResidual(current, readFloat32(base!, layout.weightDtype, SCRATCH_BASE, n), residual);
       weightExceptions = pickExceptions(input.weight, positions, eb);
@@ -131,31 +142,20 @@ const SCRATCH_RESIDUAL = 2;
 const SCRATCH_WEIGHT = 3;
 const SCRATCH_BASE = 4;
 const SCRATCH_SELECT = 5;
-const scratchBuffers: ArrayBuffer[] = [];
+const work = new Scratch();
 
-function scratchBuffer(slot: number, bytes: number): ArrayBuffer {
-  let b = scratchBuffers[slot];
-  if (!b || b.byteLength < bytes) {
-    b = new ArrayBuffer(Math.max(bytes, 64));
-    scratchBuffers[slot] = b;
-  }
-  return b;
-}
 
-function scratchF32(slot: number, n: number): Float32Array {
-  return new Float32Array(scratchBuffer(slot, 4 * n), 0, n);
-}
 
 /** Float32 values of element bytes for reading only: a view for aligned F32, else converted into scratch. */
 function readFloat32(bytes: Uint8Array, dtype: DType, slot: number, n: number): Float32Array {
   if (dtype === 'F32' && bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, n);
-  return toFloat32(bytes, dtype, scratchF32(slot, n));
+  return toFloat32(bytes, dtype, work.f32(slot, n));
 }
 
 /** expandSymbols into scratch (the selection of v while encoding). */
 function expandInto(symbols: Uint8Array, select: Uint8Array | null, n: number): Uint8Array {
   if (!select) return symbols;
-  const out = new Uint8Array(scratchBuffer(SCRATCH_SELECT, n), 0, n);
+  const out = new Uint8Array(work.buffer(SCRATCH_SELECT, n), 0, n);
   // Branch-free: symbols[j] past the end reads as undefined only when the
   // position is unselected, and then the 0 from the mask wins.
   const last = symbols.length;
@@ -237,7 +237,7 @@ function reconstructInto(
     // For F32 the float32 values are the output bytes: no conversion copy.
     const direct = wd === 'F32';
     const outBytes = direct && !scratch ? new Uint8Array(n * 4) : null;
-    const restored = toFloat32(base!, wd, outBytes ? new Float32Array(outBytes.buffer, 0, n) : scratchF32(SCRATCH_WEIGHT, n));
+    const restored = toFloat32(base!, wd, outBytes ? new Float32Array(outBytes.buffer, 0, n) : work.f32(SCRATCH_WEIGHT, n));
     const centers = residual.centers;
     for (let i = 0; i < n; i++) {
       const s = wFull[i]!;
@@ -275,10 +275,10 @@ function reconstructInto(
  */
 function floatTarget(dtype: DType, n: number, scratch: boolean, slot: number): { values: Float32Array; bytes: Uint8Array | null } {
   if (dtype === 'F32') {
-    const values = scratch ? scratchF32(slot, n) : new Float32Array(n);
+    const values = scratch ? work.f32(slot, n) : new Float32Array(n);
     return { values, bytes: new Uint8Array(values.buffer, 0, n * 4) };
   }
-  return { values: scratchF32(slot, n), bytes: null };
+  return { values: work.f32(slot, n), bytes: null };
 }
 
 function finishFloat(values: Float32Array, dtype: DType, bytes: Uint8Array | null): Uint8Array {

@@ -57,13 +57,27 @@ export interface SymbolCost {
 }
 
 /**
+ * What an encoder may already know about a chunk's streams, so that
+ * encodePayload need not derive it again from the full-length symbols.
+ */
+export interface PayloadHints {
+  /** The nonzero dW symbols in order (the contexts of m): nonzeroSymbols(weight symbols). */
+  mContexts?: Uint8Array;
+  /** The nonzero m symbols in order (the contexts of v): nonzeroSymbols(m symbols). */
+  vContexts?: Uint8Array;
+  /** empiricalEntropyBits of the weight symbols (order 0), from counts the encoder made anyway. */
+  weightEntropyBits?: number;
+}
+
+/**
  * Serialise a chunk.
  * @param code the chunk's streams
  * @param n elements in the chunk
  * @param cost optional accumulator of the symbol streams' entropy and coded size
+ * @param hints what the encoder already computed (must equal what this function would derive)
  * @returns payload bytes
  */
-export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost): Uint8Array {
+export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost, hints?: PayloadHints): Uint8Array {
   const w = new ByteWriter(1024);
   const m = code.moments;
   let flags = 0;
@@ -77,7 +91,7 @@ export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost): Ui
   if ('exact' in code.weight) {
     writeBlob(w, code.weight.exact);
   } else {
-    writeStream(w, code.weight.residual, undefined, 0, cost);
+    writeStream(w, code.weight.residual, undefined, 0, cost, hints?.weightEntropyBits);
     writeExceptions(w, code.weight.exceptions);
     wFull = code.weight.residual.symbols;
   }
@@ -88,8 +102,8 @@ export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost): Ui
     const wContexts = 'residual' in code.weight ? code.weight.residual.centers.length + 1 : 0;
     // The contexts of m are the nonzero dW symbols; those of v, the nonzero
     // m symbols (the same as the full-length m symbols at selected positions).
-    writeStream(w, m.m, wFull ? nonzeroSymbols(wFull) : undefined, wContexts, cost);
-    writeStream(w, m.v, nonzeroSymbols(m.m.symbols), m.m.centers.length + 1, cost);
+    writeStream(w, m.m, wFull ? (hints?.mContexts ?? nonzeroSymbols(wFull)) : undefined, wContexts, cost);
+    writeStream(w, m.v, hints?.vContexts ?? nonzeroSymbols(m.m.symbols), m.m.centers.length + 1, cost);
     w.f32(m.vFill);
     writeExceptions(w, m.mExceptions);
     writeExceptions(w, m.vExceptions);
@@ -159,14 +173,14 @@ function readBlob(r: ByteReader): Uint8Array {
  * @param selected the selecting stream's symbols at the selected positions
  *   (one per symbol of q), or undefined when nothing selects this stream
  */
-function writeStream(w: ByteWriter, q: QuantizedStream, selected: Uint8Array | undefined, numContexts: number, cost: SymbolCost | undefined): void {
+function writeStream(w: ByteWriter, q: QuantizedStream, selected: Uint8Array | undefined, numContexts: number, cost: SymbolCost | undefined, entropyBits?: number): void {
   w.u8(DOMAINS.indexOf(q.domain));
   w.u8(q.centers.length);
   for (let i = 0; i < q.centers.length; i++) w.f32(q.centers[i]!);
   const contexts = selected && numContexts > 1 ? selected : undefined;
   const coded = encodeSymbols(q.symbols, Math.max(2, q.centers.length + 1), contexts, contexts ? numContexts : undefined);
   if (cost) {
-    cost.entropyBits += empiricalEntropyBits(q.symbols, contexts);
+    cost.entropyBits += entropyBits ?? empiricalEntropyBits(q.symbols, contexts);
     cost.symbolBits += 8 * coded.length;
   }
   writeBlob(w, coded);
@@ -180,19 +194,38 @@ function writeStream(w: ByteWriter, q: QuantizedStream, selected: Uint8Array | u
  * @returns the empirical entropy in bits
  */
 export function empiricalEntropyBits(symbols: Uint8Array, contexts: Uint8Array | undefined): number {
-  const joint = jointScratch.fill(0, 0, contexts ? 65536 : 256);
-  let contextEnd = 256;
-  if (contexts) {
-    let maxContext = 0;
-    for (let i = 0; i < symbols.length; i++) {
-      const c = contexts[i]!;
-      joint[(c << 8) | symbols[i]!]!++;
-      if (c > maxContext) maxContext = c;
-    }
-    contextEnd = (maxContext + 1) << 8;
-  } else {
-    for (let i = 0; i < symbols.length; i++) joint[symbols[i]!]!++;
+  // The table is all zeros between calls: each call clears what it used.
+  const joint = jointScratch;
+  const contextEnd = contexts ? countJoint(symbols, contexts, joint) : countPlain(symbols, joint);
+  const bits = entropyOfJoint(joint, contextEnd);
+  joint.fill(0, 0, contextEnd);
+  return bits;
+}
+
+/** Joint counts at (context << 8) | symbol; returns 256 * (a bound on the largest context + 1). */
+function countJoint(symbols: Uint8Array, contexts: Uint8Array, joint: Uint32Array): number {
+  let maxContext = 0;
+  for (let i = 0; i < symbols.length; i++) {
+    const c = contexts[i]!;
+    joint[(c << 8) | symbols[i]!]!++;
+    maxContext |= c;
   }
+  return (maxContext + 1) << 8;
+}
+
+function countPlain(symbols: Uint8Array, joint: Uint32Array): number {
+  for (let i = 0; i < symbols.length; i++) joint[symbols[i]!]!++;
+  return 256;
+}
+
+/**
+ * count * H(S | C) in bits of a joint count table (context c, symbol s at
+ * c * 256 + s), summed in the order empiricalEntropyBits sums.
+ * @param joint the counts
+ * @param contextEnd 256 * (number of contexts to visit)
+ * @returns the entropy in bits
+ */
+export function entropyOfJoint(joint: ArrayLike<number>, contextEnd: number): number {
   let bits = 0;
   for (let c = 0; c < contextEnd; c += 256) {
     let total = 0;
@@ -207,6 +240,11 @@ export function empiricalEntropyBits(symbols: Uint8Array, contexts: Uint8Array |
 }
 
 const jointScratch = new Uint32Array(65536);
+// Run every path once on tiny input before any real chunk: a function whose
+// hot loop is compiled on-stack before the code after it ever ran otherwise
+// bails out there on every call ("insufficient type feedback").
+empiricalEntropyBits(Uint8Array.of(0, 1, 2), Uint8Array.of(1, 2, 3));
+empiricalEntropyBits(Uint8Array.of(0, 1, 2), undefined);
 
 /**
  * Run a decoder on payload bytes: its argument errors (a context stream

@@ -24,7 +24,7 @@ export type WorkerRequest =
 /** A worker's answer. */
 export type WorkerResponse =
   | { id: number; encoded: EncodedChunk; inputs: ArrayBuffer[] }
-  | { id: number; decoded: DecodedChunk }
+  | { id: number; decoded: DecodedChunk; inputs: ArrayBuffer[] }
   | { id: number; error: { code: ErrorCode; message: string } };
 
 /**
@@ -147,7 +147,8 @@ export class WorkerPool {
     while (this.idle.length === 0 && !this.broken) await new Promise<void>((r) => this.waiting.push(r));
     if (this.broken) throw this.broken;
     if (this.closed) throw new ExcpError('ERR_IO', 'pool: closed');
-    const w = this.idle.pop()!;
+    // Oldest idle first: the work spreads over every worker (each warms up its JIT).
+    const w = this.idle.shift()!;
     const id = this.nextId++;
     return new Promise<WorkerResponse>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });

@@ -35,7 +35,7 @@ export interface PruneResult {
 }
 
 const HIST_BINS = 1 << 16;
-const histogram = new Float64Array(HIST_BINS);
+const histogram = new Int32Array(HIST_BINS);
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
@@ -53,21 +53,38 @@ export function selectAbs(values: Float32Array, k: number): number {
   histogram.fill(0);
   const bits = new Uint32Array(values.buffer, values.byteOffset, n);
   for (let i = 0; i < n; i++) histogram[(bits[i]! & 0x7fffffff) >>> 16]!++;
+  return selectAbsFrom(values, k, histogram);
+}
+
+/**
+ * selectAbs given its first pass: `top[b]` is the number of values whose
+ * top 16 bits of |x| are b (an encoder that already reads every value fills
+ * it on the way). Only the second pass is left.
+ * @param values finite float32 values (non-empty)
+ * @param k rank, 0 <= k < length
+ * @param top the 65536-bin histogram of (bits(x) & 0x7fffffff) >>> 16
+ * @returns the k-th smallest absolute value
+ */
+export function selectAbsFrom(values: Float32Array, k: number, top: ArrayLike<number>): number {
+  const n = values.length;
+  const bits = new Uint32Array(values.buffer, values.byteOffset, n);
   let bin = 0;
   let below = 0;
-  while (below + histogram[bin]! <= k) below += histogram[bin++]!;
+  while (below + top[bin]! <= k) below += top[bin++]!;
   // Second pass: the low 16 bits of the values in that bin settle the rank
   // exactly, with no sort (a chunk of zeros puts every value in one bin).
-  histogram.fill(0);
+  const low16 = lowHistogram.fill(0);
   for (let i = 0; i < n; i++) {
     const b = bits[i]! & 0x7fffffff;
-    if (b >>> 16 === bin) histogram[b & 0xffff]!++;
+    if (b >>> 16 === bin) low16[b & 0xffff]!++;
   }
   let low = 0;
-  while (below + histogram[low]! <= k) below += histogram[low++]!;
+  while (below + low16[low]! <= k) below += low16[low++]!;
   u32[0] = (bin << 16) | low;
   return f32[0]!;
 }
+
+const lowHistogram = new Int32Array(HIST_BINS);
 
 /**
  * median(|x|) as torch.median defines it: the lower middle value.

@@ -17,10 +17,27 @@ import type { WorkerRequest, WorkerResponse } from './pool.js';
  * of dead chunk buffers. A full GC after each chunk (a few milliseconds on
  * a heap of a few MB, against tens of milliseconds of coding) frees their
  * backing stores at once; a minor GC freed less, as the chunk's arrays are
- * often promoted while it is being coded.
+ * often promoted while it is being coded. (The large inputs go back to the
+ * main thread with the answer, so what is left is the decoded symbols.)
+ *
+ * The gc function comes from a context created while --expose-gc is on; the
+ * flag is process-wide (V8 flags are shared by all isolates), so it is
+ * switched off again at once: contexts created later, in this thread or in
+ * the application that uses excp, do not get a global `gc`.
  */
-setFlagsFromString('--expose-gc');
-const collect = runInNewContext('gc') as ((options?: { type: 'minor' | 'major' }) => void) | undefined;
+function internalGc(): ((options?: { type: 'minor' | 'major' }) => void) | undefined {
+  const given = (globalThis as { gc?: (options?: { type: 'minor' | 'major' }) => void }).gc;
+  if (typeof given === 'function') return given; // the process runs with --expose-gc already: leave the flag alone
+  try {
+    setFlagsFromString('--expose-gc');
+    return runInNewContext('gc') as ((options?: { type: 'minor' | 'major' }) => void) | undefined;
+  } catch {
+    return undefined;
+  } finally {
+    setFlagsFromString('--no-expose-gc');
+  }
+}
+const collect = internalGc();
 
 parentPort?.on('message', (request: WorkerRequest) => {
   let response: WorkerResponse;
@@ -37,8 +54,13 @@ parentPort?.on('message', (request: WorkerRequest) => {
       response = { id: request.id, encoded: result, inputs };
     } else {
       const result = decodeChunk(request.layout, request.payload, request.count, request.base, request.what);
-      for (const b of [result.weight, result.expAvg, result.expAvgSq]) if (b) transfer.push(b.buffer as ArrayBuffer);
-      response = { id: request.id, decoded: result };
+      const outputs = [result.weight, result.expAvg, result.expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer);
+      transfer.push(...outputs);
+      // The payload and base buffers go back too (the base for reuse, see BufferRecycler).
+      const inputs = [...new Set([request.payload, request.base].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))]
+        .filter((b) => !outputs.includes(b));
+      transfer.push(...inputs);
+      response = { id: request.id, decoded: result, inputs };
     }
   } catch (e) {
     const err = e instanceof ExcpError ? e : new ExcpError('ERR_CORRUPT', `codec: ${(e as Error).message}`);

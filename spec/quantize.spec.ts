@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { assignClusters, fitKMeans, refineCenters, type QuantDomain } from '../lib/kmeans.js';
 import {
-  dequantizeNested, dequantizeStream, expandSymbols, nonzeroSymbols, quantizeStream, selectionContexts,
+  dequantizeNested, dequantizeStream, expandSymbols, nonzeroSymbols, quantizeGathered, quantizeStream, selectionContexts,
 } from '../lib/quantize.js';
 import { empiricalEntropyBits, encodePayload, type SymbolCost } from '../lib/entropy.js';
 import { Prng } from '../lib/prng.js';
@@ -43,12 +43,31 @@ describe('quantize fast paths', () => {
         const values = stream(rng, n, 0.4, domain === 'log');
         const select = Uint8Array.from({ length: n }, () => (rng.next() < 0.6 ? 1 + Math.floor(rng.next() * 15) : 0));
         for (const sel of [null, select]) {
-          const got = quantizeStream(values, sel, 4, domain);
-          const want = referenceQuantize(values, sel, 4, domain);
-          assert.deepEqual(got.symbols, want.symbols, `n=${n} ${domain} select=${sel !== null}`);
-          assert.deepEqual(got.centers, want.centers, `n=${n} ${domain} select=${sel !== null}`);
+          // 1 and 2 bits take the unrolled boundary search, 4 the general one.
+          for (const bits of [1, 2, 4]) {
+            const got = quantizeStream(values, sel, bits, domain);
+            const want = referenceQuantize(values, sel, bits, domain);
+            assert.deepEqual(got.symbols, want.symbols, `n=${n} ${domain} bits=${bits} select=${sel !== null}`);
+            assert.deepEqual(got.centers, want.centers, `n=${n} ${domain} bits=${bits} select=${sel !== null}`);
+          }
         }
       }
+    }
+  });
+
+  it('quantizeGathered reports the nonzero symbols in order and the members of each center', () => {
+    const rng = new Prng(13);
+    const n = 3000;
+    const values = stream(rng, n, 0.5, false);
+    const nz = Float32Array.from(values.filter((x) => x !== 0));
+    const slot = Int32Array.from([...values.keys()].filter((i) => values[i] !== 0));
+    for (const bits of [1, 2, 3]) {
+      const ordered = new Uint8Array(nz.length);
+      const members = new Float64Array(256);
+      const q = quantizeGathered(nz, slot, n, bits, 'linear', ordered, members);
+      assert.deepEqual(q, quantizeStream(values, null, bits, 'linear'));
+      assert.deepEqual(ordered, nonzeroSymbols(q.symbols));
+      for (let s = 1; s <= q.centers.length; s++) assert.equal(members[s - 1], q.symbols.filter((x) => x === s).length);
     }
   });
 

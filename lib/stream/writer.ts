@@ -22,7 +22,13 @@ const encoder = new TextEncoder();
  * (drain). Without it, finishing a weight released its whole moments from
  * the spill file at once: hundreds of MB for a large embedding.
  */
-const DRAIN_BYTES = 8 * 1024 * 1024;
+const DRAIN_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Spilled bytes kept in memory (the rest goes to a temporary file): enough
+ * for the small tensors of an entry, while the large ones go to disk anyway.
+ */
+const SPILL_MEMORY = 4 * 1024 * 1024;
 
 /**
  * Check a stored safetensors header against the container's tensor table.
@@ -46,7 +52,7 @@ export class SafetensorsWriter extends Transform {
   private sizes: number[] = [];
   private cursor = 0;
   private cursorOffset = 0;
-  private readonly spill = new SpillStore();
+  private readonly spill = new SpillStore(SPILL_MEMORY);
   private hashers: Hasher[] = [];
   private footer: ContainerFooter | null = null;
   private restoredBytes = 0;
@@ -57,7 +63,7 @@ export class SafetensorsWriter extends Transform {
 
   /** @param onProgress called with tensor bytes restored so far and in all */
   constructor(onProgress?: (done: number, total: number) => void) {
-    super({ writableObjectMode: true, readableObjectMode: false, writableHighWaterMark: 2 });
+    super({ writableObjectMode: true, readableObjectMode: false, writableHighWaterMark: 1 });
     this.onProgress = onProgress;
   }
 
@@ -123,21 +129,33 @@ export class SafetensorsWriter extends Transform {
     }
   }
 
-  /** @returns true when it stopped because the reader has not taken enough yet (more is ready) */
-  private drain(): boolean {
+  /**
+   * Emit spilled bytes that are next in the file, until the readable side
+   * holds DRAIN_BYTES.
+   * @param force push at least one piece if one is ready, whatever the
+   *   readable side holds: _read must push when it can. Readable calls _read
+   *   with data still buffered (a flowing read takes the whole buffer), and
+   *   a _read that pushes nothing leaves the stream "reading" with nobody to
+   *   push: restore then ended with exit code 0 and no output once a piece
+   *   was as large as DRAIN_BYTES (a chunk of 2^21 float32 elements).
+   * @returns true when it stopped because the reader has not taken enough yet (more is ready)
+   */
+  private drain(force = false): boolean {
+    let pushed = false;
     while (this.cursor < this.order.length) {
       const key = `${this.order[this.cursor]}:${this.cursorOffset}`;
-      if (this.readableLength >= DRAIN_BYTES) return this.spill.has(key);
+      if (this.readableLength >= DRAIN_BYTES && !(force && !pushed)) return this.spill.has(key);
       const next = this.spill.take(key);
       if (!next) return false;
       this.emitBytes(next);
+      pushed = true;
     }
     return false;
   }
 
   override _read(size: number): void {
     super._read(size);
-    this.drain();
+    this.drain(true);
     if (this.pendingFlush) this.finish(this.pendingFlush);
   }
 
