@@ -4,7 +4,7 @@
  * Generates a realistic checkpoint pair (GPT-NeoX/Pythia shapes, fp32
  * weights + Adam moments), then measures in the same run, on the same file:
  * excp compress / restore (wall time, MB/s of checkpoint bytes, peak RSS,
- * ratio), `cat > /dev/null` (the read limit), `zstd -3 -T0` and `zstd -d`.
+ * ratio; restore both with -o FILE and into a pipe), `cat > /dev/null` (the read limit), `zstd -3 -T0` and `zstd -d`.
  * Peak RSS comes from /usr/bin/time -v. Speed is reported as a ratio to the
  * baselines measured here, because the machine is shared and noisy. The
  * last line compares the coded symbol streams with the empirical entropy of
@@ -80,6 +80,11 @@ try {
   rows[rows.length - 1]![2] = excpBytes;
   rows.push(['excp restore', timed(`node ${cli} restore ${out} --base ${prev} -o ${back} --quiet${threads}`), null]);
   if (statSync(back).size !== bytes) throw new Error('restored size differs');
+  // The same restore into a pipe: the stream path (moments wait in a spill store until their turn).
+  const piped = join(dir, 'cur.piped.safetensors');
+  rows.push(['excp restore > pipe', timed(`node ${cli} restore ${out} --base ${prev} --quiet${threads} | cat > ${piped}`), null]);
+  if (spawnSync('cmp', [back, piped]).status !== 0) throw new Error('restore through a pipe differs from restore -o');
+  rmSync(piped, { force: true });
   const inspect = spawnSync('node', [cli, 'inspect', out, '--json'], { encoding: 'utf8', maxBuffer: 1 << 26 });
   const report = JSON.parse(inspect.stdout) as { ratio: number; entropyBits: number | null; symbolBits: number | null };
 

@@ -8,7 +8,7 @@ import { TOOL_VERSION } from './constants.js';
 import { PAPER_OPTIONS } from './options.js';
 import type { LooseOptions } from './types.js';
 import { ExcpError, toExcpError } from './errors.js';
-import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFolder, spoolToFile, writeAtomically } from './pipeline.js';
+import { compressTo, holdsFolder, removeActiveTemps, restoreTo, restoreToFile, restoreToFolder, spoolToFile, writeAtomically } from './pipeline.js';
 import { readParamMapFile } from './folder.js';
 import { inspectContainer, formatInspect, verifyContainer } from './inspect.js';
 import { compareCheckpoints, formatCompare, worstRelativeError } from './compare.js';
@@ -194,9 +194,11 @@ async function main(argv: string[]): Promise<void> {
           await restoreToFolder(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
           return;
         }
-        await toOutput(target, [input, base], force, async (out) => {
-          await restoreTo(input, out, { base, threads, onProgress: progress(!quiet, 'restore') });
-        });
+        if (target === undefined || target === '-') {
+          await restoreTo(input, process.stdout, { base, threads, onProgress: progress(!quiet, 'restore') });
+        } else {
+          await restoreToFile(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
+        }
       } finally {
         await spooled?.remove();
       }

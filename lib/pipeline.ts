@@ -237,11 +237,13 @@ export interface OutputOptions {
  * A target that is a character device or a FIFO (`/dev/null`, a named pipe)
  * is written directly: there is nothing to rename over.
  * @param target output path
- * @param produce writes everything into the given stream and resolves when done
+ * @param produce writes everything into the given stream and resolves when
+ *   done; for a regular file it also gets the temporary file's descriptor,
+ *   for positional writes instead of the stream
  * @param options force, inputs
  * @throws ExcpError ERR_EXISTS, ERR_SAME_FILE, ERR_NO_SPACE (disk full: the partial output is removed), ERR_IO
  */
-export async function writeAtomically(target: string, produce: (out: Writable) => Promise<void>, options: OutputOptions = {}): Promise<void> {
+export async function writeAtomically(target: string, produce: (out: Writable, fd?: number) => Promise<void>, options: OutputOptions = {}): Promise<void> {
   const kind = await checkOutput(target, options);
   if (kind === 'device') {
     const out = createWriteStream(target);
@@ -263,7 +265,7 @@ export async function writeAtomically(target: string, produce: (out: Writable) =
   activeTemps.add(temp);
   const out = createWriteStream('', { fd: handle.fd, autoClose: false });
   try {
-    await produce(out);
+    await produce(out, handle.fd);
     if (!out.writableEnded) out.end();
     if (!out.writableFinished) await once(out, 'finish');
     await handle.sync();
@@ -401,6 +403,32 @@ export async function compressTo(input: string | undefined, out: Writable, optio
 export async function restoreTo(input: string | undefined, out: Writable, options: RestoreOptions): Promise<void> {
   const source = input === undefined ? process.stdin : createReadStream(input);
   await pipeline(source, restore(options), out, { end: false });
+}
+
+/**
+ * Restore a single-file container into the file `target`, atomically. A
+ * regular file is written chunk by chunk at each tensor's offset, so the
+ * moments that come with their weight never wait in a spill store; a device
+ * or FIFO gets the stream of {@link restoreTo}.
+ * @param input container file, or undefined for stdin
+ * @param target output path
+ * @param options base, threads, progress, force, inputs (paths that must not be overwritten)
+ */
+export async function restoreToFile(input: string | undefined, target: string, options: RestoreOptions & OutputOptions): Promise<void> {
+  await writeAtomically(target, async (out, fd) => {
+    if (fd === undefined) {
+      await restoreTo(input, out, options);
+      return;
+    }
+    const base = options.base !== undefined ? await openReader(options.base) : null;
+    const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
+    try {
+      await pipeline(input === undefined ? process.stdin : createReadStream(input), new ContainerReader(), decoder, new FolderWriter(null, options.onProgress, fd));
+    } finally {
+      await decoder.close();
+      await base?.close();
+    }
+  }, { force: options.force, inputs: [...(options.inputs ?? []), input] });
 }
 
 /**

@@ -65,6 +65,24 @@ describe('excp command line', () => {
     assert.ok(readFileSync(restored).length === pair.current.length);
   });
 
+  it('restore -o FILE (each chunk at its offset) equals the stream to stdout, over many chunks and every dtype', () => {
+    for (const seed of [31, 32, 33]) {
+      const p = randomCheckpointPair(seed, { params: 6, maxElements: 9000, extras: true, special: true, momentDtype: seed === 32 ? 'BF16' : 'F32' });
+      const a = join(dir, `p${seed}.safetensors`);
+      const b = join(dir, `c${seed}.safetensors`);
+      const x = join(dir, `c${seed}.excp`);
+      writeFileSync(a, p.previous);
+      writeFileSync(b, p.current);
+      assert.equal(run(['compress', b, '--base', a, '--chunk', '1000', '-o', x, '--quiet']).status, 0);
+      const streamed = run(['restore', x, '--base', a, '--quiet', '--threads', '2']);
+      assert.equal(streamed.status, 0, streamed.stderr);
+      const file = join(dir, `c${seed}.restored.safetensors`);
+      const r = run(['restore', x, '--base', a, '-o', file, '--quiet', '--threads', String(seed % 3)]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(sameBytes(new Uint8Array(readFileSync(file)), new Uint8Array(streamed.stdout)), `seed ${seed}`);
+    }
+  });
+
   it('bad input: one line on stderr, exit 1, no stack, no output left behind', () => {
     const garbage = join(dir, 'garbage.excp');
     writeFileSync(garbage, Buffer.from('this is not a container at all, not even close'));

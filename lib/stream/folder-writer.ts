@@ -45,9 +45,16 @@ interface TorchFix {
   ranges: { offset: number; length: number }[];
 }
 
-/** RestoredEvent -> files in `temp`. */
+/**
+ * RestoredEvent -> files in `temp`, each chunk written at its final offset.
+ * Also restores a single-file container into an open file (`file`): the
+ * chunks arrive entry by entry (a weight with its moments) while the file
+ * lists tensors in its own order, and writing each at its offset needs no
+ * spill store (SafetensorsWriter's way, for a stream such as stdout).
+ */
 export class FolderWriter extends Writable {
   private readonly temp: string | null;
+  private readonly file: number | undefined;
   private header: ContainerHeader | null = null;
   private footer: ContainerFooter | null = null;
   private targets: (Target | null)[] = [];
@@ -62,10 +69,11 @@ export class FolderWriter extends Writable {
    * @param temp an empty folder the files are written into; null only checks the fingerprints (excp verify)
    * @param onProgress called with tensor bytes restored so far and in all
    */
-  constructor(temp: string | null, onProgress?: (done: number, total: number) => void) {
+  constructor(temp: string | null, onProgress?: (done: number, total: number) => void, file?: number) {
     super({ objectMode: true, highWaterMark: 2 });
     this.temp = temp;
     this.onProgress = onProgress;
+    this.file = file;
   }
 
   override _write(event: RestoredEvent, _enc: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -84,12 +92,26 @@ export class FolderWriter extends Writable {
   }
 
   private async onHeader(header: ContainerHeader): Promise<void> {
-    if (header.files.some((f) => f.path === null)) throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds one safetensors file, not a folder; restore it to a file');
+    const single = header.files.length === 1 && header.files[0]!.path === null;
+    if (this.file !== undefined && !single) throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds a checkpoint folder; restore it to a folder with -o DIR');
+    if (this.file === undefined && header.files.some((f) => f.path === null)) throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds one safetensors file, not a folder; restore it to a file');
     this.header = header;
     const sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
     this.totalBytes = sizes.reduce((a, b) => a + b, 0);
     this.hashers = header.tensors.map(() => new Hasher());
     this.targets = header.tensors.map(() => null);
+    if (this.file !== undefined) {
+      const f = header.files[0]!;
+      if (f.kind !== 'safetensors') throw new ExcpError('ERR_BAD_HEADER', 'restore: a single-file container must hold a safetensors file');
+      const raw = checkedRawHeader(header, f.rawHeader, f.tensors);
+      writeAll(this.file, raw, 0);
+      let offset = raw.length;
+      for (const t of f.tensors) {
+        this.targets[t] = { fd: this.file, offset };
+        offset += sizes[t]!;
+      }
+      return;
+    }
     if (this.temp === null) {
       for (const f of header.files) if (f.kind === 'safetensors') checkedRawHeader(header, f.rawHeader, f.tensors);
       return;
