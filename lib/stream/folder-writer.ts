@@ -17,7 +17,7 @@
  * It is a Writable (object mode), not a Transform: it produces files, not a
  * byte stream.
  */
-import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readSync, write, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, stat, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -80,7 +80,7 @@ export class FolderWriter extends Writable {
     const run = async (): Promise<void> => {
       if (event.type === 'header') await this.onHeader(event.header);
       else if (event.type === 'footer') this.footer = event.footer;
-      else this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq], event.restored.digests);
+      else await this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq], event.restored.digests);
     };
     run().then(() => callback(), (e: unknown) => callback(e as Error));
   }
@@ -153,11 +153,17 @@ export class FolderWriter extends Writable {
     }
   }
 
-  private onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[], digests: string[]): void {
+  /**
+   * Write a chunk's tensors at their offsets. The writes are asynchronous (the
+   * thread pool does them) so the main thread keeps feeding the decoder
+   * workers meanwhile; the next event waits for them, which keeps back-pressure.
+   */
+  private async onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[], digests: string[]): Promise<void> {
     const header = this.header;
     if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
     const e = header.entries[entry]!;
     let d = 0;
+    const writes: Promise<void>[] = [];
     [e.weight, e.expAvg, e.expAvgSq].forEach((t, i) => {
       const bytes = buffers[i];
       if (t === null || !bytes) return;
@@ -169,16 +175,17 @@ export class FolderWriter extends Writable {
       if (!target) {
         // verify only
       } else if ('offset' in target) {
-        writeAll(target.fd, bytes, target.offset + start);
+        writes.push(writeAllAsync(target.fd, bytes, target.offset + start));
       } else {
         for (const s of target.segments) {
           const from = Math.max(start, s.at);
           const to = Math.min(start + bytes.length, s.at + s.length);
-          if (from < to) writeAll(target.fd, bytes.subarray(from - start, to - start), s.offset + from - s.at);
+          if (from < to) writes.push(writeAllAsync(target.fd, bytes.subarray(from - start, to - start), s.offset + from - s.at));
         }
       }
       this.restoredBytes += bytes.length;
     });
+    await Promise.all(writes);
     this.onProgress?.(this.restoredBytes, this.totalBytes);
   }
 
@@ -239,6 +246,15 @@ function fixTorchFile(fix: TorchFix): void {
     fsyncSync(out);
   } finally {
     closeSync(out);
+  }
+}
+
+async function writeAllAsync(fd: number, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    done += await new Promise<number>((resolve, reject) => {
+      write(fd, bytes, done, bytes.length - done, position + done, (err, n) => (err ? reject(err) : resolve(n)));
+    });
   }
 }
 
