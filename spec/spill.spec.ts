@@ -1,4 +1,6 @@
 import { describe, it } from 'node:test';
+import { readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import assert from 'node:assert/strict';
 import { Prng } from '../lib/prng.js';
 import { SpillStore } from '../lib/stream/spill.js';
@@ -47,6 +49,19 @@ describe('spill store', () => {
       assert.equal(store.size, 0);
       store.dispose();
     }
+  });
+});
+
+describe('spill file', () => {
+  it('leaves no temporary folder behind even while open (the file is unlinked at once)', () => {
+    const before = new Set(readdirSync(tmpdir()).filter((f) => f.startsWith('excp-spill-')));
+    const store = new SpillStore(16);
+    const data = Uint8Array.from({ length: 4096 }, (_, i) => (i * 7) & 255);
+    store.put('a', data);
+    const during = readdirSync(tmpdir()).filter((f) => f.startsWith('excp-spill-') && !before.has(f));
+    assert.deepEqual(during, [], 'no folder while the store is in use');
+    assert.deepEqual(store.take('a'), data);
+    store.dispose();
   });
 });
 

@@ -47,6 +47,15 @@ export class SpillStore {
     if (this.fd === null) {
       this.dir = mkdtempSync(join(tmpdir(), 'excp-spill-'));
       this.fd = openSync(join(this.dir, 'spill'), 'w+');
+      // Unlinked at once (POSIX keeps an open file alive): nothing is left
+      // behind however the process ends, SIGKILL included. Where unlinking an
+      // open file fails (Windows), dispose() removes it.
+      try {
+        rmSync(this.dir, { recursive: true, force: true });
+        this.dir = null;
+      } catch {
+        // keep this.dir for dispose()
+      }
     }
     let done = 0;
     while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, this.fileLength + done);
