@@ -48,285 +48,35 @@
  *   payloads in the same order (coded planes: coded bytes, then ceil(n * (8 - m) / 8)
  *   bytes of packed low bits, LSB first), then the byteLength % width tail bytes raw.
  *   Float top planes are in rotated form in all of the above.
+ *
+ * Split by job: exact-planes.ts cuts and joins byte planes, exact-plan.ts
+ * estimates how each plane should be coded, and this module writes and reads
+ * the stream.
  */
 import { ByteReader, ByteWriter } from './bytes.js';
 import { DTYPE_BYTES, isDType } from './dtype.js';
 import { ExcpError } from './errors.js';
 import { PROB_INIT, RangeDecoder, RangeEncoder } from './range-coder.js';
 import { lzCompress, lzDecompress } from './lz.js';
+import { estimate, K_ORDER0, K_PREV, K_RAW, K_UPPER } from './exact-plan.js';
+import { joinPlanes, packLowBits, planesOf, rotateTop, T_LZ, T_LZ_XOR, T_NONE, T_STORED, T_SUB, T_XOR, unpackLowBits, unrotateTop } from './exact-planes.js';
 
 /** Dtypes this module is tested on (every safetensors dtype works through its width). */
 export type ExactDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
-const T_NONE = 0;
-const T_XOR = 1;
-const T_SUB = 2;
-const T_STORED = 3;
-const T_LZ = 4;
-const T_LZ_XOR = 5;
 /** Byte data shorter than this is not worth an LZ attempt. */
 const MIN_LZ_BYTES = 64;
-const K_RAW = 0;
-const K_ORDER0 = 1;
-const K_UPPER = 2;
-const K_PREV = 3;
 /** Plane descriptor byte: kind | codedBits << 2 | ZERO_FLAG. */
 const ZERO_FLAG = 64;
 /** Plane descriptor of a plane whose bytes are all equal; the byte follows. */
 const CONSTANT = 128;
 const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2']);
-/**
- * Cost charged per coded bit per element, in bits: a shift-5 adaptive binary
- * model pays about 1/(2 * 63 * ln 2) = 0.0115 bits of estimator noise per
- * decision, and each decision costs time; a bit plane must save more to be coded.
- */
-const DECISION_COST = 0.015;
 /** Below this many elements modelling cannot pay for its learning: store. */
 const MIN_ELEMENTS = 64;
-/** Estimates are taken on up to this many elements, in contiguous runs. */
-const SAMPLE_RUN = 4096;
-const SAMPLE_RUNS = 32;
 
 function widthOf(dtype: string): number {
   if (!isDType(dtype)) throw new ExcpError('ERR_DTYPE', `exact: unknown dtype ${JSON.stringify(dtype)}`);
   return DTYPE_BYTES[dtype];
-}
-
-/**
- * Byte planes of the transformed elements [start, end): planes[p][i - start].
- * SUB: d = data - base as a little-endian integer, then zigzag (d << 1) ^ (d >> msb),
- * so small differences of either sign become small numbers.
- */
-function splitPlanes(data: Uint8Array, base: Uint8Array | undefined, width: number, transform: number, start: number, end: number): Uint8Array[] {
-  const count = end - start;
-  const planes: Uint8Array[] = [];
-  for (let p = 0; p < width; p++) planes.push(new Uint8Array(count));
-  if (transform === T_NONE || base === undefined) {
-    for (let p = 0; p < width; p++) {
-      const plane = planes[p]!;
-      for (let i = 0, at = start * width + p; i < count; i++, at += width) plane[i] = data[at]!;
-    }
-  } else if (transform === T_XOR) {
-    for (let p = 0; p < width; p++) {
-      const plane = planes[p]!;
-      for (let i = 0, at = start * width + p; i < count; i++, at += width) plane[i] = data[at]! ^ base[at]!;
-    }
-  } else if (width <= 4) {
-    // Same zigzag difference with 32-bit integer math (shift = 32 - 8 * width sign-extends).
-    const shift = 32 - 8 * width;
-    for (let i = 0, at = start * width; i < count; i++, at += width) {
-      let x = 0;
-      let y = 0;
-      for (let p = width - 1; p >= 0; p--) {
-        x = (x << 8) | data[at + p]!;
-        y = (y << 8) | base[at + p]!;
-      }
-      const d = ((x - y) << shift) >> shift;
-      const z = (d << 1) ^ (d >> 31);
-      for (let p = 0; p < width; p++) planes[p]![i] = (z >>> (8 * p)) & 0xff;
-    }
-  } else {
-    const diff = new Uint8Array(width);
-    for (let i = 0, at = start * width; i < count; i++, at += width) {
-      let borrow = 0;
-      for (let p = 0; p < width; p++) {
-        const v = data[at + p]! - base[at + p]! - borrow;
-        borrow = v < 0 ? 1 : 0;
-        diff[p] = v & 0xff;
-      }
-      const flip = diff[width - 1]! & 0x80 ? 0xff : 0;
-      let carry = flip & 1;
-      for (let p = 0; p < width; p++) {
-        const x = diff[p]! ^ flip;
-        planes[p]![i] = ((x << 1) | carry) & 0xff;
-        carry = x >>> 7;
-      }
-    }
-  }
-  return planes;
-}
-
-/** Inverse of {@link splitPlanes} into out[0, n * width). */
-function joinPlanes(planes: Uint8Array[], base: Uint8Array | undefined, width: number, transform: number, n: number, out: Uint8Array): void {
-  if (transform === T_NONE || base === undefined) {
-    for (let p = 0; p < width; p++) {
-      const plane = planes[p]!;
-      for (let i = 0, at = p; i < n; i++, at += width) out[at] = plane[i]!;
-    }
-  } else if (transform === T_XOR) {
-    for (let p = 0; p < width; p++) {
-      const plane = planes[p]!;
-      for (let i = 0, at = p; i < n; i++, at += width) out[at] = plane[i]! ^ base[at]!;
-    }
-  } else if (width <= 4) {
-    for (let i = 0, at = 0; i < n; i++, at += width) {
-      let z = 0;
-      let y = 0;
-      for (let p = width - 1; p >= 0; p--) {
-        z = (z << 8) | planes[p]![i]!;
-        y = (y << 8) | base[at + p]!;
-      }
-      const x = y + ((z >>> 1) ^ -(z & 1)); // un-zigzag, add; only the low 8 * width bits matter
-      for (let p = 0; p < width; p++) out[at + p] = (x >>> (8 * p)) & 0xff;
-    }
-  } else {
-    for (let i = 0, at = 0; i < n; i++, at += width) {
-      const flip = planes[0]![i]! & 1 ? 0xff : 0;
-      let carry = 0;
-      for (let p = 0; p < width; p++) {
-        const high = p + 1 < width ? (planes[p + 1]![i]! & 1) << 7 : 0;
-        const d = (((planes[p]![i]! >>> 1) | high) ^ flip) & 0xff;
-        const v = base[at + p]! + d + carry;
-        out[at + p] = v & 0xff;
-        carry = v >>> 8;
-      }
-    }
-  }
-}
-
-/** Float top planes are rotated left by 1 (sign to bit 0), so a tree coding only the top bits skips the sign. */
-function rotateTop(plane: Uint8Array): void {
-  for (let i = 0; i < plane.length; i++) plane[i] = ((plane[i]! << 1) | (plane[i]! >>> 7)) & 0xff;
-}
-
-function unrotateTop(plane: Uint8Array): void {
-  for (let i = 0; i < plane.length; i++) plane[i] = ((plane[i]! >>> 1) | (plane[i]! << 7)) & 0xff;
-}
-
-/** The low (8 - codedBits) bits of every byte, packed LSB first. */
-function packLowBits(plane: Uint8Array, lowBits: number): Uint8Array {
-  const out = new Uint8Array(Math.ceil((plane.length * lowBits) / 8));
-  const mask = (1 << lowBits) - 1;
-  let acc = 0;
-  let accBits = 0;
-  let at = 0;
-  for (let i = 0; i < plane.length; i++) {
-    acc |= (plane[i]! & mask) << accBits;
-    accBits += lowBits;
-    if (accBits >= 8) {
-      out[at++] = acc & 0xff;
-      acc >>>= 8;
-      accBits -= 8;
-    }
-  }
-  if (accBits > 0) out[at] = acc;
-  return out;
-}
-
-function unpackLowBits(packed: Uint8Array, lowBits: number, out: Uint8Array): void {
-  const mask = (1 << lowBits) - 1;
-  let acc = 0;
-  let accBits = 0;
-  let at = 0;
-  for (let i = 0; i < out.length; i++) {
-    if (accBits < lowBits) {
-      acc |= packed[at++]! << accBits;
-      accBits += 8;
-    }
-    out[i] = acc & mask;
-    acc >>>= lowBits;
-    accBits -= lowBits;
-  }
-}
-
-/** Elements [start, end) of up to SAMPLE_RUNS runs spread over n elements. */
-function sampleRuns(n: number): [number, number][] {
-  if (n <= SAMPLE_RUN * SAMPLE_RUNS) return [[0, n]];
-  const runs: [number, number][] = [];
-  const stride = Math.floor(n / SAMPLE_RUNS);
-  for (let k = 0; k < SAMPLE_RUNS; k++) runs.push([k * stride, k * stride + SAMPLE_RUN]);
-  return runs;
-}
-
-/**
- * Estimated bits per sampled element of adaptive trees over the top m bits,
- * for m = 1..8 (index m), from a joint histogram hist[ctx * 256 + value]:
- * empirical conditional entropy + (k-1)/2 log2(n) learning cost per context
- * + DECISION_COST per coded bit (adaptive-estimator noise, and time) + raw low bits.
- */
-function treeBits(hist: Uint32Array, contexts: number, n: number): Float64Array {
-  const bits = new Float64Array(9);
-  const merged = new Float64Array(256);
-  for (let c = 0; c < contexts; c++) {
-    let rowTotal = 0;
-    for (let v = 0; v < 256; v++) rowTotal += hist[(c << 8) | v]!;
-    if (rowTotal === 0) continue;
-    for (let v = 0; v < 256; v++) merged[v] = hist[(c << 8) | v]!;
-    const logTotal = Math.log2(rowTotal);
-    for (let m = 8, size = 256; m >= 1; m--, size >>= 1) {
-      if (m < 8) for (let v = 0; v < size; v++) merged[v] = merged[2 * v]! + merged[2 * v + 1]!;
-      let used = 0;
-      let sumClogC = 0;
-      for (let v = 0; v < size; v++) {
-        const k = merged[v]!;
-        if (k > 0) {
-          used++;
-          sumClogC += k * Math.log2(k);
-        }
-      }
-      bits[m] = bits[m]! + rowTotal * logTotal - sumClogC + ((used - 1) / 2) * logTotal + 16;
-    }
-  }
-  for (let m = 1; m <= 8; m++) bits[m] = bits[m]! + n * ((8 - m) + m * DECISION_COST);
-  return bits;
-}
-
-interface PlanePlan {
-  kind: number;
-  /** Top bits coded by the trees (1..8); 0 for a raw plane. */
-  codedBits: number;
-  /** Code "top bits are 0" first (pays off in time when most are). */
-  zeroFlag: boolean;
-  bits: number;
-}
-
-/** Best kind and coded bit count per plane (array index = plane index), from sample planes. */
-function planPlanes(samples: Uint8Array[][], width: number, prevMask: number): PlanePlan[] {
-  const plans: PlanePlan[] = [];
-  const order0 = new Uint32Array(256);
-  const joint = new Uint32Array(65536);
-  for (let p = 0; p < width; p++) {
-    let n = 0;
-    order0.fill(0);
-    joint.fill(0);
-    for (const planes of samples) {
-      const plane = planes[p]!;
-      n += plane.length;
-      for (let i = 0; i < plane.length; i++) order0[plane[i]!]!++;
-      if (p === width - 1) {
-        let previous = 0;
-        for (let i = 0; i < plane.length; i++) {
-          joint[((previous & prevMask) << 8) | plane[i]!]!++;
-          previous = plane[i]!;
-        }
-      } else {
-        const upper = planes[p + 1]!;
-        for (let i = 0; i < plane.length; i++) joint[(upper[i]! << 8) | plane[i]!]!++;
-      }
-    }
-    let best: PlanePlan = { kind: K_RAW, codedBits: 0, zeroFlag: false, bits: 8 * n };
-    const contextKind = p === width - 1 ? K_PREV : K_UPPER;
-    for (const [kind, bits] of [[K_ORDER0, treeBits(order0, 1, n)], [contextKind, treeBits(joint, 256, n)]] as const) {
-      for (let m = 1; m <= 8; m++) if (bits[m]! < best.bits) best = { kind, codedBits: m, zeroFlag: false, bits: bits[m]! };
-    }
-    let zeros = 0;
-    for (let v = 0; v < 1 << (8 - best.codedBits); v++) zeros += order0[v]!;
-    best.zeroFlag = best.kind !== K_RAW && best.codedBits > 1 && zeros > 0.5 * n;
-    plans.push(best);
-  }
-  return plans;
-}
-
-function planesOf(data: Uint8Array, base: Uint8Array | undefined, width: number, transform: number, isFloat: boolean, start: number, end: number): Uint8Array[] {
-  const planes = splitPlanes(data, base, width, transform, start, end);
-  if (isFloat) rotateTop(planes[width - 1]!);
-  return planes;
-}
-
-function estimate(data: Uint8Array, base: Uint8Array | undefined, width: number, transform: number, isFloat: boolean, n: number): { plans: PlanePlan[]; bits: number } {
-  const samples = sampleRuns(n).map(([start, end]) => planesOf(data, base, width, transform, isFloat, start, end));
-  const plans = planPlanes(samples, width, isFloat ? 0xfe : 0xff);
-  return { plans, bits: plans.reduce((sum, plan) => sum + plan.bits, 0) };
 }
 
 function contextsFor(kind: number, planes: Uint8Array[], p: number): Uint8Array | null {

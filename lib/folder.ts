@@ -26,7 +26,7 @@ import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from '
 import { ExcpError } from './errors.js';
 import { type ParamMapping, mapParams } from './param-map.js';
 import type { FolderFile, ParamMapInfo } from './plan.js';
-import { isSafeRelativePath } from './container.js';
+import { isSafeRelativePath } from './container-validate.js';
 import type { SafetensorsHeader, TensorInfo } from './safetensors.js';
 import { SafetensorsFile, type TensorReader } from './stream/checkpoint-file.js';
 import { type OptimizerState, readOptimizerState } from './torch.js';

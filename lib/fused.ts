@@ -30,9 +30,12 @@
  * it (pass 1: 6 ns against 9 ns per element); a never-taken branch that
  * pushes to an array made a summing loop 3x slower; and hot loops run in
  * the interpreter until compiled, which the warm-up at the end shortens.
+ *
+ * Passes 1 to 3 are in fused-gather.ts and pass 5 in fused-digests.ts; this
+ * module decides whether a chunk qualifies and runs the passes in order.
  */
 import { DEFAULT_OPTIONS } from './constants.js';
-import { Hasher, hashBytes } from './hash.js';
+import { hashBytes } from './hash.js';
 import { selectAbsFrom } from './prune.js';
 import { quantizeGathered } from './quantize.js';
 import { type ChunkCode, type Exceptions, type SymbolCost, encodePayload, entropyOfJoint } from './entropy.js';
@@ -40,6 +43,8 @@ import { type ChunkLayout, type EncodedChunk, reconstructChunk, restoredDigests 
 import { type DType, DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from './dtype.js';
 import type { ChunkInput, CodecOptions } from './types.js';
 import { Scratch } from './scratch.js';
+import { gatherMoments, gatherTopWeights, gatherWeights, residualPass } from './fused-gather.js';
+import { restoredDigestsF32 } from './fused-digests.js';
 
 /**
  * Code a chunk by the fused passes when it is of the common kind.
@@ -148,262 +153,6 @@ export function encodeFused(layout: ChunkLayout, input: ChunkInput, options: Cod
 const sums = new Float64Array(2);
 const counts = new Float64Array(4);
 
-/**
- * Pass 1 (see the file comment); sums receives sum |m| and sum |v| (non-finite as 0).
- *
- * Short loops with few stores each (faster than one loop, see the file
- * comment). Non-finite values are rare: the loops only note that one
- * occurred, and then exact but slower loops run.
- */
-function residualPass(
-  cur: Float32Array, bas: Float32Array, m: Float32Array, v: Float32Array, residual: Float32Array, top: Int32Array,
-  wExc: number[], mExc: number[], vExc: number[], sums: Float64Array,
-): void {
-  const n = residual.length;
-  let bad = 0;
-  for (let i = 0; i < n; i++) {
-    const d = Math.fround(cur[i]! - bas[i]!);
-    residual[i] = d;
-    bad |= +(d - d !== 0);
-  }
-  if (bad) {
-    for (let i = 0; i < n; i++) {
-      const d = residual[i]!;
-      if (d - d !== 0) {
-        wExc.push(i);
-        residual[i] = 0;
-      }
-    }
-  }
-  const rbits = new Int32Array(residual.buffer, residual.byteOffset, n);
-  for (let i = 0; i < n; i++) top[(rbits[i]! & 0x7fffffff) >>> 16]!++;
-  let sumM = 0;
-  let sumV = 0;
-  bad = 0;
-  for (let i = 0; i < n; i++) {
-    const x = m[i]!;
-    const y = v[i]!;
-    bad |= +(x - x !== 0) | +(y - y !== 0);
-    sumM += Math.abs(x);
-    sumV += Math.abs(y);
-  }
-  if (bad) {
-    sumM = sumNonFinite(m, mExc);
-    sumV = sumNonFinite(v, vExc);
-  }
-  sums[0] = sumM;
-  sums[1] = sumV;
-}
-
-/** sum |x| in order with non-finite values as 0, and their positions. */
-function sumNonFinite(values: Float32Array, positions: number[]): number {
-  let sum = 0;
-  for (let i = 0; i < values.length; i++) {
-    const x = values[i]!;
-    if (x - x !== 0) positions.push(i);
-    else sum += Math.abs(x);
-  }
-  return sum;
-}
-
-/**
- * Pass 3 for dW under a threshold: gathers the dW with |dW| > rw and
- * dW != 0, branch-free (writes past the current end are overwritten or
- * ignored). counts[0] receives how many.
- */
-function gatherWeights(residual: Float32Array, rw: number, nzW: Float32Array, slotW: Int32Array, counts: Float64Array): void {
-  const n = residual.length;
-  let nw = 0;
-  for (let i = 0; i < n; i++) {
-    const d = residual[i]!;
-    nzW[nw] = d;
-    slotW[nw] = i;
-    nw += +(Math.abs(d) > rw) & +(d !== 0);
-  }
-  counts[0] = nw;
-}
-
-/**
- * Pass 3 for dW under the rule `magnitude`: keeps the |dW| above the k-th
- * smallest, as selectAbs and the threshold would, with the selection's
- * second pass over the gathered values only. For finite floats the order of
- * |x| is the order of their bits without the sign, so: gather every dW whose
- * top 16 bits are at least the k-th smallest's bin (the histogram `top`
- * finds it), rank the bin's values by their low 16 bits, and compact the
- * gathered to those strictly above r_w (never a zero: its bits are 0).
- * counts[0] receives how many were kept.
- */
-function gatherTopWeights(residual: Float32Array, k: number, top: Int32Array, nzW: Float32Array, slotW: Int32Array, counts: Float64Array): void {
-  const n = residual.length;
-  let bin = 0;
-  let below = 0;
-  while (below + top[bin]! <= k) below += top[bin++]!;
-  const rbits = new Int32Array(residual.buffer, residual.byteOffset, n);
-  const lo = Math.max(bin << 16, 1);
-  let nw = 0;
-  for (let i = 0; i < n; i++) {
-    nzW[nw] = residual[i]!;
-    slotW[nw] = i;
-    nw += +((rbits[i]! & 0x7fffffff) >= lo);
-  }
-  const nzBits = new Int32Array(nzW.buffer, nzW.byteOffset, nzW.length);
-  const low16 = lowHistogram.fill(0);
-  let inBin = 0;
-  for (let t = 0; t < nw; t++) {
-    const b = nzBits[t]! & 0x7fffffff;
-    if (b >>> 16 === bin) {
-      low16[b & 0xffff]!++;
-      inBin++;
-    }
-  }
-  // The zeros of bin 0 were not gathered; they rank lowest.
-  if (bin === 0) low16[0]! += top[0]! - inBin;
-  let low = 0;
-  while (below + low16[low]! <= k) below += low16[low++]!;
-  const rwBits = (bin << 16) | low;
-  let kept = 0;
-  for (let t = 0; t < nw; t++) {
-    const b = nzBits[t]!;
-    nzBits[kept] = b;
-    slotW[kept] = slotW[t]!;
-    kept += +((b & 0x7fffffff) > rwBits);
-  }
-  counts[0] = kept;
-}
-
-const lowHistogram = new Int32Array(1 << 16);
-
-/**
- * Pass 3 for the moments: m and v only at the kept dW (30% at the
- * defaults), branch-free, marking the kept moments; then the sum of the
- * pruned v over the chunk, in order (a kept one adds a zero). counts
- * receives: [1] the kept moments, [2] the gathered v, [3] that sum.
- * (Separate loops measured faster in V8 than one loop doing all of pass 3.)
- */
-function gatherMoments(
-  nw: number, m: Float32Array, v: Float32Array, ro: number, finite: boolean,
-  slotW: Int32Array, nzM: Float32Array, slotM: Int32Array, nzV: Float32Array, slotV: Int32Array, counts: Float64Array,
-): void {
-  const n = m.length;
-  if (keptMask.length < n) keptMask = new Uint8Array(n);
-  const kept = keptMask;
-  kept.fill(0, 0, n);
-  let nm = 0;
-  let nv = 0;
-  for (let t = 0; t < nw; t++) {
-    const i = slotW[t]!;
-    let x = m[i]!;
-    x = x - x === 0 ? x : 0;
-    const km = +(Math.abs(x) > ro);
-    nzM[nm] = x;
-    slotM[nm] = t;
-    let y = v[i]!;
-    y = y - y === 0 ? y : 0;
-    nzV[nv] = y;
-    slotV[nv] = nm;
-    nv += km & +(y !== 0);
-    nm += km;
-    kept[i] = km;
-  }
-  let fillSum = 0;
-  if (finite) {
-    for (let i = 0; i < n; i++) fillSum += v[i]! * (1 - kept[i]!);
-  } else {
-    for (let i = 0; i < n; i++) {
-      const y = v[i]!;
-      fillSum += (y - y === 0 ? y : 0) * (1 - kept[i]!);
-    }
-  }
-  counts[1] = nm;
-  counts[2] = nv;
-  counts[3] = fillSum;
-}
-
-let keptMask = new Uint8Array(0);
-
-const BLOCK = 4096;
-const blockW = new Float32Array(BLOCK);
-const blockWBits = new Int32Array(blockW.buffer);
-const blockM = new Int32Array(BLOCK);
-const blockV = new Int32Array(BLOCK);
-const oneF32 = new Float32Array(1);
-const oneI32 = new Int32Array(oneF32.buffer);
-
-function bitsOf(x: number): number {
-  oneF32[0] = x;
-  return oneI32[0]!;
-}
-
-/**
- * Digests of the bytes restore will produce for this chunk (weight, m, v),
- * without making them whole: the words are made block by block, exceptions
- * patched in, and each block hashed while it is in cache. The same values
- * as reconstructInto: w = fround(base + center) where dW was kept, else the
- * base bits; m and v are their centers where coded, 0 at a symbol 0, and 0
- * (m) or vFill (v) where not coded; exceptions are the original bits.
- *
- * Each block starts as a copy of the base (w), zeros (m) and vFill (v), and
- * only the kept positions are written: the gather's slots say where they are
- * (slotW[t] is the position of the t-th kept dW, slotW[slotM[u]] that of
- * the u-th kept moment), and the t-th nonzero symbol of each stream is its
- * symbol there.
- */
-function restoredDigestsF32(
-  n: number, bas: Float32Array, slotW: Int32Array, slotM: Int32Array, nw: number, nm: number,
-  wOrdered: Uint8Array, wCenters: Float32Array, mSym: Uint8Array, mCenters: Float32Array, vSym: Uint8Array, vCenters: Float32Array, vFill: number,
-  cur: Float32Array, m: Float32Array, v: Float32Array, wExc: number[], mExc: number[], vExc: number[],
-): string[] {
-  const wAdd = new Float64Array(wCenters.length + 1);
-  for (let s = 0; s < wCenters.length; s++) wAdd[s + 1] = wCenters[s]!;
-  const mWords = new Int32Array(mCenters.length + 1);
-  for (let s = 0; s < mCenters.length; s++) mWords[s + 1] = bitsOf(mCenters[s]!);
-  const vWords = new Int32Array(vCenters.length + 1);
-  for (let s = 0; s < vCenters.length; s++) vWords[s + 1] = bitsOf(vCenters[s]!);
-  const fillBits = bitsOf(vFill);
-  const basBits = new Int32Array(bas.buffer, bas.byteOffset, n);
-  const curBits = new Int32Array(cur.buffer, cur.byteOffset, n);
-  const mBits = new Int32Array(m.buffer, m.byteOffset, n);
-  const vBits = new Int32Array(v.buffer, v.byteOffset, n);
-  const hw = new Hasher();
-  const hm = new Hasher();
-  const hv = new Hasher();
-  const wBytes = new Uint8Array(blockW.buffer);
-  const mBytes = new Uint8Array(blockM.buffer);
-  const vBytes = new Uint8Array(blockV.buffer);
-  let t = 0;
-  let u = 0;
-  let ew = 0;
-  let em = 0;
-  let ev = 0;
-  for (let start = 0; start < n; start += BLOCK) {
-    const end = Math.min(n, start + BLOCK);
-    blockWBits.set(basBits.subarray(start, end));
-    blockM.fill(0);
-    blockV.fill(fillBits);
-    // Kept dW in this block: w = fround(base + center); m at its m symbol.
-    for (; t < nw; t++) {
-      const i = slotW[t]!;
-      if (i >= end) break;
-      blockW[i - start] = bas[i]! + wAdd[wOrdered[t]!]!;
-      blockM[i - start] = mWords[mSym[t]!]!;
-    }
-    // Kept moments in this block: v at its v symbol (0 is the value 0).
-    for (; u < nm; u++) {
-      const i = slotW[slotM[u]!]!;
-      if (i >= end) break;
-      blockV[i - start] = vWords[vSym[u]!]!;
-    }
-    for (; ew < wExc.length && wExc[ew]! < end; ew++) blockWBits[wExc[ew]! - start] = curBits[wExc[ew]!]!;
-    for (; em < mExc.length && mExc[em]! < end; em++) blockM[mExc[em]! - start] = mBits[mExc[em]!]!;
-    for (; ev < vExc.length && vExc[ev]! < end; ev++) blockV[vExc[ev]! - start] = vBits[vExc[ev]!]!;
-    const bytes = 4 * (end - start);
-    hw.update(wBytes.subarray(0, bytes));
-    hm.update(mBytes.subarray(0, bytes));
-    hv.update(vBytes.subarray(0, bytes));
-  }
-  return [hw.digest(), hm.digest(), hv.digest()];
-}
-
 function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Exceptions {
   const out = new Uint8Array(positions.length * eb);
   positions.forEach((p, i) => out.set(raw.subarray(p * eb, p * eb + eb), i * eb));
@@ -429,10 +178,6 @@ const SLOT_ORDER_W = 11;
 const SLOT_ORDER_M = 12;
 const work = new Scratch();
 const topHistogram = new Int32Array(1 << 16);
-
-
-
-
 
 /**
  * Element bytes as float32, for reading only: for F32 a view when aligned,

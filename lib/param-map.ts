@@ -26,8 +26,13 @@
  *
  * What stays ambiguous throws ERR_PARAM_MAP naming the ids; pass the names
  * in optimizer order (`explicit`) to settle it.
+ *
+ * Step 3's candidate orders are in param-orders.ts, step 4's assignment in
+ * assignment.ts.
  */
 import { ExcpError } from './errors.js';
+import { hungarian, swapMargins } from './assignment.js';
+import { candidateOrders, compareNames } from './param-orders.js';
 
 /** A tensor of the model file. */
 export interface NamedShape {
@@ -91,20 +96,6 @@ export interface ParamMapping {
 
 const STAGE = 'param-map';
 const shapeKey = (s: readonly number[]): string => `[${s.join(',')}]`;
-
-/** Compare names with digit runs compared as numbers, so `layers.10` sorts after `layers.9`. */
-export function compareNames(a: string, b: string): number {
-  const pa = a.split(/(\d+)/);
-  const pb = b.split(/(\d+)/);
-  for (let i = 0; i < Math.min(pa.length, pb.length); i++) {
-    const x = pa[i]!;
-    const y = pb[i]!;
-    if (x === y) continue;
-    if (i % 2 === 1) return Number(x) - Number(y) || (x < y ? -1 : 1);
-    return x < y ? -1 : 1;
-  }
-  return pa.length - pb.length;
-}
 
 /** Trainer's decay rules, tried in order: by name (transformers >= 4.46 patterns), then by rank. */
 const NORM = /(^|[._])(bias|layernorm|layer_norm|rmsnorm|norm\d*|ln(_\w+|\d+)?)($|[._])/i;
@@ -312,143 +303,4 @@ function pearson(a: Float64Array, b: Float64Array): number {
     vb += y * y;
   }
   return cov / Math.sqrt(va * vb);
-}
-
-/**
- * Every order `named_parameters()` could give these names (see the file
- * header): at each template node, own parameters first then submodules, each
- * in one unknown permutation shared by all nodes of that template; index
- * children in numeric order. Returns null when there are more than `max`.
- */
-export function candidateOrders(names: readonly string[], max: number): string[][] | null {
-  interface Node { children: Map<string, Node>; leaf: string | null }
-  const root: Node = { children: new Map(), leaf: null };
-  for (const name of names) {
-    let node = root;
-    for (const part of name.split('.')) {
-      if (!node.children.has(part)) node.children.set(part, { children: new Map(), leaf: null });
-      node = node.children.get(part)!;
-    }
-    node.leaf = name;
-  }
-  // Sibling sets per template: leaves and named submodules; index children travel as one unit "#".
-  const templates = new Map<string, { leaves: Set<string>; modules: Set<string> }>();
-  const collect = (node: Node, template: string): void => {
-    const t = templates.get(template) ?? { leaves: new Set(), modules: new Set() };
-    templates.set(template, t);
-    for (const [part, child] of node.children) {
-      const isIndex = /^\d+$/.test(part);
-      if (child.leaf !== null && child.children.size === 0) t.leaves.add(isIndex ? '#' : part);
-      else t.modules.add(isIndex ? '#' : part);
-      collect(child, `${template}.${isIndex ? '#' : part}`);
-    }
-  };
-  collect(root, '');
-  const keys = [...templates.keys()];
-  const options = keys.map((k) => {
-    const t = templates.get(k)!;
-    const leaves = permutations([...t.leaves].sort(compareNames));
-    const modules = permutations([...t.modules].sort(compareNames));
-    return leaves.flatMap((l) => modules.map((m) => [...l, ...m]));
-  });
-  let total = 1;
-  for (const o of options) {
-    total *= o.length;
-    if (total > max) return null;
-  }
-  const out: string[][] = [];
-  const choice = new Array<number>(keys.length).fill(0);
-  for (;;) {
-    const rank = new Map(keys.map((k, i) => [k, new Map(options[i]![choice[i]!]!.map((part, r) => [part, r]))]));
-    const seq: string[] = [];
-    const emit = (node: Node, template: string): void => {
-      const ranks = rank.get(template)!;
-      const parts = [...node.children.keys()].sort((a, b) => {
-        const ua = /^\d+$/.test(a) ? '#' : a;
-        const ub = /^\d+$/.test(b) ? '#' : b;
-        return ua === ub ? compareNames(a, b) : ranks.get(ua)! - ranks.get(ub)!;
-      });
-      for (const part of parts) {
-        const child = node.children.get(part)!;
-        if (child.leaf !== null) seq.push(child.leaf);
-        emit(child, `${template}.${/^\d+$/.test(part) ? '#' : part}`);
-      }
-    };
-    emit(root, '');
-    out.push(seq);
-    let k = 0;
-    while (k < keys.length && ++choice[k]! === options[k]!.length) choice[k++] = 0;
-    if (k === keys.length) return out;
-  }
-}
-
-function permutations<T>(items: T[]): T[][] {
-  if (items.length <= 1) return [items];
-  return items.flatMap((x, i) => permutations([...items.slice(0, i), ...items.slice(i + 1)]).map((rest) => [x, ...rest]));
-}
-
-/** Maximum-weight assignment of rows to distinct columns (rows <= columns), O(n^2 m). */
-export function hungarian(score: number[][]): number[] {
-  const n = score.length;
-  const m = score[0]?.length ?? 0;
-  // Minimise cost = -score with the potentials method; 1-based arrays, column 0 is a sentinel.
-  const u = new Float64Array(n + 1);
-  const v = new Float64Array(m + 1);
-  const p = new Int32Array(m + 1);
-  const way = new Int32Array(m + 1);
-  for (let i = 1; i <= n; i++) {
-    p[0] = i;
-    let j0 = 0;
-    const minv = new Float64Array(m + 1).fill(Infinity);
-    const used = new Uint8Array(m + 1);
-    do {
-      used[j0] = 1;
-      const i0 = p[j0]!;
-      let delta = Infinity;
-      let j1 = 0;
-      for (let j = 1; j <= m; j++) {
-        if (used[j]) continue;
-        const cur = -score[i0 - 1]![j - 1]! - u[i0]! - v[j]!;
-        if (cur < minv[j]!) {
-          minv[j] = cur;
-          way[j] = j0;
-        }
-        if (minv[j]! < delta) {
-          delta = minv[j]!;
-          j1 = j;
-        }
-      }
-      for (let j = 0; j <= m; j++) {
-        if (used[j]) {
-          u[p[j]!] = u[p[j]!]! + delta;
-          v[j] = v[j]! - delta;
-        } else {
-          minv[j] = minv[j]! - delta;
-        }
-      }
-      j0 = j1;
-    } while (p[j0] !== 0);
-    do {
-      const j1 = way[j0]!;
-      p[j0] = p[j1]!;
-      j0 = j1;
-    } while (j0 !== 0);
-  }
-  const rowToCol = new Array<number>(n).fill(-1);
-  for (let j = 1; j <= m; j++) if (p[j]! > 0) rowToCol[p[j]! - 1] = j - 1;
-  return rowToCol;
-}
-
-/** Per row: how much the assignment loses, per changed row, by the best swap with another row or a move to a free column. */
-function swapMargins(score: number[][], assignment: number[]): number[] {
-  const taken = new Set(assignment);
-  const free = (score[0] ?? []).map((_, j) => j).filter((j) => !taken.has(j));
-  return assignment.map((ci, i) => {
-    let margin = Infinity;
-    assignment.forEach((cj, j) => {
-      if (j !== i) margin = Math.min(margin, (score[i]![ci]! + score[j]![cj]! - score[i]![cj]! - score[j]![ci]!) / 2);
-    });
-    for (const f of free) margin = Math.min(margin, score[i]![ci]! - score[i]![f]!);
-    return margin;
-  });
 }

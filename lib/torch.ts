@@ -19,8 +19,11 @@
 import { ExcpError } from './errors.js';
 import { DTYPE_BYTES, type DType, elementCount, bf16ToF32 } from './dtype.js';
 import { crc32 } from './crc32.js';
-import { type ReadAt, type ZipDirectory, type ZipEntry, type ZipReplacement, concatBytes, readZipDirectory, rewriteZip } from './zip.js';
-import { type PickleValue, type StorageRef, type TensorRef, type UnpickleOptions, isTuple, unpickle } from './pickle.js';
+import { type ZipReplacement, rewriteZip } from './zip-rewrite.js';
+import { concatBytes } from './zip-writer.js';
+import { type ReadAt, type ZipDirectory, type ZipEntry, readZipDirectory } from './zip.js';
+import { isTuple } from './pickle-objects.js';
+import { type PickleValue, type StorageRef, type TensorRef, type UnpickleOptions, unpickle } from './pickle.js';
 
 /** A tensor found in the pickled tree, with where its bytes are. */
 export interface TorchTensor {

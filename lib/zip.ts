@@ -24,10 +24,13 @@
  * The reader never allocates on a length it has not checked against the
  * file size first, and works on a `readAt` callback so a multi-GB file is
  * never held in memory: only the central directory and local headers are read.
+ *
+ * This module is the reader; the writer (zip-writer.ts) and the rewriter
+ * (zip-rewrite.ts) are apart because compress only reads archives, restore
+ * only writes or rewrites them, and each side is long enough on its own.
  */
 import { ExcpError } from './errors.js';
-import { ByteReader, ByteWriter } from './bytes.js';
-import { crc32 } from './crc32.js';
+import { ByteReader } from './bytes.js';
 
 /** Reads exactly `length` bytes at absolute `offset` (the caller guarantees offset + length <= size). */
 export type ReadAt = (offset: number, length: number) => Uint8Array;
@@ -67,21 +70,31 @@ export interface ZipReadOptions {
   maxCentralDirectoryBytes?: number;
 }
 
-const LOCAL_SIG = 0x04034b50;
-const CENTRAL_SIG = 0x02014b50;
-const END_SIG = 0x06054b50;
-const END64_SIG = 0x06064b50;
-const LOCATOR64_SIG = 0x07064b50;
-const DESCRIPTOR_SIG = 0x08074b50;
-const U32_MAX = 0xffffffff;
+/** Record signatures (APPNOTE 4.3) and the 32-bit "see the zip64 field" value, shared with the writer. */
+export const LOCAL_SIG = 0x04034b50;
+export const CENTRAL_SIG = 0x02014b50;
+export const END_SIG = 0x06054b50;
+export const END64_SIG = 0x06064b50;
+export const LOCATOR64_SIG = 0x07064b50;
+export const DESCRIPTOR_SIG = 0x08074b50;
+export const U32_MAX = 0xffffffff;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 function bad(what: string): ExcpError {
   return new ExcpError('ERR_BAD_ZIP', `zip: ${what}`);
 }
 
-/** Read `length` bytes at `offset` after checking they lie inside the file. */
-function readChecked(size: number, readAt: ReadAt, offset: number, length: number, what: string): Uint8Array {
+/**
+ * Read `length` bytes at `offset` after checking they lie inside the file.
+ * @param size the file size
+ * @param readAt the reader
+ * @param offset absolute offset
+ * @param length byte count
+ * @param what the record's name for messages
+ * @returns exactly `length` bytes
+ * @throws ExcpError ERR_TRUNCATED when the range is outside the file or the read is short
+ */
+export function readChecked(size: number, readAt: ReadAt, offset: number, length: number, what: string): Uint8Array {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
     throw new ExcpError('ERR_TRUNCATED', `zip: ${what} at ${offset} (+${length}) lies outside the file of ${size} bytes`);
   }
@@ -279,296 +292,4 @@ function hasZip64Field(extra: Uint8Array): boolean {
     r.offset += len;
   }
   return false;
-}
-
-/** Options of {@link ZipWriter}. */
-export interface ZipWriterOptions {
-  /** Data alignment in bytes, a power of two from 1 to 4096 (torch: 64). */
-  alignment?: number;
-}
-
-interface WrittenEntry {
-  name: Uint8Array;
-  headerOffset: number;
-  size: number;
-  crc32: number;
-  flags: number;
-  zip64: boolean;
-}
-
-/**
- * Writes a STORED archive laid out byte for byte as PyTorch's writer does
- * (see the file header). Streaming: sizes are declared up front, the data
- * itself passes through the caller, and the CRC is only needed after the data
- * because torch's layout puts it in the data descriptor.
- *
- * Usage: for each entry write `beginEntry(name, size)`, then exactly `size`
- * data bytes, then `endEntry(crc)`; finally write `finish()`.
- */
-export class ZipWriter {
-  /** Invariant: the number of bytes the caller has written so far. */
-  offset = 0;
-  private readonly alignment: number;
-  private readonly written: WrittenEntry[] = [];
-  private open: WrittenEntry | null = null;
-  private readonly names = new Set<string>();
-
-  constructor(options: ZipWriterOptions = {}) {
-    const alignment = options.alignment ?? 64;
-    if (!Number.isInteger(alignment) || alignment < 1 || alignment > 4096 || (alignment & (alignment - 1)) !== 0) {
-      throw new ExcpError('ERR_OUT_OF_RANGE', `zip: options.alignment ${alignment} is not a power of two in 1..4096`);
-    }
-    this.alignment = alignment;
-  }
-
-  /**
-   * Start an entry.
-   * @returns the local header bytes to write before the data
-   */
-  beginEntry(name: string, size: number): Uint8Array {
-    if (this.open) throw new ExcpError('ERR_INVALID_ARG', `zip: beginEntry(${name}) before endEntry of the previous entry`);
-    if (!Number.isSafeInteger(size) || size < 0) throw new ExcpError('ERR_INVALID_ARG', `zip: entry ${name} size ${size} is not a non-negative integer`);
-    if (name.length === 0 || name.startsWith('/') || this.names.has(name)) throw new ExcpError('ERR_INVALID_ARG', `zip: entry name ${JSON.stringify(name)} is empty, absolute or repeated`);
-    const nameBytes = new TextEncoder().encode(name);
-    if (nameBytes.length > 0xffff) throw new ExcpError('ERR_INVALID_ARG', `zip: entry name of ${nameBytes.length} bytes is too long`);
-    this.names.add(name);
-    const headerOffset = this.offset;
-    const bigSize = size >= U32_MAX;
-    const bigOffset = headerOffset >= U32_MAX;
-    const zip64 = bigSize || bigOffset;
-    const zip64Length = zip64 ? 4 + (bigSize ? 16 : 0) + (bigOffset ? 8 : 0) : 0;
-    // Same arithmetic as torch's getPadding: the FB field's 4 header bytes are always there.
-    const start = headerOffset + 30 + nameBytes.length + zip64Length + 4;
-    const padding = (this.alignment - (start % this.alignment)) % this.alignment;
-    const flags = size > 0 ? 0x0808 : 0x0800;
-    const w = new ByteWriter(30 + nameBytes.length + zip64Length + 4 + padding);
-    w.u32(LOCAL_SIG);
-    w.u16(0); // version needed: torch/miniz writes 0 for STORED
-    w.u16(flags);
-    w.u16(0); // method STORED
-    w.u32(0); // time, date
-    w.u32(0); // CRC: in the data descriptor
-    w.u32(0);
-    w.u32(0);
-    w.u16(nameBytes.length);
-    w.u16(zip64Length + 4 + padding);
-    w.bytes(nameBytes);
-    if (zip64) {
-      w.u16(1);
-      w.u16(zip64Length - 4);
-      if (bigSize) {
-        w.u64(size);
-        w.u64(0); // miniz writes the compressed size as 0 here; the descriptor has the real one
-      }
-      if (bigOffset) w.u64(headerOffset);
-    }
-    w.u16(0x4246); // 'F' 'B'
-    w.u16(padding);
-    for (let i = 0; i < padding; i++) w.u8(0x5a); // 'Z'
-    const header = w.finish();
-    this.open = { name: nameBytes, headerOffset, size, crc32: 0, flags, zip64 };
-    this.offset += header.length + size;
-    return header;
-  }
-
-  /**
-   * Finish the open entry.
-   * @param crc CRC-32 of its data (see {@link crc32})
-   * @returns the data descriptor to write after the data (empty for an empty entry)
-   */
-  endEntry(crc: number): Uint8Array {
-    const e = this.open;
-    if (!e) throw new ExcpError('ERR_INVALID_ARG', 'zip: endEntry without beginEntry');
-    this.open = null;
-    e.crc32 = crc >>> 0;
-    this.written.push(e);
-    if (e.size === 0) return new Uint8Array(0);
-    const w = new ByteWriter(24);
-    w.u32(DESCRIPTOR_SIG);
-    w.u32(e.crc32);
-    if (e.zip64) {
-      w.u64(e.size);
-      w.u64(e.size);
-    } else {
-      w.u32(e.size);
-      w.u32(e.size);
-    }
-    const out = w.finish();
-    this.offset += out.length;
-    return out;
-  }
-
-  /** @returns the central directory, zip64 end record, locator and end record */
-  finish(): Uint8Array {
-    if (this.open) throw new ExcpError('ERR_INVALID_ARG', 'zip: finish with an entry still open');
-    const w = new ByteWriter(128 + this.written.length * 96);
-    const cdOffset = this.offset;
-    for (const e of this.written) {
-      const bigSize = e.size >= U32_MAX;
-      const bigOffset = e.headerOffset >= U32_MAX;
-      const extraLength = e.zip64 ? 4 + (bigSize ? 16 : 0) + (bigOffset ? 8 : 0) : 0;
-      w.u32(CENTRAL_SIG);
-      w.u16(0); // made by
-      w.u16(0); // needed
-      w.u16(e.flags);
-      w.u16(0);
-      w.u32(0); // time, date
-      w.u32(e.crc32);
-      w.u32(Math.min(e.size, U32_MAX));
-      w.u32(Math.min(e.size, U32_MAX));
-      w.u16(e.name.length);
-      w.u16(extraLength);
-      w.u16(0); // comment
-      w.u16(0); // disk
-      w.u16(0); // internal attributes
-      w.u32(0); // external attributes
-      w.u32(Math.min(e.headerOffset, U32_MAX));
-      w.bytes(e.name);
-      if (e.zip64) {
-        w.u16(1);
-        w.u16(extraLength - 4);
-        if (bigSize) {
-          w.u64(e.size);
-          w.u64(e.size);
-        }
-        if (bigOffset) w.u64(e.headerOffset);
-      }
-    }
-    const cdSize = w.length;
-    const end64 = cdOffset + cdSize;
-    w.u32(END64_SIG);
-    w.u64(44);
-    w.u16(0x031e);
-    w.u16(0x002d);
-    w.u32(0);
-    w.u32(0);
-    w.u64(this.written.length);
-    w.u64(this.written.length);
-    w.u64(cdSize);
-    w.u64(cdOffset);
-    w.u32(LOCATOR64_SIG);
-    w.u32(0);
-    w.u64(end64);
-    w.u32(1);
-    w.u32(END_SIG);
-    w.u16(0);
-    w.u16(0);
-    w.u16(Math.min(this.written.length, 0xffff));
-    w.u16(Math.min(this.written.length, 0xffff));
-    w.u32(Math.min(cdSize, U32_MAX));
-    w.u32(Math.min(cdOffset, U32_MAX));
-    w.u16(0);
-    const out = w.finish().slice();
-    this.offset += out.length;
-    return out;
-  }
-}
-
-/**
- * One-shot: a whole archive in memory, laid out as torch.save lays it out.
- * @param entries names and contents, in archive order
- * @returns the archive bytes
- */
-export function writeZip(entries: readonly { name: string; data: Uint8Array }[], options: ZipWriterOptions = {}): Uint8Array {
-  const writer = new ZipWriter(options);
-  const parts: Uint8Array[] = [];
-  for (const e of entries) {
-    parts.push(writer.beginEntry(e.name, e.data.length), e.data, writer.endEntry(crc32(e.data)));
-  }
-  parts.push(writer.finish());
-  return concatBytes(parts);
-}
-
-/** Concatenate byte arrays. */
-export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  let total = 0;
-  for (const p of parts) total += p.length;
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** New contents of one entry: its bytes, or a function giving its chunks (called once, when the entry is reached). */
-export type ZipReplacement = Uint8Array | (() => Iterable<Uint8Array>);
-
-/**
- * Rewrite an archive with new contents for some entries, carrying every other
- * byte through unchanged: local headers (padding included), untouched entries,
- * the central directory and end records. Only the CRC fields of replaced
- * entries change (data descriptor and central header; the local header too
- * when it holds the CRC itself). Replacements must keep each entry's size,
- * so every offset stays valid.
- *
- * Streaming: output comes as a sequence of chunks, each valid until the next
- * is requested (chunks may be views of `readAt` results or of the caller's
- * chunks). A replaced entry whose local header carries its CRC (no data
- * descriptor; never the case for torch files) is buffered whole first.
- * @param directory from {@link readZipDirectory}
- * @param readAt reader of the original archive
- * @param replacements new contents by entry name
- * @throws ExcpError ERR_INVALID_ARG (unknown entry), ERR_SHAPE (size differs)
- */
-export function* rewriteZip(
-  directory: ZipDirectory,
-  readAt: ReadAt,
-  replacements: ReadonlyMap<string, ZipReplacement>,
-  options: { chunkBytes?: number } = {},
-): Generator<Uint8Array, void, undefined> {
-  const size = directory.size;
-  const chunk = options.chunkBytes ?? 4 * 1024 * 1024;
-  if (!Number.isSafeInteger(chunk) || chunk < 1) throw new ExcpError('ERR_OUT_OF_RANGE', `zip: options.chunkBytes ${chunk} is not a positive integer`);
-  const known = new Set(directory.entries.map((e) => e.name));
-  for (const name of replacements.keys()) {
-    if (!known.has(name)) throw new ExcpError('ERR_INVALID_ARG', `zip: no entry ${JSON.stringify(name)} to replace`);
-  }
-  function* copy(from: number, to: number): Generator<Uint8Array, void, undefined> {
-    for (let at = from; at < to; at += chunk) yield readChecked(size, readAt, at, Math.min(chunk, to - at), 'copied range');
-  }
-  const newCrc = new Map<ZipEntry, number>();
-  let cursor = 0;
-  for (const e of [...directory.entries].sort((a, b) => a.headerOffset - b.headerOffset)) {
-    const replacement = replacements.get(e.name);
-    if (replacement === undefined) continue;
-    let chunks: Iterable<Uint8Array> = replacement instanceof Uint8Array ? [replacement] : replacement();
-    const headerHoldsCrc = (e.flags & 8) === 0;
-    if (headerHoldsCrc) chunks = [concatBytes([...chunks])];
-    yield* copy(cursor, e.headerOffset);
-    const header = readChecked(size, readAt, e.headerOffset, e.dataOffset - e.headerOffset, `${e.name} local header`).slice();
-    let crc = 0;
-    let length = 0;
-    if (headerHoldsCrc) {
-      for (const c of chunks) crc = crc32(c, crc);
-      new DataView(header.buffer).setUint32(14, crc, true);
-    }
-    yield header;
-    let running = 0;
-    for (const c of chunks) {
-      length += c.length;
-      if (length > e.size) break;
-      running = crc32(c, running);
-      if (c.length > 0) yield c;
-    }
-    if (length !== e.size) throw new ExcpError('ERR_SHAPE', `zip: replacement for ${e.name} has ${length > e.size ? 'more than ' : ''}${length} bytes, the entry has ${e.size}`);
-    crc = running;
-    newCrc.set(e, crc);
-    if (e.descriptorLength > 0) {
-      const d = readChecked(size, readAt, e.dataOffset + e.size, e.descriptorLength, `${e.name} data descriptor`).slice();
-      const view = new DataView(d.buffer);
-      // Signed descriptors are 16 or 24 bytes, unsigned ones 12 or 20.
-      view.setUint32(e.descriptorLength === 16 || e.descriptorLength === 24 ? 4 : 0, crc, true);
-      yield d;
-    }
-    cursor = e.dataOffset + e.size + e.descriptorLength;
-  }
-  const cdOffset = directory.centralDirectoryOffset;
-  yield* copy(cursor, cdOffset);
-  const cd = readChecked(size, readAt, cdOffset, directory.centralDirectorySize, 'central directory').slice();
-  const cdView = new DataView(cd.buffer);
-  for (const [e, crc] of newCrc) cdView.setUint32(e.centralOffset - cdOffset + 16, crc, true);
-  yield cd;
-  yield* copy(cdOffset + directory.centralDirectorySize, size);
 }

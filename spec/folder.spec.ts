@@ -10,7 +10,8 @@ import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, re
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { decodeHeader, encodeHead, validateHeader, type ContainerHeader } from '../lib/container.js';
+import { validateHeader } from '../lib/container-validate.js';
+import { decodeHeader, encodeHead, type ContainerHeader } from '../lib/container.js';
 import { crc32 } from '../lib/crc32.js';
 import { toFloat32, type DType } from '../lib/dtype.js';
 import { ExcpError } from '../lib/errors.js';

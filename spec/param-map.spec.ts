@@ -6,7 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { ExcpError } from '../lib/errors.js';
-import { type ParamMapInput, candidateOrders, compareNames, hungarian, mapParams } from '../lib/param-map.js';
+import { hungarian } from '../lib/assignment.js';
+import { type ParamMapInput, mapParams } from '../lib/param-map.js';
+import { candidateOrders, compareNames } from '../lib/param-orders.js';
 import { readOptimizerState } from '../lib/torch.js';
 import { errorOf } from './helpers.js';
 

@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { ExcpError } from '../lib/errors.js';
-import { type PickleValue, type TensorRef, DEFAULT_ALLOWED_GLOBALS, isTuple, unpickle } from '../lib/pickle.js';
+import { DEFAULT_ALLOWED_GLOBALS, isTuple } from '../lib/pickle-objects.js';
+import { type PickleValue, type TensorRef, unpickle } from '../lib/pickle.js';
 import { readZipDirectory } from '../lib/zip.js';
 import { uniform, errorOf } from './helpers.js';
 

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { crc32 } from '../lib/crc32.js';
 import { ExcpError } from '../lib/errors.js';
-import { type ReadAt, readZipDirectory, writeZip } from '../lib/zip.js';
+import { writeZip } from '../lib/zip-writer.js';
+import { type ReadAt, readZipDirectory } from '../lib/zip.js';
 import { type TorchTensor, readOptimizerState, readTorchCheckpoint, rewriteTorchCheckpoint, writeTorchCheckpoint } from '../lib/torch.js';
 import { codeOf } from './helpers.js';
 

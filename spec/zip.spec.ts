@@ -8,7 +8,9 @@ import { readFileSync, readdirSync } from 'node:fs';
 import zlib from 'node:zlib';
 import { crc32 } from '../lib/crc32.js';
 import { ExcpError } from '../lib/errors.js';
-import { type ReadAt, ZipWriter, concatBytes, readZipDirectory, rewriteZip, writeZip } from '../lib/zip.js';
+import { rewriteZip } from '../lib/zip-rewrite.js';
+import { ZipWriter, concatBytes, writeZip } from '../lib/zip-writer.js';
+import { type ReadAt, readZipDirectory } from '../lib/zip.js';
 import { uniform, codeOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);
