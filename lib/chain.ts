@@ -61,7 +61,8 @@ import { ExcpError } from './errors.js';
 import { Hasher, fingerprintTensors } from './hash.js';
 import { readContainerIndex } from './inspect.js';
 import { resolveOptions } from './options.js';
-import { compressTo, restoreTo, restoreToFolder, writeAtomically } from './pipeline.js';
+import { compressTo, restoreTo, restoreToFolder } from './pipeline.js';
+import { writeAtomically } from './output.js';
 import { withChainLock } from './chain-lock.js';
 import {
   CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepFileName, lastFileName, replayPath, checkLink, checkStep, parseManifest, type ChainKind, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex,

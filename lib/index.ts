@@ -23,8 +23,9 @@ export { ChunkEncoder, ChunkDecoder } from './stream/codec.js';
 export { ContainerWriter, ContainerReader } from './stream/container.js';
 export { SafetensorsWriter } from './stream/writer.js';
 export {
-  compress, restore, compressBuffer, restoreBuffer, compressTo, restoreTo, compressReadable, writeAtomically,
+  compress, restore, compressBuffer, restoreBuffer, compressTo, restoreTo, restoreToFile, restoreToFolder, compressReadable,
   type CompressOptions, type RestoreOptions,
 } from './pipeline.js';
+export { writeAtomically, type OutputOptions } from './output.js';
 export { inspectContainer, verifyContainer, readContainerIndex } from './inspect.js';
 export { compareCheckpoints, formatCompare, type CompareReport } from './compare.js';
