@@ -148,50 +148,33 @@ async function runExcpFolder(input: string, base: string | undefined, tag: strin
   return { bytes: statSync(coded).size, compressSeconds, decompressSeconds };
 }
 
-/** zstd / xz over a tar of the folder (what one would run on a checkpoint folder). */
-function runToolFolder(input: string, tool: 'zstd' | 'xz', tag: string, reps: number): Result {
-  const coded = join(dir, `${tag}.tar.${tool === 'zstd' ? 'zst' : 'xz'}`);
+/** zstd / xz over the file, or over a tar of the folder (what one would run on a checkpoint folder). */
+function runTool(input: string, tool: 'zstd' | 'xz', tag: string, reps: number, folder: boolean): Result {
+  const coded = join(dir, `${tag}${folder ? '.tar' : ''}.${tool === 'zstd' ? 'zst' : 'xz'}`);
   const level = tool === 'zstd' ? '-19' : '-9';
-  const compressSeconds = timeShell(reps, `tar -cf - -C '${dirname(input)}' '${basename(input)}' | ${tool} ${level} -q -c > '${coded}'`);
-  const decompressSeconds = timeShell(reps, `${tool} -d -q -c '${coded}' > /dev/null`);
-  return { bytes: statSync(coded).size, compressSeconds, decompressSeconds };
-}
-
-function runTool(input: string, tool: 'zstd' | 'xz', tag: string, reps: number): Result {
-  const coded = join(dir, `${tag}.${tool === 'zstd' ? 'zst' : 'xz'}`);
-  const level = tool === 'zstd' ? '-19' : '-9';
-  const compressSeconds = timeShell(reps, `${tool} ${level} -q -c '${input}' > '${coded}'`);
+  // A file is given by name (zstd then knows its size, which picks its parameters).
+  const command = folder
+    ? `tar -cf - -C '${dirname(input)}' '${basename(input)}' | ${tool} ${level} -q -c > '${coded}'`
+    : `${tool} ${level} -q -c '${input}' > '${coded}'`;
+  const compressSeconds = timeShell(reps, command);
   const decompressSeconds = timeShell(reps, `${tool} -d -q -c '${coded}' > /dev/null`);
   return { bytes: statSync(coded).size, compressSeconds, decompressSeconds };
 }
 
 interface Row { name: string; raw: number; cells: Map<string, Result> }
 
-async function measure(name: string, input: string, base: string): Promise<Row> {
-  const raw = statSync(input).size;
-  const reps = values.quick || raw >= 2e6 ? 1 : Math.min(25, Math.max(3, Math.ceil(4e6 / raw / 50)));
+/** One file, or a whole checkpoint folder (excp's folder container against zstd / xz over its tar). */
+async function measure(name: string, input: string, base: string, folder = false): Promise<Row> {
+  const raw = folder ? folderBytes(input) : statSync(input).size;
+  const reps = values.quick ? 1 : folder ? 5 : raw >= 2e6 ? 1 : Math.min(25, Math.max(3, Math.ceil(4e6 / raw / 50)));
+  const excp = folder ? runExcpFolder : runExcp;
   const tag = name.replace(/[^a-z0-9]+/gi, '-');
   const cells = new Map<string, Result>();
-  await runExcp(input, undefined, `${tag}-warmup`, 1); // JIT warm-up, not reported
-  cells.set('excp', await runExcp(input, undefined, `${tag}-key`, reps));
-  cells.set('excp --base', await runExcp(input, base, `${tag}-base`, reps));
-  if (has('zstd')) cells.set('zstd -19', runTool(input, 'zstd', tag, reps));
-  if (has('xz')) cells.set('xz -9', runTool(input, 'xz', tag, reps));
-  process.stderr.write(`measured ${name}\n`);
-  return { name, raw, cells };
-}
-
-/** A whole checkpoint folder: excp's folder container against zstd / xz over its tar. */
-async function measureFolder(name: string, input: string, base: string): Promise<Row> {
-  const raw = folderBytes(input);
-  const reps = values.quick ? 1 : 5;
-  const tag = name.replace(/[^a-z0-9]+/gi, '-');
-  const cells = new Map<string, Result>();
-  await runExcpFolder(input, undefined, `${tag}-warmup`, 1);
-  cells.set('excp', await runExcpFolder(input, undefined, `${tag}-key`, reps));
-  cells.set('excp --base', await runExcpFolder(input, base, `${tag}-base`, reps));
-  if (has('zstd')) cells.set('zstd -19', runToolFolder(input, 'zstd', tag, reps));
-  if (has('xz')) cells.set('xz -9', runToolFolder(input, 'xz', tag, reps));
+  await excp(input, undefined, `${tag}-warmup`, 1); // JIT warm-up, not reported
+  cells.set('excp', await excp(input, undefined, `${tag}-key`, reps));
+  cells.set('excp --base', await excp(input, base, `${tag}-base`, reps));
+  if (has('zstd')) cells.set('zstd -19', runTool(input, 'zstd', tag, reps, folder));
+  if (has('xz')) cells.set('xz -9', runTool(input, 'xz', tag, reps, folder));
   process.stderr.write(`measured ${name}\n`);
   return { name, raw, cells };
 }
@@ -206,8 +189,8 @@ rows.push(await measure('torch fixture fp32 model.safetensors, ckpt 8 (base: 4)'
 rows.push(await measure('torch fixture bf16 model-00001-of-00002, ckpt 8 (base: 4)',
   join(fixtures, 'bf16', 'checkpoint-8', 'model-00001-of-00002.safetensors'), join(fixtures, 'bf16', 'checkpoint-4', 'model-00001-of-00002.safetensors')));
 for (const kind of ['fp32', 'bf16']) {
-  rows.push(await measureFolder(`torch fixture ${kind} folder checkpoint-8 (base: 4; zstd/xz: its tar)`,
-    join(fixtures, kind, 'checkpoint-8'), join(fixtures, kind, 'checkpoint-4')));
+  rows.push(await measure(`torch fixture ${kind} folder checkpoint-8 (base: 4; zstd/xz: its tar)`,
+    join(fixtures, kind, 'checkpoint-8'), join(fixtures, kind, 'checkpoint-4'), true));
 }
 
 const methods = ['excp', 'excp --base', 'zstd -19', 'xz -9'].filter((m) => rows[0]!.cells.has(m));

@@ -12,6 +12,7 @@ import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ContainerHeader } from './container.js';
 import { DTYPE_BYTES } from './dtype.js';
+import { concatBytes } from './bytes.js';
 import { ExcpError } from './errors.js';
 import { type OutputOptions, writeAtomically } from './output.js';
 import { resolveOptions } from './options.js';
@@ -183,7 +184,7 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c as Uint8Array);
   await done;
-  return concat(parts);
+  return concatBytes(parts);
 }
 
 /**
@@ -200,19 +201,9 @@ export async function restoreBuffer(container: Uint8Array, base?: Uint8Array, op
       cb();
     },
   }));
-  return concat(parts);
+  return concatBytes(parts);
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const total = parts.reduce((s, p) => s + p.length, 0);
-  const out = new Uint8Array(total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 /** Compress a file (or stdin when input is undefined) into a writable. */
 export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {

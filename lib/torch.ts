@@ -20,7 +20,7 @@ import { ExcpError } from './errors.js';
 import { DTYPE_BYTES, type DType, elementCount, bf16ToF32 } from './dtype.js';
 import { crc32 } from './crc32.js';
 import { type ZipReplacement, rewriteZip } from './zip-rewrite.js';
-import { concatBytes } from './zip-writer.js';
+import { concatBytes } from './bytes.js';
 import { type ReadAt, type ZipDirectory, type ZipEntry, readZipDirectory } from './zip.js';
 import { isTuple } from './pickle-objects.js';
 import { type PickleValue, type StorageRef, type TensorRef, type UnpickleOptions, unpickle } from './pickle.js';

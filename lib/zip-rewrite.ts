@@ -7,7 +7,7 @@
  */
 import { ExcpError } from './errors.js';
 import { crc32 } from './crc32.js';
-import { concatBytes } from './zip-writer.js';
+import { concatBytes } from './bytes.js';
 import { type ReadAt, type ZipDirectory, type ZipEntry, readChecked } from './zip.js';
 
 /** New contents of one entry: its bytes, or a function giving its chunks (called once, when the entry is reached). */

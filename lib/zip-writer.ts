@@ -4,7 +4,7 @@
  * reader because restore writes archives while compress only reads them.
  */
 import { ExcpError } from './errors.js';
-import { ByteWriter } from './bytes.js';
+import { ByteWriter, concatBytes } from './bytes.js';
 import { crc32 } from './crc32.js';
 import { CENTRAL_SIG, DESCRIPTOR_SIG, END64_SIG, END_SIG, LOCAL_SIG, LOCATOR64_SIG, U32_MAX } from './zip.js';
 
@@ -205,17 +205,3 @@ export function writeZip(entries: readonly { name: string; data: Uint8Array }[],
   parts.push(writer.finish());
   return concatBytes(parts);
 }
-
-/** Concatenate byte arrays. */
-export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  let total = 0;
-  for (const p of parts) total += p.length;
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-

@@ -9,7 +9,8 @@ import zlib from 'node:zlib';
 import { crc32 } from '../lib/crc32.js';
 import { ExcpError } from '../lib/errors.js';
 import { rewriteZip } from '../lib/zip-rewrite.js';
-import { ZipWriter, concatBytes, writeZip } from '../lib/zip-writer.js';
+import { ZipWriter, writeZip } from '../lib/zip-writer.js';
+import { concatBytes } from '../lib/bytes.js';
 import { type ReadAt, readZipDirectory } from '../lib/zip.js';
 import { uniform, codeOf } from './helpers.js';
 
