@@ -25,7 +25,6 @@ import { ChunkDecoder, ChunkEncoder } from './stream/codec.js';
 import { ContainerReader, ContainerWriter } from './stream/container.js';
 import { ChunkSource } from './stream/source.js';
 import { SafetensorsWriter } from './stream/writer.js';
-import { defaultThreads } from './pool.js';
 
 /** Options of compress. */
 export interface CompressOptions extends LooseOptions {
@@ -63,9 +62,9 @@ export function planFor(current: TensorReader, base: TensorReader | null, option
  * @param current the checkpoint (random access)
  * @param base the base, or null
  * @param options validated options
- * @param threads worker threads
+ * @param threads worker threads, or 'auto' (all cores, none for a small checkpoint)
  */
-export function compressReadable(current: TensorReader, base: TensorReader | null, options: CodecOptions, threads: number,
+export function compressReadable(current: TensorReader, base: TensorReader | null, options: CodecOptions, threads: number | 'auto',
   onProgress?: (done: number, total: number) => void): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
   const header = planFor(current, base, options);
   const source = new ChunkSource(header, current, base);
@@ -120,7 +119,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
       if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
       throw e;
     });
-    const { stream, done } = compressReadable(current, base, codec, options.threads ?? defaultThreads(), options.onProgress);
+    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress);
     for await (const chunk of stream) yield chunk as Uint8Array;
     await done;
   } finally {
@@ -149,7 +148,7 @@ export function compress(options: CompressOptions = {}): Duplex {
 export function restore(options: RestoreOptions = {}): Duplex {
   return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
     const base = options.base !== undefined ? await openReader(options.base) : null;
-    const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
+    const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
     const writer = new SafetensorsWriter(options.onProgress);
     const out = new PassThrough();
     const done = pipeline(Readable.from(source), new ContainerReader(), decoder, writer, out);
@@ -232,7 +231,7 @@ export async function restoreToFile(input: string | undefined, target: string, o
       return;
     }
     const base = options.base !== undefined ? await openReader(options.base) : null;
-    const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
+    const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
     try {
       await pipeline(input === undefined ? process.stdin : createReadStream(input), new ContainerReader(), decoder, new FolderWriter(null, options.onProgress, fd));
     } finally {
@@ -264,7 +263,7 @@ export async function verifyFolderContainer(input: string, options: RestoreOptio
 
 async function decodeFolder(input: string, temp: string | null, options: RestoreOptions): Promise<void> {
   const base = options.base !== undefined ? await openReader(options.base) : null;
-  const decoder = new ChunkDecoder(base, { threads: options.threads ?? defaultThreads() });
+  const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
   try {
     await pipeline(createReadStream(input), new ContainerReader(), decoder, new FolderWriter(temp, options.onProgress));
   } finally {

@@ -6,7 +6,7 @@ import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '
 import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container.js';
 import { DTYPE_BYTES } from '../dtype.js';
 import { ExcpError } from '../errors.js';
-import { BufferRecycler, OrderedTransform, WorkerPool, unwrap } from '../pool.js';
+import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, unwrap } from '../pool.js';
 import type { ChunkJob } from './source.js';
 import type { TensorReader } from './checkpoint-file.js';
 
@@ -32,8 +32,13 @@ export interface RestoredRecord {
 
 /** Thread options shared by both directions. */
 export interface ThreadOptions {
-  /** Worker threads; 0 codes in the calling thread. */
-  threads?: number;
+  /**
+   * Worker threads; 0 codes in the calling thread. 'auto' (what the CLI and
+   * the file helpers use when no count is given): all cores, but fewer or
+   * none for a small checkpoint, where workers cost more than they save
+   * (see {@link poolSize}). An explicit count is always honoured.
+   */
+  threads?: number | 'auto';
 }
 
 /**
@@ -52,14 +57,27 @@ function inFlight(threads: number): number {
  * faster (measured on the 10m pair, 10M elements: 0.64 s in the calling
  * thread, 0.79 s with one worker, 0.84 s with two).
  */
-function poolSize(header: ContainerHeader, threads: number): number {
+function poolSize(header: ContainerHeader, threads: number | 'auto'): number {
+  if (threads !== 'auto') return threads;
   let elements = 0;
   for (const e of header.entries) elements += e.elements;
-  return Math.min(threads, Math.floor(elements / ELEMENTS_PER_WORKER));
+  return Math.min(defaultThreads(), Math.floor(elements / ELEMENTS_PER_WORKER));
 }
 
 /** Elements of the container per worker started (see {@link poolSize}). */
 const ELEMENTS_PER_WORKER = 16 * 1024 * 1024;
+
+/**
+ * Workers for a compress: as for restore, none below 16M elements per
+ * worker, and never a single one, which only adds its start-up and the
+ * transfers to the same serial work (measured, 1m pair: 0.34 s in the
+ * calling thread, 0.46 s with one worker, 0.57 s with two; 10m pair: 1.01 s
+ * and 1.08 s with two; 160m: two workers twice as fast).
+ */
+function encodeWorkers(header: ContainerHeader, threads: number | 'auto'): number {
+  const n = poolSize(header, threads);
+  return threads !== 'auto' || n >= 2 ? n : 0;
+}
 
 function ownBuffer(b: Uint8Array): Uint8Array {
   return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
@@ -74,7 +92,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
    * @param options threads
    */
   constructor(header: ContainerHeader, options: ThreadOptions = {}) {
-    const threads = options.threads ?? 0;
+    const threads = encodeWorkers(header, options.threads ?? 0);
     const pool = threads > 0 ? new WorkerPool(threads) : null;
     super(async (job: ChunkJob): Promise<EncodedRecord> => {
       const layout = layoutOf(header, job.entry);
@@ -134,6 +152,7 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
    */
   constructor(base: TensorReader | null, options: ThreadOptions = {}) {
     const threads = options.threads ?? 0;
+    const maxWorkers = threads === 'auto' ? defaultThreads() : threads;
     let header: ContainerHeader | null = null;
     // Base chunks are read into recycled buffers: workers send them back with their answer.
     let recycler: BufferRecycler | null = null;
@@ -181,7 +200,7 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
       return { type: 'chunk', entry: rec.entry, chunk: rec.chunk, restored: r.decoded };
     // One restored chunk (12 MB at the default size) per worker: the writer
     // and the spill store already buffer ahead of the output.
-    }, Math.max(1, threads));
+    }, Math.max(1, maxWorkers));
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
