@@ -94,6 +94,13 @@ describe('excp command line', () => {
     assert.doesNotMatch(r.stderr, /\n\s+at /);
     assert.equal(existsSync(target), false);
     assert.deepEqual(readdirSync(dir).filter((f) => f.includes('excp-tmp')), []);
+    // Shorter than a preamble: still the magic that is reported, and an empty file says so.
+    const short = join(dir, 'short.excp');
+    writeFileSync(short, Buffer.from('garbage'));
+    assert.match(run(['restore', short, '-o', target]).stderr, /^excp: container: not an \.excp file \(bad magic\)\n$/);
+    writeFileSync(short, new Uint8Array(0));
+    assert.match(run(['restore', short, '-o', target]).stderr, /empty file, not an \.excp container/);
+    assert.equal(existsSync(target), false);
   });
 
   it('wrong base is refused with a clear message', () => {

@@ -317,7 +317,10 @@ export async function holdsFolder(path: string): Promise<boolean> {
     throw new ExcpError('ERR_IO', `${path}: cannot open (${e.code ?? e.message})`);
   });
   try {
-    const length = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
+    // A short file is read whole, so its magic is checked before its length.
+    const size = (await handle.stat()).size;
+    if (size === 0) throw new ExcpError('ERR_TRUNCATED', `${path}: empty file, not an .excp container`);
+    const length = readPreamble(await readExactly(handle, 0, Math.min(size, HEAD_FIXED_BYTES)));
     const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, length + 4));
     return !header.files.every((f) => f.kind === 'safetensors' && f.path === null);
   } finally {
