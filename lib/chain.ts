@@ -246,6 +246,8 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
   const inputs = await Promise.all(checkpoints.map(checkpointOf));
   checkKinds(dir, manifest.kind, inputs);
   const folders = manifest.kind === 'folder';
+  // The kept folder this process wrote and fingerprinted itself needs no re-check.
+  let written: string | null = null;
   for (const input of inputs) {
     const checkpoint = input.path;
     const index = manifest.steps.length;
@@ -254,7 +256,7 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
     let base: string | undefined;
     if (!keyframe) {
       if (!previous) throw new ExcpError('ERR_CHAIN', 'chain: a residual step needs a previous step');
-      base = await ensureLast(dir, manifest, options.threads);
+      base = await ensureLast(dir, manifest, options.threads, written);
     }
     const file = stepFileName(index);
     const containerPath = join(dir, file);
@@ -292,6 +294,7 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
     manifest.steps.push(entry);
     manifest.last = last;
     manifest.lastFingerprint = lastFingerprint;
+    written = last;
     await writeManifest(dir, manifest);
     if (oldLast && oldLast !== last) await rm(join(dir, oldLast), { recursive: true, force: true }).catch(() => undefined);
     options.onStep?.(entry);
@@ -307,12 +310,13 @@ function chainError(e: unknown, label: string): unknown {
 
 /**
  * The restored last step, rebuilt by replaying the chain when it is missing.
- * A kept folder is checked against the fingerprint chain.json recorded for it.
+ * A kept folder is checked against the fingerprint chain.json recorded for it,
+ * unless this process wrote it (`written`) in the same append.
  */
-async function ensureLast(dir: string, manifest: ChainManifest, threads: number | undefined): Promise<string> {
+async function ensureLast(dir: string, manifest: ChainManifest, threads: number | undefined, written: string | null = null): Promise<string> {
   if (manifest.last && existsSync(join(dir, manifest.last))) {
     const path = join(dir, manifest.last);
-    if (manifest.kind === 'folder' && manifest.lastFingerprint !== null) {
+    if (manifest.kind === 'folder' && manifest.lastFingerprint !== null && manifest.last !== written) {
       const now = await folderFingerprint(path);
       if (now !== manifest.lastFingerprint) {
         throw new ExcpError('ERR_CHAIN', `chain: the kept restored folder ${manifest.last} was changed since it was written (fingerprint ${now}, chain.json recorded ${manifest.lastFingerprint}); remove it and append again: it is rebuilt by replaying the chain`);
