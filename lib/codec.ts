@@ -32,6 +32,8 @@ export interface ChunkLayout {
   exactMoments: boolean;
   /** The weight is coded against a base tensor. */
   base: boolean;
+  /** A format 1 container: symbol streams use the range coder (lib/symbols-v1.ts), not rANS. */
+  legacySymbols?: boolean;
 }
 
 /** Restored bytes of a chunk, per tensor of the entry. */
@@ -191,7 +193,7 @@ export function restoredDigests(restored: RestoredChunk): string[] {
  */
 export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string): DecodedChunk {
   const mb = layout.momentDtype ? DTYPE_BYTES[layout.momentDtype] : 1;
-  const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null);
+  const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null, layout.legacySymbols === true);
   if (Boolean(code.baseDigest) !== layout.base) throw new ExcpError('ERR_CORRUPT', `restore: tensor '${what}': base flag disagrees with the header`);
   if (layout.base) {
     if (!base) throw new ExcpError('ERR_BASE_MISSING', `restore: tensor '${what}' was compressed against a base; pass --base`);

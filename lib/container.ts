@@ -45,6 +45,8 @@ export interface ContainerHeader {
   files: FileSpec[];
   /** Extra information (e.g. the parameter map of a PyTorch folder). */
   info?: Record<string, unknown>;
+  /** In memory only, set by readers: the format version the header came from (absent: the current one). */
+  format?: number;
 }
 
 /** Per-entry results, written after the last record. */
@@ -306,5 +308,6 @@ export function layoutOf(header: ContainerHeader, entry: number): import('./code
     exactWeight: e.exactWeight,
     exactMoments: e.exactMoments,
     base: e.base,
+    ...(header.format === 1 ? { legacySymbols: true } : {}),
   };
 }

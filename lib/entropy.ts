@@ -10,6 +10,7 @@
 import { ByteReader, ByteWriter } from './bytes.js';
 import { ExcpError } from './errors.js';
 import { decodeSymbols, encodeSymbols } from './symbols.js';
+import { decodeSymbolsV1 } from './symbols-v1.js';
 import { type QuantizedStream, nonzeroSymbols } from './quantize.js';
 import type { QuantDomain } from './kmeans.js';
 
@@ -120,7 +121,7 @@ export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost, hin
  * @returns the chunk's streams
  * @throws ExcpError ERR_CORRUPT
  */
-export function decodePayload(payload: Uint8Array, n: number, elementBytes: { weight: number; moments: number }, hasMoments: boolean): ChunkCode {
+export function decodePayload(payload: Uint8Array, n: number, elementBytes: { weight: number; moments: number }, hasMoments: boolean, legacySymbols = false): ChunkCode {
   const r = new ByteReader(payload, 'payload');
   const flags = r.u8();
   if (flags & ~15) throw new ExcpError('ERR_CORRUPT', `payload: unknown flags 0x${flags.toString(16)}`);
@@ -131,7 +132,7 @@ export function decodePayload(payload: Uint8Array, n: number, elementBytes: { we
   if (flags & FLAG_WEIGHT_EXACT) {
     weight = { exact: readBlob(r) };
   } else {
-    const residual = readStream(r, n, undefined, 0);
+    const residual = readStream(r, n, undefined, 0, legacySymbols);
     weight = { residual, exceptions: readExceptions(r, n, elementBytes.weight) };
     wFull = residual.symbols;
   }
@@ -141,9 +142,9 @@ export function decodePayload(payload: Uint8Array, n: number, elementBytes: { we
   } else if (flags & FLAG_MOMENTS) {
     const wContexts = 'residual' in weight ? weight.residual.centers.length + 1 : 0;
     const wSelected = wFull ? nonzeroSymbols(wFull) : undefined;
-    const m = readStream(r, wSelected ? wSelected.length : n, wSelected, wContexts);
+    const m = readStream(r, wSelected ? wSelected.length : n, wSelected, wContexts, legacySymbols);
     const mSelected = nonzeroSymbols(m.symbols);
-    const v = readStream(r, mSelected.length, mSelected, m.centers.length + 1);
+    const v = readStream(r, mSelected.length, mSelected, m.centers.length + 1, legacySymbols);
     const vFill = r.f32();
     moments = { m, v, vFill, mExceptions: readExceptions(r, n, elementBytes.moments), vExceptions: readExceptions(r, n, elementBytes.moments) };
   }
@@ -262,14 +263,16 @@ function decodeCorrupt<T>(decode: () => T): T {
   }
 }
 
-function readStream(r: ByteReader, count: number, selected: Uint8Array | undefined, numContexts: number): QuantizedStream {
+function readStream(r: ByteReader, count: number, selected: Uint8Array | undefined, numContexts: number, legacySymbols: boolean): QuantizedStream {
   const domain = DOMAINS[r.u8()];
   if (!domain) throw new ExcpError('ERR_CORRUPT', 'payload: unknown quantisation domain');
   const k = r.u8();
   const centers = new Float32Array(k);
   for (let i = 0; i < k; i++) centers[i] = r.f32();
   const contexts = selected && numContexts > 1 ? selected : undefined;
-  const symbols = decodeCorrupt(() => decodeSymbols(readBlob(r), count, Math.max(2, k + 1), contexts, contexts ? numContexts : undefined));
+  // Format 1 containers coded symbols with the range coder (lib/symbols-v1.ts).
+  const decode = legacySymbols ? decodeSymbolsV1 : decodeSymbols;
+  const symbols = decodeCorrupt(() => decode(readBlob(r), count, Math.max(2, k + 1), contexts, contexts ? numContexts : undefined));
   // decodeSymbols returns symbols below the alphabet, max(2, k + 1): only a
   // codebook of 0 centers leaves a symbol (1) that no center backs.
   if (k === 0) {

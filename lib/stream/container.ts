@@ -8,7 +8,7 @@ import {
   chunkCount, decodeFooter, decodeHeader, decodeTrailer, encodeHead, encodeRecord, encodeTail,
   maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix,
 } from '../container.js';
-import { RECORD_CHUNK, RECORD_FOOTER, MAX_JSON_BYTES } from '../constants.js';
+import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_JSON_BYTES } from '../constants.js';
 import { ExcpError } from '../errors.js';
 import { Hasher, fingerprintTensors } from '../hash.js';
 import type { EncodedRecord, RestoreEvent } from './codec.js';
@@ -229,6 +229,7 @@ export class ContainerReader extends Transform {
       }
       case 'header': {
         this.header = decodeHeader(bytes);
+        if (this.version !== FORMAT_VERSION) this.header.format = this.version;
         this.order = new RecordOrder(this.header);
         this.push({ type: 'header', header: this.header } satisfies RestoreEvent);
         this.expectRecord();
