@@ -423,11 +423,16 @@ export interface ContainerSample {
 
 /** Valid containers: lossy against a base, lossless keyframe, special values, BF16. */
 export async function containerCorpus(): Promise<ContainerSample[]> {
+  // The version 1 form keeps the version 2 payloads: a valid version 1
+  // container only for lossless samples (exact streams are the same in both
+  // formats; lossy symbol streams were range-coded in version 1, rANS in 2),
+  // so the first sample, which the regression tests restore in that form, is
+  // lossless. Lossy samples' version 1 forms still exercise the parsers.
   const specs = [
+    { name: 'lossless + base', seed: 34, pair: { params: 1, maxElements: 500, extras: true }, base: true, options: { chunkElements: 256, lossless: true } },
     { name: 'lossy F32 + base', seed: 31, pair: { params: 2, maxElements: 400, extras: true }, base: true, options: { chunkElements: 64 } },
     { name: 'lossless keyframe', seed: 32, pair: { params: 2, maxElements: 300, special: true }, base: false, options: { chunkElements: 128, lossless: true } },
     { name: 'lossy BF16 specials', seed: 33, pair: { params: 2, maxElements: 300, weightDtype: 'BF16' as const, special: true, extras: true }, base: true, options: { chunkElements: 100 } },
-    { name: 'lossless + base', seed: 34, pair: { params: 1, maxElements: 500, extras: true }, base: true, options: { chunkElements: 256, lossless: true } },
   ];
   const out: ContainerSample[] = [];
   for (const s of specs) {

@@ -281,8 +281,9 @@ function toVersion1(c: Uint8Array): Uint8Array {
   return w.finish().slice();
 }
 
-test('containers: written as version 2, a version 1 rewrite of the same content still restores', async () => {
-  for (const [seed, lossless] of [[41, true], [42, false]] as const) {
+test('containers: written as version 2, a version 1 rewrite of the same content still restores (lossless: the same exact streams in both)', async () => {
+  // Lossy version 1 containers have range-coded symbols: spec/compat.spec.ts restores real ones.
+  for (const [seed, lossless] of [[41, true], [43, true]] as const) {
     const pair = randomCheckpointPair(seed, { params: 2, maxElements: 400, extras: true });
     const c = await compressBuffer(pair.current, pair.previous, { chunkElements: 128, lossless, threads: 0 });
     assert.equal(readPreambleInfo(c.subarray(0, 16)).version, 2);
