@@ -57,8 +57,8 @@ chain options:
 common options:
   -o, --output OUT  output file ('-' = stdout); written atomically
   -f, --force       overwrite an existing output
-  --threads N       worker threads (default: all cores, or none for a checkpoint under
-                    16M elements per core, where starting workers costs more than it saves)
+  --threads N       worker threads (default: all cores, fewer or none for a checkpoint
+                    under 16M elements per core, where starting workers costs more than it saves)
   --quiet           no progress line
   --debug           print stack traces on error
   -h, --help        this help
