@@ -14,11 +14,8 @@
 import { ByteReader } from './bytes.js';
 import { ExcpError } from './errors.js';
 import { buildDecodeTable, cumulative, readFrequencies } from './frequency.js';
+import { readStreamHead } from './symbols.js';
 
-const MODE_RAW = 0;
-const MODE_CONST = 1;
-const MODE_ORDER0 = 2;
-const MODE_CONTEXT = 3;
 const SPLIT_BITS = 16;
 const SPLIT_TOTAL = 1 << SPLIT_BITS;
 /** Range coder constants (see READ ME FIRST in range-coder.ts). */
@@ -90,43 +87,13 @@ function flatten(models: (Model | undefined)[], alphabetSize: number): Tables {
 }
 
 /**
- * Decode a format-1 symbol stream (arguments as lib/symbols.ts decodeSymbols, already checked there).
+ * Decode a format-1 symbol stream (arguments as lib/symbols.ts decodeSymbols).
  * @throws ExcpError ERR_CORRUPT / ERR_TRUNCATED on inconsistent input
  */
 export function decodeSymbolsV1(bytes: Uint8Array, count: number, alphabetSize: number, contexts?: Uint8Array, numContexts = 256): Uint8Array {
-  const out = new Uint8Array(count);
-  if (count === 0) return out;
-  const r = new ByteReader(bytes, 'symbols');
-  const mode = r.u8();
-  if (mode === MODE_RAW) {
-    if (r.remaining !== count) throw new ExcpError('ERR_CORRUPT', `symbols: raw stream holds ${r.remaining} bytes for ${count} symbols`);
-    out.set(r.bytesView(count));
-    for (let i = 0; i < count; i++) {
-      if (out[i]! >= alphabetSize) throw new ExcpError('ERR_CORRUPT', `symbols: raw symbol ${out[i]} >= alphabet ${alphabetSize}`);
-    }
-    return out;
-  }
-  if (mode === MODE_CONST) {
-    const s = r.u8();
-    if (s >= alphabetSize) throw new ExcpError('ERR_CORRUPT', `symbols: constant symbol ${s} >= alphabet ${alphabetSize}`);
-    return out.fill(s);
-  }
-  const models: (Model | undefined)[] = [];
-  let ctx: Uint8Array | undefined;
-  if (mode === MODE_ORDER0) {
-    models.push(readModel(r, alphabetSize));
-  } else if (mode === MODE_CONTEXT) {
-    if (contexts === undefined) throw new ExcpError('ERR_INVALID_ARG', 'symbols: stream was coded with contexts; none given');
-    const seen = new Uint8Array(256);
-    for (let i = 0; i < count; i++) seen[contexts[i]!] = 1;
-    for (let c = 0; c < numContexts; c++) models.push(seen[c] ? readModel(r, alphabetSize) : undefined);
-    for (let c = numContexts; c < 256; c++) {
-      if (seen[c]) throw new ExcpError('ERR_OUT_OF_RANGE', `symbols: context ${c} >= numContexts ${numContexts}`);
-    }
-    ctx = contexts;
-  } else {
-    throw new ExcpError('ERR_CORRUPT', `symbols: unknown mode ${mode}`);
-  }
+  const head = readStreamHead(bytes, count, alphabetSize, contexts, numContexts, readModel);
+  if ('symbols' in head) return head.symbols;
+  const { r, out, models, ctx } = head;
   const t = flatten(models, alphabetSize);
   const { overrun, unread } = decodeLoop(bytes, r.offset, out, ctx, alphabetSize, t);
   if (overrun > 4 || unread > 0) {
@@ -135,7 +102,7 @@ export function decodeSymbolsV1(bytes: Uint8Array, count: number, alphabetSize: 
   return out;
 }
 
-function decodeLoop(bytes: Uint8Array, offset: number, out: Uint8Array, contexts: Uint8Array | undefined, alphabetSize: number, t: Tables): { overrun: number; unread: number } {
+function decodeLoop(bytes: Uint8Array, offset: number, out: Uint8Array, contexts: Uint8Array | null, alphabetSize: number, t: Tables): { overrun: number; unread: number } {
   const { mps, escape, rareBits, cum, freq, decode, decodeAt } = t;
   const end = bytes.length;
   let pos = offset;
@@ -147,7 +114,7 @@ function decodeLoop(bytes: Uint8Array, offset: number, out: Uint8Array, contexts
     code = ((code << 8) | (pos < end ? bytes[pos++]! : (overrun++, 0))) & MAX_RANGE;
   }
   for (let i = 0; i < out.length; i++) {
-    const c = contexts === undefined ? 0 : contexts[i]!;
+    const c = contexts === null ? 0 : contexts[i]!;
     const bound = (range >>> SPLIT_BITS) * escape[c]!;
     if (code >= bound) {
       code -= bound; // MPS (always taken in a constant context, where bound is 0)

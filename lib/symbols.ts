@@ -164,9 +164,31 @@ function rawOutput(symbols: Uint8Array): Uint8Array {
  * @throws ExcpError ERR_CORRUPT / ERR_TRUNCATED on inconsistent input (garbage may also decode to wrong symbols)
  */
 export function decodeSymbols(bytes: Uint8Array, count: number, alphabetSize: number, contexts?: Uint8Array, numContexts = 256): Uint8Array {
+  const head = readStreamHead(bytes, count, alphabetSize, contexts, numContexts, readModel);
+  if ('symbols' in head) return head.symbols;
+  const { r, out, models, ctx } = head;
+  if (r.remaining < 8) throw new ExcpError('ERR_CORRUPT', `symbols: coded data of ${r.remaining} bytes holds no rANS states`);
+  const x0 = r.u32();
+  const x1 = r.u32();
+  if (x0 < LOW || x1 < LOW || x0 >= 2 ** STATE_BITS || x1 >= 2 ** STATE_BITS) throw new ExcpError('ERR_CORRUPT', 'symbols: rANS state out of range');
+  const status = decodeRans(bytes, r.offset, out, ctx, models, x0, x1);
+  if (status !== 0) throw new ExcpError('ERR_CORRUPT', `symbols: coded data does not match ${count} symbols`);
+  return out;
+}
+
+/**
+ * What every symbol stream starts with, in both container formats (1:
+ * lib/symbols-v1.ts, 2: here): the mode byte, a raw or constant stream in
+ * full, or the models, one per context value that occurs.
+ * @param readModel the format's model reader
+ * @returns the symbols (raw, constant, empty), or the reader at the coded
+ *   bytes with the output array, the models and the contexts to decode with
+ */
+export function readStreamHead<M>(bytes: Uint8Array, count: number, alphabetSize: number, contexts: Uint8Array | undefined, numContexts: number,
+  readModel: (r: ByteReader, alphabetSize: number) => M): { symbols: Uint8Array } | { r: ByteReader; out: Uint8Array; models: (M | undefined)[]; ctx: Uint8Array | null } {
   checkArgs(count, alphabetSize, contexts, numContexts);
   const out = new Uint8Array(count);
-  if (count === 0) return out;
+  if (count === 0) return { symbols: out };
   const r = new ByteReader(bytes, 'symbols');
   const mode = r.u8();
   if (mode === MODE_RAW) {
@@ -175,14 +197,14 @@ export function decodeSymbols(bytes: Uint8Array, count: number, alphabetSize: nu
     for (let i = 0; i < count; i++) {
       if (out[i]! >= alphabetSize) throw new ExcpError('ERR_CORRUPT', `symbols: raw symbol ${out[i]} >= alphabet ${alphabetSize}`);
     }
-    return out;
+    return { symbols: out };
   }
   if (mode === MODE_CONST) {
     const s = r.u8();
     if (s >= alphabetSize) throw new ExcpError('ERR_CORRUPT', `symbols: constant symbol ${s} >= alphabet ${alphabetSize}`);
-    return out.fill(s);
+    return { symbols: out.fill(s) };
   }
-  const models: (Model | undefined)[] = [];
+  const models: (M | undefined)[] = [];
   let ctx: Uint8Array | null = null;
   if (mode === MODE_ORDER0) {
     models.push(readModel(r, alphabetSize));
@@ -197,13 +219,7 @@ export function decodeSymbols(bytes: Uint8Array, count: number, alphabetSize: nu
   } else {
     throw new ExcpError('ERR_CORRUPT', `symbols: unknown mode ${mode}`);
   }
-  if (r.remaining < 8) throw new ExcpError('ERR_CORRUPT', `symbols: coded data of ${r.remaining} bytes holds no rANS states`);
-  const x0 = r.u32();
-  const x1 = r.u32();
-  if (x0 < LOW || x1 < LOW || x0 >= 2 ** STATE_BITS || x1 >= 2 ** STATE_BITS) throw new ExcpError('ERR_CORRUPT', 'symbols: rANS state out of range');
-  const status = decodeRans(bytes, r.offset, out, ctx, models, x0, x1);
-  if (status !== 0) throw new ExcpError('ERR_CORRUPT', `symbols: coded data does not match ${count} symbols`);
-  return out;
+  return { r, out, models, ctx };
 }
 
 /** Which context values occur. */
