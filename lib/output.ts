@@ -7,10 +7,10 @@
  */
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { basename, dirname, join, sep } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import { type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ExcpError, toExcpError } from './errors.js';
 
@@ -61,7 +61,7 @@ export async function writeAtomically(target: string, produce: (out: Writable, f
     throw outputError(e, target, false);
   });
   activeTemps.add(temp);
-  const out = createWriteStream('', { fd: handle.fd, autoClose: false });
+  const out = new HandleWriter(handle);
   try {
     await produce(out, handle.fd);
     if (!out.writableEnded) out.end();
@@ -70,13 +70,40 @@ export async function writeAtomically(target: string, produce: (out: Writable, f
     await handle.close();
     await rename(temp, target);
   } catch (e) {
-    out.destroy();
+    out.on('error', () => undefined); // the first error is the one reported
+    if (!out.destroyed) out.destroy();
+    if (!out.closed) await once(out, 'close').catch(() => undefined);
     await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
     throw outputError(e, target, true);
   } finally {
     activeTemps.delete(temp);
   }
+}
+
+/**
+ * A Writable over an open FileHandle that never closes it. Not
+ * fs.createWriteStream({ fd }): its destroy() closes the descriptor whatever
+ * autoClose says, so a failed write and the owner's close closed one number
+ * twice (EBADF, an unhandled stream error; or worse, closing a descriptor
+ * opened meanwhile elsewhere). A FileHandle refuses use after close instead.
+ */
+class HandleWriter extends Writable {
+  private readonly handle: FileHandle;
+
+  constructor(handle: FileHandle) {
+    super({ highWaterMark: 1 << 20 });
+    this.handle = handle;
+  }
+
+  override _write(chunk: Uint8Array, _enc: BufferEncoding, callback: (error?: Error | null) => void): void {
+    writeAll(this.handle, chunk).then(() => callback(), callback);
+  }
+}
+
+async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) done += (await handle.write(bytes, done, bytes.length - done)).bytesWritten;
 }
 
 /**
