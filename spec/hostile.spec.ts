@@ -105,6 +105,32 @@ describe('killed while writing -o OUT', () => {
   });
 });
 
+describe('a producer that fails', () => {
+  it('after writing: its error is reported, nothing is left, and the file is closed once (no stray EBADF)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'excp-fail-'));
+    const strays: unknown[] = [];
+    const onStray = (e: unknown): void => { strays.push(e); };
+    process.on('uncaughtException', onStray);
+    try {
+      for (let i = 0; i < 20; i++) {
+        const target = join(dir, `out-${i}.bin`);
+        await assert.rejects(writeAtomically(target, async (out) => {
+          out.write(new Uint8Array(1 << 20).fill(i));
+          if (i % 2) await new Promise((r) => setImmediate(r));
+          throw new ExcpError('ERR_CORRUPT', `producer ${i} failed`);
+        }), { code: 'ERR_CORRUPT', message: new RegExp(`producer ${i} failed`) });
+        assert.equal(existsSync(target), false);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(readdirSync(dir), []);
+      assert.deepEqual(strays, []);
+    } finally {
+      process.off('uncaughtException', onStray);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('disk full (ENOSPC)', () => {
   let dir = '';
   before(() => { dir = mkdtempSync(join(tmpdir(), 'excp-nospace-')); });
