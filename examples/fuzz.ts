@@ -340,6 +340,17 @@ function splitContainerV2(c: Uint8Array): ContainerParts {
   return { head, headerText: Buffer.from(JSON.stringify(header)).toString('latin1'), records, footerText: Buffer.from(JSON.stringify(footer)).toString('latin1'), footerAt: o };
 }
 
+/**
+ * The same content as a version 1 container (JSON header and footer, u32
+ * record fields, record offsets recomputed). The payloads are kept: valid
+ * version 1 for exact streams; lossy symbol streams were range-coded in
+ * version 1, so a lossy container's rewrite exercises only the parsers.
+ */
+export function toVersion1(containerV2: Uint8Array): Uint8Array {
+  const parts = splitContainerV2(containerV2);
+  return assemble(parts, parts.headerText, parts.records, null);
+}
+
 /** Version 2 container with bytes of its header or footer body changed in place and the CRC recomputed. */
 function mutateV2Body(c: Uint8Array, rng: Prng): { bytes: Uint8Array; what: string } {
   const b = c.slice();
@@ -440,8 +451,7 @@ export async function containerCorpus(): Promise<ContainerSample[]> {
     const base = s.base ? pair.previous : undefined;
     const containerV2 = await compressBuffer(pair.current, base, { ...s.options, threads: 0 });
     const restored = await restoreBuffer(containerV2, base, { threads: 0 });
-    const v2parts = splitContainerV2(containerV2);
-    const container = assemble(v2parts, v2parts.headerText, v2parts.records, null);
+    const container = toVersion1(containerV2);
     out.push({ name: s.name, container, base, restored, parts: splitContainer(container), containerV2 });
   }
   return out;

@@ -182,6 +182,20 @@ export class ByteWriter {
   }
 }
 
+/**
+ * Bytes that {@link ByteWriter.varint} writes for a value.
+ * @param v a non-negative safe integer
+ * @returns 1 for v < 128, 2 below 2^14, and so on
+ */
+export function varintSize(v: number): number {
+  let size = 1;
+  while (v >= 128) {
+    v = Math.floor(v / 128);
+    size++;
+  }
+  return size;
+}
+
 /** Concatenate byte arrays. */
 export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   let total = 0;

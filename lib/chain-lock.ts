@@ -22,19 +22,10 @@
 import { link, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExcpError } from './errors.js';
+import { processAlive } from './output.js';
 
 /** Lock file name inside a chain folder. */
 export const CHAIN_LOCK = 'chain.lock';
-
-/** Whether a process exists (EPERM: it exists, owned by another user). */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
-}
 
 /** The PID in a lock file: a number, null (empty or not a PID), or 'gone' (no such file). */
 async function holderOf(path: string): Promise<number | null | 'gone'> {

@@ -185,19 +185,19 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'restore': {
-      let input = inputOf(args);
+      const given = inputOf(args);
       const target = stringFlag(args, '-o');
+      if (target === undefined || target === '-') {
+        await restoreTo(given, process.stdout, { base, threads, onProgress: progress(!quiet, 'restore') });
+        return;
+      }
       // stdin to a path: the container may hold a folder, which is restored
       // by path; spool it (it is small) and go on as for a file.
-      const spooled = input === undefined && target !== undefined && target !== '-' ? await spoolToFile(process.stdin, target) : null;
-      input = spooled?.path ?? input;
+      const spooled = given === undefined ? await spoolToFile(process.stdin, target) : null;
+      const input = spooled?.path ?? given!;
       try {
-        if (input !== undefined && target !== undefined && target !== '-' && await holdsFolder(input)) {
+        if (await holdsFolder(input)) {
           await restoreToFolder(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
-          return;
-        }
-        if (target === undefined || target === '-') {
-          await restoreTo(input, process.stdout, { base, threads, onProgress: progress(!quiet, 'restore') });
         } else {
           await restoreToFile(input, target, { base, threads, force, inputs: [base], onProgress: progress(!quiet, 'restore') });
         }
@@ -243,7 +243,6 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-/** `excp chain ...`: create, append, restore, ls (lib/chain.ts). */
 /** Chain checkpoints: globs expanded in step order; a warning when the order given is not numeric. */
 function checkpoints(positional: string[], quiet: boolean): string[] {
   const { paths, warning } = checkpointList(positional);
@@ -251,6 +250,7 @@ function checkpoints(positional: string[], quiet: boolean): string[] {
   return paths;
 }
 
+/** `excp chain ...`: create, append, restore, ls (lib/chain.ts). */
 async function chainCommand(args: Args, threads: number | undefined, force: boolean, quiet: boolean): Promise<void> {
   const sub = ['append', 'restore', 'ls'].includes(args.positional[0] ?? '') ? args.positional.shift()! : 'create';
   const dir = args.positional.shift();

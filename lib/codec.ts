@@ -16,7 +16,7 @@ import { ExcpError } from './errors.js';
 import { hashBytes } from './hash.js';
 import { computeResidual, extractNonFinite } from './residual.js';
 import { pruneJoint } from './prune.js';
-import { dequantizeNested, dequantizeStream, quantizeStream } from './quantize.js';
+import { dequantizeNested, dequantizeStream, expandSymbols, quantizeStream } from './quantize.js';
 import { type ChunkCode, type Exceptions, type MomentCode, type SymbolCost, type WeightCode, decodePayload, encodePayload } from './entropy.js';
 import { decodeExact, encodeExact } from './exact.js';
 import { encodeFused } from './fused.js';
@@ -103,8 +103,8 @@ export function encodeChunkStaged(layout: ChunkLayout, input: ChunkInput, option
     let weightExceptions: Exceptions | null = null;
     if (!weight) {
       residual = work.f32(SCRATCH_RESIDUAL, n);
-      const current = readFloat32(input.weight, layout.weightDtype, SCRATCH_WEIGHT, n);
-      const positions = computeResidual(current, readFloat32(base!, layout.weightDtype, SCRATCH_BASE, n), residual);
+      const current = work.readFloat32(input.weight, layout.weightDtype, SCRATCH_WEIGHT, n);
+      const positions = computeResidual(current, work.readFloat32(base!, layout.weightDtype, SCRATCH_BASE, n), residual);
       weightExceptions = pickExceptions(input.weight, positions, eb);
     }
     const pruned = pruneJoint(residual, m, v, options);
@@ -118,7 +118,7 @@ export function encodeChunkStaged(layout: ChunkLayout, input: ChunkInput, option
     }
     const mq = quantizeStream(m, wFull, options.bits, 'linear');
     // v is selected by the full-length m symbols: nonzero m inside the dW selection.
-    const vq = quantizeStream(v, expandInto(mq.symbols, wFull, n), options.bits, options.vDomain);
+    const vq = quantizeStream(v, expandSymbols(mq.symbols, wFull, n, work.u8(SCRATCH_SELECT, n)), options.bits, options.vDomain);
     moments = { m: mq, v: vq, vFill: pruned.vFill, mExceptions, vExceptions };
   }
   if (!weight) throw new ExcpError('ERR_INVALID_ARG', 'codec: no weight stream');
@@ -145,29 +145,6 @@ const SCRATCH_WEIGHT = 3;
 const SCRATCH_BASE = 4;
 const SCRATCH_SELECT = 5;
 const work = new Scratch();
-
-
-
-/** Float32 values of element bytes for reading only: a view for aligned F32, else converted into scratch. */
-function readFloat32(bytes: Uint8Array, dtype: DType, slot: number, n: number): Float32Array {
-  if (dtype === 'F32' && bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, n);
-  return toFloat32(bytes, dtype, work.f32(slot, n));
-}
-
-/** expandSymbols into scratch (the selection of v while encoding). */
-function expandInto(symbols: Uint8Array, select: Uint8Array | null, n: number): Uint8Array {
-  if (!select) return symbols;
-  const out = new Uint8Array(work.buffer(SCRATCH_SELECT, n), 0, n);
-  // Branch-free: symbols[j] past the end reads as undefined only when the
-  // position is unselected, and then the 0 from the mask wins.
-  const last = symbols.length;
-  for (let i = 0, j = 0; i < n; i++) {
-    const selected = +(select[i] !== 0);
-    out[i] = selected * symbols[j < last ? j : 0]!;
-    j += selected;
-  }
-  return out;
-}
 
 /**
  * Digests of restored bytes (weight, then m and v when present): the
@@ -287,7 +264,14 @@ function finishFloat(values: Float32Array, dtype: DType, bytes: Uint8Array | nul
   return bytes ?? fromFloat32(values, dtype);
 }
 
-function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Exceptions {
+/**
+ * The exceptions at `positions`: their original element bytes, in order.
+ * @param raw the tensor's element bytes
+ * @param positions element indices, ascending
+ * @param eb bytes per element
+ * @returns positions and their raw bytes
+ */
+export function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Exceptions {
   const out = new Uint8Array(positions.length * eb);
   positions.forEach((p, i) => out.set(raw.subarray(p * eb, p * eb + eb), i * eb));
   return { positions, raw: out };

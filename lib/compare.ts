@@ -193,6 +193,16 @@ async function compareReaders(a: TensorReader, b: TensorReader, pathA: string, p
   const roleCounts = { weight: 0, exp_avg: 0, exp_avg_sq: 0, other: 0 };
   const total = a.header.tensors.reduce((s, t) => s + t.end - t.begin, 0);
   let done = 0;
+  const progress = (bytes: number): void => {
+    done += bytes;
+    onProgress?.(done, total);
+  };
+  const pairs = momentPairs(a, b, namesA);
+  const pairOf = new Map<string, MomentPair>();
+  for (const p of pairs) pairOf.set(p.m.name, p).set(p.v.name, p);
+  /** Sums of moment tensors read together with their partner (for the step), by name. */
+  const pairSums = new Map<string, FloatSums>();
+  const steps = new Map<string, number>();
   for (const ta of a.header.tensors) {
     const tb = b.byName.get(ta.name);
     if (!tb) continue;
@@ -205,14 +215,22 @@ async function compareReaders(a: TensorReader, b: TensorReader, pathA: string, p
     const elements = bytes / eb;
     const role = roleOf(ta.name, namesA, a instanceof FolderCheckpoint);
     if (LOSSY_DTYPES.has(ta.dtype)) {
-      const s = emptySums();
-      for (let start = 0; start < bytes; start += CHUNK * eb) {
-        const end = Math.min(bytes, start + CHUNK * eb);
-        const ra = await a.tensorBytes(ta, start, end);
-        const rb = await b.tensorBytes(tb, start, end);
-        accumulate(s, toFloat32(ra, ta.dtype), toFloat32(rb, tb.dtype), ra, rb, eb);
-        done += end - start;
-        onProgress?.(done, total);
+      const pair = pairOf.get(ta.name);
+      if (pair && !pairSums.has(ta.name)) {
+        const sums = await comparePair(a, b, pair, progress);
+        pairSums.set(pair.m.name, sums.m).set(pair.v.name, sums.v);
+        steps.set(pair.param, relativeError(sums.step.sumSqDiff, sums.step.sumSqA));
+      }
+      let s = pair ? pairSums.get(ta.name)! : null;
+      if (!s) {
+        s = emptySums();
+        for (let start = 0; start < bytes; start += CHUNK * eb) {
+          const end = Math.min(bytes, start + CHUNK * eb);
+          const ra = await a.tensorBytes(ta, start, end);
+          const rb = await b.tensorBytes(tb, start, end);
+          accumulate(s, toFloat32(ra, ta.dtype), toFloat32(rb, tb.dtype), ra, rb, eb);
+          progress(end - start);
+        }
       }
       const r = roleSums[role];
       r.sumSqA += s.sumSqA;
@@ -229,47 +247,63 @@ async function compareReaders(a: TensorReader, b: TensorReader, pathA: string, p
         const ra = await a.tensorBytes(ta, start, end);
         const rb = await b.tensorBytes(tb, start, end);
         for (let i = 0; i < ra.length; i += eb) if (!sameBits(ra, rb, i / eb, eb)) changed++;
-        done += end - start;
-        onProgress?.(done, total);
+        progress(end - start);
       }
       tensors.push({ name: ta.name, dtype: ta.dtype, elements, changed, relError: null, maxAbs: null, nonFiniteMismatch: 0 });
     }
   }
-  const steps = await compareSteps(a, b, namesA);
   const byRole = Object.fromEntries((['weight', 'exp_avg', 'exp_avg_sq', 'other'] as const).map((r) => [r, {
     relError: roleCounts[r] === 0 ? null : relativeError(roleSums[r].sumSqDiff, roleSums[r].sumSqA),
     tensors: roleCounts[r],
   }])) as CompareReport['byRole'];
   const identical = onlyInA.length === 0 && onlyInB.length === 0 && mismatched.length === 0
     && tensors.every((t) => t.changed === 0);
-  return { a: pathA, b: pathB, tensors, steps, onlyInA, onlyInB, mismatched, byRole, identical };
+  return { a: pathA, b: pathB, tensors, steps: pairs.map((p) => ({ name: p.param, stepRelError: steps.get(p.param)! })), onlyInA, onlyInB, mismatched, byRole, identical };
 }
 
-/** The first Adam step of every parameter whose moments both sides have. */
-async function compareSteps(a: TensorReader, b: TensorReader, namesA: ReadonlySet<string>): Promise<StepDiff[]> {
-  const out: StepDiff[] = [];
-  for (const name of paramsOf(namesA)) {
-    const [mName, vName] = momentNames(name);
-    const ma = a.byName.get(mName);
-    const va = a.byName.get(vName);
+/** A parameter's two moments, on both sides. */
+interface MomentPair {
+  param: string;
+  m: TensorInfo;
+  v: TensorInfo;
+  mb: TensorInfo;
+  vb: TensorInfo;
+}
+
+/** Every parameter whose moments both sides have, float and of one layout: the ones with a first Adam step. */
+function momentPairs(a: TensorReader, b: TensorReader, namesA: ReadonlySet<string>): MomentPair[] {
+  const out: MomentPair[] = [];
+  for (const param of paramsOf(namesA)) {
+    const [mName, vName] = momentNames(param);
+    const m = a.byName.get(mName);
+    const v = a.byName.get(vName);
     const mb = b.byName.get(mName);
     const vb = b.byName.get(vName);
-    if (!ma || !va || !mb || !vb) continue;
-    if (!sameLayout(ma, mb) || !sameLayout(va, vb) || !sameLayout(ma, va) || !LOSSY_DTYPES.has(ma.dtype)) continue;
-    const eb = DTYPE_BYTES[ma.dtype];
-    const bytes = ma.end - ma.begin;
-    const s = emptySums();
-    for (let start = 0; start < bytes; start += CHUNK * eb) {
-      const end = Math.min(bytes, start + CHUNK * eb);
-      accumulateStep(
-        s,
-        toFloat32(await a.tensorBytes(ma, start, end), ma.dtype), toFloat32(await a.tensorBytes(va, start, end), va.dtype),
-        toFloat32(await b.tensorBytes(mb, start, end), mb.dtype), toFloat32(await b.tensorBytes(vb, start, end), vb.dtype),
-      );
-    }
-    out.push({ name, stepRelError: relativeError(s.sumSqDiff, s.sumSqA) });
+    if (!m || !v || !mb || !vb) continue;
+    if (!sameLayout(m, mb) || !sameLayout(v, vb) || !sameLayout(m, v) || !LOSSY_DTYPES.has(m.dtype)) continue;
+    out.push({ param, m, v, mb, vb });
   }
   return out;
+}
+
+/**
+ * Both moments of a parameter in one pass, chunk by chunk: their own
+ * differences and the first Adam step's, so each moment is read once.
+ */
+async function comparePair(a: TensorReader, b: TensorReader, p: MomentPair, progress: (bytes: number) => void): Promise<{ m: FloatSums; v: FloatSums; step: FloatSums }> {
+  const sums = { m: emptySums(), v: emptySums(), step: emptySums() };
+  const eb = DTYPE_BYTES[p.m.dtype];
+  const bytes = p.m.end - p.m.begin;
+  for (let start = 0; start < bytes; start += CHUNK * eb) {
+    const end = Math.min(bytes, start + CHUNK * eb);
+    const [rma, rmb, rva, rvb] = [await a.tensorBytes(p.m, start, end), await b.tensorBytes(p.mb, start, end), await a.tensorBytes(p.v, start, end), await b.tensorBytes(p.vb, start, end)];
+    const [ma, mb, va, vb] = [toFloat32(rma, p.m.dtype), toFloat32(rmb, p.mb.dtype), toFloat32(rva, p.v.dtype), toFloat32(rvb, p.vb.dtype)];
+    accumulate(sums.m, ma, mb, rma, rmb, eb);
+    accumulate(sums.v, va, vb, rva, rvb, eb);
+    accumulateStep(sums.step, ma, va, mb, vb);
+    progress(2 * (end - start));
+  }
+  return sums;
 }
 
 function pct(x: number | null): string {

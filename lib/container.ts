@@ -82,14 +82,14 @@ export interface ChunkRecord {
 
 /** Bytes of the preamble and header. */
 export function encodeHead(header: ContainerHeader): Uint8Array {
-  const json = encodeHeaderBody(header);
-  const w = new ByteWriter(json.length + 24);
+  const body = encodeHeaderBody(header);
+  const w = new ByteWriter(body.length + 24);
   w.bytes(MAGIC);
   w.u16(FORMAT_VERSION);
   w.u16(0);
-  w.u32(json.length);
-  w.bytes(json);
-  w.u32(crc32(json));
+  w.u32(body.length);
+  w.bytes(body);
+  w.u32(crc32(body));
   return w.finish();
 }
 
@@ -120,11 +120,11 @@ export function recordCrcPrefix(entry: number, chunk: number, length: number): U
 
 /** Bytes of the footer record and the trailer. */
 export function encodeTail(footer: ContainerFooter, footerOffset: number, header: ContainerHeader): Uint8Array {
-  const json = encodeFooterBody(footer, header);
-  const w = new ByteWriter(json.length + 32);
+  const body = encodeFooterBody(footer, header);
+  const w = new ByteWriter(body.length + 32);
   w.u8(RECORD_FOOTER);
-  w.u32(json.length);
-  w.bytes(json);
+  w.u32(body.length);
+  w.bytes(body);
   w.u32(crc32(w.finish()));
   const t = new ByteWriter(16);
   t.u64(footerOffset);
@@ -140,9 +140,9 @@ export const HEAD_FIXED_BYTES = 16;
 export const TRAILER_BYTES = 16;
 
 /**
- * Check the preamble and read the header JSON length.
+ * Check the preamble and read the header body length.
  * @param first16 the first 16 bytes
- * @returns the JSON length
+ * @returns the header body length
  * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
  */
 export function readPreamble(first16: Uint8Array): number {
@@ -182,18 +182,19 @@ function isJsonBody(body: Uint8Array): boolean {
  * @throws ExcpError ERR_CRC, ERR_BAD_HEADER, ERR_SHAPE, ERR_DTYPE
  */
 export function decodeHeader(bytes: Uint8Array): ContainerHeader {
-  const json = bytes.subarray(0, bytes.length - 4);
+  const body = bytes.subarray(0, bytes.length - 4);
   const stored = new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
-  if (crc32(json) !== stored) throw new ExcpError('ERR_CRC', 'container: header checksum mismatch: the file is corrupt');
-  if (json.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: header is empty');
-  const header = isJsonBody(json) ? parseJson(json, 'header') as ContainerHeader : decodeHeaderBody(json);
+  if (crc32(body) !== stored) throw new ExcpError('ERR_CRC', 'container: header checksum mismatch: the file is corrupt');
+  if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: header is empty');
+  const header = isJsonBody(body) ? parseJson(body, 'header') as ContainerHeader : decodeHeaderBody(body);
   validateHeader(header);
   return header;
 }
 
 /**
- * Parse and check the footer record body (JSON then CRC over type, length and JSON).
- * @param body the JSON bytes
+ * Parse and check the footer record body (JSON in version 1, compact in
+ * version 2), after its CRC over type, length and body.
+ * @param body the body bytes
  * @param crc the stored CRC
  * @param header the container header (sizes must agree)
  * @returns the footer

@@ -66,7 +66,7 @@ export interface PayloadHints {
   mContexts?: Uint8Array;
   /** The nonzero m symbols in order (the contexts of v): nonzeroSymbols(m symbols). */
   vContexts?: Uint8Array;
-  /** empiricalEntropyBits of the weight symbols (order 0), from counts the encoder made anyway. */
+  /** streamEntropyBits of the weight symbols (order 0), from counts the encoder made anyway. */
   weightEntropyBits?: number;
 }
 
@@ -181,7 +181,7 @@ function writeStream(w: ByteWriter, q: QuantizedStream, selected: Uint8Array | u
   const contexts = selected && numContexts > 1 ? selected : undefined;
   const coded = encodeSymbols(q.symbols, Math.max(2, q.centers.length + 1), contexts, contexts ? numContexts : undefined);
   if (cost) {
-    cost.entropyBits += entropyBits ?? empiricalEntropyBits(q.symbols, contexts);
+    cost.entropyBits += entropyBits ?? streamEntropyBits(q.symbols, contexts);
     cost.symbolBits += 8 * coded.length;
   }
   writeBlob(w, coded);
@@ -194,7 +194,7 @@ function writeStream(w: ByteWriter, q: QuantizedStream, selected: Uint8Array | u
  * @param contexts one per symbol, or undefined
  * @returns the empirical entropy in bits
  */
-export function empiricalEntropyBits(symbols: Uint8Array, contexts: Uint8Array | undefined): number {
+export function streamEntropyBits(symbols: Uint8Array, contexts: Uint8Array | undefined): number {
   // The table is all zeros between calls: each call clears what it used.
   const joint = jointScratch;
   const contextEnd = contexts ? countJoint(symbols, contexts, joint) : countPlain(symbols, joint);
@@ -221,7 +221,7 @@ function countPlain(symbols: Uint8Array, joint: Uint32Array): number {
 
 /**
  * count * H(S | C) in bits of a joint count table (context c, symbol s at
- * c * 256 + s), summed in the order empiricalEntropyBits sums.
+ * c * 256 + s), summed in the order streamEntropyBits sums.
  * @param joint the counts
  * @param contextEnd 256 * (number of contexts to visit)
  * @returns the entropy in bits
@@ -244,8 +244,8 @@ const jointScratch = new Uint32Array(65536);
 // Run every path once on tiny input before any real chunk: a function whose
 // hot loop is compiled on-stack before the code after it ever ran otherwise
 // bails out there on every call ("insufficient type feedback").
-empiricalEntropyBits(Uint8Array.of(0, 1, 2), Uint8Array.of(1, 2, 3));
-empiricalEntropyBits(Uint8Array.of(0, 1, 2), undefined);
+streamEntropyBits(Uint8Array.of(0, 1, 2), Uint8Array.of(1, 2, 3));
+streamEntropyBits(Uint8Array.of(0, 1, 2), undefined);
 
 /**
  * Run a decoder on payload bytes: its argument errors (a context stream

@@ -15,7 +15,7 @@
  * fewest coded bits (count * log2 of the frequency ratio), using a heap.
  * Greedy on marginal costs is exact for this separable convex problem.
  */
-import type { ByteReader, ByteWriter } from './bytes.js';
+import { type ByteReader, type ByteWriter, varintSize } from './bytes.js';
 import { ExcpError } from './errors.js';
 
 /**
@@ -236,15 +236,6 @@ function usedLength(freqs: Uint32Array): number {
   let count = freqs.length;
   while (count > 0 && freqs[count - 1] === 0) count--;
   return count;
-}
-
-function varintSize(v: number): number {
-  let size = 1;
-  while (v >= 128) {
-    v = Math.floor(v / 128);
-    size++;
-  }
-  return size;
 }
 
 function bestWidth(freqs: Uint32Array, count: number): { width: number; bytes: number } {

@@ -66,7 +66,7 @@ function sumNonFinite(values: Float32Array, positions: number[]): number {
 }
 
 /**
- * Pass 3 for dW under a threshold: gathers the dW with |dW| > rw and
+ * Pass 2 for dW under a threshold: gathers the dW with |dW| > rw and
  * dW != 0, branch-free (writes past the current end are overwritten or
  * ignored). counts[0] receives how many.
  */
@@ -83,7 +83,7 @@ export function gatherWeights(residual: Float32Array, rw: number, nzW: Float32Ar
 }
 
 /**
- * Pass 3 for dW under the rule `magnitude`: keeps the |dW| above the k-th
+ * Pass 2 for dW under the rule `magnitude`: keeps the |dW| above the k-th
  * smallest, as selectAbs and the threshold would, with the selection's
  * second pass over the gathered values only. For finite floats the order of
  * |x| is the order of their bits without the sign, so: gather every dW whose

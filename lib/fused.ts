@@ -36,11 +36,11 @@
  */
 import { DEFAULT_OPTIONS } from './constants.js';
 import { hashBytes } from './hash.js';
-import { selectAbsFrom } from './prune.js';
+import { keepRank, paperFactor, selectAbsFrom } from './prune.js';
 import { quantizeGathered } from './quantize.js';
-import { type ChunkCode, type Exceptions, type SymbolCost, encodePayload, entropyOfJoint } from './entropy.js';
-import { type ChunkLayout, type EncodedChunk, reconstructChunk, restoredDigests } from './codec.js';
-import { type DType, DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from './dtype.js';
+import { type ChunkCode, type SymbolCost, encodePayload, entropyOfJoint } from './entropy.js';
+import { type ChunkLayout, type EncodedChunk, pickExceptions, reconstructChunk, restoredDigests } from './codec.js';
+import { DTYPE_BYTES, LOSSY_DTYPES } from './dtype.js';
 import type { ChunkInput, CodecOptions } from './types.js';
 import { Scratch } from './scratch.js';
 import { gatherMoments, gatherTopWeights, gatherWeights, residualPass } from './fused-gather.js';
@@ -67,10 +67,10 @@ export function encodeFused(layout: ChunkLayout, input: ChunkInput, options: Cod
   if (n === 0 || !Number.isInteger(n) || base.length !== n * eb || expAvg.length !== n * mb || expAvgSq.length !== n * mb) return null;
 
   const baseDigest = hashBytes(base);
-  const cur = floats(input.weight, wd, SLOT_CUR, n);
-  const bas = floats(base, wd, SLOT_BASE, n);
-  const m = floats(expAvg, md, SLOT_M, n);
-  const v = floats(expAvgSq, md, SLOT_V, n);
+  const cur = work.readFloat32(input.weight, wd, SLOT_CUR, n);
+  const bas = work.readFloat32(base, wd, SLOT_BASE, n);
+  const m = work.readFloat32(expAvg, md, SLOT_M, n);
+  const v = work.readFloat32(expAvgSq, md, SLOT_V, n);
 
   // Pass 1: residual (non-finite -> exception, 0), |dW| top-bits histogram, sum |m|, sum |v|.
   const residual = work.f32(SLOT_RESIDUAL, n);
@@ -91,30 +91,24 @@ export function encodeFused(layout: ChunkLayout, input: ChunkInput, options: Cod
   const nzW = work.f32(SLOT_NZ_W, n);
   const slotW = work.i32(SLOT_SLOT_W, n);
   if (rule === 'paper') {
-    const meanV = sumV / n;
-    const factor = meanV > 0 ? Math.min(2.5, options.alpha / Math.sqrt(meanV)) : 2.5;
-    gatherWeights(residual, selectAbsFrom(residual, (n - 1) >> 1, top) * factor, nzW, slotW, counts);
+    gatherWeights(residual, selectAbsFrom(residual, (n - 1) >> 1, top) * paperFactor(sumV / n, options.alpha), nzW, slotW, counts);
   } else {
     const keep = options.keep ?? DEFAULT_OPTIONS.keep;
-    const rank = Math.min(n - 1, Math.max(0, Math.floor((1 - keep) * n)));
     if (keep >= 1) gatherWeights(residual, 0, nzW, slotW, counts);
-    else gatherTopWeights(residual, rank, top, nzW, slotW, counts);
+    else gatherTopWeights(residual, keepRank(n, keep), top, nzW, slotW, counts);
   }
   const ro = options.beta * (sumM / n);
   // The moments are gathered among the kept dW only: arrays of that size do.
-  const keptW = counts[0]!;
-  const nzM = work.f32(SLOT_NZ_M, keptW);
-  const slotM = work.i32(SLOT_SLOT_M, keptW);
-  const nzV = work.f32(SLOT_NZ_V, keptW);
-  const slotV = work.i32(SLOT_SLOT_V, keptW);
-  gatherMoments(keptW, m, v, ro, vExc.length === 0, slotW, nzM, slotM, nzV, slotV, counts);
   const nw = counts[0]!;
+  const nzM = work.f32(SLOT_NZ_M, nw);
+  const slotM = work.i32(SLOT_SLOT_M, nw);
+  const nzV = work.f32(SLOT_NZ_V, nw);
+  const slotV = work.i32(SLOT_SLOT_V, nw);
+  gatherMoments(nw, m, v, ro, vExc.length === 0, slotW, nzM, slotM, nzV, slotV, counts);
   const nm = counts[1]!;
   const nv = counts[2]!;
   const fillSum = counts[3]!;
-  const keptWeights = nw;
-  const keptMoments = nm;
-  const pruned = n - keptMoments;
+  const pruned = n - nm;
   const vFill = options.vFill === 'mean' && pruned > 0 ? Math.fround(fillSum / pruned) : 0;
 
   // Pass 4: k-means and assignment over the gathered values; the nonzero
@@ -147,17 +141,11 @@ export function encodeFused(layout: ChunkLayout, input: ChunkInput, options: Cod
   for (let s = 0; s < wq.centers.length; s++) wCounts[s + 1] = wMembers[s]!;
   const weightEntropyBits = entropyOfJoint(wCounts, 256);
   const payload = encodePayload(code, n, cost, { mContexts: wOrdered, vContexts: mOrdered, weightEntropyBits });
-  return { payload, digests, baseDigest, stats: { elements: n, keptWeights, keptMoments, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
+  return { payload, digests, baseDigest, stats: { elements: n, keptWeights: nw, keptMoments: nm, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
 }
 
 const sums = new Float64Array(2);
 const counts = new Float64Array(4);
-
-function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Exceptions {
-  const out = new Uint8Array(positions.length * eb);
-  positions.forEach((p, i) => out.set(raw.subarray(p * eb, p * eb + eb), i * eb));
-  return { positions, raw: out };
-}
 
 /*
  * Per-thread scratch, reused from chunk to chunk (a worker codes one chunk
@@ -178,18 +166,6 @@ const SLOT_ORDER_W = 11;
 const SLOT_ORDER_M = 12;
 const work = new Scratch();
 const topHistogram = new Int32Array(1 << 16);
-
-/**
- * Element bytes as float32, for reading only: for F32 a view when aligned,
- * else a bit-exact copy into scratch; other dtypes converted into scratch.
- */
-function floats(bytes: Uint8Array, dtype: DType, slot: number, n: number): Float32Array {
-  if (dtype !== 'F32') return toFloat32(bytes, dtype, work.f32(slot, n));
-  if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, n);
-  const out = work.f32(slot, n);
-  new Uint8Array(out.buffer, 0, 4 * n).set(bytes.subarray(0, 4 * n));
-  return out;
-}
 
 /*
  * Warm-up: code a few small chunks before the first real one (not at
@@ -219,8 +195,8 @@ function warmUp(): void {
   const input = { weight: new Uint8Array(w.buffer), base: new Uint8Array(b.buffer), expAvg: new Uint8Array(mm.buffer), expAvgSq: new Uint8Array(vv.buffer) };
   const warmLayout: ChunkLayout = { weightDtype: 'F32', momentDtype: 'F32', exactWeight: false, exactMoments: false, base: true };
   // Several calls, so that V8 also compiles the functions whole.
-  // Best effort: an error here would come again, reported, from the first
-  // real chunk, and must not make merely importing the codec fail.
+  // Best effort: an error here would come again, reported, from the real
+  // chunk that triggered the warm-up, so it is not thrown from here.
   try {
     for (let r = 0; r < 8; r++) encodeFused(warmLayout, input, { ...DEFAULT_OPTIONS });
     encodeFused(warmLayout, input, { ...DEFAULT_OPTIONS, bits: 4, vDomain: 'linear', weightRule: 'paper' });

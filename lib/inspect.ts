@@ -11,7 +11,7 @@ import {
 } from './container.js';
 import { DTYPE_BYTES, elementCount } from './dtype.js';
 import { ExcpError } from './errors.js';
-import { MAX_JSON_BYTES } from './constants.js';
+import { MAX_JSON_BYTES, RECORD_FOOTER } from './constants.js';
 import { readExactly } from './stream/checkpoint-file.js';
 import { restore, verifyFolderContainer } from './pipeline.js';
 import type { ParamMapInfo } from './plan.js';
@@ -75,15 +75,15 @@ export async function readContainerIndex(path: string): Promise<{ header: Contai
   try {
     const size = (await handle.stat()).size;
     if (size < HEAD_FIXED_BYTES + TRAILER_BYTES) throw new ExcpError('ERR_TRUNCATED', `${path}: ${size} bytes is too short for a container`);
-    const jsonLength = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
-    if (HEAD_FIXED_BYTES + jsonLength + 4 > size) throw new ExcpError('ERR_TRUNCATED', `${path}: header runs past the end of the file`);
-    const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, jsonLength + 4));
+    const headerLength = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
+    if (HEAD_FIXED_BYTES + headerLength + 4 > size) throw new ExcpError('ERR_TRUNCATED', `${path}: header runs past the end of the file`);
+    const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, headerLength + 4));
     const footerOffset = decodeTrailer(await readExactly(handle, size - TRAILER_BYTES, TRAILER_BYTES));
     if (footerOffset + 5 > size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} is outside the file`);
-    if (footerOffset < HEAD_FIXED_BYTES + jsonLength + 4) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} points into the header`);
+    if (footerOffset < HEAD_FIXED_BYTES + headerLength + 4) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} points into the header`);
     const prefix = await readExactly(handle, footerOffset, 5);
     const length = new DataView(prefix.buffer).getUint32(1, true);
-    if (prefix[0] !== 2 || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
+    if (prefix[0] !== RECORD_FOOTER || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
     if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `${path}: footer length ${length} exceeds limit ${MAX_JSON_BYTES}`);
     const body = await readExactly(handle, footerOffset + 5, length + 4);
     const footer = decodeFooter(body.subarray(0, length), new DataView(body.buffer).getUint32(length, true), header);

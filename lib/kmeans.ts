@@ -169,8 +169,6 @@ function lloyd(points: Float64Array, weights: Float64Array, k: number): Float64A
     while (p < m - 1 && cum + weights[p]! <= target) cum += weights[p++]!;
     centers[j] = points[p]!;
   }
-  const sums = new Float64Array(k);
-  const counts = new Float64Array(k);
   const mids = new Float64Array(k);
   // Each step assigns the sorted points by walking them once: a point moves
   // to the next cluster while it is above that cluster's midpoint. So each
@@ -205,8 +203,7 @@ function lloyd(points: Float64Array, weights: Float64Array, k: number): Float64A
     if (!moved) break;
   }
   // Drop clusters that ended empty: their symbol would never be used.
-  sums.fill(0);
-  counts.fill(0);
+  const counts = new Float64Array(k);
   let c = 0;
   for (let i = 0; i < m; i++) {
     while (c < k - 1 && points[i]! > (centers[c]! + centers[c + 1]!) / 2) c++;

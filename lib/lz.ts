@@ -35,7 +35,11 @@
  * caller's limit; every step writes at least one byte, so the loop ends after
  * at most `length` steps. A distance reaching before the start or a length
  * running past the end is ERR_CORRUPT; reading more than 4 bytes past the end
- * of the stream (the range decoder reads zeros there) is ERR_TRUNCATED.
+ * of the stream (the range decoder reads zeros there) is ERR_TRUNCATED. A
+ * valid stream is read to its last byte (the decoder reads 4 bytes ahead, the
+ * flush writes at most 2 and drops trailing zeros), so bytes left unread are
+ * ERR_CORRUPT (zeros the decoder reads ahead into cannot be told from the
+ * dropped ones, and are accepted).
  * ===========================================================================
  */
 import { ExcpError } from './errors.js';
@@ -275,7 +279,7 @@ export function lzCompress(input: Uint8Array): Uint8Array {
  * @param length the number of bytes it decodes to
  * @param limit the largest length accepted (checked before allocating)
  * @throws ExcpError ERR_HEADER_TOO_LARGE when length > limit; ERR_CORRUPT on an
- *   impossible match; ERR_TRUNCATED when the stream ends early
+ *   impossible match or bytes left after the end; ERR_TRUNCATED when the stream ends early
  */
 export function lzDecompress(bytes: Uint8Array, length: number, limit: number): Uint8Array {
   if (!Number.isSafeInteger(length) || length < 0 || length > limit) {
@@ -309,5 +313,6 @@ export function lzDecompress(bytes: Uint8Array, length: number, limit: number): 
     state = ((state << 1) | 1) & 3;
   }
   if (dec.overrun > 4) throw new ExcpError('ERR_TRUNCATED', `lz: stream of ${bytes.length} bytes is truncated`);
+  if (dec.unread > 0) throw new ExcpError('ERR_CORRUPT', `lz: ${dec.unread} of ${bytes.length} bytes left unread after ${length} decoded bytes`);
   return out;
 }

@@ -117,7 +117,9 @@ async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
  * @returns the file's path and its remover
  */
 export async function spoolToFile(source: Readable, near: string): Promise<{ path: string; remove: () => Promise<void> }> {
-  const path = join(dirname(near), `.${basename(near)}.excp-stdin-${process.pid}-${Date.now().toString(36)}`);
+  // Named like writeAtomically's temp files, so a spool left by a killed run
+  // is removed by the next write of the same output.
+  const path = join(dirname(near), `${tempPrefix(near)}${process.pid}-${Date.now().toString(36)}-stdin`);
   activeTemps.add(path);
   const remove = async (): Promise<void> => {
     await rm(path, { force: true });
@@ -155,12 +157,18 @@ export function tempPrefix(target: string): string {
   return `.${basename(target)}.excp-tmp-`;
 }
 
-function processAlive(pid: number): boolean {
+/**
+ * Whether a process may exist: only a definite "no such process" (ESRCH)
+ * says it is gone (EPERM: it exists, owned by another user; anything else,
+ * e.g. a PID out of range, is not proof). Stale temp files and chain locks
+ * are taken over only when their process is certainly gone.
+ */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
 

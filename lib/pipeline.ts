@@ -230,14 +230,7 @@ export async function restoreToFile(input: string | undefined, target: string, o
       await restoreTo(input, out, options);
       return;
     }
-    const base = options.base !== undefined ? await openReader(options.base) : null;
-    const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
-    try {
-      await pipeline(input === undefined ? process.stdin : createReadStream(input), new ContainerReader(), decoder, new FolderWriter(null, options.onProgress, fd));
-    } finally {
-      await decoder.close();
-      await base?.close();
-    }
+    await decodeInto(input, new FolderWriter(null, options.onProgress, fd), options);
   }, { force: options.force, inputs: [...(options.inputs ?? []), input] });
 }
 
@@ -249,7 +242,7 @@ export async function restoreToFile(input: string | undefined, target: string, o
  * @param options base (a folder), threads, progress, force, inputs
  */
 export async function restoreToFolder(input: string, target: string, options: RestoreOptions & FolderTargetOptions): Promise<void> {
-  await writeFolderAtomically(target, (temp) => decodeFolder(input, temp, options), { force: options.force, inputs: [...(options.inputs ?? []), input] });
+  await writeFolderAtomically(target, (temp) => decodeInto(input, new FolderWriter(temp, options.onProgress), options), { force: options.force, inputs: [...(options.inputs ?? []), input] });
 }
 
 /**
@@ -258,14 +251,15 @@ export async function restoreToFolder(input: string, target: string, options: Re
  * @param options base (a folder), threads
  */
 export async function verifyFolderContainer(input: string, options: RestoreOptions): Promise<void> {
-  await decodeFolder(input, null, options);
+  await decodeInto(input, new FolderWriter(null, options.onProgress), options);
 }
 
-async function decodeFolder(input: string, temp: string | null, options: RestoreOptions): Promise<void> {
+/** Decode a container file (or stdin when input is undefined) into a FolderWriter. */
+async function decodeInto(input: string | undefined, writer: FolderWriter, options: RestoreOptions): Promise<void> {
   const base = options.base !== undefined ? await openReader(options.base) : null;
   const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
   try {
-    await pipeline(createReadStream(input), new ContainerReader(), decoder, new FolderWriter(temp, options.onProgress));
+    await pipeline(input === undefined ? process.stdin : createReadStream(input), new ContainerReader(), decoder, writer);
   } finally {
     await decoder.close();
     await base?.close();

@@ -72,6 +72,17 @@ export class BufferRecycler {
   }
 }
 
+/**
+ * The distinct buffers under a chunk's input views (what is transferred to a
+ * worker and recycled after).
+ * @param input the chunk input
+ * @returns each underlying buffer once
+ */
+export function inputBuffers(input: ChunkInput): ArrayBuffer[] {
+  const { weight, base, expAvg, expAvgSq } = input;
+  return [...new Set([weight, base, expAvg, expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))];
+}
+
 /** Default thread count: all cores. */
 export function defaultThreads(): number {
   return availableParallelism();

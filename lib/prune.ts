@@ -114,8 +114,28 @@ export function meanAbs(values: Float32Array): number {
  * @returns r_w
  */
 export function weightThreshold(residual: Float32Array, meanV: number, alpha: number): number {
-  const factor = meanV > 0 ? Math.min(2.5, alpha / Math.sqrt(meanV)) : 2.5;
-  return medianAbs(residual) * factor;
+  return medianAbs(residual) * paperFactor(meanV, alpha);
+}
+
+/**
+ * The factor of the rule `paper`: r_w = median(|dW|) * this.
+ * @param meanV mean of v over the chunk
+ * @param alpha the method's alpha (> 0)
+ * @returns min(2.5, alpha / sqrt(meanV)), or 2.5 when meanV is 0
+ */
+export function paperFactor(meanV: number, alpha: number): number {
+  return meanV > 0 ? Math.min(2.5, alpha / Math.sqrt(meanV)) : 2.5;
+}
+
+/**
+ * The rank of r_w under the rules that keep a share (`magnitude`,
+ * `saliency`): the scores strictly above the score of this rank are kept.
+ * @param n values in the chunk (> 0)
+ * @param keep share kept, (0, 1]
+ * @returns floor((1 - keep) * n), clamped to 0..n - 1
+ */
+export function keepRank(n: number, keep: number): number {
+  return Math.min(n - 1, Math.max(0, Math.floor((1 - keep) * n)));
 }
 
 /** How the weight residual is pruned (see the file comment). */
@@ -170,8 +190,7 @@ export function pruneJoint(
     const n = residual.length;
     const score = rule === 'saliency' ? saliencyScores(residual, v) : residual;
     // Keep the scores strictly above the (1 - keep) quantile: a zero dW never survives.
-    const rank = Math.min(n - 1, Math.max(0, Math.floor((1 - keep) * n)));
-    rw = keep >= 1 ? 0 : selectAbs(score, rank);
+    rw = keep >= 1 ? 0 : selectAbs(score, keepRank(n, keep));
     for (let i = 0; i < n; i++) {
       if (Math.abs(score[i]!) > rw && residual[i] !== 0) keptWeights++;
       else residual[i] = 0;

@@ -229,12 +229,19 @@ export function dequantizeNested(q: QuantizedStream, outer: Uint8Array | null, m
  * @param symbols symbols at selected positions
  * @param select the selection (null: `symbols` is already full length)
  * @param n full length
- * @returns full-length symbols
+ * @param out optional destination of length n (every position is written); else a fresh array
+ * @returns full-length symbols (`symbols` itself when select is null)
  */
-export function expandSymbols(symbols: Uint8Array, select: Uint8Array | null, n: number): Uint8Array {
+export function expandSymbols(symbols: Uint8Array, select: Uint8Array | null, n: number, out: Uint8Array = new Uint8Array(n)): Uint8Array {
   if (!select) return symbols;
-  const out = new Uint8Array(n);
-  for (let i = 0, j = 0; i < n; i++) if (select[i] !== 0) out[i] = symbols[j++]!;
+  // Branch-free: symbols[j] past the end reads as undefined only when the
+  // position is unselected, and then the 0 from the mask wins.
+  const last = symbols.length;
+  for (let i = 0, j = 0; i < n; i++) {
+    const selected = +(select[i] !== 0);
+    out[i] = selected * symbols[j < last ? j : 0]!;
+    j += selected;
+  }
   return out;
 }
 

@@ -5,7 +5,7 @@
  * model can be read and tuned without wading through the hot path, and so
  * that the encoder and decoder loops share one definition of the constants.
  */
-import { ByteReader, ByteWriter } from './bytes.js';
+import { ByteReader, ByteWriter, varintSize } from './bytes.js';
 import { ExcpError } from './errors.js';
 import { codedBits, empiricalEntropyBits, frequencyTableBytes, normalizeFrequencies, readFrequencies, writeFrequencies } from './frequency.js';
 
@@ -34,10 +34,6 @@ export interface Model {
 
 function bitLength(v: number): number {
   return v <= 0 ? 0 : 32 - Math.clz32(v);
-}
-
-function varintBytes(v: number): number {
-  return v < 128 ? 1 : v < 16384 ? 2 : 3;
 }
 
 /**
@@ -78,13 +74,13 @@ export function buildModel(counts: Uint32Array, n: number): Model {
   const rare = n - counts[mps]!;
   if (rare === 0) return { mps, escape: 0, rareBits: 0, rareFreqs: new Uint32Array(0), bits: 16 };
   const direct = bestTable(counts, Math.min(DIRECT_MAX_BITS, bitLength(n) + 1));
-  const directBits = 8 * (2 + varintBytes(DIRECT)) + direct.bits;
+  const directBits = 8 * (2 + varintSize(DIRECT)) + direct.bits;
   const escape = Math.min(SPLIT_TOTAL - 1, Math.max(1, Math.round((rare * SPLIT_TOTAL) / n)));
   const splitBits = rare * Math.log2(SPLIT_TOTAL / escape) + counts[mps]! * Math.log2(SPLIT_TOTAL / (SPLIT_TOTAL - escape));
   const rareCounts = counts.slice();
   rareCounts[mps] = 0;
   const split = bestTable(rareCounts, Math.min(16, bitLength(rare) + 1));
-  const escapeBits = 8 * (2 + varintBytes(escape)) + splitBits + split.bits;
+  const escapeBits = 8 * (2 + varintSize(escape)) + splitBits + split.bits;
   // The escape model decodes with a data-dependent branch: take it only when it clearly pays.
   if (escapeBits < directBits - Math.max(64, directBits / 1000)) return { mps, escape, rareBits: split.rareBits, rareFreqs: split.rareFreqs, bits: escapeBits };
   return { mps, escape: DIRECT, rareBits: direct.rareBits, rareFreqs: direct.rareFreqs, bits: directBits };

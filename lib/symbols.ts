@@ -210,7 +210,7 @@ export function readStreamHead<M>(bytes: Uint8Array, count: number, alphabetSize
     models.push(readModel(r, alphabetSize));
   } else if (mode === MODE_CONTEXT) {
     if (contexts === undefined) throw new ExcpError('ERR_INVALID_ARG', 'symbols: stream was coded with contexts; none given');
-    const seen = contextsUsed(contexts);
+    const seen = countSymbols(contexts, 256); // nonzero where a context value occurs
     for (let c = 0; c < numContexts; c++) models.push(seen[c] ? readModel(r, alphabetSize) : undefined);
     for (let c = numContexts; c < 256; c++) {
       if (seen[c]) throw new ExcpError('ERR_OUT_OF_RANGE', `symbols: context ${c} >= numContexts ${numContexts}`);
@@ -222,23 +222,3 @@ export function readStreamHead<M>(bytes: Uint8Array, count: number, alphabetSize
   return { r, out, models, ctx };
 }
 
-/** Which context values occur. */
-function contextsUsed(contexts: Uint8Array): Uint8Array {
-  const seen = new Uint8Array(256);
-  const n = contexts.length;
-  let i = 0;
-  if (contexts.byteOffset % 4 === 0) {
-    // Four at a time (the byte order does not matter here).
-    const words = new Uint32Array(contexts.buffer, contexts.byteOffset, n >>> 2);
-    for (let k = 0; k < words.length; k++) {
-      const x = words[k]!;
-      seen[x & 0xff] = 1;
-      seen[(x >>> 8) & 0xff] = 1;
-      seen[(x >>> 16) & 0xff] = 1;
-      seen[x >>> 24] = 1;
-    }
-    i = words.length << 2;
-  }
-  for (; i < n; i++) seen[contexts[i]!] = 1;
-  return seen;
-}

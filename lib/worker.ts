@@ -8,7 +8,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { decodeChunk, encodeChunk } from './codec.js';
 import { ExcpError } from './errors.js';
-import type { WorkerRequest, WorkerResponse } from './pool.js';
+import { type WorkerRequest, type WorkerResponse, inputBuffers } from './pool.js';
 
 /*
  * A worker's JS heap stays tiny while every chunk brings megabytes of
@@ -47,9 +47,7 @@ parentPort?.on('message', (request: WorkerRequest) => {
       const result = encodeChunk(request.layout, request.input, request.options);
       transfer.push(result.payload.buffer as ArrayBuffer);
       // The input buffers go back for reuse (see BufferRecycler).
-      const { weight, base, expAvg, expAvgSq } = request.input;
-      const inputs = [...new Set([weight, base, expAvg, expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))]
-        .filter((b) => b !== result.payload.buffer);
+      const inputs = inputBuffers(request.input).filter((b) => b !== result.payload.buffer);
       transfer.push(...inputs);
       response = { id: request.id, encoded: result, inputs };
     } else {

@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { ByteWriter } from '../lib/bytes.js';
 import {
   type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeRecord, readPreambleInfo, recordCrcPrefix,
 } from '../lib/container.js';
@@ -12,6 +11,7 @@ import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
 import { Prng } from '../lib/prng.js';
 import { RangeEncoder, createBitModels } from '../lib/range-coder.js';
 import { codeOf, randomCheckpointPair, sameBytes } from './helpers.js';
+import { toVersion1 } from '../examples/fuzz.js';
 
 const LIMIT = 64 * 1024 * 1024;
 
@@ -62,6 +62,8 @@ test('lz: hostile streams end in ERR_CORRUPT, ERR_TRUNCATED or ERR_HEADER_TOO_LA
   enc.encodeBit(createBitModels(4), 0, 1);
   enc.encodeBit(createBitModels(4), 0, 1);
   assert.equal(codeOf(() => lzDecompress(enc.finish(), 10, LIMIT)), 'ERR_CORRUPT');
+  // Bytes after the end of a valid stream, beyond the decoder's 4-byte read-ahead.
+  assert.equal(codeOf(() => lzDecompress(Uint8Array.from([...packed, 0, 0, 0, 0, 0]), text.length, LIMIT)), 'ERR_CORRUPT');
   // A match running past the declared end.
   const rep = new TextEncoder().encode('abababababababababab');
   assert.equal(codeOf(() => lzDecompress(lzCompress(rep), 3, LIMIT)), 'ERR_CORRUPT');
@@ -220,66 +222,6 @@ test('footer v2: a hand-built stored body decodes to the in-memory footer', () =
   });
 });
 
-/** A writer's version 2 container rewritten in version 1 (JSON header and footer, u32 record fields). */
-function toVersion1(c: Uint8Array): Uint8Array {
-  const view = new DataView(c.buffer, c.byteOffset, c.length);
-  const { length } = readPreambleInfo(c.subarray(0, 16));
-  const header = decodeHeader(c.subarray(16, 16 + length + 4));
-  const w = new ByteWriter(c.length * 2);
-  const head = c.slice(0, 12);
-  head[8] = 1;
-  w.bytes(head);
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  w.u32(json.length);
-  w.bytes(json);
-  w.u32(crc32(json));
-  let o = 16 + length + 4;
-  const read = (): number => {
-    let v = 0;
-    for (let scale = 1; ; scale *= 128) {
-      const b = c[o++]!;
-      v += (b & 0x7f) * scale;
-      if (!(b & 0x80)) return v;
-    }
-  };
-  const offsets: number[][] = header.entries.map(() => []);
-  const order: [number, number][] = [];
-  header.entries.forEach((e, i) => {
-    for (let k = 0; k < Math.ceil(e.elements / header.options.chunkElements); k++) order.push([i, k]);
-  });
-  while (c[o] === 1) {
-    o++;
-    const [entry, chunk] = order.shift()!;
-    const n = read();
-    offsets[entry]!.push(w.finish().length);
-    const rec = new ByteWriter(n + 17);
-    rec.u8(1);
-    rec.u32(entry);
-    rec.u32(chunk);
-    rec.u32(n);
-    rec.bytes(c.subarray(o, o + n));
-    rec.u32(crc32(rec.finish()));
-    w.bytes(rec.finish());
-    o += n + 4;
-  }
-  const footerLength = view.getUint32(o + 1, true);
-  const footer = decodeFooter(c.subarray(o + 5, o + 5 + footerLength), view.getUint32(o + 5 + footerLength, true), header);
-  footer.entries.forEach((e, i) => { e.offsets = offsets[i]!; });
-  const footerAt = w.finish().length;
-  const body = new TextEncoder().encode(JSON.stringify(footer));
-  const f = new ByteWriter(body.length + 9);
-  f.u8(2);
-  f.u32(body.length);
-  f.bytes(body);
-  f.u32(crc32(f.finish()));
-  w.bytes(f.finish());
-  const t = new ByteWriter(8);
-  t.u64(footerAt);
-  w.bytes(t.finish());
-  w.u32(crc32(t.finish()));
-  w.bytes(Uint8Array.from([0x50, 0x43, 0x58, 0x45]));
-  return w.finish().slice();
-}
 
 test('containers: written as version 2, a version 1 rewrite of the same content still restores (lossless: the same exact streams in both)', async () => {
   // Lossy version 1 containers have range-coded symbols: spec/compat.spec.ts restores real ones.

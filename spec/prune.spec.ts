@@ -12,6 +12,14 @@ function heavy(rng: Prng, n: number, scale: number): Float32Array {
   return out;
 }
 
+/** A seeded chunk: dW, m, and v = m^2 + 1e-6. */
+function sampleChunk(seed: number, n: number): { dW: Float32Array; m: Float32Array; v: Float32Array } {
+  const rng = new Prng(seed);
+  const dW = heavy(rng, n, 1e-3);
+  const m = heavy(rng, n, 1e-2);
+  return { dW, m, v: Float32Array.from(m, (x) => x * x + 1e-6) };
+}
+
 describe('joint prune', () => {
   it('selectAbs finds the exact k-th smallest |x|, including ties and zeros', () => {
     const rng = new Prng(1);
@@ -24,11 +32,8 @@ describe('joint prune', () => {
   });
 
   it('keeps exactly the method\'s positions', () => {
-    const rng = new Prng(2);
     const n = 5000;
-    const dW = heavy(rng, n, 1e-3);
-    const m = heavy(rng, n, 1e-2);
-    const v = Float32Array.from(m, (x) => x * x + 1e-6);
+    const { dW, m, v } = sampleChunk(2, n);
     const [d0, m0, v0] = [dW.slice(), m.slice(), v.slice()];
     const meanV = v0.reduce((s, x) => s + x, 0) / n;
     const rw = medianAbs(d0) * Math.min(2.5, 5e-5 / Math.sqrt(meanV));
@@ -94,11 +99,7 @@ describe('joint prune: scale-free weight rules', () => {
   });
 
   it('does not depend on the scale of dW or v (unlike the paper\'s alpha)', () => {
-    const rng = new Prng(6);
-    const n = 4096;
-    const dW = heavy(rng, n, 1e-3);
-    const m = heavy(rng, n, 1e-2);
-    const v = Float32Array.from(m, (x) => x * x + 1e-6);
+    const { dW, m, v } = sampleChunk(6, 4096);
     for (const weightRule of rules) {
       const kept = (ds: number, vs: number): number[] => {
         const d = dW.map((x) => x * ds);

@@ -9,7 +9,7 @@ import { assignClusters, fitKMeans, refineCenters, type QuantDomain } from '../l
 import {
   dequantizeNested, dequantizeStream, expandSymbols, nonzeroSymbols, quantizeGathered, quantizeStream, selectionContexts,
 } from '../lib/quantize.js';
-import { empiricalEntropyBits, encodePayload, type SymbolCost } from '../lib/entropy.js';
+import { streamEntropyBits, encodePayload, type SymbolCost } from '../lib/entropy.js';
 import { Prng } from '../lib/prng.js';
 
 /** The multi-pass quantizeStream this module had before it was fused. */
@@ -78,6 +78,8 @@ describe('quantize fast paths', () => {
     const inner = stream(rng, n, 0.5, false);
     const m = quantizeStream(inner, outer, 4, 'linear');
     const mFull = expandSymbols(m.symbols, outer, n);
+    // Into a given array, every position is written.
+    assert.deepEqual(expandSymbols(m.symbols, outer, n, new Uint8Array(n).fill(9)), mFull);
     assert.deepEqual(nonzeroSymbols(outer), selectionContexts(outer, m.symbols.length));
     assert.deepEqual(nonzeroSymbols(m.symbols), selectionContexts(mFull, nonzeroSymbols(mFull).length));
     const v = quantizeStream(stream(rng, n, 0.2, true), mFull, 4, 'log');
@@ -96,12 +98,12 @@ describe('quantize fast paths', () => {
 });
 
 describe('symbol cost', () => {
-  it('empiricalEntropyBits is count * H, order 0 and conditional', () => {
-    assert.equal(empiricalEntropyBits(Uint8Array.of(0, 1, 2, 3), undefined), 8);
-    assert.equal(empiricalEntropyBits(Uint8Array.of(5, 5, 5), undefined), 0);
+  it('streamEntropyBits is count * H, order 0 and conditional', () => {
+    assert.equal(streamEntropyBits(Uint8Array.of(0, 1, 2, 3), undefined), 8);
+    assert.equal(streamEntropyBits(Uint8Array.of(5, 5, 5), undefined), 0);
     // Each context alone is constant: H(S | C) = 0 while H(S) = 1 bit.
-    assert.equal(empiricalEntropyBits(Uint8Array.of(1, 2, 1, 2), Uint8Array.of(3, 4, 3, 4)), 0);
-    assert.equal(empiricalEntropyBits(Uint8Array.of(1, 2, 1, 2), undefined), 4);
+    assert.equal(streamEntropyBits(Uint8Array.of(1, 2, 1, 2), Uint8Array.of(3, 4, 3, 4)), 0);
+    assert.equal(streamEntropyBits(Uint8Array.of(1, 2, 1, 2), undefined), 4);
   });
 
   it('the coded symbols of a large chunk are within 1% of their empirical entropy', () => {

@@ -17,10 +17,6 @@ import { uniform, codeOf } from './helpers.js';
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);
 const load = (path: string): Uint8Array => new Uint8Array(readFileSync(new URL(path, FIXTURES)));
 const reader = (bytes: Uint8Array): ReadAt => (offset, length) => bytes.subarray(offset, offset + length);
-const hex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
-
-/** Small seeded PRNG (mulberry32) so fuzz cases are reproducible. */
-
 
 // The non-data bytes of a file torch 1.13 wrote with a 4 GiB + 1000 byte uint8
 // tensor (so: a zip64 entry, then entries whose header offsets exceed 2^32),

@@ -6,7 +6,7 @@ import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '
 import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container.js';
 import { DTYPE_BYTES } from '../dtype.js';
 import { ExcpError } from '../errors.js';
-import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, unwrap } from '../pool.js';
+import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, inputBuffers, unwrap } from '../pool.js';
 import type { ChunkJob } from './source.js';
 import type { TensorReader } from './checkpoint-file.js';
 
@@ -59,9 +59,13 @@ function inFlight(threads: number): number {
  */
 function poolSize(header: ContainerHeader, threads: number | 'auto'): number {
   if (threads !== 'auto') return threads;
+  return Math.min(defaultThreads(), Math.floor(totalElements(header) / ELEMENTS_PER_WORKER));
+}
+
+function totalElements(header: ContainerHeader): number {
   let elements = 0;
   for (const e of header.entries) elements += e.elements;
-  return Math.min(defaultThreads(), Math.floor(elements / ELEMENTS_PER_WORKER));
+  return elements;
 }
 
 /** Elements of the container per worker started (see {@link poolSize}). */
@@ -76,10 +80,8 @@ const ELEMENTS_PER_WORKER = 16 * 1024 * 1024;
  */
 function encodeWorkers(header: ContainerHeader, threads: number | 'auto'): number {
   if (threads !== 'auto') return threads;
-  let elements = 0;
-  for (const e of header.entries) elements += e.elements;
   const cores = defaultThreads();
-  return cores >= 2 && elements >= ELEMENTS_PER_WORKER ? cores : 0;
+  return cores >= 2 && totalElements(header) >= ELEMENTS_PER_WORKER ? cores : 0;
 }
 
 function ownBuffer(b: Uint8Array): Uint8Array {
@@ -101,8 +103,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
       const layout = layoutOf(header, job.entry);
       if (!pool) {
         const encoded = encodeChunk(layout, job.input, header.options);
-        const { weight, base, expAvg, expAvgSq } = job.input;
-        job.release?.([...new Set([weight, base, expAvg, expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))]);
+        job.release?.(inputBuffers(job.input));
         return { entry: job.entry, chunk: job.chunk, ...encoded };
       }
       // Recycled views own their whole buffer; other views are copied unless they do.
@@ -113,8 +114,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
         expAvg: job.input.expAvg && own(job.input.expAvg),
         expAvgSq: job.input.expAvgSq && own(job.input.expAvgSq),
       };
-      const transfer = [input.weight, input.base, input.expAvg, input.expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer);
-      const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options }, transfer));
+      const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options }, inputBuffers(input)));
       if (!('encoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
       job.release?.(r.inputs);
       return { entry: job.entry, chunk: job.chunk, ...r.encoded };

@@ -27,10 +27,8 @@ import { ExcpError } from '../errors.js';
 import { Hasher } from '../hash.js';
 import { readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
 import { readExactly } from './checkpoint-file.js';
-import type { RestoredEvent } from './codec.js';
-import { checkedRawHeader, verifyFingerprints } from './writer.js';
-
-const encoder = new TextEncoder();
+import type { RestoredEvent, RestoredRecord } from './codec.js';
+import { checkedRawHeader, takeRestoredChunk, verifyFingerprints } from './writer.js';
 
 /** Where a tensor's bytes go: a file and an offset, or (a skeleton) the gaps of a file. */
 type Target =
@@ -68,6 +66,7 @@ export class FolderWriter extends Writable {
   /**
    * @param temp an empty folder the files are written into; null only checks the fingerprints (excp verify)
    * @param onProgress called with tensor bytes restored so far and in all
+   * @param file an open regular file to restore a single-file container into (then `temp` is null)
    */
   constructor(temp: string | null, onProgress?: (done: number, total: number) => void, file?: number) {
     super({ objectMode: true, highWaterMark: 2 });
@@ -80,7 +79,7 @@ export class FolderWriter extends Writable {
     const run = async (): Promise<void> => {
       if (event.type === 'header') await this.onHeader(event.header);
       else if (event.type === 'footer') this.footer = event.footer;
-      else await this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq], event.restored.digests);
+      else await this.onChunk(event);
     };
     run().then(() => callback(), (e: unknown) => callback(e as Error));
   }
@@ -158,19 +157,9 @@ export class FolderWriter extends Writable {
    * thread pool does them) so the main thread keeps feeding the decoder
    * workers meanwhile; the next event waits for them, which keeps back-pressure.
    */
-  private async onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[], digests: string[]): Promise<void> {
-    const header = this.header;
-    if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
-    const e = header.entries[entry]!;
-    let d = 0;
+  private async onChunk(record: RestoredRecord): Promise<void> {
     const writes: Promise<void>[] = [];
-    [e.weight, e.expAvg, e.expAvgSq].forEach((t, i) => {
-      const bytes = buffers[i];
-      if (t === null || !bytes) return;
-      const digest = digests[d++];
-      if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
-      this.hashers[t]!.update(encoder.encode(digest));
-      const start = chunk * header.options.chunkElements * DTYPE_BYTES[header.tensors[t]!.dtype];
+    this.restoredBytes += takeRestoredChunk(this.header, record, this.hashers, (t, bytes, start) => {
       const target = this.targets[t];
       if (!target) {
         // verify only
@@ -183,7 +172,6 @@ export class FolderWriter extends Writable {
           if (from < to) writes.push(writeAllAsync(target.fd, bytes.subarray(from - start, to - start), s.offset + from - s.at));
         }
       }
-      this.restoredBytes += bytes.length;
     });
     await Promise.all(writes);
     this.onProgress?.(this.restoredBytes, this.totalBytes);

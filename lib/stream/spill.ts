@@ -6,6 +6,7 @@
  */
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { ExcpError } from '../errors.js';
 import { join } from 'node:path';
 
 /** Where a stored value lives; `packed`: the stored bytes are {@link pack}ed, `length` is the original length. */
@@ -82,7 +83,7 @@ export class SpillStore {
       let done = 0;
       while (done < slot.stored) {
         const n = readSync(this.fd!, data, done, slot.stored - done, slot.offset + done);
-        if (n === 0) break;
+        if (n === 0) throw new ExcpError('ERR_TRUNCATED', `restore: the spill file ended at byte ${slot.offset + done}, before the data written there`);
         done += n;
       }
     }

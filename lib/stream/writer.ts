@@ -12,7 +12,7 @@ import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
 import { Hasher, fingerprintTensors } from '../hash.js';
 import { parseSafetensorsHeader } from '../safetensors.js';
-import type { RestoredEvent } from './codec.js';
+import type { RestoredEvent, RestoredRecord } from './codec.js';
 import { SpillStore } from './spill.js';
 
 const encoder = new TextEncoder();
@@ -71,7 +71,7 @@ export class SafetensorsWriter extends Transform {
     try {
       if (event.type === 'header') this.onHeader(event.header);
       else if (event.type === 'footer') this.footer = event.footer;
-      else this.onChunk(event.entry, event.chunk, [event.restored.weight, event.restored.expAvg, event.restored.expAvgSq], event.restored.digests);
+      else this.onChunk(event);
       callback();
     } catch (err) {
       callback(err as Error);
@@ -93,21 +93,8 @@ export class SafetensorsWriter extends Transform {
     this.advance();
   }
 
-  private onChunk(entry: number, chunk: number, buffers: (Uint8Array | null)[], digests: string[]): void {
-    const header = this.header;
-    if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
-    const e = header.entries[entry]!;
-    const members = [e.weight, e.expAvg, e.expAvgSq];
-    let d = 0;
-    members.forEach((t, i) => {
-      const bytes = buffers[i];
-      if (t === null || !bytes) return;
-      const digest = digests[d++];
-      if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
-      const spec = header.tensors[t]!;
-      const offset = chunk * header.options.chunkElements * DTYPE_BYTES[spec.dtype];
-      this.hashers[t]!.update(encoder.encode(digest));
-      this.restoredBytes += bytes.length;
+  private onChunk(record: RestoredRecord): void {
+    this.restoredBytes += takeRestoredChunk(this.header, record, this.hashers, (t, bytes, offset) => {
       if (t === this.order[this.cursor] && offset === this.cursorOffset) this.emitBytes(bytes);
       else this.spill.put(`${t}:${offset}`, bytes);
     });
@@ -187,6 +174,37 @@ export class SafetensorsWriter extends Transform {
     this.spill.dispose();
     callback(error);
   }
+}
+
+/**
+ * Take one restored chunk, for both writers: fold each member tensor's
+ * digest into its hash and hand its bytes on with their byte offset in the
+ * tensor.
+ * @param header the container header (null: no header came yet)
+ * @param record the restored chunk
+ * @param hashers one per tensor
+ * @param place receives tensor index, bytes and byte offset, in member order (weight, exp_avg, exp_avg_sq)
+ * @returns the bytes taken
+ * @throws ExcpError ERR_CORRUPT for a chunk before the header or a missing digest
+ */
+export function takeRestoredChunk(header: ContainerHeader | null, record: RestoredRecord, hashers: Hasher[],
+  place: (tensor: number, bytes: Uint8Array, offset: number) => void): number {
+  if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
+  const e = header.entries[record.entry]!;
+  const { weight, expAvg, expAvgSq, digests } = record.restored;
+  const buffers = [weight, expAvg, expAvgSq];
+  let d = 0;
+  let taken = 0;
+  [e.weight, e.expAvg, e.expAvgSq].forEach((t, i) => {
+    const bytes = buffers[i];
+    if (t === null || !bytes) return;
+    const digest = digests[d++];
+    if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
+    hashers[t]!.update(encoder.encode(digest));
+    taken += bytes.length;
+    place(t, bytes, record.chunk * header.options.chunkElements * DTYPE_BYTES[header.tensors[t]!.dtype]);
+  });
+  return taken;
 }
 
 /**
