@@ -150,12 +150,17 @@ function momentAliases(header: ContainerIndex['header']): Map<string, string> {
  * @throws ExcpError ERR_CHAIN naming the first tensor that differs
  */
 export function checkLink(previous: ContainerIndex, current: ContainerIndex, labels: { previous: string; current: string }): void {
-  const restored = new Map(previous.header.tensors.map((t, i) => [t.name, { t, hash: previous.footer.tensorHashes[i] }]));
+  const previousHashes = previous.footer.tensorHashes;
+  const baseHashes = current.footer.baseHashes;
+  // Containers written without hashes (not by excp chain): nothing to compare
+  // ahead; restore still checks every base chunk's digest.
+  if (!previousHashes || !baseHashes) return;
+  const restored = new Map(previous.header.tensors.map((t, i) => [t.name, { t, hash: previousHashes[i] }]));
   const aliases = momentAliases(previous.header);
   const skeletons = previous.header.options?.lossless === true ? new Set<number>() : skeletonTensors(current.header);
   const used: Array<{ name: string; dtype: string; shape: number[]; hash: string }> = [];
   current.header.tensors.forEach((t, i) => {
-    const baseHash = current.footer.baseHashes[i];
+    const baseHash = baseHashes[i];
     if (baseHash === null || baseHash === undefined) return;
     const alias = aliases.get(t.name);
     const p = restored.get(t.name) ?? (alias === undefined ? undefined : restored.get(alias));

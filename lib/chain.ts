@@ -266,6 +266,8 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
     try {
       await writeAtomically(containerPath, (out) => compressTo(checkpoint, out, {
         ...manifest.options, base, threads: options.threads, paramMap: folders ? manifest.paramMap ?? undefined : undefined,
+        // Links are checked hash by hash before a replay (checkLink).
+        tensorHashes: 'always',
       }), { force: true, inputs: [checkpoint] });
       current = await readContainerIndex(containerPath);
       if (!keyframe) checkLink(await indexOf(dir, previous!), current, { previous: `step ${index - 1}`, current: `step ${index} (${file})` });

@@ -30,6 +30,9 @@ function readHash(r: ByteReader): string {
   return hex;
 }
 
+/** Footer flag: no tensor or base hashes stored (both fingerprints then are). */
+const NO_HASHES = 8;
+
 /** A count stored as a varint: safe non-negative integers only (fractions are rounded). */
 const asCount = (x: number): number => (Number.isFinite(x) && x > 0 ? Math.min(Number.MAX_SAFE_INTEGER, Math.round(x)) : 0);
 
@@ -39,11 +42,12 @@ const asCount = (x: number): number => (Number.isFinite(x) && x > 0 ? Math.min(N
  * @param header its header (chunk counts and element counts are not repeated)
  */
 export function encodeFooterBody(footer: ContainerFooter, header: ContainerHeader): Uint8Array {
-  const w = new ByteWriter(1024 + 24 * footer.tensorHashes.length);
-  const derived = fingerprints(header, footer.tensorHashes, footer.baseHashes);
-  const baseDerived = footer.baseFingerprint !== null && footer.baseFingerprint === derived.base;
-  const targetDerived = footer.targetFingerprint === derived.target;
-  w.u8((footer.baseFingerprint !== null && !baseDerived ? 1 : 0) | (targetDerived ? 0 : 2) | (baseDerived ? 4 : 0));
+  const w = new ByteWriter(1024 + 24 * header.tensors.length);
+  const hashes = footer.tensorHashes && footer.baseHashes ? { tensor: footer.tensorHashes, base: footer.baseHashes } : null;
+  const derived = hashes ? fingerprints(header, hashes.tensor, hashes.base) : null;
+  const baseDerived = derived !== null && footer.baseFingerprint !== null && footer.baseFingerprint === derived.base;
+  const targetDerived = derived !== null && footer.targetFingerprint === derived.target;
+  w.u8((footer.baseFingerprint !== null && !baseDerived ? 1 : 0) | (targetDerived ? 0 : 2) | (baseDerived ? 4 : 0) | (hashes ? 0 : NO_HASHES));
   let expected = 0;
   footer.entries.forEach((e, i) => {
     const spec = header.entries[i];
@@ -63,13 +67,15 @@ export function encodeFooterBody(footer: ContainerFooter, header: ContainerHeade
     if (e.entropyBits !== undefined) w.varint(asCount(e.entropyBits));
     if (e.symbolBits !== undefined) w.varint(asCount(e.symbolBits));
   });
-  for (const h of footer.tensorHashes) writeHash(w, h);
-  const present = new Uint8Array(Math.ceil(footer.baseHashes.length / 8));
-  footer.baseHashes.forEach((h, i) => {
-    if (h !== null) present[i >> 3] = present[i >> 3]! | (1 << (i & 7));
-  });
-  w.bytes(present);
-  for (const h of footer.baseHashes) if (h !== null) writeHash(w, h);
+  if (hashes) {
+    for (const h of hashes.tensor) writeHash(w, h);
+    const present = new Uint8Array(Math.ceil(hashes.base.length / 8));
+    hashes.base.forEach((h, i) => {
+      if (h !== null) present[i >> 3] = present[i >> 3]! | (1 << (i & 7));
+    });
+    w.bytes(present);
+    for (const h of hashes.base) if (h !== null) writeHash(w, h);
+  }
   if (footer.baseFingerprint !== null && !baseDerived) writeHash(w, footer.baseFingerprint);
   if (!targetDerived) writeHash(w, footer.targetFingerprint);
   return pack(w.finish());
@@ -82,7 +88,7 @@ export function encodeFooterBody(footer: ContainerFooter, header: ContainerHeade
 export function decodeFooterBody(body: Uint8Array, header: ContainerHeader): ContainerFooter {
   const r = new ByteReader(unpack(body, 'footer'), 'container: footer');
   const flags = r.u8();
-  if (flags > 7 || (flags & 5) === 5) corrupt(`footer flags ${flags}`);
+  if (flags > 15 || (flags & 5) === 5 || (flags & NO_HASHES && (flags & 6) !== 2)) corrupt(`footer flags ${flags}`);
   const entries: FooterEntry[] = [];
   let expected = 0;
   header.entries.forEach((spec) => {
@@ -106,6 +112,12 @@ export function decodeFooterBody(body: Uint8Array, header: ContainerHeader): Con
     if (present & 2) entry.symbolBits = r.varint();
     entries.push(entry);
   });
+  if (flags & NO_HASHES) {
+    const baseFingerprint = flags & 1 ? readHash(r) : null;
+    const targetFingerprint = readHash(r);
+    if (r.remaining !== 0) corrupt(`footer: ${r.remaining} trailing bytes`);
+    return { entries, tensorHashes: null, baseHashes: null, baseFingerprint, targetFingerprint };
+  }
   const tensorHashes = header.tensors.map(() => readHash(r));
   const bitmap = r.bytesView(Math.ceil(header.tensors.length / 8));
   const baseHashes = header.tensors.map((_, i) => ((bitmap[i >> 3]! >> (i & 7)) & 1 ? readHash(r) : null));

@@ -15,6 +15,10 @@ import {
 } from './container-v2.js';
 import type { ContainerHeader, FileSpec } from './container.js';
 import type { EntrySpec, Role, TensorSpec } from './types.js';
+import { entryTensors } from './pack.js';
+
+/** Entry flag of a pack (lib/pack.ts): member count and members follow. */
+const PACK = 64;
 
 const DTYPE_CODES: readonly DType[] = ['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U64', 'U32', 'U16', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2'];
 const ROLE_CODES: readonly Role[] = ['weight', 'exp_avg', 'exp_avg_sq', 'plain'];
@@ -202,10 +206,10 @@ export function encodeHeaderBody(header: ContainerHeader): Uint8Array {
   let previous = -1;
   for (const e of header.entries) {
     const flags = (e.kind === 'param' ? 1 : 0) | (e.exactWeight ? 2 : 0) | (e.exactMoments ? 4 : 0) | (e.base ? 8 : 0)
-      | (e.expAvg !== null ? 16 : 0) | (e.expAvgSq !== null ? 32 : 0);
+      | (e.expAvg !== null ? 16 : 0) | (e.expAvgSq !== null ? 32 : 0) | (e.kind === 'pack' ? PACK : 0);
     w.u8(flags);
-    for (const t of [e.weight, e.expAvg, e.expAvgSq]) {
-      if (t === null) continue;
+    if (e.kind === 'pack') w.varint(e.members!.length - 2);
+    for (const t of entryTensors(e)) {
       w.varint(zigzag(t - previous - 1));
       previous = t;
     }
@@ -284,14 +288,28 @@ export function decodeHeaderBody(body: Uint8Array): ContainerHeader {
   };
   for (let i = 0; i < entryCount; i++) {
     const flags = r.u8();
-    if (flags > 63) corrupt(`entry ${i} flags ${flags}`);
-    const weight = member(true)!;
-    const expAvg = member((flags & 16) !== 0);
-    const expAvgSq = member((flags & 32) !== 0);
-    const elements = elementCount(tensors[weight]!.shape, `container: tensor '${tensors[weight]!.name}'`);
-    entries.push({ kind: flags & 1 ? 'param' : 'plain', weight, expAvg, expAvgSq, exactWeight: (flags & 2) !== 0, exactMoments: (flags & 4) !== 0, base: (flags & 8) !== 0, elements });
-    for (const t of [weight, expAvg, expAvgSq]) {
-      if (t === null) continue;
+    if (flags > 127 || (flags & PACK && flags !== (PACK | 2))) corrupt(`entry ${i} flags ${flags}`);
+    let entry: EntrySpec;
+    if (flags & PACK) {
+      const count = readCount(r, 1, tensorCount, 'pack member') + 2;
+      if (count > tensorCount) corrupt(`entry ${i}: pack of ${count} tensors`);
+      const members: number[] = [];
+      let elements = 0;
+      for (let k = 0; k < count; k++) {
+        const t = member(true)!;
+        members.push(t);
+        elements += elementCount(tensors[t]!.shape, `container: tensor '${tensors[t]!.name}'`);
+      }
+      entry = { kind: 'pack', weight: members[0]!, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements, members };
+    } else {
+      const weight = member(true)!;
+      const expAvg = member((flags & 16) !== 0);
+      const expAvgSq = member((flags & 32) !== 0);
+      const elements = elementCount(tensors[weight]!.shape, `container: tensor '${tensors[weight]!.name}'`);
+      entry = { kind: flags & 1 ? 'param' : 'plain', weight, expAvg, expAvgSq, exactWeight: (flags & 2) !== 0, exactMoments: (flags & 4) !== 0, base: (flags & 8) !== 0, elements };
+    }
+    entries.push(entry);
+    for (const t of entryTensors(entry)) {
       if (tensors[t]!.entry !== -1) corrupt(`tensor ${t} in two entries`);
       tensors[t]!.entry = i;
     }

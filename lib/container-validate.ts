@@ -39,18 +39,30 @@ export function validateHeader(h: ContainerHeader): void {
     if (!Number.isInteger(t.entry) || t.entry < 0 || t.entry >= h.entries.length) bad(`tensor ${i} entry`);
   });
   h.entries.forEach((e, i) => {
-    if (!e || (e.kind !== 'param' && e.kind !== 'plain')) bad(`entry ${i} kind`);
-    const members = [e.weight, e.expAvg, e.expAvgSq].filter((x) => x !== null);
+    if (!e || (e.kind !== 'param' && e.kind !== 'plain' && e.kind !== 'pack')) bad(`entry ${i} kind`);
+    if ((e.kind === 'pack') !== (e.members !== undefined)) bad(`entry ${i} members`);
+    if (e.kind === 'pack' && (!Array.isArray(e.members) || e.members.length < 2 || e.members.length > MAX_TENSORS)) bad(`entry ${i} members`);
+    const members = e.kind === 'pack' ? e.members! : [e.weight, e.expAvg, e.expAvgSq].filter((x) => x !== null);
     if (e.kind === 'param' && members.length !== 3) bad(`entry ${i} members`);
     if (e.kind === 'plain' && members.length !== 1) bad(`entry ${i} members`);
+    let packElements = 0;
     for (const t of members) {
       if (!Number.isInteger(t) || t! < 0 || t! >= h.tensors.length || owner[t!] !== -1) bad(`entry ${i} tensor ${String(t)}`);
       owner[t!] = i;
       const spec = h.tensors[t!]!;
       if (spec.entry !== i) bad(`entry ${i} tensor ${String(t)} owner`);
-      if (elementCount(spec.shape, 'container') !== e.elements) bad(`entry ${i} element count`);
+      const count = elementCount(spec.shape, 'container');
+      packElements += count;
+      if (e.kind !== 'pack' && count !== e.elements) bad(`entry ${i} element count`);
     }
-    if (e.kind === 'param') {
+    if (e.kind === 'pack') {
+      // One exact chunk of one dtype, no base: what lib/pack.ts makes and the codec can cut back.
+      const dtype = h.tensors[e.weight]?.dtype;
+      if (e.weight !== members[0] || e.expAvg !== null || e.expAvgSq !== null) bad(`entry ${i} pack members`);
+      if (members.some((t) => h.tensors[t!]!.dtype !== dtype)) bad(`entry ${i} pack dtypes`);
+      if (packElements !== e.elements || e.elements > o.chunkElements) bad(`entry ${i} pack element count`);
+      if (!e.exactWeight || e.exactMoments || e.base) bad(`entry ${i} pack flags`);
+    } else if (e.kind === 'param') {
       const m = h.tensors[e.expAvg!]!;
       const v = h.tensors[e.expAvgSq!]!;
       if (m.dtype !== v.dtype) bad(`entry ${i} moment dtypes`);

@@ -65,10 +65,14 @@ export interface FooterEntry {
 /** The footer: index and fingerprints. */
 export interface ContainerFooter {
   entries: FooterEntry[];
-  /** Per tensor: hash of the restored bytes (over chunk digests). */
-  tensorHashes: string[];
-  /** Per tensor with a base: hash of the base bytes used (null otherwise). */
-  baseHashes: (string | null)[];
+  /**
+   * Per tensor: hash of the restored bytes (over chunk digests). null: not
+   * stored (a small container, where they would be a visible share of it;
+   * see lib/stream/container.ts): restore then checks the fingerprint only.
+   */
+  tensorHashes: string[] | null;
+  /** Per tensor with a base: hash of the base bytes used (null otherwise); null when tensorHashes is. */
+  baseHashes: (string | null)[] | null;
   baseFingerprint: string | null;
   targetFingerprint: string;
 }
@@ -207,8 +211,9 @@ export function decodeFooter(body: Uint8Array, crc: number, header: ContainerHea
   if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: footer is empty');
   const footer = isJsonBody(body) ? parseJson(body, 'footer') as ContainerFooter : decodeFooterBody(body, header);
   const ok = footer && Array.isArray(footer.entries) && footer.entries.length === header.entries.length
-    && Array.isArray(footer.tensorHashes) && footer.tensorHashes.length === header.tensors.length
-    && Array.isArray(footer.baseHashes) && typeof footer.targetFingerprint === 'string';
+    && ((Array.isArray(footer.tensorHashes) && footer.tensorHashes.length === header.tensors.length && Array.isArray(footer.baseHashes))
+      || (footer.tensorHashes === null && footer.baseHashes === null))
+    && typeof footer.targetFingerprint === 'string';
   if (!ok) throw new ExcpError('ERR_BAD_HEADER', 'container: footer does not match the header');
   validateFooter(footer, header);
   return footer;
@@ -233,11 +238,11 @@ function validateFooter(f: ContainerFooter, header: ContainerHeader): void {
       previous = o;
     }
   });
-  f.tensorHashes.forEach((h, i) => {
+  f.tensorHashes?.forEach((h, i) => {
     if (typeof h !== 'string' || !DIGEST.test(h)) fail(`tensor hash ${i}`);
   });
-  if (f.baseHashes.length !== header.tensors.length) fail('base hash count');
-  f.baseHashes.forEach((h, i) => {
+  if (f.baseHashes && f.baseHashes.length !== header.tensors.length) fail('base hash count');
+  f.baseHashes?.forEach((h, i) => {
     if (h !== null && (typeof h !== 'string' || !DIGEST.test(h))) fail(`base hash ${i}`);
   });
   if (f.baseFingerprint !== null && (typeof f.baseFingerprint !== 'string' || !DIGEST.test(f.baseFingerprint))) fail('base fingerprint');

@@ -1,6 +1,7 @@
 /**
  * inspect and verify: what a container holds, and whether it is intact.
  */
+import { entryRawBytes } from './pack.js';
 import { open } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { Writable } from 'node:stream';
@@ -104,14 +105,14 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
   const { header, footer, size } = await readContainerIndex(path);
   let originalBytes = 0;
   const entries = header.entries.map((e, i) => {
-    const members = [e.weight, e.expAvg, e.expAvgSq].filter((t): t is number => t !== null);
-    const bytes = members.reduce((s, t) => s + elementCount(header.tensors[t]!.shape, 'inspect') * DTYPE_BYTES[header.tensors[t]!.dtype], 0);
+    const bytes = entryRawBytes(header.tensors, e);
     originalBytes += bytes;
     const f = footer.entries[i]!;
-    const mode = e.kind === 'plain' ? (e.base ? 'exact (xor base)' : 'exact')
+    const mode = e.kind === 'pack' ? 'exact (pack)' : e.kind === 'plain' ? (e.base ? 'exact (xor base)' : 'exact')
       : e.exactWeight ? (e.exactMoments ? 'lossless' : 'keyframe') : 'residual';
+    const first = header.tensors[e.weight]!.name;
     return {
-      name: header.tensors[e.weight]!.name,
+      name: e.kind === 'pack' ? `${e.members!.length} tensors: ${first}, ...` : first,
       mode,
       parameters: e.elements,
       originalBytes: bytes,

@@ -22,7 +22,8 @@ import { FolderWriter, type FolderTargetOptions, writeFolderAtomically } from '.
 import type { CodecOptions, LooseOptions } from './types.js';
 import { SafetensorsFile, SafetensorsMemory, type TensorReader } from './stream/checkpoint-file.js';
 import { ChunkDecoder, ChunkEncoder } from './stream/codec.js';
-import { ContainerReader, ContainerWriter } from './stream/container.js';
+import { ContainerReader, ContainerWriter, type TensorHashes } from './stream/container.js';
+import { entryRawBytes } from './pack.js';
 import { ChunkSource } from './stream/source.js';
 import { SafetensorsWriter } from './stream/writer.js';
 
@@ -36,6 +37,8 @@ export interface CompressOptions extends LooseOptions {
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
   paramMap?: readonly string[] | undefined;
+  /** Per-tensor hashes in the footer (default 'auto': left out of small containers, see TensorHashes). */
+  tensorHashes?: TensorHashes | undefined;
 }
 
 /** Options of restore. */
@@ -65,15 +68,14 @@ export function planFor(current: TensorReader, base: TensorReader | null, option
  * @param threads worker threads, or 'auto' (all cores, none for a small checkpoint)
  */
 export function compressReadable(current: TensorReader, base: TensorReader | null, options: CodecOptions, threads: number | 'auto',
-  onProgress?: (done: number, total: number) => void): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
+  onProgress?: (done: number, total: number) => void, hashes: TensorHashes = 'auto'): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
   const header = planFor(current, base, options);
   const source = new ChunkSource(header, current, base);
   const encoder = new ChunkEncoder(header, { threads });
-  const writer = new ContainerWriter(header);
+  const writer = new ContainerWriter(header, hashes);
   if (onProgress) {
     // Progress in checkpoint bytes: an entry's chunk covers its elements in every member tensor.
-    const bytesPerElement = header.entries.map((e) => [e.weight, e.expAvg, e.expAvgSq]
-      .reduce((sum: number, t) => sum + (t === null ? 0 : DTYPE_BYTES[header.tensors[t]!.dtype]), 0));
+    const bytesPerElement = header.entries.map((e) => (e.elements ? entryRawBytes(header.tensors, e) / e.elements : 0));
     const total = current.header.dataLength;
     let done = 0;
     encoder.on('data', (r: { entry: number; stats: { elements: number } }) => {
@@ -119,7 +121,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
       if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
       throw e;
     });
-    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress);
+    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes);
     for await (const chunk of stream) yield chunk as Uint8Array;
     await done;
   } finally {
@@ -164,7 +166,7 @@ export function restore(options: RestoreOptions = {}): Duplex {
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, ...rest } = o;
   return rest;
 }
 
@@ -179,7 +181,7 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
   const codec = resolveOptions(stripRuntime(options));
   const cur = new SafetensorsMemory(current, '<current>');
   const b = base ? new SafetensorsMemory(base, '<base>') : null;
-  const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0);
+  const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0, options.onProgress, options.tensorHashes);
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c as Uint8Array);
   await done;

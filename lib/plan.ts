@@ -9,6 +9,7 @@
 import { type DType, LOSSY_DTYPES, elementCount } from './dtype.js';
 import type { ContainerHeader, FileSpec } from './container.js';
 import { TOOL_VERSION } from './constants.js';
+import { packEntries } from './pack.js';
 import { ExcpError } from './errors.js';
 import type { CodecOptions, EntrySpec, Role, TensorSpec } from './types.js';
 
@@ -20,7 +21,7 @@ export interface PlanTensor {
 }
 
 /**
- * Group tensors into entries.
+ * Group tensors into entries (small exact ones into packs, lib/pack.ts).
  * @param tensors the checkpoint's tensors, in the order the container will list them
  * @param base the base checkpoint's tensors by name, or null for a keyframe
  * @param options method options
@@ -71,7 +72,7 @@ export function planEntries(
     }
   });
   const specs = tensors.map((t, i) => ({ name: t.name, dtype: t.dtype, shape: t.shape.slice(), role: role[i]!, entry: entryOf[i]! }));
-  return { tensors: specs, entries };
+  return { tensors: specs, entries: packEntries(specs, entries, options.chunkElements) };
 }
 
 /**

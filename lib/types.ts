@@ -45,13 +45,15 @@ export interface TensorSpec {
 }
 
 /**
- * The unit of coding: a parameter with its Adam moments (`param`), or one
- * tensor on its own (`plain`). Chunks of an entry cover the same element range
- * of all of its tensors.
+ * The unit of coding: a parameter with its Adam moments (`param`), one
+ * tensor on its own (`plain`), or small exact tensors of one dtype coded as
+ * one (`pack`, see lib/pack.ts). Chunks of a param entry cover the same
+ * element range of all of its tensors; a pack has one chunk, the
+ * concatenation of its members.
  */
 export interface EntrySpec {
-  kind: 'param' | 'plain';
-  /** Tensor indices: the weight (or the plain tensor), and the moments of a param. */
+  kind: 'param' | 'plain' | 'pack';
+  /** Tensor indices: the weight (or the plain tensor, or a pack's first member), and the moments of a param. */
   weight: number;
   expAvg: number | null;
   expAvgSq: number | null;
@@ -61,8 +63,10 @@ export interface EntrySpec {
   exactMoments: boolean;
   /** A base tensor of the same name, dtype and shape is used. */
   base: boolean;
-  /** Elements per tensor of this entry. */
+  /** Elements per tensor of this entry (a pack: of all members together). */
   elements: number;
+  /** A pack's tensors in coding order (members[0] === weight); absent otherwise. */
+  members?: number[];
 }
 
 /** Raw element bytes of one chunk of an entry, as read from the checkpoint. */

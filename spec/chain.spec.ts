@@ -119,8 +119,8 @@ describe('excp chain', { concurrency: false }, () => {
     cpSync(good, dir, { recursive: true });
     const manifest = await readManifest(dir);
     const byHand = await replayByHand(dir, manifest);
-    // Step 6 remade against restored step 4 instead of step 5.
-    const wrong = await compressBuffer(readFileSync(checkpoints[6]!), byHand[4], manifest.options);
+    // Step 6 remade against restored step 4 instead of step 5, with hashes as excp chain writes them.
+    const wrong = await compressBuffer(readFileSync(checkpoints[6]!), byHand[4], { ...manifest.options, tensorHashes: 'always' });
     writeFileSync(join(dir, manifest.steps[6]!.file), wrong);
 
     // The container is not the one chain.json recorded.
@@ -149,6 +149,21 @@ describe('excp chain', { concurrency: false }, () => {
     const mismatch = await errorOf(() => restoreBuffer(wrong, byHand[5]));
     assert.match(mismatch.message, /tensor|'/);
     assert.equal(mismatch.code, 'ERR_BASE_MISMATCH');
+
+    // The same container without per-tensor hashes (what a plain compress of this small model writes):
+    // no link to check ahead, and the replay still refuses it, at the first base chunk.
+    const bare = await compressBuffer(readFileSync(checkpoints[6]!), byHand[4], manifest.options);
+    writeFileSync(join(work, 'bare.excp'), bare);
+    const bareFooter = (await readContainerIndex(join(work, 'bare.excp'))).footer;
+    assert.equal(bareFooter.tensorHashes, null, 'a small container leaves its hashes out');
+    writeFileSync(join(dir, manifest.steps[6]!.file), bare);
+    index.steps[6]!.baseFingerprint = bareFooter.baseFingerprint;
+    index.steps[6]!.targetFingerprint = bareFooter.targetFingerprint;
+    writeFileSync(join(dir, CHAIN_MANIFEST), JSON.stringify(index));
+    const r3 = await cli(['chain', 'restore', dir, '--step', '6', '-o', join(work, 'x.safetensors')]);
+    assert.equal(r3.status, 1);
+    assert.match(r3.stderr, /^excp: restore: tensor '[^']+': the base differs from the one used at compression/);
+    assert.ok(!existsSync(join(work, 'x.safetensors')), 'a failed restore leaves no output');
   });
 
   it('rebuilds the kept last checkpoint when it is missing, and refuses bad usage', async () => {
@@ -254,7 +269,7 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
       for (const s of manifest.steps) assert.ok(s.containerBytes < s.originalBytes, `step ${s.step} is not smaller`);
       // The residual steps use the optimizer.pt skeleton as a base tensor: the case the link check treats apart.
       const step1 = await readContainerIndex(join(dir, manifest.steps[1]!.file));
-      const based = step1.header.tensors.filter((_, i) => step1.footer.baseHashes[i] !== null).map((t) => t.name);
+      const based = step1.header.tensors.filter((_, i) => step1.footer.baseHashes![i] !== null).map((t) => t.name);
       assert.ok(based.includes('__file__/optimizer.pt'), `base tensors: ${based.join(', ')}`);
 
       const byHand = await replayFoldersByHand(dir, manifest, join(work, `${run}-hand`));

@@ -11,6 +11,7 @@ import {
 import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_JSON_BYTES } from '../constants.js';
 import { ExcpError } from '../errors.js';
 import { Hasher, fingerprintTensors } from '../hash.js';
+import { entryTensors } from '../pack.js';
 import type { EncodedRecord, RestoreEvent } from './codec.js';
 
 const encoder = new TextEncoder();
@@ -52,6 +53,19 @@ export class RecordOrder {
   }
 }
 
+/**
+ * Per-tensor hashes in the footer: 'always', or 'auto': left out when they
+ * would be more than 1/HASH_SHARE of the container (many small tensors, as
+ * in a small model's lossless keyframe, where 8 bytes a tensor was 4% of the
+ * fixture folder's container). They name the tensor that differs and let
+ * `excp chain` check links before restoring; the fingerprints, stored either
+ * way, still check every restored byte.
+ */
+export type TensorHashes = 'auto' | 'always';
+
+/** See {@link TensorHashes}. */
+const HASH_SHARE = 100;
+
 /** EncodedRecord (object) -> container bytes. */
 export class ContainerWriter extends Transform {
   private readonly header: ContainerHeader;
@@ -61,11 +75,16 @@ export class ContainerWriter extends Transform {
   private readonly tensorHashers: Hasher[];
   private readonly baseHashers: (Hasher | null)[];
   private started = false;
+  private readonly hashes: TensorHashes;
 
-  /** @param header the container header, written first */
-  constructor(header: ContainerHeader) {
+  /**
+   * @param header the container header, written first
+   * @param hashes whether the footer keeps per-tensor hashes (see {@link TensorHashes})
+   */
+  constructor(header: ContainerHeader, hashes: TensorHashes = 'auto') {
     super({ writableObjectMode: true, readableObjectMode: false, writableHighWaterMark: 2 });
     this.header = header;
+    this.hashes = hashes;
     this.order = new RecordOrder(header);
     this.footerEntries = header.entries.map(() => ({ offsets: [], codedBytes: 0, keptWeights: 0, keptMoments: 0, entropyBits: 0, symbolBits: 0 }));
     this.tensorHashers = header.tensors.map(() => new Hasher());
@@ -96,8 +115,7 @@ export class ContainerWriter extends Transform {
       fe.keptMoments += rec.stats.keptMoments;
       fe.entropyBits = (fe.entropyBits ?? 0) + (rec.stats.entropyBits ?? 0);
       fe.symbolBits = (fe.symbolBits ?? 0) + (rec.stats.symbolBits ?? 0);
-      const members = [e.weight, e.expAvg, e.expAvgSq].filter((t): t is number => t !== null);
-      members.forEach((t, i) => this.tensorHashers[t]!.update(encoder.encode(rec.digests[i]!)));
+      entryTensors(e).forEach((t, i) => this.tensorHashers[t]!.update(encoder.encode(rec.digests[i]!)));
       if (rec.baseDigest) this.baseHashers[e.weight]?.update(encoder.encode(rec.baseDigest));
       this.out(bytes);
       callback();
@@ -112,6 +130,11 @@ export class ContainerWriter extends Transform {
       if (!this.order.done) throw new ExcpError('ERR_TRUNCATED', 'container: input ended before every chunk was coded');
       for (const fe of this.footerEntries) fe.entropyBits = Math.round(fe.entropyBits ?? 0);
       const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.map((h) => h.digest()), this.baseHashers.map((h) => h?.digest() ?? null));
+      const hashBytes = 8 * (footer.tensorHashes!.length + footer.baseHashes!.filter((h) => h !== null).length);
+      if (this.hashes === 'auto' && hashBytes * HASH_SHARE > this.offset) {
+        footer.tensorHashes = null;
+        footer.baseHashes = null;
+      }
       this.out(encodeTail(footer, this.offset, this.header));
       callback();
     } catch (err) {

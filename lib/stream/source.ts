@@ -11,6 +11,8 @@ import type { ContainerHeader } from '../container.js';
 import type { ChunkInput } from '../types.js';
 import type { TensorReader } from './checkpoint-file.js';
 import { BufferRecycler } from '../pool.js';
+import { entryRawBytes, entryTensors } from '../pack.js';
+import type { EntrySpec } from '../types.js';
 
 /** One unit of work for the encoder. */
 export interface ChunkJob {
@@ -75,6 +77,10 @@ export class ChunkSource extends Readable {
         continue;
       }
       const end = Math.min(e.elements, start + options.chunkElements);
+      if (e.kind === 'pack') {
+        this.chunk++;
+        return { entry: this.entry, chunk: 0, input: { weight: await this.readPack(e), base: null, expAvg: null, expAvgSq: null } };
+      }
       let pooled = true;
       const read = async (tensor: number | null, file: TensorReader | null): Promise<Uint8Array | null> => {
         if (tensor === null || file === null) return null;
@@ -99,5 +105,23 @@ export class ChunkSource extends Readable {
       return job;
     }
     return null;
+  }
+
+  /** A pack's members read whole and concatenated (at most one chunk of bytes). */
+  private async readPack(e: EntrySpec): Promise<Uint8Array> {
+    const { tensors } = this.header;
+    const out = new Uint8Array(entryRawBytes(tensors, e));
+    let at = 0;
+    for (const t of entryTensors(e)) {
+      const spec = tensors[t]!;
+      const info = this.current.byName.get(spec.name);
+      if (!info) throw new ExcpError('ERR_BAD_HEADER', `${this.current.path}: tensor '${spec.name}' is missing`);
+      const size = info.end - info.begin;
+      const view = out.subarray(at, at + size);
+      const bytes = await this.current.tensorBytes(info, 0, size, view);
+      if (bytes !== view) view.set(bytes);
+      at += size;
+    }
+    return out;
   }
 }

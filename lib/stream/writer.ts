@@ -10,7 +10,8 @@ import { Transform, type TransformCallback } from 'node:stream';
 import type { ContainerFooter, ContainerHeader } from '../container.js';
 import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
-import { Hasher, fingerprintTensors } from '../hash.js';
+import { Hasher, fingerprintTensors, hashBytes } from '../hash.js';
+import { packSlices } from '../pack.js';
 import { parseSafetensorsHeader } from '../safetensors.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
 import { SpillStore } from './spill.js';
@@ -191,6 +192,15 @@ export function takeRestoredChunk(header: ContainerHeader | null, record: Restor
   place: (tensor: number, bytes: Uint8Array, offset: number) => void): number {
   if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
   const e = header.entries[record.entry]!;
+  if (e.kind === 'pack') {
+    // Hashed per member, as the writer did: a member's hash is that of its one chunk.
+    for (const m of packSlices(header.tensors, e, record.restored.weight)) {
+      if (m.bytes.length === 0) continue;
+      hashers[m.tensor]!.update(encoder.encode(hashBytes(m.bytes)));
+      place(m.tensor, m.bytes, 0);
+    }
+    return record.restored.weight.length;
+  }
   const { weight, expAvg, expAvgSq, digests } = record.restored;
   const buffers = [weight, expAvg, expAvgSq];
   let d = 0;
@@ -213,7 +223,7 @@ export function takeRestoredChunk(header: ContainerHeader | null, record: Restor
  */
 export function verifyFingerprints(header: ContainerHeader, footer: ContainerFooter, hashes: string[]): void {
   hashes.forEach((h, i) => {
-    if (h !== footer.tensorHashes[i]) {
+    if (footer.tensorHashes && h !== footer.tensorHashes[i]) {
       throw new ExcpError('ERR_FINGERPRINT', `restore: tensor '${header.tensors[i]!.name}' restored to different bytes than recorded at compression`);
     }
   });
