@@ -1,7 +1,6 @@
 /**
  * inspect and verify: what a container holds, and whether it is intact.
  */
-import { entryRawBytes } from './pack.js';
 import { open } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { Writable } from 'node:stream';
@@ -10,8 +9,8 @@ import {
   type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, TRAILER_BYTES,
   decodeFooter, decodeHeader, decodeTrailer, readPreamble,
 } from './container.js';
-import { DTYPE_BYTES, elementCount } from './dtype.js';
 import { ExcpError } from './errors.js';
+import { entryRawBytes } from './pack.js';
 import { MAX_JSON_BYTES, RECORD_FOOTER } from './constants.js';
 import { readExactly } from './stream/checkpoint-file.js';
 import { restore, verifyFolderContainer } from './pipeline.js';

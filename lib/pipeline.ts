@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ContainerHeader } from './container.js';
-import { DTYPE_BYTES } from './dtype.js';
 import { concatBytes } from './bytes.js';
 import { ExcpError } from './errors.js';
 import { type OutputOptions, writeAtomically } from './output.js';

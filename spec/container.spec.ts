@@ -10,7 +10,7 @@ import { lzCompress, lzDecompress } from '../lib/lz.js';
 import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
 import { Prng } from '../lib/prng.js';
 import { RangeEncoder, createBitModels } from '../lib/range-coder.js';
-import { codeOf, randomCheckpointPair, sameBytes } from './helpers.js';
+import { codeOf, randomCheckpointPair, sameBytes, str, varint } from './helpers.js';
 import { toVersion1 } from '../examples/fuzz.js';
 
 const LIMIT = 64 * 1024 * 1024;
@@ -78,22 +78,6 @@ test('lz: hostile streams end in ERR_CORRUPT, ERR_TRUNCATED or ERR_HEADER_TOO_LA
     }
   }
 });
-
-/** Varint bytes (LEB128). */
-function varint(v: number): number[] {
-  const out: number[] = [];
-  while (v >= 128) {
-    out.push((v % 128) | 0x80);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return out;
-}
-
-function str(s: string): number[] {
-  const b = [...new TextEncoder().encode(s)];
-  return [...varint(b.length), ...b];
-}
 
 const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 

@@ -147,3 +147,20 @@ export function codeOf(fn: () => unknown): string {
   }
   return 'none';
 }
+
+/** Varint bytes (unsigned LEB128), for hand-built container bytes. */
+export function varint(v: number): number[] {
+  const out: number[] = [];
+  while (v >= 128) {
+    out.push((v % 128) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  out.push(v);
+  return out;
+}
+
+/** A `str` of the container format: varint byte length, then UTF-8. */
+export function str(s: string): number[] {
+  const b = [...new TextEncoder().encode(s)];
+  return [...varint(b.length), ...b];
+}

@@ -18,7 +18,7 @@ import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
 import { Prng } from '../lib/prng.js';
 import { parseSafetensors, serializeSafetensors, type TensorData } from '../lib/safetensors.js';
 import type { EntrySpec, Role, TensorSpec } from '../lib/types.js';
-import { codeOf, errorOf, sameBytes } from './helpers.js';
+import { codeOf, errorOf, sameBytes, str } from './helpers.js';
 
 const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 
@@ -86,21 +86,6 @@ function packHeader(): ContainerHeader {
     ],
     files: [{ kind: 'safetensors', path: null, rawHeader: '', tensors: [0, 1, 2] }],
   };
-}
-
-function varint(v: number): number[] {
-  const out: number[] = [];
-  while (v >= 128) {
-    out.push((v % 128) | 0x80);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return out;
-}
-
-function str(text: string): number[] {
-  const b = [...new TextEncoder().encode(text)];
-  return [...varint(b.length), ...b];
 }
 
 test('header v2: a pack entry is flags 66, member count - 2, members as index deltas', () => {
