@@ -1,14 +1,19 @@
 /**
  * Containers written by earlier versions still restore: spec/fixtures/v1/
  * holds containers made by excp at commit 6a8e29d (container format 1, whose
- * symbol streams used the range coder before format 2's rANS), and the
- * SHA-256 of what that version restored them to.
+ * symbol streams used the range coder before format 2's rANS), and
+ * spec/fixtures/format2/ folder containers made at commit 76b6094 (format 2
+ * before packs and lz variant 2), each with the SHA-256 of what that version
+ * restored them to.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { restoreBuffer } from '../lib/pipeline.js';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { restoreBuffer, restoreToFolder } from '../lib/pipeline.js';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { layoutOf, readPreambleInfo } from '../lib/container.js';
@@ -67,3 +72,22 @@ test('format 1 symbol streams need the format 1 coder: the same payloads do not 
   }
   assert.equal(failedAsRans, lossy.length);
 });
+
+const format2 = new URL('./fixtures/format2/', import.meta.url);
+const expected2 = JSON.parse(readFileSync(new URL('expected.json', format2), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
+
+for (const name of ['bf16-ckpt8-lossless.excp', 'fp32-ckpt8-vs-4.excp']) {
+  test(`format 2 folder container ${name}, written before packs and lz variant 2, restores to the files the old version gave`, async () => {
+    const want = expected2[name] as { base: string | null; restoresTo: Record<string, string> };
+    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+    try {
+      const out = join(work, 'out');
+      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, format2));
+      await restoreToFolder(fileURLToPath(new URL(name, format2)), out, { base, threads: 0 });
+      const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
+      assert.deepEqual(got, want.restoresTo);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+}
