@@ -17,7 +17,9 @@ import { lzCompress, lzDecompress } from './lz.js';
 
 /** Body encodings (first byte of a v2 header or footer body). A v1 JSON body starts with '{' (0x7b). */
 export const BODY_STORED = 0;
+/** Compressed with lz variant 1 (what format 2 wrote first) or 2 (lib/lz.ts). */
 export const BODY_LZ = 1;
+export const BODY_LZ2 = 2;
 
 /** UTF-8 encoder for every string field. */
 export const utf8 = new TextEncoder();
@@ -174,12 +176,18 @@ export function readOptional(r: ByteReader, what: string): string | null {
   }
 }
 
-/** Wrap a plain body: mode byte, then stored bytes, or the decoded length and an lz stream. */
+/**
+ * Wrap a plain body: mode byte, then stored bytes, or the decoded length and
+ * an lz stream of either variant, whichever is smallest (variant 1's fewer
+ * models can win on a short body; bodies are small, so both are tried).
+ */
 export function pack(plain: Uint8Array): Uint8Array {
-  const packed = lzCompress(plain);
+  const v1 = lzCompress(plain, 1);
+  const v2 = lzCompress(plain, 2);
+  const packed = v2.length < v1.length ? v2 : v1;
   const w = new ByteWriter(Math.min(plain.length, packed.length) + 16);
   if (packed.length + 8 < plain.length) {
-    w.u8(BODY_LZ);
+    w.u8(packed === v2 ? BODY_LZ2 : BODY_LZ);
     w.varint(plain.length);
     w.bytes(packed);
   } else {
@@ -200,11 +208,11 @@ export function unpack(body: Uint8Array, what: string): Uint8Array {
   const r = new ByteReader(body, `container: ${what}`);
   const mode = r.u8();
   if (mode === BODY_STORED) return body.subarray(1);
-  if (mode !== BODY_LZ) throw new ExcpError('ERR_BAD_HEADER', `container: ${what} body encoding ${mode} is unknown`);
+  if (mode !== BODY_LZ && mode !== BODY_LZ2) throw new ExcpError('ERR_BAD_HEADER', `container: ${what} body encoding ${mode} is unknown`);
   const length = r.varint();
   if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: ${what} length ${length} exceeds limit ${MAX_JSON_BYTES}`);
   try {
-    return lzDecompress(body.subarray(r.offset), length, MAX_JSON_BYTES);
+    return lzDecompress(body.subarray(r.offset), length, MAX_JSON_BYTES, mode === BODY_LZ ? 1 : 2);
   } catch (e) {
     if (e instanceof ExcpError && e.code === 'ERR_TRUNCATED') throw new ExcpError('ERR_CORRUPT', `container: ${what}: ${e.message}`);
     throw e;

@@ -14,6 +14,9 @@ export const T_SUB = 2;
 export const T_STORED = 3;
 export const T_LZ = 4;
 export const T_LZ_XOR = 5;
+/** As T_LZ and T_LZ_XOR with lz variant 2 (T_LZ/T_LZ_XOR are variant 1, still read). */
+export const T_LZ2 = 6;
+export const T_LZ2_XOR = 7;
 
 /**
  * Byte planes of the transformed elements [start, end): planes[p][i - start].

@@ -38,7 +38,9 @@
  *
  * Format:
  *   u8   transform: 0 none, 1 xor, 2 zigzag difference, 3 stored (raw data follows; end),
- *        4 lz (an lz stream of the data follows; end), 5 lz of data XOR base (end)
+ *        4 lz variant 1 (an lz stream of the data follows; end), 5 lz variant 1 of
+ *        data XOR base (end), 6 and 7: as 4 and 5 with lz variant 2 (what the
+ *        writer uses; 4 and 5 are still read)
  *   per plane from the top (p = width - 1) down to 0, a descriptor:
  *          0                         raw: n bytes in the payload
  *          128, u8 value             constant: nothing in the payload
@@ -57,9 +59,11 @@ import { ByteReader, ByteWriter } from './bytes.js';
 import { DTYPE_BYTES, isDType } from './dtype.js';
 import { ExcpError } from './errors.js';
 import { PROB_INIT, RangeDecoder, RangeEncoder } from './range-coder.js';
-import { lzCompress, lzDecompress } from './lz.js';
+import { LZ_VARIANT, lzCompress, lzDecompress } from './lz.js';
 import { estimate, K_ORDER0, K_PREV, K_RAW, K_UPPER } from './exact-plan.js';
-import { joinPlanes, packLowBits, planesOf, rotateTop, T_LZ, T_LZ_XOR, T_NONE, T_STORED, T_SUB, T_XOR, unpackLowBits, unrotateTop } from './exact-planes.js';
+import {
+  joinPlanes, packLowBits, planesOf, rotateTop, T_LZ, T_LZ2, T_LZ2_XOR, T_LZ_XOR, T_NONE, T_STORED, T_SUB, T_XOR, unpackLowBits, unrotateTop,
+} from './exact-planes.js';
 
 /** Dtypes this module is tested on (every safetensors dtype works through its width). */
 export type ExactDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -103,9 +107,9 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
   const planar = encodePlanes(data, dtype, width, base);
   if (width !== 1 || data.length < MIN_LZ_BYTES) return planar;
   let best = planar;
-  for (const transform of base === undefined ? [T_LZ] : [T_LZ, T_LZ_XOR]) {
-    const source = transform === T_LZ ? data : xorBytes(data, base!);
-    const coded = lzCompress(source);
+  for (const transform of base === undefined ? [T_LZ2] : [T_LZ2, T_LZ2_XOR]) {
+    const source = transform === T_LZ2 ? data : xorBytes(data, base!);
+    const coded = lzCompress(source, LZ_VARIANT);
     if (coded.length + 1 < best.length) {
       best = new Uint8Array(coded.length + 1);
       best[0] = transform;
@@ -221,15 +225,16 @@ export function decodeExact(coded: Uint8Array, dtype: string, byteLength: number
     if (r.remaining !== byteLength) throw new ExcpError('ERR_CORRUPT', `exact: stored ${r.remaining} bytes, expected ${byteLength}`);
     return coded.slice(1);
   }
-  if (transform > T_LZ_XOR) throw new ExcpError('ERR_CORRUPT', `exact: unknown transform ${transform}`);
-  if (transform !== T_NONE && transform !== T_LZ) {
+  if (transform > T_LZ2_XOR) throw new ExcpError('ERR_CORRUPT', `exact: unknown transform ${transform}`);
+  if (transform !== T_NONE && transform !== T_LZ && transform !== T_LZ2) {
     if (base === undefined) throw new ExcpError('ERR_BASE_MISSING', 'exact: data was coded against a base; none given');
     if (base.length !== byteLength) throw new ExcpError('ERR_BASE_MISMATCH', `exact: base has ${base.length} bytes, expected ${byteLength}`);
   }
-  if (transform === T_LZ || transform === T_LZ_XOR) {
+  if (transform >= T_LZ) {
     // byteLength is the tensor's size from the validated header: bounded by the chunk.
-    const out = lzDecompress(r.bytesView(r.remaining), byteLength, byteLength);
-    if (transform === T_LZ_XOR) for (let i = 0; i < out.length; i++) out[i] = out[i]! ^ base![i]!;
+    const variant = transform === T_LZ || transform === T_LZ_XOR ? 1 : 2;
+    const out = lzDecompress(r.bytesView(r.remaining), byteLength, byteLength, variant);
+    if (transform === T_LZ_XOR || transform === T_LZ2_XOR) for (let i = 0; i < out.length; i++) out[i] = out[i]! ^ base![i]!;
     return out;
   }
   const n = Math.floor(byteLength / width);

@@ -1,35 +1,52 @@
 /**
- * A small general-purpose byte compressor for the container's header and
- * footer (format version 2): LZ77 with a hash-chain match finder, coded by
- * the adaptive binary range coder of range-coder.ts in the style of LZMA.
+ * A small general-purpose byte compressor, for the container's header and
+ * footer bodies and for byte data in exact mode (files of a checkpoint
+ * folder, optimizer.pt skeletons): LZ77 with a hash-chain match finder
+ * (lz-match.ts), coded by the adaptive binary range coder of range-coder.ts
+ * in the style of LZMA (models and their coding: lz-models.ts).
  *
  * ============================== READ ME FIRST ==============================
  *
  * Stream. The output is one range-coder stream; the number of bytes it
  * decodes to is NOT in it (the container stores it, so the reader can check
- * it against its limit before allocating). Per step, with `state` = the kinds
- * of the last two steps (bit 0: last was a match, bit 1: the one before):
- *   isMatch[state]            0: a literal, 1: a match
- *   literal                   8-bit bit tree, context = previous byte >> 5
- *                             (LZMA's lc = 3; 0 at the start)
- *   isRep[state]              1: the match reuses the last distance ("rep0")
- *   length (rep or normal)    choice bit: 0 -> 3-bit tree, length 2..9;
- *                             else choice2: 0 -> 3-bit tree, 10..17;
- *                             else 8-bit tree, 18..273
- *   distance (normal only)    d = distance - 1; slot = d for d < 4, else
- *                             2 * floor(log2 d) + (second highest bit of d),
- *                             a 6-bit tree with context min(length - 2, 3);
- *                             then e = slot / 2 - 1 extra bits below the top
- *                             two: for e <= 5 a bit tree per slot, else the
- *                             high e - 4 bits equiprobable and the low 4 bits
- *                             through one shared 4-bit "align" tree.
- * The first distance before any match is 1 (so a rep at byte 0 is corrupt).
+ * it against its limit before allocating). Two variants; the container says
+ * which (variant 1 is what format 2 wrote before variant 2 existed, and is
+ * still read). Per step:
  *
- * Encoder. Hash of 3 bytes -> most recent position (head), previous position
- * with the same hash (prev, a ring of WINDOW entries, so memory is bounded
- * whatever the input size). Up to MAX_CHAIN candidates are tried; the parse
- * is greedy with one step of lazy evaluation, and prefers rep0 when it is
- * nearly as long (it costs no distance). Matches reach back at most WINDOW.
+ * Variant 2 (LZMA's step kinds, without its position states), `state` 0..11
+ * as LZMA (after a literal: s < 4 ? 0 : s < 10 ? s - 3 : s - 6; after a
+ * match s < 7 ? 7 : 10; a rep s < 7 ? 8 : 11; a short rep s < 7 ? 9 : 11),
+ * four rep distances, all 1 at the start:
+ *   isMatch[state]            0: a literal: if state < 7 an 8-bit bit tree,
+ *                             context = previous byte >> 5; else coded against
+ *                             the match byte (the byte rep0 back), LZMA's
+ *                             "matched literal" (lz-models.ts)
+ *   isRep[state]              0: a match: length, distance; reps shift down
+ *                             and rep0 = the distance
+ *   isRepG0[state]            0: rep0: isRep0Long[state] 0 = a short rep (one
+ *                             byte, rep0 back), 1 = length (rep models)
+ *                             1: isRepG1[state] 0 = rep1, else isRepG2[state]
+ *                             0 = rep2, 1 = rep3; the one used moves to rep0;
+ *                             then length (rep models)
+ *
+ * Variant 1, `state` = the kinds of the last two steps (bit 0: last was a
+ * match, bit 1: the one before), one rep distance:
+ *   isMatch[state]            0: a literal, 8-bit bit tree, context =
+ *                             previous byte >> 5 (0 at the start)
+ *   isRep[state]              1: the match reuses the last distance (rep0),
+ *                             length (rep models); 0: length, distance
+ *
+ * Both: length (rep or normal models): choice bit 0 -> 3-bit tree, length
+ * 2..9; else choice2: 0 -> 3-bit tree, 10..17; else 8-bit tree, 18..273.
+ * Distance: d = distance - 1; slot = d for d < 4, else 2 * floor(log2 d) +
+ * (second highest bit of d), a 6-bit tree with context min(length - 2, 3);
+ * then e = slot / 2 - 1 extra bits below the top two: for e <= 5 a bit tree
+ * per slot, else the high e - 4 bits equiprobable and the low 4 bits through
+ * one shared 4-bit "align" tree.
+ *
+ * Encoder. Greedy parse with one step of lazy evaluation; a rep is preferred
+ * when it is nearly as long as the best match (it costs no distance); a
+ * short rep is used instead of a literal when the models price it lower.
  *
  * Decoder on hostile input. The output length is given and allocated by the
  * caller's limit; every step writes at least one byte, so the loop ends after
@@ -43,203 +60,54 @@
  * ===========================================================================
  */
 import { ExcpError } from './errors.js';
-import { RangeDecoder, RangeEncoder, createBitModels, decodeBitTree, encodeBitTree } from './range-coder.js';
+import { RangeDecoder, RangeEncoder, decodeBitTree, encodeBitTree } from './range-coder.js';
+import {
+  MAX_MATCH, MIN_MATCH, Models, afterLiteral, afterMatch, afterRep, afterShortRep, bitPrice, decodeDistance, decodeLength,
+  decodeMatchedLiteral, encodeDistance, encodeLength, encodeMatchedLiteral, lastWasLiteral, literalPrice,
+} from './lz-models.js';
+import { MatchFinder, distanceCost, matchLength } from './lz-match.js';
 
-/** Shortest coded match. */
-const MIN_MATCH = 2;
-/** Longest coded match: 2 + 8 + 8 + 256 - 1. */
-const MAX_MATCH = 273;
-/** Farthest a match reaches back (and the size of the hash-chain ring). */
-const WINDOW = 1 << 20;
-/** Candidates tried per position. */
-const MAX_CHAIN = 48;
-const HASH_BITS = 16;
-/** Literal contexts: previous byte >> LIT_SHIFT. */
-const LIT_SHIFT = 5;
-/** Distance slots with a per-slot bit tree for their extra bits. */
-const TREE_SLOTS = 14;
-const ALIGN_BITS = 4;
+/** The variant writers use. */
+export const LZ_VARIANT = 2;
 
-/** Every adaptive model of one stream, fresh for each call. */
-class Models {
-  readonly isMatch = createBitModels(4);
-  readonly isRep = createBitModels(4);
-  readonly literal = createBitModels(256 << (8 - LIT_SHIFT));
-  readonly lengths = [new LengthModels(), new LengthModels()] as const;
-  readonly slot = createBitModels(4 * 63);
-  /** Per slot 4..13: 2^e - 1 models at slotExtraBase[slot]. */
-  readonly extra = createBitModels(1024);
-  readonly align = createBitModels((1 << ALIGN_BITS) - 1);
-}
-
-class LengthModels {
-  readonly choice = createBitModels(2);
-  readonly low = createBitModels(7);
-  readonly mid = createBitModels(7);
-  readonly high = createBitModels(255);
-}
-
-/** Base index into Models.extra of each tree-coded slot's extra-bit tree. */
-const EXTRA_BASE: number[] = [];
-{
-  let at = 0;
-  for (let slot = 0; slot < TREE_SLOTS; slot++) {
-    EXTRA_BASE.push(at);
-    if (slot >= 4) at += (1 << ((slot >> 1) - 1)) - 1;
-  }
-}
-
-function slotOf(d: number): number {
-  if (d < 4) return d;
-  const n = 31 - Math.clz32(d);
-  return 2 * n + ((d >>> (n - 1)) & 1);
-}
-
-function encodeLength(enc: RangeEncoder, m: LengthModels, length: number): void {
-  const l = length - MIN_MATCH;
-  if (l < 8) {
-    enc.encodeBit(m.choice, 0, 0);
-    encodeBitTree(enc, m.low, 0, 3, l);
-  } else if (l < 16) {
-    enc.encodeBit(m.choice, 0, 1);
-    enc.encodeBit(m.choice, 1, 0);
-    encodeBitTree(enc, m.mid, 0, 3, l - 8);
-  } else {
-    enc.encodeBit(m.choice, 0, 1);
-    enc.encodeBit(m.choice, 1, 1);
-    encodeBitTree(enc, m.high, 0, 8, l - 16);
-  }
-}
-
-function decodeLength(dec: RangeDecoder, m: LengthModels): number {
-  if (dec.decodeBit(m.choice, 0) === 0) return MIN_MATCH + decodeBitTree(dec, m.low, 0, 3);
-  if (dec.decodeBit(m.choice, 1) === 0) return MIN_MATCH + 8 + decodeBitTree(dec, m.mid, 0, 3);
-  return MIN_MATCH + 16 + decodeBitTree(dec, m.high, 0, 8);
-}
-
-function encodeDistance(enc: RangeEncoder, m: Models, distance: number, length: number): void {
-  const d = distance - 1;
-  const slot = slotOf(d);
-  encodeBitTree(enc, m.slot, Math.min(length - MIN_MATCH, 3) * 63, 6, slot);
-  if (slot < 4) return;
-  const e = (slot >> 1) - 1;
-  const rest = d - ((2 | (slot & 1)) << e);
-  if (slot < TREE_SLOTS) {
-    encodeBitTree(enc, m.extra, EXTRA_BASE[slot]!, e, rest);
-    return;
-  }
-  let high = Math.floor(rest / (1 << ALIGN_BITS));
-  let bits = e - ALIGN_BITS;
-  if (bits > 16) {
-    enc.encodeDirect(Math.floor(high / 65536), bits - 16);
-    high %= 65536;
-    bits = 16;
-  }
-  enc.encodeDirect(high, bits);
-  encodeBitTree(enc, m.align, 0, ALIGN_BITS, rest & ((1 << ALIGN_BITS) - 1));
-}
-
-function decodeDistance(dec: RangeDecoder, m: Models, length: number): number {
-  const slot = decodeBitTree(dec, m.slot, Math.min(length - MIN_MATCH, 3) * 63, 6);
-  if (slot < 4) return slot + 1;
-  const e = (slot >> 1) - 1;
-  const base = (2 | (slot & 1)) * 2 ** e;
-  if (slot < TREE_SLOTS) return base + decodeBitTree(dec, m.extra, EXTRA_BASE[slot]!, e) + 1;
-  let bits = e - ALIGN_BITS;
-  let high = 0;
-  if (bits > 16) {
-    high = dec.decodeDirect(bits - 16) * 65536;
-    bits = 16;
-  }
-  high += dec.decodeDirect(bits);
-  return base + high * (1 << ALIGN_BITS) + decodeBitTree(dec, m.align, 0, ALIGN_BITS) + 1;
-}
-
-function hash3(input: Uint8Array, i: number): number {
-  return (Math.imul((input[i]! << 16) | (input[i + 1]! << 8) | input[i + 2]!, 0x9e3779b1) >>> (32 - HASH_BITS));
-}
-
-/** Length of the common run of input[a..] and input[b..] (a < b), at most `limit`. */
-function matchLength(input: Uint8Array, a: number, b: number, limit: number): number {
-  let n = 0;
-  while (n < limit && input[a + n] === input[b + n]) n++;
-  return n;
-}
-
-/** Hash-chain match finder. */
-class MatchFinder {
-  private readonly head = new Int32Array(1 << HASH_BITS).fill(-1);
-  private readonly prev: Int32Array;
-  /** Positions below this are in the chains. */
-  private inserted = 0;
-  length = 0;
-  distance = 0;
-
-  constructor(private readonly input: Uint8Array) {
-    this.prev = new Int32Array(Math.min(WINDOW, Math.max(1, input.length)));
-  }
-
-  /** Put every position below `end` into the chains. */
-  insertUpTo(end: number): void {
-    const input = this.input;
-    const stop = Math.min(end, input.length - 2);
-    for (let i = this.inserted; i < stop; i++) {
-      const h = hash3(input, i);
-      this.prev[i % WINDOW] = this.head[h]!;
-      this.head[h] = i;
-    }
-    if (end > this.inserted) this.inserted = end;
-  }
-
-  /** Longest match at i (positions below i must be inserted); sets length and distance. */
-  find(i: number): void {
-    const input = this.input;
-    const limit = Math.min(MAX_MATCH, input.length - i);
-    this.length = 0;
-    this.distance = 0;
-    if (limit < 3) return;
-    let candidate = this.head[hash3(input, i)]!;
-    for (let tries = 0; candidate >= 0 && i - candidate <= WINDOW && tries < MAX_CHAIN; tries++) {
-      if (input[candidate + this.length] === input[i + this.length]) {
-        const n = matchLength(input, candidate, i, limit);
-        if (n > this.length) {
-          this.length = n;
-          this.distance = i - candidate;
-          if (n === limit) break;
-        }
-      }
-      const next = this.prev[candidate % WINDOW]!;
-      if (next >= candidate) break; // the ring slot was reused by a newer position
-      candidate = next;
-    }
-    if (this.length < 3) this.length = 0;
-  }
-}
-
-/** Rough cost in bits of a distance, to compare a match with rep0. */
-function distanceCost(distance: number): number {
-  return 32 - Math.clz32(distance);
+/** Price of a short rep in `state`, in bits. */
+function shortRepPrice(m: Models, state: number): number {
+  return bitPrice(m.isMatch, state, 1) + bitPrice(m.isRep, state, 1) + bitPrice(m.isRepG0, state, 0) + bitPrice(m.isRep0Long, state, 0);
 }
 
 /**
  * Compress bytes.
  * @param input any bytes
- * @returns the coded stream (decode with {@link lzDecompress} and input.length)
+ * @param variant stream variant (see READ ME FIRST); writers use {@link LZ_VARIANT}
+ * @returns the coded stream (decode with {@link lzDecompress}, input.length and the variant)
  */
-export function lzCompress(input: Uint8Array): Uint8Array {
+export function lzCompress(input: Uint8Array, variant = LZ_VARIANT): Uint8Array {
+  const v2 = variant === 2;
   const enc = new RangeEncoder(Math.max(64, input.length >>> 1));
-  const m = new Models();
+  const m = new Models(variant);
   const finder = new MatchFinder(input);
+  const reps = [1, 1, 1, 1];
+  const repCount = v2 ? 4 : 1;
   let state = 0;
-  let rep = 1;
   let i = 0;
   while (i < input.length) {
     finder.insertUpTo(i);
     finder.find(i);
     let length = finder.length;
-    let distance = finder.distance;
-    const repLength = i >= rep ? matchLength(input, i - rep, i, Math.min(MAX_MATCH, input.length - i)) : 0;
-    let useRep = repLength >= MIN_MATCH && (repLength >= length || (repLength + 1 >= length && distanceCost(distance) > 4) || repLength + 2 >= length && distanceCost(distance) > 12);
+    const distance = finder.distance;
+    const limit = Math.min(MAX_MATCH, input.length - i);
+    let repIndex = -1;
+    let repLength = 0;
+    for (let k = 0; k < repCount; k++) {
+      const r = reps[k]!;
+      if (i < r) continue;
+      const n = matchLength(input, i - r, i, limit);
+      if (n > repLength) {
+        repLength = n;
+        repIndex = k;
+      }
+    }
+    const useRep = repLength >= MIN_MATCH && (repLength >= length || (repLength + 1 >= length && distanceCost(distance) > 4) || (repLength + 2 >= length && distanceCost(distance) > 12));
     if (useRep) length = repLength;
     if (!useRep && length === 3 && distance > 4096) length = 0;
     if (!useRep && length > 0 && length < 32 && i + 1 < input.length) {
@@ -248,26 +116,51 @@ export function lzCompress(input: Uint8Array): Uint8Array {
       finder.find(i + 1);
       if (finder.length > length + 1 || (finder.length === length + 1 && distanceCost(finder.distance) <= distanceCost(distance))) length = 0;
     }
-    const context = state & 3;
+    const context = v2 ? state : state & 3;
     if (length === 0) {
-      enc.encodeBit(m.isMatch, context, 0);
       const previous = i > 0 ? input[i - 1]! : 0;
-      encodeBitTree(enc, m.literal, (previous >> LIT_SHIFT) * 255, 8, input[i]!);
-      state = (state << 1) & 3;
+      const base = m.literalBase(previous);
+      const matchByte = v2 && !lastWasLiteral(state) ? input[i - reps[0]!]! : -1;
+      if (v2 && i >= reps[0]! && input[i] === input[i - reps[0]!] && shortRepPrice(m, state) < bitPrice(m.isMatch, state, 0) + literalPrice(m.literal, base, input[i]!, matchByte)) {
+        enc.encodeBit(m.isMatch, state, 1);
+        enc.encodeBit(m.isRep, state, 1);
+        enc.encodeBit(m.isRepG0, state, 0);
+        enc.encodeBit(m.isRep0Long, state, 0);
+        state = afterShortRep(state);
+        i++;
+        continue;
+      }
+      enc.encodeBit(m.isMatch, context, 0);
+      if (matchByte >= 0) encodeMatchedLiteral(enc, m.literal, base, input[i]!, matchByte);
+      else encodeBitTree(enc, m.literal, base, 8, input[i]!);
+      state = v2 ? afterLiteral(state) : (state << 1) & 3;
       i++;
       continue;
     }
     enc.encodeBit(m.isMatch, context, 1);
     if (useRep) {
       enc.encodeBit(m.isRep, context, 1);
+      if (v2) {
+        enc.encodeBit(m.isRepG0, state, repIndex === 0 ? 0 : 1);
+        if (repIndex === 0) enc.encodeBit(m.isRep0Long, state, 1);
+        else {
+          enc.encodeBit(m.isRepG1, state, repIndex === 1 ? 0 : 1);
+          if (repIndex > 1) enc.encodeBit(m.isRepG2, state, repIndex === 2 ? 0 : 1);
+          const r = reps[repIndex]!;
+          reps.splice(repIndex, 1);
+          reps.unshift(r);
+        }
+      }
       encodeLength(enc, m.lengths[1], length);
+      state = v2 ? afterRep(state) : ((state << 1) | 1) & 3;
     } else {
       enc.encodeBit(m.isRep, context, 0);
       encodeLength(enc, m.lengths[0], length);
       encodeDistance(enc, m, distance, length);
-      rep = distance;
+      reps.pop();
+      reps.unshift(distance);
+      state = v2 ? afterMatch(state) : ((state << 1) | 1) & 3;
     }
-    state = ((state << 1) | 1) & 3;
     i += length;
   }
   return enc.finish();
@@ -278,39 +171,65 @@ export function lzCompress(input: Uint8Array): Uint8Array {
  * @param bytes the coded stream
  * @param length the number of bytes it decodes to
  * @param limit the largest length accepted (checked before allocating)
+ * @param variant the stream's variant (1 or 2)
  * @throws ExcpError ERR_HEADER_TOO_LARGE when length > limit; ERR_CORRUPT on an
  *   impossible match or bytes left after the end; ERR_TRUNCATED when the stream ends early
  */
-export function lzDecompress(bytes: Uint8Array, length: number, limit: number): Uint8Array {
+export function lzDecompress(bytes: Uint8Array, length: number, limit: number, variant = LZ_VARIANT): Uint8Array {
   if (!Number.isSafeInteger(length) || length < 0 || length > limit) {
     throw new ExcpError('ERR_HEADER_TOO_LARGE', `lz: decoded length ${length} exceeds limit ${limit}`);
   }
+  if (variant !== 1 && variant !== 2) throw new ExcpError('ERR_CORRUPT', `lz: unknown variant ${variant}`);
+  const v2 = variant === 2;
   const out = new Uint8Array(length);
   const dec = new RangeDecoder(bytes);
-  const m = new Models();
+  const m = new Models(variant);
+  const reps = [1, 1, 1, 1];
   let state = 0;
-  let rep = 1;
   let i = 0;
   while (i < length) {
     if (dec.overrun > 4) throw new ExcpError('ERR_TRUNCATED', `lz: stream of ${bytes.length} bytes ended after ${i} of ${length} bytes`);
-    const context = state & 3;
+    const context = v2 ? state : state & 3;
     if (dec.decodeBit(m.isMatch, context) === 0) {
-      const previous = i > 0 ? out[i - 1]! : 0;
-      out[i++] = decodeBitTree(dec, m.literal, (previous >> LIT_SHIFT) * 255, 8);
-      state = (state << 1) & 3;
+      const base = m.literalBase(i > 0 ? out[i - 1]! : 0);
+      // After a match (v2), rep0 <= i: the match was checked against i.
+      out[i] = v2 && !lastWasLiteral(state) ? decodeMatchedLiteral(dec, m.literal, base, out[i - reps[0]!]!) : decodeBitTree(dec, m.literal, base, 8);
+      i++;
+      state = v2 ? afterLiteral(state) : (state << 1) & 3;
       continue;
     }
     let n: number;
     if (dec.decodeBit(m.isRep, context) === 1) {
+      if (v2) {
+        if (dec.decodeBit(m.isRepG0, state) === 0) {
+          if (dec.decodeBit(m.isRep0Long, state) === 0) {
+            if (reps[0]! > i) throw new ExcpError('ERR_CORRUPT', `lz: short rep distance ${reps[0]} at byte ${i} reaches before the start`);
+            out[i] = out[i - reps[0]!]!;
+            i++;
+            state = afterShortRep(state);
+            continue;
+          }
+        } else {
+          const k = dec.decodeBit(m.isRepG1, state) === 0 ? 1 : dec.decodeBit(m.isRepG2, state) === 0 ? 2 : 3;
+          const r = reps[k]!;
+          reps.splice(k, 1);
+          reps.unshift(r);
+        }
+        state = afterRep(state);
+      } else {
+        state = ((state << 1) | 1) & 3;
+      }
       n = decodeLength(dec, m.lengths[1]);
     } else {
       n = decodeLength(dec, m.lengths[0]);
-      rep = decodeDistance(dec, m, n);
+      reps.pop();
+      reps.unshift(decodeDistance(dec, m, n));
+      state = v2 ? afterMatch(state) : ((state << 1) | 1) & 3;
     }
+    const rep = reps[0]!;
     if (rep > i) throw new ExcpError('ERR_CORRUPT', `lz: match distance ${rep} at byte ${i} reaches before the start`);
     if (n > length - i) throw new ExcpError('ERR_CORRUPT', `lz: match of ${n} bytes at byte ${i} runs past the end (${length})`);
     for (let k = 0; k < n; k++, i++) out[i] = out[i - rep]!;
-    state = ((state << 1) | 1) & 3;
   }
   if (dec.overrun > 4) throw new ExcpError('ERR_TRUNCATED', `lz: stream of ${bytes.length} bytes is truncated`);
   if (dec.unread > 0) throw new ExcpError('ERR_CORRUPT', `lz: ${dec.unread} of ${bytes.length} bytes left unread after ${length} decoded bytes`);

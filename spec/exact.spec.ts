@@ -229,20 +229,25 @@ describe('exact: byte data (files, skeletons) through lz', () => {
   const edited = text.slice();
   for (let i = 0; i < edited.length; i += 97) edited[i] = 0x30 + (i % 10);
 
-  it('codes structured bytes with lz (transform 4), far below the byte planes', () => {
+  it('codes structured bytes with lz (transform 6: variant 2), far below the byte planes; transform 4 (variant 1) still decodes', () => {
     const coded = encodeExact(text, 'U8');
-    assert.equal(coded[0], 4);
+    assert.equal(coded[0], 6);
+    const v1 = Uint8Array.from([4, ...lzCompress(text, 1)]);
+    assert.ok(Buffer.from(decodeExact(v1, 'U8', text.length)).equals(Buffer.from(text)));
     assert.ok(coded.length < text.length / 4, `${coded.length} of ${text.length}`);
     assert.ok(Buffer.from(decodeExact(coded, 'U8', text.length)).equals(Buffer.from(text)));
   });
 
-  it('codes against a base of the same length: XOR planes or lz over the XOR (transform 5), whichever is smaller', () => {
+  it('codes against a base of the same length: XOR planes or lz over the XOR (transforms 7 and 5), whichever is smaller', () => {
     const coded = encodeExact(edited, 'U8', text);
     assert.ok(coded.length < encodeExact(edited, 'U8').length / 2);
     assert.ok(coded.length <= 1 + lzCompress(edited).length && coded.length <= 1 + lzCompress(edited.map((b, i) => b ^ text[i]!)).length);
-    // Transform 5 by hand: lz over data XOR base.
-    const viaLz = Uint8Array.from([5, ...lzCompress(edited.map((b, i) => b ^ text[i]!))]);
-    assert.ok(Buffer.from(decodeExact(viaLz, 'U8', edited.length, text)).equals(Buffer.from(edited)));
+    // Transforms 7 and 5 by hand: lz (variants 2 and 1) over data XOR base.
+    for (const [transform, variant] of [[7, 2], [5, 1]] as const) {
+      const viaLz = Uint8Array.from([transform, ...lzCompress(edited.map((b, i) => b ^ text[i]!), variant)]);
+      assert.ok(Buffer.from(decodeExact(viaLz, 'U8', edited.length, text)).equals(Buffer.from(edited)));
+      assert.throws(() => decodeExact(viaLz, 'U8', edited.length), { code: 'ERR_BASE_MISSING' });
+    }
     assert.ok(Buffer.from(decodeExact(coded, 'U8', edited.length, text)).equals(Buffer.from(edited)));
     assert.throws(() => decodeExact(coded, 'U8', edited.length), { code: 'ERR_BASE_MISSING' });
   });
