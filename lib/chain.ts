@@ -48,121 +48,30 @@
  * chain.json before an append uses it.
  *
  * The pure parts (keyframe choice, link checks, manifest validation and the
- * listing) are in lib/chain-manifest.ts; this module does the file operations.
+ * listing) are in lib/chain-manifest.ts, the shared file operations in
+ * lib/chain-files.ts, the replay in lib/chain-restore.ts; this module
+ * creates and appends.
  */
-import { mkdtemp, mkdir, readFile, readdir, rm, rmdir, stat } from 'node:fs/promises';
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { Writable } from 'node:stream';
-import { finished } from 'node:stream/promises';
 import { TOOL_VERSION } from './constants.js';
 import { ExcpError } from './errors.js';
-import { Hasher, fingerprintTensors } from './hash.js';
 import { readContainerIndex } from './inspect.js';
 import { resolveOptions } from './options.js';
 import { compressTo, restoreTo, restoreToFolder } from './pipeline.js';
 import { writeAtomically } from './output.js';
 import { withChainLock } from './chain-lock.js';
+import { checkKinds, checkpointOf, folderFingerprint, indexOf, readManifest, writeManifest } from './chain-files.js';
+import { chainError, restoreChainStep, restoreChainStepToFolder } from './chain-restore.js';
 import {
-  CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepFileName, lastFileName, replayPath, checkLink, checkStep, parseManifest, type ChainKind, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex,
+  CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepFileName, lastFileName, checkLink, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex,
 } from './chain-manifest.js';
 
 export { CHAIN_LOCK } from './chain-lock.js';
 export * from './chain-manifest.js';
-
-// ---------------------------------------------------------------- file operations
-
-/** Relative paths and sizes of the regular files under a folder, sorted by path. */
-async function filesOf(dir: string): Promise<Array<{ path: string; size: number }>> {
-  const out: Array<{ path: string; size: number }> = [];
-  const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(join(dir, rel), { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => {
-      throw new ExcpError('ERR_IO', `${join(dir, rel)}: cannot list (${e.code ?? e.message})`);
-    });
-    for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-      const path = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) await walk(path);
-      else out.push({ path, size: (await stat(join(dir, path))).size });
-    }
-  };
-  await walk('');
-  return out;
-}
-
-/**
- * A fingerprint of a folder's files (relative paths, sizes and bytes): what
- * chain.json records for the kept `.last-NNNNNN/` folder.
- * @param dir folder
- * @returns 16 hex digits
- */
-export async function folderFingerprint(dir: string): Promise<string> {
-  const listed: Array<{ name: string; dtype: string; shape: number[]; hash: string }> = [];
-  for (const f of await filesOf(dir)) {
-    const hasher = new Hasher();
-    for await (const chunk of createReadStream(join(dir, f.path))) hasher.update(chunk as Uint8Array);
-    listed.push({ name: f.path, dtype: 'U8', shape: [f.size], hash: hasher.digest() });
-  }
-  return fingerprintTensors(listed);
-}
-
-/**
- * What a checkpoint path is: a file or a folder, and its size in bytes.
- * @throws ExcpError ERR_IO when it cannot be read, ERR_INVALID_ARG when it is neither
- */
-async function checkpointOf(path: string): Promise<{ path: string; kind: ChainKind; bytes: number }> {
-  const info = await stat(path).catch((e: NodeJS.ErrnoException) => {
-    throw new ExcpError('ERR_IO', `${path}: cannot read (${e.code ?? e.message})`);
-  });
-  if (info.isFile()) return { path, kind: 'file', bytes: info.size };
-  if (info.isDirectory()) return { path, kind: 'folder', bytes: (await filesOf(path)).reduce((s, f) => s + f.size, 0) };
-  throw new ExcpError('ERR_INVALID_ARG', `chain: ${path} is neither a file nor a folder`);
-}
-
-const KIND_NAMES: Record<ChainKind, string> = { file: 'safetensors files', folder: 'checkpoint folders' };
-
-/** All checkpoints must be of the chain's kind. @throws ExcpError ERR_CHAIN */
-function checkKinds(dir: string, kind: ChainKind, checkpoints: ReadonlyArray<{ path: string; kind: ChainKind }>): void {
-  const odd = checkpoints.find((c) => c.kind !== kind);
-  if (odd) {
-    throw new ExcpError('ERR_CHAIN', `chain: ${odd.path} is a ${odd.kind === 'file' ? 'file' : 'checkpoint folder'}, but the chain ${dir} holds ${KIND_NAMES[kind]} (one chain holds one kind)`);
-  }
-}
-
-/**
- * Read and validate a chain folder's manifest.
- * @param dir chain folder
- * @throws ExcpError ERR_CHAIN
- */
-export async function readManifest(dir: string): Promise<ChainManifest> {
-  const path = join(dir, CHAIN_MANIFEST);
-  const text = await readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    throw new ExcpError('ERR_CHAIN', `chain: ${path}: cannot read (${e.code ?? e.message}); is ${dir} a chain folder?`);
-  });
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new ExcpError('ERR_CHAIN', `chain: ${path}: not JSON (${(e as Error).message})`);
-  }
-  return parseManifest(json, path);
-}
-
-async function writeManifest(dir: string, manifest: ChainManifest): Promise<void> {
-  const bytes = `${JSON.stringify(manifest, null, 2)}\n`;
-  await writeAtomically(join(dir, CHAIN_MANIFEST), async (out) => {
-    out.write(bytes);
-  }, { force: true });
-}
-
-async function indexOf(dir: string, entry: ChainStep): Promise<ContainerIndex> {
-  const index = await readContainerIndex(join(dir, entry.file)).catch((e: unknown) => {
-    if (e instanceof ExcpError && e.code === 'ERR_IO') throw new ExcpError('ERR_CHAIN', `chain: step ${entry.step}: ${e.message}`);
-    throw e;
-  });
-  checkStep(entry, index);
-  return index;
-}
+export { folderFingerprint, readManifest } from './chain-files.js';
+export { restoreChainStep, restoreChainStepToFolder } from './chain-restore.js';
 
 /**
  * Start a chain folder and compress checkpoints into it. Holds the chain's lock.
@@ -304,12 +213,6 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
   return manifest;
 }
 
-/** A base that differs from the one a container was made against, inside a chain, is a broken chain. */
-function chainError(e: unknown, label: string): unknown {
-  if (e instanceof ExcpError && e.code === 'ERR_BASE_MISMATCH') return new ExcpError('ERR_CHAIN', `chain: ${label} does not restore against the previous step: ${e.message}`, { cause: e });
-  return e;
-}
-
 /**
  * The restored last step, rebuilt by replaying the chain when it is missing.
  * A kept folder is checked against the fingerprint chain.json recorded for it,
@@ -339,82 +242,3 @@ async function ensureLast(dir: string, manifest: ChainManifest, threads: number 
   return join(dir, last);
 }
 
-/** Read the manifest and check every link on the replay path of `step`. */
-async function checkedPath(dir: string, step: number, kind: ChainKind): Promise<{ manifest: ChainManifest; path: number[] }> {
-  const manifest = await readManifest(dir);
-  if (manifest.kind !== kind) {
-    const how = manifest.kind === 'folder' ? 'to a folder (-o DIR)' : 'to a file';
-    throw new ExcpError('ERR_USAGE', `chain: ${dir} holds ${KIND_NAMES[manifest.kind]}: restore a step ${how}`);
-  }
-  const path = replayPath(manifest, step);
-  let previous: ContainerIndex | null = null;
-  for (const s of path) {
-    const index = await indexOf(dir, manifest.steps[s]!);
-    if (previous) checkLink(previous, index, { previous: `step ${s - 1}`, current: `step ${s} (${manifest.steps[s]!.file})` });
-    previous = index;
-  }
-  return { manifest, path };
-}
-
-/**
- * Restore one step of a chain of safetensors files into a writable (not
- * ended): replays from the nearest keyframe through temporary files,
- * checking every link first.
- * @param dir chain folder
- * @param step 0-based step
- * @param out destination (e.g. from writeAtomically)
- * @param options threads
- * @throws ExcpError ERR_CHAIN for a missing step or a broken link, ERR_USAGE for a chain of folders
- */
-export async function restoreChainStep(dir: string, step: number, out: Writable, options: { threads?: number | undefined } = {}): Promise<void> {
-  const { manifest, path } = await checkedPath(dir, step, 'file');
-  const temp = await mkdtemp(join(tmpdir(), 'excp-chain-'));
-  try {
-    let base: string | undefined;
-    for (const s of path.slice(0, -1)) {
-      const next = join(temp, `step-${s}.safetensors`);
-      const file = createWriteStream(next);
-      await restoreTo(join(dir, manifest.steps[s]!.file), file, { base, threads: options.threads });
-      file.end();
-      await finished(file);
-      if (base) await rm(base, { force: true });
-      base = next;
-    }
-    await restoreTo(join(dir, manifest.steps[step]!.file), out, { base, threads: options.threads });
-  } finally {
-    await rm(temp, { recursive: true, force: true });
-  }
-}
-
-/**
- * Restore one step of a chain of checkpoint folders into the folder `target`
- * (atomically: a temporary folder beside it, renamed at the end): replays
- * from the nearest keyframe through temporary folders, checking every link first.
- * @param dir chain folder
- * @param step 0-based step
- * @param target output folder
- * @param options threads, force (replace an existing target)
- * @throws ExcpError ERR_CHAIN for a missing step or a broken link, ERR_USAGE for a chain of files, ERR_EXISTS
- */
-export async function restoreChainStepToFolder(dir: string, step: number, target: string,
-  options: { threads?: number | undefined; force?: boolean | undefined } = {}): Promise<void> {
-  const { manifest, path } = await checkedPath(dir, step, 'folder');
-  if (!options.force && existsSync(target)) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
-  const temp = await mkdtemp(join(tmpdir(), 'excp-chain-'));
-  try {
-    let base: string | undefined;
-    for (const s of path) {
-      const container = join(dir, manifest.steps[s]!.file);
-      const next = s === step ? target : join(temp, `step-${s}`);
-      try {
-        await restoreToFolder(container, next, { base, threads: options.threads, force: s === step && options.force === true });
-      } catch (e) {
-        throw chainError(e, `step ${s} (${manifest.steps[s]!.file})`);
-      }
-      if (base) await rm(base, { recursive: true, force: true });
-      base = next;
-    }
-  } finally {
-    await rm(temp, { recursive: true, force: true });
-  }
-}

@@ -19,7 +19,7 @@
  * range is cut), so a base folder opened without a map lines up with it and
  * the exact coder's base mode can use it.
  */
-import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
+import { openSync, closeSync, fstatSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from './dtype.js';
@@ -28,7 +28,7 @@ import { type ParamMapping, mapParams } from './param-map.js';
 import type { FolderFile, ParamMapInfo } from './plan.js';
 import { isSafeRelativePath } from './container-validate.js';
 import type { SafetensorsHeader, TensorInfo } from './safetensors.js';
-import { SafetensorsFile, type TensorReader } from './stream/checkpoint-file.js';
+import { SafetensorsFile, type TensorReader, readExactlySync } from './stream/checkpoint-file.js';
 import { type OptimizerState, readOptimizerState } from './torch.js';
 
 /** Prefix of the virtual tensors that hold whole files (or an optimizer.pt skeleton). */
@@ -248,14 +248,7 @@ function mapOptimizer(opt: OptimizerState, optFd: number, model: { name: string;
 
 /** Read exactly `length` bytes at `offset` of an open file. */
 function readAt(fd: number, offset: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, out, done, length - done, offset + done);
-    if (n === 0) throw new ExcpError('ERR_TRUNCATED', `folder: unexpected end of file at byte ${offset + done}`);
-    done += n;
-  }
-  return out;
+  return readExactlySync(fd, offset, length, 'folder');
 }
 
 /** Relative paths ('/'-separated) of every regular file under dir, sorted. */

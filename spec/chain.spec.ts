@@ -162,7 +162,7 @@ describe('excp chain', { concurrency: false }, () => {
     writeFileSync(join(dir, CHAIN_MANIFEST), JSON.stringify(index));
     const r3 = await cli(['chain', 'restore', dir, '--step', '6', '-o', join(work, 'x.safetensors')]);
     assert.equal(r3.status, 1);
-    assert.match(r3.stderr, /^excp: restore: tensor '[^']+': the base differs from the one used at compression/);
+    assert.match(r3.stderr, /^excp: chain: step 6 \(step-000006\.excp\) does not restore against the previous step: restore: tensor '[^']+': the base differs from the one used at compression/);
     assert.ok(!existsSync(join(work, 'x.safetensors')), 'a failed restore leaves no output');
   });
 

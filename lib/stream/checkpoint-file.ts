@@ -4,6 +4,7 @@
  * parameter and its moments can be read together wherever they sit in the
  * file) and for the base checkpoint (read chunk by chunk as it is needed).
  */
+import { readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ExcpError } from '../errors.js';
 import { type SafetensorsHeader, type TensorInfo, parseSafetensorsHeader, readHeaderLength } from '../safetensors.js';
@@ -126,6 +127,23 @@ export async function readExactly(handle: FileHandle, position: number, length: 
     const { bytesRead } = await handle.read(out, done, length - done, position + done);
     if (bytesRead === 0) throw new ExcpError('ERR_TRUNCATED', `unexpected end of file at byte ${position + done}`);
     done += bytesRead;
+  }
+  return out;
+}
+
+/**
+ * Synchronous {@link readExactly} on a descriptor, for the parsers that take
+ * a synchronous `read(offset, length)` (zip, torch).
+ * @param what prefix of the error message (the file)
+ * @throws ExcpError ERR_TRUNCATED when the file ends first
+ */
+export function readExactlySync(fd: number, position: number, length: number, what: string): Uint8Array {
+  const out = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, out, done, length - done, position + done);
+    if (n === 0) throw new ExcpError('ERR_TRUNCATED', `${what}: unexpected end of file at byte ${position + done}`);
+    done += n;
   }
   return out;
 }

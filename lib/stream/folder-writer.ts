@@ -17,7 +17,7 @@
  * It is a Writable (object mode), not a Transform: it produces files, not a
  * byte stream.
  */
-import { closeSync, fsyncSync, openSync, readSync, write, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, write, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, stat, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -26,7 +26,7 @@ import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
 import { Hasher } from '../hash.js';
 import { readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
-import { readExactly } from './checkpoint-file.js';
+import { readExactly, readExactlySync } from './checkpoint-file.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
 import { checkedRawHeader, takeRestoredChunk, verifyFingerprints } from './writer.js';
 
@@ -202,16 +202,7 @@ export class FolderWriter extends Writable {
 
 /** optimizer.pt with recomputed CRCs for the storages that hold restored moments; every other byte as written. */
 function fixTorchFile(fix: TorchFix): void {
-  const readAt = (offset: number, length: number): Uint8Array => {
-    const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const n = readSync(fix.fd, out, done, length - done, offset + done);
-      if (n === 0) throw new ExcpError('ERR_TRUNCATED', `restore: ${fix.finalPath}: short read at byte ${offset + done}`);
-      done += n;
-    }
-    return out;
-  };
+  const readAt = (offset: number, length: number): Uint8Array => readExactlySync(fix.fd, offset, length, `restore: ${fix.finalPath}`);
   const checkpoint = readTorchCheckpoint(fix.size, readAt);
   const replacements = new Map<string, () => Iterable<Uint8Array>>();
   const storages = [...checkpoint.storages.values()];
