@@ -291,8 +291,7 @@ export function decodeHeaderBody(body: Uint8Array): ContainerHeader {
     if (flags > 127 || (flags & PACK && flags !== (PACK | 2))) corrupt(`entry ${i} flags ${flags}`);
     let entry: EntrySpec;
     if (flags & PACK) {
-      const count = readCount(r, 1, tensorCount, 'pack member') + 2;
-      if (count > tensorCount) corrupt(`entry ${i}: pack of ${count} tensors`);
+      const count = readCount(r, 1, tensorCount - 2, `entry ${i} pack member`) + 2;
       const members: number[] = [];
       let elements = 0;
       for (let k = 0; k < count; k++) {

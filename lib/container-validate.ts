@@ -10,6 +10,7 @@ import { type DType, DTYPE_BYTES, elementCount, isDType } from './dtype.js';
 import { ExcpError } from './errors.js';
 import { MAX_CHUNK_ELEMENTS, MAX_TENSORS, MIN_CHUNK_ELEMENTS } from './constants.js';
 import type { ContainerHeader } from './container.js';
+import { entryTensors } from './pack.js';
 import type { Role } from './types.js';
 
 const ROLES: ReadonlySet<Role> = new Set<Role>(['weight', 'exp_avg', 'exp_avg_sq', 'plain']);
@@ -42,14 +43,14 @@ export function validateHeader(h: ContainerHeader): void {
     if (!e || (e.kind !== 'param' && e.kind !== 'plain' && e.kind !== 'pack')) bad(`entry ${i} kind`);
     if ((e.kind === 'pack') !== (e.members !== undefined)) bad(`entry ${i} members`);
     if (e.kind === 'pack' && (!Array.isArray(e.members) || e.members.length < 2 || e.members.length > MAX_TENSORS)) bad(`entry ${i} members`);
-    const members = e.kind === 'pack' ? e.members! : [e.weight, e.expAvg, e.expAvgSq].filter((x) => x !== null);
+    const members = entryTensors(e);
     if (e.kind === 'param' && members.length !== 3) bad(`entry ${i} members`);
     if (e.kind === 'plain' && members.length !== 1) bad(`entry ${i} members`);
     let packElements = 0;
     for (const t of members) {
-      if (!Number.isInteger(t) || t! < 0 || t! >= h.tensors.length || owner[t!] !== -1) bad(`entry ${i} tensor ${String(t)}`);
-      owner[t!] = i;
-      const spec = h.tensors[t!]!;
+      if (!Number.isInteger(t) || t < 0 || t >= h.tensors.length || owner[t] !== -1) bad(`entry ${i} tensor ${String(t)}`);
+      owner[t] = i;
+      const spec = h.tensors[t]!;
       if (spec.entry !== i) bad(`entry ${i} tensor ${String(t)} owner`);
       const count = elementCount(spec.shape, 'container');
       packElements += count;
@@ -57,9 +58,9 @@ export function validateHeader(h: ContainerHeader): void {
     }
     if (e.kind === 'pack') {
       // One exact chunk of one dtype, no base: what lib/pack.ts makes and the codec can cut back.
-      const dtype = h.tensors[e.weight]?.dtype;
       if (e.weight !== members[0] || e.expAvg !== null || e.expAvgSq !== null) bad(`entry ${i} pack members`);
-      if (members.some((t) => h.tensors[t!]!.dtype !== dtype)) bad(`entry ${i} pack dtypes`);
+      const dtype = h.tensors[e.weight]!.dtype;
+      if (members.some((t) => h.tensors[t]!.dtype !== dtype)) bad(`entry ${i} pack dtypes`);
       if (packElements !== e.elements || e.elements > o.chunkElements) bad(`entry ${i} pack element count`);
       if (!e.exactWeight || e.exactMoments || e.base) bad(`entry ${i} pack flags`);
     } else if (e.kind === 'param') {

@@ -59,7 +59,7 @@ import { ByteReader, ByteWriter } from './bytes.js';
 import { DTYPE_BYTES, isDType } from './dtype.js';
 import { ExcpError } from './errors.js';
 import { PROB_INIT, RangeDecoder, RangeEncoder } from './range-coder.js';
-import { LZ_VARIANT, lzCompress, lzDecompress } from './lz.js';
+import { lzCompress, lzDecompress } from './lz.js';
 import { estimate, K_ORDER0, K_PREV, K_RAW, K_UPPER } from './exact-plan.js';
 import {
   joinPlanes, packLowBits, planesOf, rotateTop, T_LZ, T_LZ2, T_LZ2_XOR, T_LZ_XOR, T_NONE, T_STORED, T_SUB, T_XOR, unpackLowBits, unrotateTop,
@@ -109,7 +109,7 @@ export function encodeExact(data: Uint8Array, dtype: string, base?: Uint8Array):
   let best = planar;
   for (const transform of base === undefined ? [T_LZ2] : [T_LZ2, T_LZ2_XOR]) {
     const source = transform === T_LZ2 ? data : xorBytes(data, base!);
-    const coded = lzCompress(source, LZ_VARIANT);
+    const coded = lzCompress(source, 2); // transforms 6 and 7 are lz variant 2
     if (coded.length + 1 < best.length) {
       best = new Uint8Array(coded.length + 1);
       best[0] = transform;

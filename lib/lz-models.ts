@@ -67,6 +67,21 @@ export const afterShortRep = (s: number): number => (s < 7 ? 9 : 11);
 /** Variant 2: the last step was a literal (else the next literal is coded against the match byte). */
 export const lastWasLiteral = (s: number): boolean => s < 7;
 
+/** A normal match: rep3..rep1 = rep2..rep0, rep0 = distance (variant 1 reads only rep0). */
+export function pushRep(reps: number[], distance: number): void {
+  reps[3] = reps[2]!;
+  reps[2] = reps[1]!;
+  reps[1] = reps[0]!;
+  reps[0] = distance;
+}
+
+/** A rep match with reps[k]: it moves to rep0, the ones before it move down one. */
+export function moveRepToFront(reps: number[], k: number): void {
+  const r = reps[k]!;
+  for (; k > 0; k--) reps[k] = reps[k - 1]!;
+  reps[0] = r;
+}
+
 /** Base index into Models.extra of each tree-coded slot's extra-bit tree. */
 const EXTRA_BASE: number[] = [];
 {

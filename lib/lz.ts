@@ -63,12 +63,12 @@ import { ExcpError } from './errors.js';
 import { RangeDecoder, RangeEncoder, decodeBitTree, encodeBitTree } from './range-coder.js';
 import {
   MAX_MATCH, MIN_MATCH, Models, afterLiteral, afterMatch, afterRep, afterShortRep, bitPrice, decodeDistance, decodeLength,
-  decodeMatchedLiteral, encodeDistance, encodeLength, encodeMatchedLiteral, lastWasLiteral, literalPrice,
+  decodeMatchedLiteral, encodeDistance, encodeLength, encodeMatchedLiteral, lastWasLiteral, literalPrice, moveRepToFront, pushRep,
 } from './lz-models.js';
 import { MatchFinder, distanceCost, matchLength } from './lz-match.js';
 
-/** The variant writers use. */
-export const LZ_VARIANT = 2;
+/** The variant lzCompress writes by default. */
+const LZ_VARIANT = 2;
 
 /** Price of a short rep in `state`, in bits. */
 function shortRepPrice(m: Models, state: number): number {
@@ -78,21 +78,29 @@ function shortRepPrice(m: Models, state: number): number {
 /**
  * Compress bytes.
  * @param input any bytes
- * @param variant stream variant (see READ ME FIRST); writers use {@link LZ_VARIANT}
+ * @param variant stream variant, 1 or 2 (see READ ME FIRST)
  * @returns the coded stream (decode with {@link lzDecompress}, input.length and the variant)
+ * @throws ExcpError ERR_OUT_OF_RANGE for another variant
  */
 export function lzCompress(input: Uint8Array, variant = LZ_VARIANT): Uint8Array {
+  // Models and the loop below treat any variant but 1 as 2 in places, 1 in others: refuse a mix.
+  if (variant !== 1 && variant !== 2) throw new ExcpError('ERR_OUT_OF_RANGE', `lz: variant ${variant} is not 1 or 2`);
   const v2 = variant === 2;
   const enc = new RangeEncoder(Math.max(64, input.length >>> 1));
   const m = new Models(variant);
   const finder = new MatchFinder(input);
   const reps = [1, 1, 1, 1];
   const repCount = v2 ? 4 : 1;
+  // Variant 1: state 0..3 (see READ ME FIRST); variant 2: 0..11. Either indexes the models directly.
   let state = 0;
   let i = 0;
+  /** Position whose match the finder holds already (the lazy look-ahead of the step before), else -1. */
+  let found = -1;
   while (i < input.length) {
-    finder.insertUpTo(i);
-    finder.find(i);
+    if (found !== i) {
+      finder.insertUpTo(i);
+      finder.find(i);
+    }
     let length = finder.length;
     const distance = finder.distance;
     const limit = Math.min(MAX_MATCH, input.length - i);
@@ -114,9 +122,9 @@ export function lzCompress(input: Uint8Array, variant = LZ_VARIANT): Uint8Array 
       // one step of lazy evaluation: a literal now may buy a longer match next
       finder.insertUpTo(i + 1);
       finder.find(i + 1);
+      found = i + 1;
       if (finder.length > length + 1 || (finder.length === length + 1 && distanceCost(finder.distance) <= distanceCost(distance))) length = 0;
     }
-    const context = v2 ? state : state & 3;
     if (length === 0) {
       const previous = i > 0 ? input[i - 1]! : 0;
       const base = m.literalBase(previous);
@@ -130,35 +138,32 @@ export function lzCompress(input: Uint8Array, variant = LZ_VARIANT): Uint8Array 
         i++;
         continue;
       }
-      enc.encodeBit(m.isMatch, context, 0);
+      enc.encodeBit(m.isMatch, state, 0);
       if (matchByte >= 0) encodeMatchedLiteral(enc, m.literal, base, input[i]!, matchByte);
       else encodeBitTree(enc, m.literal, base, 8, input[i]!);
       state = v2 ? afterLiteral(state) : (state << 1) & 3;
       i++;
       continue;
     }
-    enc.encodeBit(m.isMatch, context, 1);
+    enc.encodeBit(m.isMatch, state, 1);
     if (useRep) {
-      enc.encodeBit(m.isRep, context, 1);
+      enc.encodeBit(m.isRep, state, 1);
       if (v2) {
         enc.encodeBit(m.isRepG0, state, repIndex === 0 ? 0 : 1);
         if (repIndex === 0) enc.encodeBit(m.isRep0Long, state, 1);
         else {
           enc.encodeBit(m.isRepG1, state, repIndex === 1 ? 0 : 1);
           if (repIndex > 1) enc.encodeBit(m.isRepG2, state, repIndex === 2 ? 0 : 1);
-          const r = reps[repIndex]!;
-          reps.splice(repIndex, 1);
-          reps.unshift(r);
+          moveRepToFront(reps, repIndex);
         }
       }
       encodeLength(enc, m.lengths[1], length);
       state = v2 ? afterRep(state) : ((state << 1) | 1) & 3;
     } else {
-      enc.encodeBit(m.isRep, context, 0);
+      enc.encodeBit(m.isRep, state, 0);
       encodeLength(enc, m.lengths[0], length);
       encodeDistance(enc, m, distance, length);
-      reps.pop();
-      reps.unshift(distance);
+      pushRep(reps, distance);
       state = v2 ? afterMatch(state) : ((state << 1) | 1) & 3;
     }
     i += length;
@@ -171,11 +176,11 @@ export function lzCompress(input: Uint8Array, variant = LZ_VARIANT): Uint8Array 
  * @param bytes the coded stream
  * @param length the number of bytes it decodes to
  * @param limit the largest length accepted (checked before allocating)
- * @param variant the stream's variant (1 or 2)
- * @throws ExcpError ERR_HEADER_TOO_LARGE when length > limit; ERR_CORRUPT on an
- *   impossible match or bytes left after the end; ERR_TRUNCATED when the stream ends early
+ * @param variant the stream's variant (1 or 2; the container says which)
+ * @throws ExcpError ERR_HEADER_TOO_LARGE when length > limit; ERR_CORRUPT on an unknown
+ *   variant, an impossible match or bytes left after the end; ERR_TRUNCATED when the stream ends early
  */
-export function lzDecompress(bytes: Uint8Array, length: number, limit: number, variant = LZ_VARIANT): Uint8Array {
+export function lzDecompress(bytes: Uint8Array, length: number, limit: number, variant: number): Uint8Array {
   if (!Number.isSafeInteger(length) || length < 0 || length > limit) {
     throw new ExcpError('ERR_HEADER_TOO_LARGE', `lz: decoded length ${length} exceeds limit ${limit}`);
   }
@@ -189,17 +194,16 @@ export function lzDecompress(bytes: Uint8Array, length: number, limit: number, v
   let i = 0;
   while (i < length) {
     if (dec.overrun > 4) throw new ExcpError('ERR_TRUNCATED', `lz: stream of ${bytes.length} bytes ended after ${i} of ${length} bytes`);
-    const context = v2 ? state : state & 3;
-    if (dec.decodeBit(m.isMatch, context) === 0) {
+    if (dec.decodeBit(m.isMatch, state) === 0) {
       const base = m.literalBase(i > 0 ? out[i - 1]! : 0);
-      // After a match (v2), rep0 <= i: the match was checked against i.
+      // State >= 7 only after a match, rep or short rep, each checked rep0 <= i below, so rep0 <= i here.
       out[i] = v2 && !lastWasLiteral(state) ? decodeMatchedLiteral(dec, m.literal, base, out[i - reps[0]!]!) : decodeBitTree(dec, m.literal, base, 8);
       i++;
       state = v2 ? afterLiteral(state) : (state << 1) & 3;
       continue;
     }
     let n: number;
-    if (dec.decodeBit(m.isRep, context) === 1) {
+    if (dec.decodeBit(m.isRep, state) === 1) {
       if (v2) {
         if (dec.decodeBit(m.isRepG0, state) === 0) {
           if (dec.decodeBit(m.isRep0Long, state) === 0) {
@@ -210,10 +214,7 @@ export function lzDecompress(bytes: Uint8Array, length: number, limit: number, v
             continue;
           }
         } else {
-          const k = dec.decodeBit(m.isRepG1, state) === 0 ? 1 : dec.decodeBit(m.isRepG2, state) === 0 ? 2 : 3;
-          const r = reps[k]!;
-          reps.splice(k, 1);
-          reps.unshift(r);
+          moveRepToFront(reps, dec.decodeBit(m.isRepG1, state) === 0 ? 1 : dec.decodeBit(m.isRepG2, state) === 0 ? 2 : 3);
         }
         state = afterRep(state);
       } else {
@@ -222,8 +223,7 @@ export function lzDecompress(bytes: Uint8Array, length: number, limit: number, v
       n = decodeLength(dec, m.lengths[1]);
     } else {
       n = decodeLength(dec, m.lengths[0]);
-      reps.pop();
-      reps.unshift(decodeDistance(dec, m, n));
+      pushRep(reps, decodeDistance(dec, m, n));
       state = v2 ? afterMatch(state) : ((state << 1) | 1) & 3;
     }
     const rep = reps[0]!;

@@ -16,8 +16,9 @@
  * A pack has no base (the transform against a base is chosen per stream, and
  * a pack's moments have none) and one chunk: its members hold at most
  * chunkElements elements together, so memory stays bounded. A member's
- * tensor hash is the same as unpacked (the hash of its one chunk digest), so
- * fingerprints do not depend on packing.
+ * tensor hash is the same as unpacked (the hash of its one chunk digest; an
+ * empty member, which has no chunk, none), so fingerprints do not depend on
+ * packing.
  */
 import { DTYPE_BYTES, elementCount } from './dtype.js';
 import type { EntrySpec, Role, TensorSpec } from './types.js';
@@ -39,6 +40,19 @@ export function entryTensors(e: EntrySpec): number[] {
   if (e.expAvg !== null) out.push(e.expAvg);
   if (e.expAvgSq !== null) out.push(e.expAvgSq);
   return out;
+}
+
+/**
+ * The tensors an entry's chunk digests are for, in digest order: its weight
+ * and moments, or a pack's non-empty members (an empty tensor has no chunk,
+ * packed or not, so its hash stays that of no digest).
+ * @param tensors the header's tensors
+ * @param e an entry
+ * @returns tensor indices, one per digest of each of the entry's chunks
+ */
+export function digestTensors(tensors: readonly TensorSpec[], e: EntrySpec): number[] {
+  const members = entryTensors(e);
+  return e.kind === 'pack' ? members.filter((t) => elementCount(tensors[t]!.shape, 'pack') > 0) : members;
 }
 
 /** Raw bytes of all of an entry's tensors (whole tensors, not one chunk). */
@@ -107,11 +121,11 @@ export function packEntries(tensors: TensorSpec[], entries: readonly EntrySpec[]
  * @param tensors the header's tensors
  * @param e a pack entry
  * @param bytes the pack's concatenated bytes
- * @returns per member (in member order) the tensor index and a view of its bytes
+ * @returns per non-empty member (in member order, as {@link digestTensors}) the tensor index and a view of its bytes
  */
 export function packSlices(tensors: readonly TensorSpec[], e: EntrySpec, bytes: Uint8Array): { tensor: number; bytes: Uint8Array }[] {
   let at = 0;
-  return entryTensors(e).map((t) => {
+  return digestTensors(tensors, e).map((t) => {
     const size = elementCount(tensors[t]!.shape, 'pack') * DTYPE_BYTES[tensors[t]!.dtype];
     const view = bytes.subarray(at, at + size);
     at += size;

@@ -6,10 +6,11 @@ import {
 } from '../lib/container.js';
 import { crc32 } from '../lib/crc32.js';
 import { ExcpError } from '../lib/errors.js';
-import { lzCompress, lzCompress as compressLz, lzDecompress, lzDecompress as decompressLz } from '../lib/lz.js';
+import { lzCompress, lzDecompress } from '../lib/lz.js';
+import { Models, afterLiteral, encodeLength } from '../lib/lz-models.js';
 import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
 import { Prng } from '../lib/prng.js';
-import { RangeEncoder, createBitModels } from '../lib/range-coder.js';
+import { RangeEncoder, createBitModels, encodeBitTree } from '../lib/range-coder.js';
 import { codeOf, randomCheckpointPair, sameBytes, str, varint } from './helpers.js';
 import { toVersion1 } from '../examples/fuzz.js';
 
@@ -50,44 +51,75 @@ test('lz variant 2 is smaller than variant 1 on real pickled data (a PyTorch opt
   // Measured: 14774 and 14423 bytes (matched literals, four reps, short reps).
   assert.ok(v2.length < v1.length * 0.98, `variant 2 ${v2.length} vs variant 1 ${v1.length}`);
   assert.equal(codeOf(() => lzDecompress(v1, data.length, LIMIT, 3)), 'ERR_CORRUPT', 'unknown variant');
+  assert.equal(codeOf(() => lzCompress(data, 3)), 'ERR_OUT_OF_RANGE', 'no stream of an unknown variant is written');
 });
 
 for (const variant of [1, 2]) test(`lz variant ${variant}: hostile streams end in ERR_CORRUPT, ERR_TRUNCATED or ERR_HEADER_TOO_LARGE, never a hang or crash`, () => {
-  const lzCompress = (input: Uint8Array) => compressLz(input, variant);
-  const lzDecompress = (bytes: Uint8Array, length: number, limit: number) => decompressLz(bytes, length, limit, variant);
+  const compress = (input: Uint8Array) => lzCompress(input, variant);
+  const decompress = (bytes: Uint8Array, length: number, limit: number) => lzDecompress(bytes, length, limit, variant);
   const text = new TextEncoder().encode('{"a":1,"b":[1,2,3],"c":"abcabcabcabcabc"}'.repeat(40));
-  const packed = lzCompress(text);
+  const packed = compress(text);
   // Truncated streams: an error, or (when only the flush's padding is missing) the same bytes.
   for (let cut = 0; cut < packed.length; cut += 3) {
     try {
-      const out = lzDecompress(packed.subarray(0, cut), text.length, LIMIT);
+      const out = decompress(packed.subarray(0, cut), text.length, LIMIT);
       assert.ok(packed.length - cut <= 4 && sameBytes(out, text), `cut at ${cut} of ${packed.length} decoded silently`);
     } catch (e) {
       assert.ok(e instanceof ExcpError && ['ERR_TRUNCATED', 'ERR_CORRUPT'].includes(e.code), String(e));
     }
   }
   // A declared length beyond the limit is refused before allocating.
-  assert.equal(codeOf(() => lzDecompress(packed, LIMIT + 1, LIMIT)), 'ERR_HEADER_TOO_LARGE');
-  assert.equal(codeOf(() => lzDecompress(packed, -1, LIMIT)), 'ERR_HEADER_TOO_LARGE');
+  assert.equal(codeOf(() => decompress(packed, LIMIT + 1, LIMIT)), 'ERR_HEADER_TOO_LARGE');
+  assert.equal(codeOf(() => decompress(packed, -1, LIMIT)), 'ERR_HEADER_TOO_LARGE');
   // A rep (variant 2: a short rep) at byte 0: its distance, the initial rep 1, reaches before the start.
   const enc = new RangeEncoder();
   enc.encodeBit(createBitModels(4), 0, 1);
   enc.encodeBit(createBitModels(4), 0, 1);
-  assert.equal(codeOf(() => lzDecompress(enc.finish(), 10, LIMIT)), 'ERR_CORRUPT');
+  assert.equal(codeOf(() => decompress(enc.finish(), 10, LIMIT)), 'ERR_CORRUPT');
   // Bytes after the end of a valid stream, beyond the decoder's 4-byte read-ahead.
-  assert.equal(codeOf(() => lzDecompress(Uint8Array.from([...packed, 0, 0, 0, 0, 0]), text.length, LIMIT)), 'ERR_CORRUPT');
+  assert.equal(codeOf(() => decompress(Uint8Array.from([...packed, 0, 0, 0, 0, 0]), text.length, LIMIT)), 'ERR_CORRUPT');
   // A match running past the declared end.
   const rep = new TextEncoder().encode('abababababababababab');
-  assert.equal(codeOf(() => lzDecompress(lzCompress(rep), 3, LIMIT)), 'ERR_CORRUPT');
+  assert.equal(codeOf(() => decompress(compress(rep), 3, LIMIT)), 'ERR_CORRUPT');
   // Garbage with declared lengths: bounded work, ExcpError or some bytes.
   const rng = new Prng(9);
   for (let k = 0; k < 300; k++) {
     const garbage = Uint8Array.from({ length: rng.int(64) }, () => rng.int(256));
     try {
-      lzDecompress(garbage, rng.int(5000), LIMIT);
+      decompress(garbage, rng.int(5000), LIMIT);
     } catch (e) {
       assert.ok(e instanceof ExcpError, String(e));
     }
+  }
+});
+
+test('lz variant 2: hand-built rep1..rep3 and short reps before the start are ERR_CORRUPT; inside the output they decode', () => {
+  // One literal 'x', then a rep (k = 1..3; all reps are 1 at the start) or a short rep (k = 0), at byte 1 or,
+  // without the literal, at byte 0.
+  const stream = (withLiteral: boolean, k: number): Uint8Array => {
+    const enc = new RangeEncoder();
+    const m = new Models(2);
+    let state = 0;
+    if (withLiteral) {
+      enc.encodeBit(m.isMatch, state, 0);
+      encodeBitTree(enc, m.literal, m.literalBase(0), 8, 0x78);
+      state = afterLiteral(state);
+    }
+    enc.encodeBit(m.isMatch, state, 1);
+    enc.encodeBit(m.isRep, state, 1);
+    enc.encodeBit(m.isRepG0, state, k === 0 ? 0 : 1);
+    if (k === 0) enc.encodeBit(m.isRep0Long, state, 0);
+    else {
+      enc.encodeBit(m.isRepG1, state, k === 1 ? 0 : 1);
+      if (k > 1) enc.encodeBit(m.isRepG2, state, k === 2 ? 0 : 1);
+      encodeLength(enc, m.lengths[1], 2);
+    }
+    return enc.finish();
+  };
+  for (let k = 0; k <= 3; k++) {
+    const n = k === 0 ? 1 : 2;
+    assert.equal(codeOf(() => lzDecompress(stream(false, k), n, LIMIT, 2)), 'ERR_CORRUPT', `rep ${k} at byte 0`);
+    assert.equal(Buffer.from(lzDecompress(stream(true, k), 1 + n, LIMIT, 2)).toString('latin1'), 'x'.repeat(1 + n), `rep ${k} at byte 1`);
   }
 });
 

@@ -8,15 +8,22 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeTail } from '../lib/container.js';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { type ContainerFooter, type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeTail } from '../lib/container.js';
 import { crc32 } from '../lib/crc32.js';
 import { DTYPE_BYTES, type DType } from '../lib/dtype.js';
 import { Hasher, hashBytes } from '../lib/hash.js';
 import { readContainerIndex } from '../lib/inspect.js';
 import { PACK_TENSOR_ELEMENTS, entryTensors, packEntries } from '../lib/pack.js';
-import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
+import { resolveOptions } from '../lib/options.js';
+import { compressBuffer, planFor, restoreBuffer } from '../lib/pipeline.js';
 import { Prng } from '../lib/prng.js';
 import { parseSafetensors, serializeSafetensors, type TensorData } from '../lib/safetensors.js';
+import { SafetensorsMemory } from '../lib/stream/checkpoint-file.js';
+import { ChunkEncoder } from '../lib/stream/codec.js';
+import { ContainerWriter } from '../lib/stream/container.js';
+import { ChunkSource } from '../lib/stream/source.js';
 import type { EntrySpec, Role, TensorSpec } from '../lib/types.js';
 import { codeOf, errorOf, sameBytes, str } from './helpers.js';
 
@@ -88,7 +95,8 @@ function packHeader(): ContainerHeader {
   };
 }
 
-test('header v2: a pack entry is flags 66, member count - 2, members as index deltas', () => {
+/** A stored v2 header body with packHeader()'s three tensors and the given entry bytes, then its CRC. */
+function packHeaderBytes(entries: number[]): Uint8Array {
   const body = [
     0, // stored
     ...str('t'),
@@ -98,13 +106,22 @@ test('header v2: a pack entry is flags 66, member count - 2, members as index de
     3, 0, ...str('x'), 0, ...str('y'), 0, ...str('z'), // three tensors: names
     49, 49, 49, // F32, plain
     1, 3, 1, 5, 1, 2, // shapes [3], [5], [2]
-    2, // two entries
-    66, 0, 2, 3, // pack (64 | exactWeight 2), 0 = 2 members - 2, member 1 (zigzag(1 - -1 - 1) = 2), member 0 (zigzag(0 - 1 - 1) = 3)
-    2, 2, // plain, exactWeight: tensor 2 (zigzag(2 - 0 - 1) = 2)
+    ...entries,
     0, // no info
   ];
   const bytes = Uint8Array.from([...body, 0, 0, 0, 0]);
   new DataView(bytes.buffer).setUint32(body.length, crc32(bytes.subarray(0, body.length)), true);
+  return bytes;
+}
+
+test('header v2: a pack entry is flags 66, member count - 2, members as index deltas', () => {
+  const entries = [
+    2, // two entries
+    66, 0, 2, 3, // pack (64 | exactWeight 2), 0 = 2 members - 2, member 1 (zigzag(1 - -1 - 1) = 2), member 0 (zigzag(0 - 1 - 1) = 3)
+    2, 2, // plain, exactWeight: tensor 2 (zigzag(2 - 0 - 1) = 2)
+  ];
+  const bytes = packHeaderBytes(entries);
+  const body = { length: bytes.length - 4 };
   const h = packHeader();
   assert.deepEqual(decodeHeader(bytes), h);
   assert.deepEqual(decodeHeader(encodeHead(h).subarray(16)), h, 'the writer\'s own bytes');
@@ -113,6 +130,29 @@ test('header v2: a pack entry is flags 66, member count - 2, members as index de
   bad[body.length - 8] = 66 | 8;
   new DataView(bad.buffer).setUint32(body.length, crc32(bad.subarray(0, body.length)), true);
   assert.equal(codeOf(() => decodeHeader(bad)), 'ERR_BAD_HEADER');
+});
+
+test('header v2: hostile pack bytes are ERR_BAD_HEADER', () => {
+  const cases: Array<[string, number[]]> = [
+    ['more members than tensors', [1, 66, 2, 0, 0, 0, 0]],
+    ['a huge member count', [1, 66, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0]],
+    ['a member out of range', [1, 66, 1, 0, 0, 2]],
+    ['a member before the first tensor', [1, 66, 1, 1, 0, 0]],
+    ['a member twice', [1, 66, 1, 0, 0, 1]], // tensors 0, 1, then zigzag 1 = -1: 1 again
+    ['a tensor in a pack and in a plain entry', [2, 66, 0, 0, 0, 2, 1]],
+    ['a tensor in no entry', [1, 66, 0, 0, 0]],
+  ];
+  assert.doesNotThrow(() => decodeHeader(packHeaderBytes([1, 66, 1, 0, 0, 0])), 'one pack of all three');
+  for (const [what, entries] of cases) assert.equal(codeOf(() => decodeHeader(packHeaderBytes(entries))), 'ERR_BAD_HEADER', what);
+  // Over chunkElements: not one chunk.
+  const big = packHeader();
+  big.options.chunkElements = 64;
+  big.tensors[1]!.shape = [62];
+  big.entries[0]!.elements = 65;
+  assert.equal(codeOf(() => decodeHeader(encodeHead(big).subarray(16))), 'ERR_BAD_HEADER');
+  big.tensors[1]!.shape = [61];
+  big.entries[0]!.elements = 64;
+  assert.doesNotThrow(() => decodeHeader(encodeHead(big).subarray(16)), 'exactly chunkElements');
 });
 
 test('header: malformed packs are ERR_BAD_HEADER', () => {
@@ -215,6 +255,16 @@ test('round trips: tiny tensors of every dtype, packed, restore bit for bit; mem
   }
 });
 
+/** A container's header and footer, read from its bytes (footerAt: where the footer record starts). */
+function indexOf(c: Uint8Array): { header: ContainerHeader; footer: ContainerFooter; footerAt: number } {
+  const view = new DataView(c.buffer, c.byteOffset, c.length);
+  const footerAt = Number(view.getBigUint64(c.length - 16, true));
+  const header = decodeHeader(c.subarray(16, 16 + view.getUint32(12, true) + 4));
+  const length = view.getUint32(footerAt + 1, true);
+  const footer = decodeFooter(c.subarray(footerAt + 5, footerAt + 5 + length), view.getUint32(footerAt + 5 + length, true), header);
+  return { header, footer, footerAt };
+}
+
 test('hashes left out of a small container; a wrong restore is still caught by the fingerprint', async () => {
   const file = tinyCheckpoint(4);
   const auto = await compressBuffer(file, undefined, { lossless: true, threads: 0 });
@@ -222,14 +272,32 @@ test('hashes left out of a small container; a wrong restore is still caught by t
   assert.ok(auto.length < always.length, `${auto.length} vs ${always.length}`);
   assert.ok(sameBytes(await restoreBuffer(auto), file));
   // Change the stored target fingerprint and reseal the footer: restore must refuse.
-  const view = new DataView(auto.buffer, auto.byteOffset, auto.length);
-  const footerAt = Number(view.getBigUint64(auto.length - 16, true));
-  const header = decodeHeader(auto.subarray(16, 16 + view.getUint32(12, true) + 4));
-  const length = view.getUint32(footerAt + 1, true);
-  const footer = decodeFooter(auto.subarray(footerAt + 5, footerAt + 5 + length), view.getUint32(footerAt + 5 + length, true), header);
+  const { header, footer, footerAt } = indexOf(auto);
   assert.equal(footer.tensorHashes, null);
   const bad = Buffer.concat([auto.subarray(0, footerAt), encodeTail({ ...footer, targetFingerprint: '0123456789abcdef' }, footerAt, header)]);
   const e = await restoreBuffer(bad).then(() => null, (x: unknown) => x);
   assert.equal((e as { code?: string } | null)?.code, 'ERR_FINGERPRINT');
   assert.match(errorOf(() => { throw e; }).message, /fingerprint/);
+});
+
+test('a pack with an empty member (valid per the format) restores: its hash is that of an empty tensor on both sides', async () => {
+  const file = serializeSafetensors([
+    { name: 'a', dtype: 'F32', shape: [3], data: new Uint8Array(12).fill(7) },
+    { name: 'e', dtype: 'F32', shape: [0], data: new Uint8Array(0) },
+    { name: 'b', dtype: 'F32', shape: [2], data: new Uint8Array(8).fill(9) },
+  ]);
+  const reader = new SafetensorsMemory(file);
+  const header = planFor(reader, null, resolveOptions({ lossless: true, chunkElements: 1024 }));
+  // The planner keeps empty tensors out of packs; a writer may put them in one.
+  header.entries = [{ kind: 'pack', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 5, members: [0, 1, 2] }];
+  for (const t of header.tensors) t.entry = 0;
+  const parts: Uint8Array[] = [];
+  const encoder = new ChunkEncoder(header, { threads: 0 });
+  await pipeline(new ChunkSource(header, reader, null), encoder, new ContainerWriter(header, 'always'), new Writable({ write(c: Uint8Array, _e, cb) { parts.push(c); cb(); } }));
+  await encoder.close();
+  const packed = Buffer.concat(parts);
+  assert.ok(sameBytes(await restoreBuffer(packed), file));
+  const unpacked = await compressBuffer(file, undefined, { lossless: true, chunkElements: 1024, threads: 0, tensorHashes: 'always' });
+  assert.deepEqual(indexOf(packed).footer.tensorHashes, indexOf(unpacked).footer.tensorHashes);
+  assert.equal(indexOf(packed).footer.targetFingerprint, indexOf(unpacked).footer.targetFingerprint);
 });

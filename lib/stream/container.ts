@@ -11,7 +11,7 @@ import {
 import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_JSON_BYTES } from '../constants.js';
 import { ExcpError } from '../errors.js';
 import { Hasher, fingerprintTensors } from '../hash.js';
-import { entryTensors } from '../pack.js';
+import { digestTensors } from '../pack.js';
 import type { EncodedRecord, RestoreEvent } from './codec.js';
 
 const encoder = new TextEncoder();
@@ -115,7 +115,7 @@ export class ContainerWriter extends Transform {
       fe.keptMoments += rec.stats.keptMoments;
       fe.entropyBits = (fe.entropyBits ?? 0) + (rec.stats.entropyBits ?? 0);
       fe.symbolBits = (fe.symbolBits ?? 0) + (rec.stats.symbolBits ?? 0);
-      entryTensors(e).forEach((t, i) => this.tensorHashers[t]!.update(encoder.encode(rec.digests[i]!)));
+      digestTensors(this.header.tensors, e).forEach((t, i) => this.tensorHashers[t]!.update(encoder.encode(rec.digests[i]!)));
       if (rec.baseDigest) this.baseHashers[e.weight]?.update(encoder.encode(rec.baseDigest));
       this.out(bytes);
       callback();
@@ -130,8 +130,8 @@ export class ContainerWriter extends Transform {
       if (!this.order.done) throw new ExcpError('ERR_TRUNCATED', 'container: input ended before every chunk was coded');
       for (const fe of this.footerEntries) fe.entropyBits = Math.round(fe.entropyBits ?? 0);
       const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.map((h) => h.digest()), this.baseHashers.map((h) => h?.digest() ?? null));
-      const hashBytes = 8 * (footer.tensorHashes!.length + footer.baseHashes!.filter((h) => h !== null).length);
-      if (this.hashes === 'auto' && hashBytes * HASH_SHARE > this.offset) {
+      const storedHashBytes = 8 * (this.tensorHashers.length + this.baseHashers.filter((h) => h !== null).length);
+      if (this.hashes === 'auto' && storedHashBytes * HASH_SHARE > this.offset) {
         footer.tensorHashes = null;
         footer.baseHashes = null;
       }

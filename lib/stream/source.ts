@@ -8,11 +8,11 @@ import { Readable } from 'node:stream';
 import { DTYPE_BYTES } from '../dtype.js';
 import { ExcpError } from '../errors.js';
 import type { ContainerHeader } from '../container.js';
-import type { ChunkInput } from '../types.js';
+import type { TensorInfo } from '../safetensors.js';
+import type { ChunkInput, EntrySpec } from '../types.js';
 import type { TensorReader } from './checkpoint-file.js';
 import { BufferRecycler } from '../pool.js';
 import { entryRawBytes, entryTensors } from '../pack.js';
-import type { EntrySpec } from '../types.js';
 
 /** One unit of work for the encoder. */
 export interface ChunkJob {
@@ -25,6 +25,13 @@ export interface ChunkJob {
    * may transfer the views' whole buffers, which hold nothing else).
    */
   release?: (buffers: ArrayBuffer[]) => void;
+}
+
+/** @throws ExcpError ERR_BAD_HEADER when the checkpoint has no tensor of this name */
+function tensorInfo(file: TensorReader, name: string): TensorInfo {
+  const info = file.byName.get(name);
+  if (!info) throw new ExcpError('ERR_BAD_HEADER', `${file.path}: tensor '${name}' is missing`);
+  return info;
 }
 
 /** Readable (object mode) of {@link ChunkJob}s in container order. */
@@ -85,8 +92,7 @@ export class ChunkSource extends Readable {
       const read = async (tensor: number | null, file: TensorReader | null): Promise<Uint8Array | null> => {
         if (tensor === null || file === null) return null;
         const spec = tensors[tensor]!;
-        const info = file.byName.get(spec.name);
-        if (!info) throw new ExcpError('ERR_BAD_HEADER', `${file.path}: tensor '${spec.name}' is missing`);
+        const info = tensorInfo(file, spec.name);
         const eb = DTYPE_BYTES[spec.dtype];
         const into = this.recycler.take((end - start) * eb);
         const bytes = await file.tensorBytes(info, start * eb, end * eb, into);
@@ -113,9 +119,7 @@ export class ChunkSource extends Readable {
     const out = new Uint8Array(entryRawBytes(tensors, e));
     let at = 0;
     for (const t of entryTensors(e)) {
-      const spec = tensors[t]!;
-      const info = this.current.byName.get(spec.name);
-      if (!info) throw new ExcpError('ERR_BAD_HEADER', `${this.current.path}: tensor '${spec.name}' is missing`);
+      const info = tensorInfo(this.current, tensors[t]!.name);
       const size = info.end - info.begin;
       const view = out.subarray(at, at + size);
       const bytes = await this.current.tensorBytes(info, 0, size, view);

@@ -184,7 +184,7 @@ export class SafetensorsWriter extends Transform {
  * @param header the container header (null: no header came yet)
  * @param record the restored chunk
  * @param hashers one per tensor
- * @param place receives tensor index, bytes and byte offset, in member order (weight, exp_avg, exp_avg_sq)
+ * @param place receives tensor index, bytes and byte offset, in member order (weight, exp_avg, exp_avg_sq; a pack's non-empty members)
  * @returns the bytes taken
  * @throws ExcpError ERR_CORRUPT for a chunk before the header or a missing digest
  */
@@ -195,7 +195,6 @@ export function takeRestoredChunk(header: ContainerHeader | null, record: Restor
   if (e.kind === 'pack') {
     // Hashed per member, as the writer did: a member's hash is that of its one chunk.
     for (const m of packSlices(header.tensors, e, record.restored.weight)) {
-      if (m.bytes.length === 0) continue;
       hashers[m.tensor]!.update(encoder.encode(hashBytes(m.bytes)));
       place(m.tensor, m.bytes, 0);
     }
