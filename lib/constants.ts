@@ -35,8 +35,8 @@ export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze({
   vDomain: 'log',
 });
 
-/** Largest JSON header or footer accepted. */
-export const MAX_JSON_BYTES = 64 * 1024 * 1024;
+/** Largest header or footer body accepted, stored or decoded (version 1: its JSON). */
+export const MAX_BODY_BYTES = 64 * 1024 * 1024;
 /** Largest chunk accepted (elements). */
 export const MAX_CHUNK_ELEMENTS = 1 << 26;
 /** Smallest chunk accepted (elements). */

@@ -12,7 +12,7 @@
  */
 import { ByteReader, ByteWriter } from './bytes.js';
 import { ExcpError } from './errors.js';
-import { MAX_JSON_BYTES, MAX_TENSORS } from './constants.js';
+import { MAX_BODY_BYTES, MAX_TENSORS } from './constants.js';
 import { lzCompress, lzDecompress } from './lz.js';
 
 /** Body encodings (first byte of a v2 header or footer body). A v1 JSON body starts with '{' (0x7b). */
@@ -210,9 +210,9 @@ export function unpack(body: Uint8Array, what: string): Uint8Array {
   if (mode === BODY_STORED) return body.subarray(1);
   if (mode !== BODY_LZ && mode !== BODY_LZ2) throw new ExcpError('ERR_BAD_HEADER', `container: ${what} body encoding ${mode} is unknown`);
   const length = r.varint();
-  if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: ${what} length ${length} exceeds limit ${MAX_JSON_BYTES}`);
+  if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: ${what} length ${length} exceeds limit ${MAX_BODY_BYTES}`);
   try {
-    return lzDecompress(body.subarray(r.offset), length, MAX_JSON_BYTES, mode === BODY_LZ ? 1 : 2);
+    return lzDecompress(body.subarray(r.offset), length, MAX_BODY_BYTES, mode === BODY_LZ ? 1 : 2);
   } catch (e) {
     if (e instanceof ExcpError && e.code === 'ERR_TRUNCATED') throw new ExcpError('ERR_CORRUPT', `container: ${what}: ${e.message}`);
     throw e;

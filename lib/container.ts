@@ -27,7 +27,7 @@ import { ExcpError } from './errors.js';
 import { decodeFooterBody, encodeFooterBody } from './container-v2-footer.js';
 import { decodeHeaderBody, encodeHeaderBody } from './container-v2-header.js';
 import { validateHeader } from './container-validate.js';
-import { END_MAGIC, FORMAT_VERSION, MAGIC, MAX_JSON_BYTES, RECORD_CHUNK, RECORD_FOOTER } from './constants.js';
+import { END_MAGIC, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, RECORD_CHUNK, RECORD_FOOTER } from './constants.js';
 import type { CodecOptions, EntrySpec, TensorSpec } from './types.js';
 
 /** How restore lays tensors out into files. */
@@ -169,7 +169,7 @@ export function readPreambleInfo(first16: Uint8Array): { version: number; length
   if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) throw new ExcpError('ERR_VERSION', `container: format version ${version} is not supported (this reads versions ${MIN_FORMAT_VERSION} to ${FORMAT_VERSION})`);
   r.u16();
   const length = r.u32();
-  if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: header length ${length} exceeds limit ${MAX_JSON_BYTES}`);
+  if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: header length ${length} exceeds limit ${MAX_BODY_BYTES}`);
   return { version, length };
 }
 

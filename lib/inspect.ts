@@ -11,7 +11,7 @@ import {
 } from './container.js';
 import { ExcpError } from './errors.js';
 import { entryRawBytes } from './pack.js';
-import { MAX_JSON_BYTES, RECORD_FOOTER } from './constants.js';
+import { MAX_BODY_BYTES, RECORD_FOOTER } from './constants.js';
 import { readExactly } from './stream/checkpoint-file.js';
 import { restore, verifyFolderContainer } from './pipeline.js';
 import type { ParamMapInfo } from './plan.js';
@@ -84,7 +84,7 @@ export async function readContainerIndex(path: string): Promise<{ header: Contai
     const prefix = await readExactly(handle, footerOffset, 5);
     const length = new DataView(prefix.buffer).getUint32(1, true);
     if (prefix[0] !== RECORD_FOOTER || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
-    if (length > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `${path}: footer length ${length} exceeds limit ${MAX_JSON_BYTES}`);
+    if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `${path}: footer length ${length} exceeds limit ${MAX_BODY_BYTES}`);
     const body = await readExactly(handle, footerOffset + 5, length + 4);
     const footer = decodeFooter(body.subarray(0, length), new DataView(body.buffer).getUint32(length, true), header);
     return { header, footer, size };

@@ -8,7 +8,7 @@ import {
   chunkCount, decodeFooter, decodeHeader, decodeTrailer, encodeHead, encodeRecord, encodeTail,
   maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix,
 } from '../container.js';
-import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_JSON_BYTES } from '../constants.js';
+import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_BODY_BYTES } from '../constants.js';
 import { ExcpError } from '../errors.js';
 import { Hasher, fingerprintTensors } from '../hash.js';
 import { digestTensors } from '../pack.js';
@@ -319,7 +319,7 @@ export class ContainerReader extends Transform {
       }
       case 'footer-length': {
         this.footerLength = view.getUint32(0, true);
-        if (this.footerLength > MAX_JSON_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: footer length ${this.footerLength} exceeds limit`);
+        if (this.footerLength > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: footer length ${this.footerLength} exceeds limit`);
         this.state = 'footer';
         this.need = this.footerLength + 4;
         return;
