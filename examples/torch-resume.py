@@ -59,13 +59,17 @@ def load_safetensors(folder):
 
 
 def resume(folder, steps, start_step):
-    weights = load_safetensors(folder)
+    bin_path = os.path.join(folder, "pytorch_model.bin")
+    tied = os.path.exists(bin_path)  # the "bin" run: weights torch.save'd, head tied to the embedding
+    weights = torch.load(bin_path) if tied else load_safetensors(folder)
     dtype = next(iter(weights.values())).dtype
     # Same RNG consumption as make_fixtures.run, so `data` is the training data.
     torch.manual_seed(fx.SEED)
     random.seed(fx.SEED)
     np.random.seed(fx.SEED)
     model = fx.Tiny().to(dtype)
+    if tied:
+        model.head.weight = model.embed.weight
     data = torch.randint(0, fx.VOCAB, (64, 9))
     model.load_state_dict(weights)
     decay = set(fx.decay_names(model))

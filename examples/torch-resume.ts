@@ -3,7 +3,7 @@
  * one, restore it, and resume training from the restored folder in PyTorch
  * next to a resume from the original (examples/torch-resume.py).
  *
- *   npx tsx examples/torch-resume.ts [--run fp32|bf16] [--steps N] [--lossless]
+ *   npx tsx examples/torch-resume.ts [--run fp32|bf16|bin] [--steps N] [--lossless]
  *
  * Uses the committed fixture folders (spec/fixtures/torch/RUN/checkpoint-4 and
  * -8). Needs /usr/bin/python3 with torch (Debian: apt-get install -y

@@ -4,6 +4,10 @@
  *
  * The folder's files become tensors of the container:
  *  - every tensor of every `*.safetensors` file (one file or shards), by name;
+ *  - from `pytorch_model.bin` or its shards (Trainer with save_safetensors=False,
+ *    read with the restricted unpickler): every contiguous tensor by its
+ *    state_dict key, plus the file's skeleton `__file__/PATH` (the bytes
+ *    around them, a tied weight's second key included) as for optimizer.pt;
  *  - from `optimizer.pt` (Adam/AdamW, read with the restricted unpickler, never
  *    executed): each param id's `exp_avg` / `exp_avg_sq`, named
  *    `NAME.exp_avg` / `NAME.exp_avg_sq` when the id maps to model parameter
@@ -29,7 +33,7 @@ import type { FolderFile, ParamMapInfo } from './plan.js';
 import { isSafeRelativePath } from './container-validate.js';
 import type { SafetensorsHeader, TensorInfo } from './safetensors.js';
 import { SafetensorsFile, type TensorReader, readExactlySync } from './stream/checkpoint-file.js';
-import { type OptimizerState, readOptimizerState } from './torch.js';
+import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch.js';
 
 /** Prefix of the virtual tensors that hold whole files (or an optimizer.pt skeleton). */
 export const FILE_PREFIX = '__file__/';
@@ -98,6 +102,7 @@ export class FolderCheckpoint implements TensorReader {
       const model: { name: string; shape: number[]; dtype: DType; fd: number; offset: number }[] = [];
       let optimizer: { path: string; fd: number; size: number; state: OptimizerState } | null = null;
       const pending: { path: string; fd: number; size: number }[] = [];
+      const weightFiles: { path: string; fd: number; size: number; cuts: Cut[] }[] = [];
       for (const path of paths) {
         const full = join(dir, path);
         if (path.endsWith('.safetensors')) {
@@ -112,7 +117,15 @@ export class FolderCheckpoint implements TensorReader {
         const fd = openSync(full, 'r');
         fds.push(fd);
         const size = fstatSync(fd).size;
-        if (path === OPTIMIZER_FILE) {
+        if (TORCH_WEIGHTS.test(path)) {
+          const cuts = readTorchWeights(full, fd, size);
+          if (cuts) {
+            weightFiles.push({ path, fd, size, cuts });
+            for (const c of cuts) model.push({ name: c.name, shape: c.shape, dtype: c.dtype, fd, offset: c.offset });
+          } else {
+            pending.push({ path, fd, size });
+          }
+        } else if (path === OPTIMIZER_FILE) {
           let state: OptimizerState | null = null;
           try {
             state = readOptimizerState(size, (o, l) => readAt(fd, o, l), { stage: `${full}` });
@@ -149,7 +162,7 @@ export class FolderCheckpoint implements TensorReader {
           };
         }
         const byName = new Map(model.map((m) => [m.name, m]));
-        const cuts: { name: string; offset: number; length: number; dtype: DType; shape: number[] }[] = [];
+        const cuts: Cut[] = [];
         for (const [id, s] of optimizer.state.state) {
           const name = names.get(id);
           const paired = name !== undefined && byName.get(name)!.shape.join() === s.expAvg.shape.join() && LOSSY_DTYPES.has(s.expAvg.dtype);
@@ -163,19 +176,11 @@ export class FolderCheckpoint implements TensorReader {
         for (let i = 1; i < cuts.length; i++) {
           if (cuts[i]!.offset < cuts[i - 1]!.offset + cuts[i - 1]!.length) throw new ExcpError('ERR_SHAPE', `folder: ${OPTIMIZER_FILE}: moments '${cuts[i - 1]!.name}' and '${cuts[i]!.name}' share bytes`);
         }
-        const segments: { at: number; offset: number; length: number }[] = [];
-        let cursor = 0;
-        let at = 0;
-        for (const c of [...cuts, { offset: optimizer.size, length: 0 }]) {
-          if (c.offset > cursor) segments.push({ at, offset: cursor, length: c.offset - cursor });
-          at += Math.max(0, c.offset - cursor);
-          cursor = c.offset + c.length;
-        }
-        const skeleton = `${FILE_PREFIX}${optimizer.path}`;
-        add(skeleton, 'U8', [at], { fd: optimizer.fd, segments });
+        files.push(addSkeleton(add, optimizer, cuts));
         for (const c of cuts) add(c.name, c.dtype, c.shape, { fd: optimizer.fd, offset: c.offset });
-        files.push({ kind: 'torch', path: optimizer.path, size: optimizer.size, skeleton, moments: cuts.map((c) => ({ name: c.name, offset: c.offset })) });
       }
+      // Weight files: their tensors are model tensors (added above), the rest of the file a skeleton.
+      for (const w of weightFiles) files.push(addSkeleton(add, w, w.cuts));
       for (const p of pending) {
         add(`${FILE_PREFIX}${p.path}`, 'U8', [p.size], { fd: p.fd, offset: 0 });
         files.push({ kind: 'blob', path: p.path, tensor: `${FILE_PREFIX}${p.path}` });
@@ -244,6 +249,72 @@ function mapOptimizer(opt: OptimizerState, optFd: number, model: { name: string;
     ...(options.explicit ? { explicit: options.explicit } : {}),
     ...(prev || options.explicit ? {} : { keyframe: true }),
   });
+}
+
+/** A tensor cut out of a torch.save file (the rest of the file is its skeleton). */
+interface Cut {
+  name: string;
+  offset: number;
+  length: number;
+  dtype: DType;
+  shape: number[];
+}
+
+/**
+ * Weight files that `torch.save` wrote (Trainer with save_safetensors=False):
+ * `pytorch_model.bin` or its shards `pytorch_model-0000k-of-0000n.bin`.
+ */
+const TORCH_WEIGHTS = /(^|\/)pytorch_model(-\d+-of-\d+)?\.bin$/;
+
+/**
+ * The tensors of a torch.save'd state_dict that can be cut out of the file
+ * and coded as model tensors, named by their state_dict keys: contiguous,
+ * non-empty, each byte range used once. A tied weight (a second key over
+ * the same storage range, e.g. a head tied to the embedding) and views that
+ * overlap another tensor stay in the skeleton and restore byte for byte.
+ * @returns the cuts in file order, or null when the file is not a torch.save
+ *   zip with a pickle (it is then carried as a file)
+ * @throws ExcpError ERR_UNSAFE_PICKLE and other errors of a malformed file
+ */
+function readTorchWeights(full: string, fd: number, size: number): Cut[] | null {
+  let checkpoint: TorchCheckpoint;
+  try {
+    checkpoint = readTorchCheckpoint(size, (o, l) => readAt(fd, o, l), { stage: full });
+  } catch (e) {
+    if (!(e instanceof ExcpError) || (e.code !== 'ERR_BAD_PICKLE' && e.code !== 'ERR_BAD_ZIP')) throw e;
+    return null;
+  }
+  const candidates = checkpoint.tensors.filter((t) => t.contiguous && t.byteLength > 0).sort((a, b) => a.byteOffset - b.byteOffset);
+  const cuts: Cut[] = [];
+  const names = new Set<string>();
+  let end = 0;
+  for (const t of candidates) {
+    if (t.byteOffset < end || names.has(t.path)) continue;
+    names.add(t.path);
+    cuts.push({ name: t.path, offset: t.byteOffset, length: t.byteLength, dtype: t.dtype, shape: t.shape });
+    end = t.byteOffset + t.byteLength;
+  }
+  return cuts;
+}
+
+/**
+ * Add the skeleton of a torch.save file (its bytes without the cut ranges,
+ * which must be sorted and disjoint) as the U8 tensor `__file__/PATH`.
+ * @returns the file's FolderFile
+ */
+function addSkeleton(add: (name: string, dtype: DType, shape: number[], source: Source) => void,
+  file: { path: string; fd: number; size: number }, cuts: readonly Cut[]): FolderFile {
+  const segments: { at: number; offset: number; length: number }[] = [];
+  let cursor = 0;
+  let at = 0;
+  for (const c of [...cuts, { offset: file.size, length: 0 }]) {
+    if (c.offset > cursor) segments.push({ at, offset: cursor, length: c.offset - cursor });
+    at += Math.max(0, c.offset - cursor);
+    cursor = c.offset + c.length;
+  }
+  const skeleton = `${FILE_PREFIX}${file.path}`;
+  add(skeleton, 'U8', [at], { fd: file.fd, segments });
+  return { kind: 'torch', path: file.path, size: file.size, skeleton, cuts: cuts.map((c) => ({ name: c.name, offset: c.offset })) };
 }
 
 /** Read exactly `length` bytes at `offset` of an open file. */

@@ -98,7 +98,7 @@ export function planSafetensors(
 export type FolderFile =
   | { kind: 'safetensors'; path: string; rawHeader: Uint8Array; tensors: string[] }
   | { kind: 'blob'; path: string; tensor: string }
-  | { kind: 'torch'; path: string; size: number; skeleton: string; moments: { name: string; offset: number }[] };
+  | { kind: 'torch'; path: string; size: number; skeleton: string; cuts: { name: string; offset: number }[] };
 
 /** The param map as stored in `header.info.paramMap` and shown by inspect. */
 export interface ParamMapInfo {
@@ -137,7 +137,7 @@ export function planFolder(
   const specs = files.map((f): FileSpec => {
     if (f.kind === 'safetensors') return { kind: 'safetensors', path: f.path, rawHeader: Buffer.from(f.rawHeader).toString('base64'), tensors: f.tensors.map(at) };
     if (f.kind === 'blob') return { kind: 'blob', path: f.path, tensor: at(f.tensor) };
-    return { kind: 'torch', path: f.path, tensors: [at(f.skeleton), ...f.moments.map((m) => at(m.name))], layout: { size: f.size, offsets: f.moments.map((m) => m.offset) } };
+    return { kind: 'torch', path: f.path, tensors: [at(f.skeleton), ...f.cuts.map((m) => at(m.name))], layout: { size: f.size, offsets: f.cuts.map((m) => m.offset) } };
   });
   const header: ContainerHeader = { tool: `excp ${TOOL_VERSION}`, options: { ...options }, tensors: planned.tensors, entries: planned.entries, files: specs };
   if (paramMap) header.info = { paramMap };

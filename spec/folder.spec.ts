@@ -1,9 +1,10 @@
 /**
  * PyTorch / Hugging Face checkpoint folders through compress and restore
  * (issue 7), on the committed fixture folders (spec/fixtures/torch): fp32
- * (one model.safetensors, F32 moments) and bf16 (two shards, BF16 moments).
+ * (one model.safetensors, F32 moments), bf16 (two shards, BF16 moments) and
+ * bin (weights in pytorch_model.bin, head tied to the embedding).
  */
-import { test } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -19,7 +20,7 @@ import { FolderCheckpoint } from '../lib/folder.js';
 import { compressTo, planFor, restoreToFolder } from '../lib/pipeline.js';
 import { resolveOptions } from '../lib/options.js';
 import { parseSafetensors } from '../lib/safetensors.js';
-import { readOptimizerState, type OptimizerState } from '../lib/torch.js';
+import { readOptimizerState, readTorchCheckpoint, type OptimizerState } from '../lib/torch.js';
 import { readZipDirectory } from '../lib/zip.js';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/torch/', import.meta.url));
@@ -274,4 +275,80 @@ test('an optimizer.pt that is not an Adam state_dict is carried byte for byte', 
   copyFileSync(join(src, 'scheduler.pt'), join(dir, 'optimizer.pt'));
   const out = await restoreFolder(await compressFolder(dir, {}));
   for (const f of readdirSync(dir)) assert.deepEqual(bytesOf(out, f), bytesOf(dir, f), f);
+});
+
+describe('pytorch_model.bin (Trainer with save_safetensors=False; head tied to the embedding)', () => {
+  const prev = join(FIXTURES, 'bin', 'checkpoint-4');
+  const cur = join(FIXTURES, 'bin', 'checkpoint-8');
+  /** The state_dict tensors of a pytorch_model.bin: key -> float32 values and byte offset. */
+  const weightsOf = (dir: string): Map<string, { values: Float32Array; offset: number }> => {
+    const bytes = bytesOf(dir, 'pytorch_model.bin');
+    const checkpoint = readTorchCheckpoint(bytes.length, (o, l) => bytes.subarray(o, o + l));
+    return new Map(checkpoint.tensors.map((t) => [t.path, { values: floatsAt(bytes, t.byteOffset, t.byteLength, t.dtype), offset: t.byteOffset }]));
+  };
+
+  it('its tensors are model tensors (the tied head once), the rest of the file a skeleton; the param map is the truth', async () => {
+    const base = await FolderCheckpoint.open(prev, { mapMoments: false });
+    const folder = await FolderCheckpoint.open(cur, { mapMoments: true, previous: base });
+    try {
+      const names = folder.header.tensors.map((t) => t.name);
+      assert.ok(names.includes('embed.weight') && names.includes('layers.10.fc.weight'));
+      assert.ok(!names.includes('head.weight'), 'the tied head shares the embedding\'s bytes: left in the skeleton');
+      assert.ok(names.includes('__file__/pytorch_model.bin'));
+      assert.deepEqual(folder.paramMap!.ids.map(([, name]) => name), reference.runs.bin.param_order);
+      const header = planFor(folder, base, resolveOptions({}));
+      assert.equal(header.entries.filter((e) => e.kind === 'param').length, reference.runs.bin.param_order.length);
+    } finally {
+      await folder.close();
+      await base.close();
+    }
+  });
+
+  it('lossy round trip: the restored file is a valid torch zip, same keys, tie kept, weights within the residual\'s reach', async () => {
+    const out = await restoreFolder(await compressFolder(cur, { base: prev }), prev);
+    assert.deepEqual(readdirSync(out).sort(), readdirSync(cur).sort());
+    for (const f of OPAQUE) assert.deepEqual(bytesOf(out, f), bytesOf(cur, f), f);
+    assertZipCrcs(bytesOf(out, 'pytorch_model.bin'));
+    assertZipCrcs(bytesOf(out, 'optimizer.pt'));
+    const [before, now, restored] = [weightsOf(prev), weightsOf(cur), weightsOf(out)];
+    assert.deepEqual([...restored.keys()], [...now.keys()]);
+    assert.equal(restored.get('head.weight')!.offset, restored.get('embed.weight')!.offset, 'head and embedding share one storage');
+    let changed = 0;
+    for (const [name, w] of now) {
+      const r = restored.get(name)!.values;
+      const b = before.get(name)!.values;
+      const reach = maxAbs(w.values.map((x, i) => x - b[i]!));
+      const err = maxAbs(r.map((x, i) => x - w.values[i]!));
+      assert.ok(err <= reach * 1.01 + 1e-6, `${name}: error ${err} > reach ${reach}`);
+      if (err > 0) changed++;
+    }
+    assert.ok(changed > 0, 'lossy coding changed some weights');
+  });
+
+  it('lossless round trip and keyframe restore give byte-identical files', async () => {
+    const out = await restoreFolder(await compressFolder(cur, { base: prev, lossless: true }), prev);
+    for (const f of readdirSync(cur)) assert.deepEqual(bytesOf(out, f), bytesOf(cur, f), f);
+    const key = await restoreFolder(await compressFolder(prev, { lossless: true }));
+    for (const f of readdirSync(prev)) assert.deepEqual(bytesOf(key, f), bytesOf(prev, f), f);
+  });
+
+  it('a pytorch_model.bin that is not a torch zip is carried as a file; a malicious one is refused', async () => {
+    const dir = join(work, 'bin-odd');
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir);
+    for (const f of readdirSync(prev)) copyFileSync(join(prev, f), join(dir, f));
+    // Not a zip: carried byte for byte, like any file excp does not parse.
+    writeFileSync(join(dir, 'pytorch_model.bin'), 'not a zip');
+    const folder = await FolderCheckpoint.open(dir, { mapMoments: false });
+    try {
+      assert.ok(folder.files.some((f) => f.kind === 'blob' && f.path === 'pytorch_model.bin'));
+    } finally {
+      await folder.close();
+    }
+    copyFileSync(join(FIXTURES, 'malicious', 'optimizer.pt'), join(dir, 'pytorch_model.bin'));
+    const marker = reference.malicious_marker as string;
+    rmSync(marker, { force: true });
+    await assert.rejects(FolderCheckpoint.open(dir, { mapMoments: false }), (e: unknown) => e instanceof ExcpError && e.code === 'ERR_UNSAFE_PICKLE');
+    assert.equal(existsSync(marker), false);
+  });
 });
