@@ -163,7 +163,7 @@ export const MIN_FORMAT_VERSION = 1;
 export function readPreambleInfo(first16: Uint8Array): { version: number; length: number } {
   const r = new ByteReader(first16, 'container');
   for (let i = 0; i < MAGIC.length; i++) {
-    if (r.u8() !== MAGIC[i]) throw new ExcpError('ERR_BAD_MAGIC', 'container: not an .excp file (bad magic)');
+    if (r.u8() !== MAGIC[i]) throw new ExcpError('ERR_BAD_MAGIC', `container: not an .excp file (bad magic)${notContainerHint(first16)}`);
   }
   const version = r.u16();
   if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) throw new ExcpError('ERR_VERSION', `container: format version ${version} is not supported (this reads versions ${MIN_FORMAT_VERSION} to ${FORMAT_VERSION})`);
@@ -171,6 +171,14 @@ export function readPreambleInfo(first16: Uint8Array): { version: number; length
   const length = r.u32();
   if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: header length ${length} exceeds limit ${MAX_BODY_BYTES}`);
   return { version, length };
+}
+
+/** What a file given to restore is instead of a container, when it is one a user would plausibly pass. */
+function notContainerHint(first16: Uint8Array): string {
+  // safetensors: an 8-byte little-endian header length, then the JSON header's '{'.
+  if (first16.length >= 9 && first16[8] === 0x7b && first16[6] === 0 && first16[7] === 0) return ': it looks like a safetensors checkpoint; compress it with excp compress';
+  if (first16[0] === 0x50 && first16[1] === 0x4b && first16[2] === 0x03 && first16[3] === 0x04) return ': it is a zip file (torch.save?)';
+  return '';
 }
 
 /** A version 1 body is JSON and starts with '{'; a version 2 body starts with its encoding byte (0 or 1). */

@@ -63,12 +63,30 @@ export function readHeaderLength(first8: Uint8Array, fileSize?: number): number 
   const lo = view.getUint32(0, true);
   const hi = view.getUint32(4, true);
   const n = hi * 0x100000000 + lo;
+  const tooLong = n > MAX_HEADER_BYTES || (fileSize !== undefined && 8 + n > fileSize);
+  if (tooLong || n < 2) {
+    // Not safetensors: say what it is when it is a file a user would plausibly pass.
+    const other = otherFormat(first8);
+    if (other) throw new ExcpError('ERR_BAD_HEADER', `safetensors: not a safetensors file: ${other}`);
+  }
   if (n > MAX_HEADER_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `safetensors: header length ${n} exceeds limit ${MAX_HEADER_BYTES}`);
   if (n < 2) throw new ExcpError('ERR_BAD_HEADER', `safetensors: header length ${n} is too small for a JSON object`);
   if (fileSize !== undefined && 8 + n > fileSize) {
     throw new ExcpError('ERR_TRUNCATED', `safetensors: header length ${n} exceeds file size ${fileSize}`);
   }
   return n;
+}
+
+/** What a file that is not safetensors is, and what to do, by its first bytes (null: unknown). */
+function otherFormat(first8: Uint8Array): string | null {
+  const starts = (...bytes: number[]) => bytes.every((x, i) => first8[i] === x);
+  if (starts(0x50, 0x4b, 0x03, 0x04)) {
+    return 'it is a zip file (PyTorch\'s torch.save format, as pytorch_model.bin and optimizer.pt); excp reads those inside a checkpoint folder: compress the folder';
+  }
+  if (starts(0x89, 0x45, 0x58, 0x43, 0x50)) return 'it is an .excp container: restore it with excp restore';
+  const protocol = first8[1] ?? 0;
+  if (starts(0x80) && protocol >= 2 && protocol <= 5) return 'it is a Python pickle (a legacy torch.save file?), which excp never loads';
+  return null;
 }
 
 /**

@@ -103,6 +103,22 @@ describe('excp command line', () => {
     assert.equal(existsSync(target), false);
   });
 
+  it('the wrong kind of file: says what it is and what to do instead', () => {
+    const torch = join(root, 'spec', 'fixtures', 'torch');
+    const target = join(dir, 'never.excp');
+    const zip = run(['compress', join(torch, 'bin', 'checkpoint-8', 'pytorch_model.bin'), '-o', target]);
+    assert.equal(zip.status, 1);
+    assert.match(zip.stderr, /not a safetensors file: it is a zip file \(PyTorch's torch\.save format.*compress the folder\n$/);
+    const pickle = run(['compress', join(torch, 'malicious', 'os_system.pkl'), '-o', target]);
+    assert.match(pickle.stderr, /not a safetensors file: it is a Python pickle .*never loads\n$/);
+    const model = join(torch, 'fp32', 'checkpoint-8', 'model.safetensors');
+    const container = join(dir, 'model.excp');
+    assert.equal(run(['compress', model, '-o', container]).status, 0);
+    assert.match(run(['compress', container, '-o', target]).stderr, /not a safetensors file: it is an \.excp container: restore it with excp restore\n$/);
+    assert.match(run(['restore', model, '-o', target]).stderr, /bad magic\): it looks like a safetensors checkpoint; compress it with excp compress\n$/);
+    assert.equal(existsSync(target), false);
+  });
+
   it('wrong base is refused with a clear message', () => {
     const c = run(['compress', '--base', prev], pair.current);
     const r = run(['restore', '--base', cur], c.stdout);
