@@ -29,13 +29,13 @@ import { join } from 'node:path';
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from './dtype.js';
 import { ExcpError } from './errors.js';
 import { type ParamMapping, mapParams } from './param-map.js';
-import type { FolderFile, ParamMapInfo } from './plan.js';
+import { type FolderFile, type ParamMapInfo, skeletonSegments } from './plan.js';
 import { isSafeRelativePath } from './container-validate.js';
 import type { SafetensorsHeader, TensorInfo } from './safetensors.js';
 import { SafetensorsFile, type TensorReader, readExactlySync } from './stream/checkpoint-file.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch.js';
 
-/** Prefix of the virtual tensors that hold whole files (or an optimizer.pt skeleton). */
+/** Prefix of the virtual tensors that hold whole files (or a torch.save file's skeleton). */
 export const FILE_PREFIX = '__file__/';
 /** Prefix of optimizer moments whose param id has no parameter name. */
 export const STATE_PREFIX = '__optimizer__/';
@@ -82,7 +82,7 @@ export class FolderCheckpoint implements TensorReader {
 
   /**
    * Open a folder: list its files, read the safetensors headers and the optimizer state.
-   * @throws ExcpError ERR_UNSAFE_PICKLE (optimizer.pt names a forbidden global), ERR_PARAM_MAP, ERR_IO, ...
+   * @throws ExcpError ERR_UNSAFE_PICKLE (optimizer.pt or pytorch_model.bin names a forbidden global), ERR_PARAM_MAP, ERR_IO, ...
    */
   static async open(dir: string, options: FolderOpenOptions): Promise<FolderCheckpoint> {
     const paths = await listFiles(dir);
@@ -304,16 +304,9 @@ function readTorchWeights(full: string, fd: number, size: number): Cut[] | null 
  */
 function addSkeleton(add: (name: string, dtype: DType, shape: number[], source: Source) => void,
   file: { path: string; fd: number; size: number }, cuts: readonly Cut[]): FolderFile {
-  const segments: { at: number; offset: number; length: number }[] = [];
-  let cursor = 0;
-  let at = 0;
-  for (const c of [...cuts, { offset: file.size, length: 0 }]) {
-    if (c.offset > cursor) segments.push({ at, offset: cursor, length: c.offset - cursor });
-    at += Math.max(0, c.offset - cursor);
-    cursor = c.offset + c.length;
-  }
+  const segments = skeletonSegments(file.size, cuts);
   const skeleton = `${FILE_PREFIX}${file.path}`;
-  add(skeleton, 'U8', [at], { fd: file.fd, segments });
+  add(skeleton, 'U8', [segments.reduce((n, s) => n + s.length, 0)], { fd: file.fd, segments });
   return { kind: 'torch', path: file.path, size: file.size, skeleton, cuts: cuts.map((c) => ({ name: c.name, offset: c.offset })) };
 }
 

@@ -114,7 +114,7 @@ export interface ParamMapInfo {
 /**
  * The header of a container for a checkpoint folder (issue 7): tensors in
  * the folder's virtual table order, one file spec per file.
- * @param tensors the folder's virtual tensors (model, optimizer skeleton and moments, blobs)
+ * @param tensors the folder's virtual tensors (model, torch.save skeletons, moments, blobs)
  * @param files how files map onto those tensors
  * @param paramMap the optimizer param map, stored in header.info
  * @param base base tensors by name, or null
@@ -137,11 +137,31 @@ export function planFolder(
   const specs = files.map((f): FileSpec => {
     if (f.kind === 'safetensors') return { kind: 'safetensors', path: f.path, rawHeader: Buffer.from(f.rawHeader).toString('base64'), tensors: f.tensors.map(at) };
     if (f.kind === 'blob') return { kind: 'blob', path: f.path, tensor: at(f.tensor) };
-    return { kind: 'torch', path: f.path, tensors: [at(f.skeleton), ...f.cuts.map((m) => at(m.name))], layout: { size: f.size, offsets: f.cuts.map((m) => m.offset) } };
+    return { kind: 'torch', path: f.path, tensors: [at(f.skeleton), ...f.cuts.map((c) => at(c.name))], layout: { size: f.size, offsets: f.cuts.map((c) => c.offset) } };
   });
   const header: ContainerHeader = { tool: `excp ${TOOL_VERSION}`, options: { ...options }, tensors: planned.tensors, entries: planned.entries, files: specs };
   if (paramMap) header.info = { paramMap };
   return header;
+}
+
+/**
+ * The skeleton of a torch.save file: the gaps between its tensor ranges, in
+ * order, each at `at` in the skeleton tensor and at `offset` in the file.
+ * Compress reads the skeleton from them (lib/folder.ts), restore writes it
+ * back (lib/stream/folder-writer.ts).
+ * @param size the file's size
+ * @param ranges the tensor ranges, sorted, disjoint and inside the file
+ */
+export function skeletonSegments(size: number, ranges: readonly { offset: number; length: number }[]): { at: number; offset: number; length: number }[] {
+  const segments: { at: number; offset: number; length: number }[] = [];
+  let cursor = 0;
+  let at = 0;
+  for (const r of [...ranges, { offset: size, length: 0 }]) {
+    if (r.offset > cursor) segments.push({ at, offset: cursor, length: r.offset - cursor });
+    at += r.offset - cursor;
+    cursor = r.offset + r.length;
+  }
+  return segments;
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {

@@ -11,6 +11,7 @@
  * dtypes, overflow-safe `shape x dtype` sizes, offsets that tile the data
  * exactly (sorted, no holes, no overlap, last end = data length).
  */
+import { MAGIC } from './constants.js';
 import { ExcpError } from './errors.js';
 import { type DType, DTYPE_BYTES, byteSize, isDType } from './dtype.js';
 
@@ -55,7 +56,8 @@ export interface TensorData {
  * @param first8 the first 8 bytes of the file
  * @param fileSize total size, when known, to check the header fits
  * @returns N, the JSON byte length
- * @throws ExcpError ERR_TRUNCATED, ERR_HEADER_TOO_LARGE
+ * @throws ExcpError ERR_TRUNCATED, ERR_HEADER_TOO_LARGE, ERR_BAD_HEADER (N < 2, or
+ *   the file is a zip, an .excp container or a pickle instead)
  */
 export function readHeaderLength(first8: Uint8Array, fileSize?: number): number {
   if (first8.length < 8) throw new ExcpError('ERR_TRUNCATED', `safetensors: file has ${first8.length} bytes, fewer than the 8-byte header length`);
@@ -83,7 +85,7 @@ function otherFormat(first8: Uint8Array): string | null {
   if (starts(0x50, 0x4b, 0x03, 0x04)) {
     return 'it is a zip file (PyTorch\'s torch.save format, as pytorch_model.bin and optimizer.pt); excp reads those inside a checkpoint folder: compress the folder';
   }
-  if (starts(0x89, 0x45, 0x58, 0x43, 0x50)) return 'it is an .excp container: restore it with excp restore';
+  if (starts(...MAGIC)) return 'it is an .excp container: restore it with excp restore';
   const protocol = first8[1] ?? 0;
   if (starts(0x80) && protocol >= 2 && protocol <= 5) return 'it is a Python pickle (a legacy torch.save file?), which excp never loads';
   return null;

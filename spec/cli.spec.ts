@@ -116,6 +116,7 @@ describe('excp command line', () => {
     assert.equal(run(['compress', model, '-o', container]).status, 0);
     assert.match(run(['compress', container, '-o', target]).stderr, /not a safetensors file: it is an \.excp container: restore it with excp restore\n$/);
     assert.match(run(['restore', model, '-o', target]).stderr, /bad magic\): it looks like a safetensors checkpoint; compress it with excp compress\n$/);
+    assert.match(run(['restore', join(torch, 'bin', 'checkpoint-8', 'pytorch_model.bin'), '-o', target]).stderr, /bad magic\): it is a zip file \(torch\.save\?\)\n$/);
     assert.equal(existsSync(target), false);
   });
 

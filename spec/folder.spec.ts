@@ -22,6 +22,8 @@ import { resolveOptions } from '../lib/options.js';
 import { parseSafetensors } from '../lib/safetensors.js';
 import { readOptimizerState, readTorchCheckpoint, type OptimizerState } from '../lib/torch.js';
 import { readZipDirectory } from '../lib/zip.js';
+import { writeZip } from '../lib/zip-writer.js';
+import { uniform } from './helpers.js';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/torch/', import.meta.url));
 const reference = JSON.parse(readFileSync(join(FIXTURES, 'reference.json'), 'utf8'));
@@ -330,6 +332,51 @@ describe('pytorch_model.bin (Trainer with save_safetensors=False; head tied to t
     for (const f of readdirSync(cur)) assert.deepEqual(bytesOf(out, f), bytesOf(cur, f), f);
     const key = await restoreFolder(await compressFolder(prev, { lossless: true }));
     for (const f of readdirSync(prev)) assert.deepEqual(bytesOf(key, f), bytesOf(prev, f), f);
+  });
+
+  it('a state_dict nested in a dict (keys joined by /): views of one storage cut apart, an overlapping view left in the skeleton, an int buffer a model tensor', async () => {
+    // {'model': {'q': s0[0:n], 'k': s0[n:2n], 'ov': s0[n/2:3n/2], 'pos': s1 (int64)}, 'epoch': 3}, as torch.save writes it.
+    const n = 4096;
+    const ascii = (text: string): number[] => [...Buffer.from(text, 'latin1')];
+    const u32 = (v: number): number[] => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
+    const text = (t: string): number[] => [0x58, ...u32(t.length), ...ascii(t)];
+    const view = (key: string, kind: string, numel: number, offset: number, size: number): number[] => [
+      0x63, ...ascii('torch._utils\n_rebuild_tensor_v2\n'), 0x28,
+      0x28, ...text('storage'), 0x63, ...ascii(`torch\n${kind}\n`), ...text(key), ...text('cpu'), 0x4a, ...u32(numel), 0x74, 0x51,
+      0x4a, ...u32(offset), 0x4a, ...u32(size), 0x85, 0x4b, 1, 0x85,
+      0x89, 0x63, ...ascii('collections\nOrderedDict\n'), 0x29, 0x52, 0x74, 0x52,
+    ];
+    const pkl = new Uint8Array([
+      0x80, 2, 0x7d, 0x28, ...text('model'), 0x7d, 0x28,
+      ...text('q'), ...view('0', 'FloatStorage', 2 * n, 0, n), ...text('k'), ...view('0', 'FloatStorage', 2 * n, n, n),
+      ...text('ov'), ...view('0', 'FloatStorage', 2 * n, n / 2, n), ...text('pos'), ...view('1', 'LongStorage', 4, 0, 4),
+      0x75, ...text('epoch'), 0x4b, 3, 0x75, 0x2e,
+    ]);
+    const write = (dir: string, seed: number): void => {
+      mkdirSync(dir, { recursive: true });
+      const rng = uniform(seed);
+      const weights = new Float32Array(2 * n).map((_, i) => Math.sin(i) + (rng() - 0.5) * 0.01);
+      const pos = new BigInt64Array([1n, 2n, 3n, BigInt(seed)]);
+      writeFileSync(join(dir, 'pytorch_model.bin'), writeZip([
+        { name: 'archive/data.pkl', data: pkl },
+        { name: 'archive/data/0', data: new Uint8Array(weights.buffer) },
+        { name: 'archive/data/1', data: new Uint8Array(pos.buffer) },
+        { name: 'archive/version', data: new TextEncoder().encode('3\n') },
+      ]));
+    };
+    const [p, c] = [join(work, 'nested-prev'), join(work, 'nested-cur')];
+    write(p, 1);
+    write(c, 2);
+    const folder = await FolderCheckpoint.open(c, { mapMoments: false });
+    try {
+      assert.deepEqual(folder.header.tensors.map((t) => [t.name, t.dtype]), [['model/q', 'F32'], ['model/k', 'F32'], ['model/pos', 'I64'], ['__file__/pytorch_model.bin', 'U8']]);
+    } finally {
+      await folder.close();
+    }
+    // No optimizer.pt, so no moments: the weights are coded exactly, against the base or not.
+    const delta = await restoreFolder(await compressFolder(c, { base: p }), p);
+    const key = await restoreFolder(await compressFolder(c, {}));
+    for (const out of [delta, key]) assert.deepEqual(bytesOf(out, 'pytorch_model.bin'), bytesOf(c, 'pytorch_model.bin'));
   });
 
   it('a pytorch_model.bin that is not a torch zip is carried as a file; a malicious one is refused', async () => {

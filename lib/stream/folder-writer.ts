@@ -4,15 +4,17 @@
  * Consumes the same RestoredEvent stream as SafetensorsWriter. Every byte of
  * every output file has a fixed position known from the header (a
  * safetensors file is its raw header then its tensors in order; a blob is
- * one tensor; optimizer.pt is the skeleton's bytes in the gaps between the
- * moment ranges), so chunks are written where they belong as they arrive,
- * with positional writes: nothing waits in memory, whatever the order.
+ * one tensor; a torch.save file, optimizer.pt or pytorch_model.bin, is its
+ * skeleton's bytes in the gaps between its tensor ranges), so chunks are
+ * written where they belong as they arrive, with positional writes: nothing
+ * waits in memory, whatever the order.
  *
  * Everything is written into a temporary folder beside the target. At the
- * end the fingerprints are checked, optimizer.pt's zip CRCs are recomputed
- * for the storages that hold (lossy) restored moments (lib/torch.ts
- * rewriteTorchCheckpoint: every other byte carried through), and the
- * temporary folder is renamed to the target. On error it is removed.
+ * end the fingerprints are checked, each torch.save file's zip CRCs are
+ * recomputed for the storages that hold its restored (maybe lossy) moments
+ * or weights (lib/torch.ts rewriteTorchCheckpoint: every other byte carried
+ * through), and the temporary folder is renamed to the target. On error it
+ * is removed.
  *
  * It is a Writable (object mode), not a Transform: it produces files, not a
  * byte stream.
@@ -25,6 +27,7 @@ import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, decodeHea
 import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
 import { Hasher } from '../hash.js';
+import { skeletonSegments } from '../plan.js';
 import { readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
 import { readExactly, readExactlySync } from './checkpoint-file.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
@@ -133,20 +136,12 @@ export class FolderWriter extends Writable {
         const layout = f.layout as { size: number; offsets: number[] };
         const rawPath = `.${basename(path)}.excp-raw`;
         const fd = this.open(join(dirname(path), rawPath));
-        const segments: { at: number; offset: number; length: number }[] = [];
-        const ranges: { offset: number; length: number }[] = [];
-        let cursor = 0;
-        let at = 0;
-        f.tensors.slice(1).forEach((t, k) => {
+        const ranges = f.tensors.slice(1).map((t, k) => {
           const offset = layout.offsets[k]!;
-          if (offset > cursor) segments.push({ at, offset: cursor, length: offset - cursor });
-          at += offset - cursor;
           this.targets[t] = { fd, offset };
-          ranges.push({ offset, length: sizes[t]! });
-          cursor = offset + sizes[t]!;
+          return { offset, length: sizes[t]! };
         });
-        if (layout.size > cursor) segments.push({ at, offset: cursor, length: layout.size - cursor });
-        this.targets[f.tensors[0]!] = { fd, segments };
+        this.targets[f.tensors[0]!] = { fd, segments: skeletonSegments(layout.size, ranges) };
         this.fixes.push({ fd, rawPath: join(this.temp, dirname(path), rawPath), finalPath: join(this.temp, path), size: layout.size, ranges });
       }
     }
@@ -200,7 +195,7 @@ export class FolderWriter extends Writable {
   }
 }
 
-/** optimizer.pt with recomputed CRCs for the storages that hold restored moments; every other byte as written. */
+/** A torch.save file with recomputed CRCs for the storages that hold restored tensors (moments or weights); every other byte as written. */
 function fixTorchFile(fix: TorchFix): void {
   const readAt = (offset: number, length: number): Uint8Array => readExactlySync(fix.fd, offset, length, `restore: ${fix.finalPath}`);
   const checkpoint = readTorchCheckpoint(fix.size, readAt);
@@ -209,7 +204,7 @@ function fixTorchFile(fix: TorchFix): void {
   for (const r of fix.ranges) {
     if (r.length === 0) continue;
     const s = storages.find((x) => r.offset >= x.entry.dataOffset && r.offset + r.length <= x.entry.dataOffset + x.entry.size);
-    if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${fix.finalPath}: moment bytes at ${r.offset} lie outside every storage`);
+    if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${fix.finalPath}: tensor bytes at ${r.offset} lie outside every storage`);
     replacements.set(s.key, function* () {
       const step = 4 * 1024 * 1024;
       for (let at = 0; at < s.entry.size; at += step) yield readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at));
