@@ -19,7 +19,7 @@
  * It is a Writable (object mode), not a Transform: it produces files, not a
  * byte stream.
  */
-import { closeSync, fsyncSync, openSync, write, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, renameSync, write, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, stat, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -28,7 +28,8 @@ import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
 import { Hasher } from '../hash.js';
 import { skeletonSegments } from '../plan.js';
-import { readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
+import { type TorchStorage, readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
+import { crc32 } from '../crc32.js';
 import { readExactly, readExactlySync } from './checkpoint-file.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
 import { checkedRawHeader, takeRestoredChunk, verifyFingerprints } from './writer.js';
@@ -195,20 +196,37 @@ export class FolderWriter extends Writable {
   }
 }
 
-/** A torch.save file with recomputed CRCs for the storages that hold restored tensors (moments or weights); every other byte as written. */
+/**
+ * A torch.save file with recomputed CRCs for the storages that hold restored
+ * tensors (moments or weights); every other byte as written. When every such
+ * storage still has its recorded CRC (exact tensors: a keyframe's weights,
+ * --lossless), the raw file is the original file and is renamed into place
+ * instead of copied (a pytorch_model.bin can be most of a checkpoint).
+ */
 function fixTorchFile(fix: TorchFix): void {
   const readAt = (offset: number, length: number): Uint8Array => readExactlySync(fix.fd, offset, length, `restore: ${fix.finalPath}`);
   const checkpoint = readTorchCheckpoint(fix.size, readAt);
   const replacements = new Map<string, () => Iterable<Uint8Array>>();
   const storages = [...checkpoint.storages.values()];
+  const step = 4 * 1024 * 1024;
+  const chunksOf = (s: TorchStorage) => function* (): Iterable<Uint8Array> {
+    for (let at = 0; at < s.entry.size; at += step) yield readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at));
+  };
+  const checked = new Set<string>();
   for (const r of fix.ranges) {
     if (r.length === 0) continue;
     const s = storages.find((x) => r.offset >= x.entry.dataOffset && r.offset + r.length <= x.entry.dataOffset + x.entry.size);
     if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${fix.finalPath}: tensor bytes at ${r.offset} lie outside every storage`);
-    replacements.set(s.key, function* () {
-      const step = 4 * 1024 * 1024;
-      for (let at = 0; at < s.entry.size; at += step) yield readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at));
-    });
+    if (checked.has(s.key)) continue;
+    checked.add(s.key);
+    let crc = 0;
+    for (const chunk of chunksOf(s)()) crc = crc32(chunk, crc);
+    if (crc !== s.entry.crc32) replacements.set(s.key, chunksOf(s));
+  }
+  if (replacements.size === 0) {
+    fsyncSync(fix.fd);
+    renameSync(fix.rawPath, fix.finalPath);
+    return;
   }
   const out = openSync(fix.finalPath, 'wx');
   try {
