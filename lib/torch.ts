@@ -88,6 +88,17 @@ function fail(code: 'ERR_BAD_PICKLE' | 'ERR_SHAPE' | 'ERR_BAD_ZIP' | 'ERR_CRC' |
  * @throws ExcpError ERR_BAD_ZIP, ERR_UNSAFE_PICKLE, ERR_BAD_PICKLE, ERR_CRC, ERR_SHAPE, ERR_DTYPE, ERR_TRUNCATED
  */
 export function readTorchCheckpoint(size: number, readAt: ReadAt, options: TorchReadOptions = {}): TorchCheckpoint {
+  try {
+    return readCheckpoint(size, readAt, options);
+  } catch (e) {
+    // Name the file (options.stage) in every error, as the unpickler's already do: with shards, which one is bad matters.
+    const stage = options.stage;
+    if (stage && e instanceof ExcpError && !e.message.startsWith(stage)) throw new ExcpError(e.code, `${stage}: ${e.message}`, { cause: e });
+    throw e;
+  }
+}
+
+function readCheckpoint(size: number, readAt: ReadAt, options: TorchReadOptions): TorchCheckpoint {
   const directory = readZipDirectory(size, readAt);
   const first = directory.entries[0];
   if (!first) fail('ERR_BAD_ZIP', 'archive has no entries');
