@@ -60,27 +60,43 @@ export function neoxParams(d: number, layers: number, vocab: number): SyntheticP
   return p;
 }
 
-/** Fast deterministic generator: xorshift128+ -like state, table-based normals. */
+/**
+ * Fast deterministic generator: Marsaglia's xorshift128 on four 32-bit words
+ * (period 2^128 - 1), table-based normals. (It replaced a 64-bit
+ * xorshift128+ transcribed onto 32-bit words, whose period was 8190 draws:
+ * the synthetic tensors repeated every ~1600 elements, which LZ coders found.)
+ */
 class FastRandom {
-  private a: number;
-  private b: number;
+  private x: number;
+  private y: number;
+  private z: number;
+  private w: number;
   private static table: Float32Array | null = null;
 
   constructor(seed: number) {
-    this.a = (seed ^ 0x9e3779b9) | 1;
-    this.b = Math.imul(seed + 0x7f4a7c15, 0x85ebca6b) | 1;
-    for (let i = 0; i < 8; i++) this.u32();
+    // splitmix32 spreads the seed over the state (never all zero).
+    let s = seed | 0;
+    const next = (): number => {
+      s = (s + 0x9e3779b9) | 0;
+      let t = s ^ (s >>> 16);
+      t = Math.imul(t, 0x21f0aaad);
+      t ^= t >>> 15;
+      t = Math.imul(t, 0x735a2d97);
+      return (t ^ (t >>> 15)) | 0;
+    };
+    this.x = next();
+    this.y = next();
+    this.z = next();
+    this.w = next() | 1;
   }
 
   u32(): number {
-    let x = this.a;
-    const y = this.b;
-    this.a = y;
-    x ^= x << 23;
-    x ^= x >>> 17;
-    x ^= y ^ (y >>> 26);
-    this.b = x;
-    return (x + y) >>> 0;
+    const t = this.x ^ (this.x << 11);
+    this.x = this.y;
+    this.y = this.z;
+    this.z = this.w;
+    this.w = this.w ^ (this.w >>> 19) ^ (t ^ (t >>> 8));
+    return this.w >>> 0;
   }
 
   /** Approximately standard normal (inverse CDF at 4096 points, plus jitter). */
