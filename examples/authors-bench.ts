@@ -3,8 +3,8 @@
  *
  *   npm run authors-bench [-- --steps 150 --gap 50 --params 1m]
  *
- * The authors' pipeline as the project's method notes describe it
- * describes their reference code, emulated here: per parameter the residual
+ * The authors' pipeline, emulated as the project's method notes describe
+ * their reference code: per parameter the residual
  * dW = W - W_base and the moments m, v are pruned with the paper's rule
  * (alpha 5e-5, beta 2), each stream is quantised with 1-D k-means to 15
  * centers over its nonzeros (index 0 = pruned), the centers are stored as
