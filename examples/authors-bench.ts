@@ -30,7 +30,7 @@ import { fitKMeans, assignClusters } from '../lib/kmeans.js';
 import { pruneJoint } from '../lib/prune.js';
 import { PAPER_OPTIONS } from '../lib/options.js';
 import { parseSafetensors, type TensorData } from '../lib/safetensors.js';
-import { toFloat32 } from '../lib/dtype.js';
+import { f32ToF16, toFloat32 } from '../lib/dtype.js';
 import { DEFAULT_OPTIONS } from '../lib/constants.js';
 import { createTrainer } from './train/trainer.js';
 import { PRESETS, neoxParams, syntheticPairBuffers } from './synthetic.js';
@@ -55,33 +55,6 @@ function archived(path: string, tool: '7z' | 'xz'): number {
   return statSync(out).size;
 }
 
-/** fp32 -> fp16 bits (round to nearest even; subnormals and overflow as IEEE). */
-function f16(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer)[0]!;
-  const sign = (u >>> 16) & 0x8000;
-  const exp = (u >>> 23) & 0xff;
-  let mant = u & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    let h = mant >>> shift;
-    const rest = mant & ((1 << shift) - 1);
-    if (rest > half || (rest === half && (h & 1))) h++;
-    return sign | h;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (h & 1))) h++;
-  e = h >>> 10;
-  return sign | h;
-}
-
 /** One stream (dW, m or v after pruning) as the reference stores it. */
 function storeStream(values: Float32Array, parts: Uint8Array[]): void {
   const nonzero = values.filter((x) => x !== 0);
@@ -94,7 +67,7 @@ function storeStream(values: Float32Array, parts: Uint8Array[]): void {
   const packed = new Uint8Array(Math.ceil(values.length / 2));
   for (let i = 0; i < values.length; i++) packed[i >> 1]! |= (values[i] === 0 ? 0 : symbols[i]!) << ((i & 1) * 4);
   const table = new Uint16Array(15);
-  centers.forEach((c, j) => { table[j] = f16(c); });
+  centers.forEach((c, j) => { table[j] = f32ToF16(c); });
   parts.push(new Uint8Array(table.buffer), packed);
 }
 
