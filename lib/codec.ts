@@ -34,6 +34,12 @@ export interface ChunkLayout {
   base: boolean;
   /** A format 1 container: symbol streams use the range coder (lib/symbols-v1.ts), not rANS. */
   legacySymbols?: boolean;
+  /**
+   * A pack (lib/pack.ts): byte lengths of its non-empty members, in order.
+   * The weight's digest is then one per member, so a member's tensor hash
+   * is what it would be unpacked.
+   */
+  pieces?: number[];
 }
 
 /** Restored bytes of a chunk, per tensor of the entry. */
@@ -126,7 +132,7 @@ export function encodeChunkStaged(layout: ChunkLayout, input: ChunkInput, option
   const code: ChunkCode = { baseDigest, weight, moments };
   // The restored bytes are only hashed here, so they may live in scratch.
   const restored = reconstructInto(layout, code, n, base, input.weight, input.expAvg, input.expAvgSq, true);
-  const digests = restoredDigests(restored);
+  const digests = restoredDigests(restored, layout.pieces);
   const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
   const payload = encodePayload(code, n, cost);
   return { payload, digests, baseDigest, stats: { elements: n, keptWeights, keptMoments, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
@@ -147,11 +153,15 @@ const SCRATCH_SELECT = 5;
 const work = new Scratch();
 
 /**
- * Digests of restored bytes (weight, then m and v when present): the
- * per-chunk input of the fingerprints, computed where the bytes are made
- * (in the worker) rather than again on the main thread.
+ * Digests of restored bytes (weight, then m and v when present; a pack's
+ * weight per piece): the per-chunk input of the fingerprints, computed where
+ * the bytes are made (in the worker) rather than again on the main thread.
  */
-export function restoredDigests(restored: RestoredChunk): string[] {
+export function restoredDigests(restored: RestoredChunk, pieces?: readonly number[]): string[] {
+  if (pieces) {
+    let at = 0;
+    return pieces.map((length) => hashBytes(restored.weight.subarray(at, (at += length))));
+  }
   const digests = [hashBytes(restored.weight)];
   if (restored.expAvg) digests.push(hashBytes(restored.expAvg));
   if (restored.expAvgSq) digests.push(hashBytes(restored.expAvgSq));
@@ -180,7 +190,7 @@ export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number,
     }
   }
   const restored = reconstructChunk(layout, code, n, base, null, null, null);
-  return { ...restored, digests: restoredDigests(restored) };
+  return { ...restored, digests: restoredDigests(restored, layout.pieces) };
 }
 
 /**

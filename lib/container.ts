@@ -22,7 +22,8 @@
  */
 import { ByteReader, ByteWriter } from './bytes.js';
 import { crc32 } from './crc32.js';
-import { DTYPE_BYTES } from './dtype.js';
+import { DTYPE_BYTES, byteSize } from './dtype.js';
+import { digestTensors } from './pack.js';
 import { ExcpError } from './errors.js';
 import { decodeFooterBody, encodeFooterBody } from './container-v2-footer.js';
 import { decodeHeaderBody, encodeHeaderBody } from './container-v2-header.js';
@@ -323,5 +324,6 @@ export function layoutOf(header: ContainerHeader, entry: number): import('./code
     exactMoments: e.exactMoments,
     base: e.base,
     ...(header.format === 1 ? { legacySymbols: true } : {}),
+    ...(e.kind === 'pack' ? { pieces: digestTensors(t, e).map((m) => byteSize(t[m]!.dtype, t[m]!.shape, 'pack')) } : {}),
   };
 }

@@ -20,7 +20,7 @@
  * empty member, which has no chunk, none), so fingerprints do not depend on
  * packing.
  */
-import { DTYPE_BYTES, elementCount } from './dtype.js';
+import { DTYPE_BYTES, byteSize, elementCount } from './dtype.js';
 import type { EntrySpec, Role, TensorSpec } from './types.js';
 
 /**
@@ -58,7 +58,7 @@ export function digestTensors(tensors: readonly TensorSpec[], e: EntrySpec): num
 /** Raw bytes of all of an entry's tensors (whole tensors, not one chunk). */
 export function entryRawBytes(tensors: readonly TensorSpec[], e: EntrySpec): number {
   let bytes = 0;
-  for (const t of entryTensors(e)) bytes += elementCount(tensors[t]!.shape, 'pack') * DTYPE_BYTES[tensors[t]!.dtype];
+  for (const t of entryTensors(e)) bytes += byteSize(tensors[t]!.dtype, tensors[t]!.shape, 'pack');
   return bytes;
 }
 
@@ -126,7 +126,7 @@ export function packEntries(tensors: TensorSpec[], entries: readonly EntrySpec[]
 export function packSlices(tensors: readonly TensorSpec[], e: EntrySpec, bytes: Uint8Array): { tensor: number; bytes: Uint8Array }[] {
   let at = 0;
   return digestTensors(tensors, e).map((t) => {
-    const size = elementCount(tensors[t]!.shape, 'pack') * DTYPE_BYTES[tensors[t]!.dtype];
+    const size = byteSize(tensors[t]!.dtype, tensors[t]!.shape, 'pack');
     const view = bytes.subarray(at, at + size);
     at += size;
     return { tensor: t, bytes: view };

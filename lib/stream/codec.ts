@@ -6,8 +6,6 @@ import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '
 import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container.js';
 import { DTYPE_BYTES } from '../dtype.js';
 import { ExcpError } from '../errors.js';
-import { hashBytes } from '../hash.js';
-import { packSlices } from '../pack.js';
 import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, inputBuffers, unwrap } from '../pool.js';
 import type { ChunkJob } from './source.js';
 import type { TensorReader } from './checkpoint-file.js';
@@ -103,15 +101,10 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
     const pool = threads > 0 ? new WorkerPool(threads) : null;
     super(async (job: ChunkJob): Promise<EncodedRecord> => {
       const layout = layoutOf(header, job.entry);
-      // A pack is coded as one exact tensor; its members are hashed one by one
-      // (as if unpacked), before the input may be transferred to a worker.
-      const e = header.entries[job.entry]!;
-      const memberDigests = e.kind === 'pack' ? packSlices(header.tensors, e, job.input.weight).map((m) => hashBytes(m.bytes)) : null;
-      const withDigests = (r: EncodedRecord): EncodedRecord => (memberDigests ? { ...r, digests: memberDigests } : r);
       if (!pool) {
         const encoded = encodeChunk(layout, job.input, header.options);
         job.release?.(inputBuffers(job.input));
-        return withDigests({ entry: job.entry, chunk: job.chunk, ...encoded });
+        return { entry: job.entry, chunk: job.chunk, ...encoded };
       }
       // Recycled views own their whole buffer; other views are copied unless they do.
       const own = job.release ? (b: Uint8Array) => b : ownBuffer;
@@ -124,7 +117,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
       const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options }, inputBuffers(input)));
       if (!('encoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
       job.release?.(r.inputs);
-      return withDigests({ entry: job.entry, chunk: job.chunk, ...r.encoded });
+      return { entry: job.entry, chunk: job.chunk, ...r.encoded };
     }, inFlight(threads));
     this.pool = pool;
   }

@@ -10,7 +10,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import type { ContainerFooter, ContainerHeader } from '../container.js';
 import { DTYPE_BYTES, elementCount } from '../dtype.js';
 import { ExcpError } from '../errors.js';
-import { Hasher, fingerprintTensors, hashBytes } from '../hash.js';
+import { Hasher, fingerprintTensors } from '../hash.js';
 import { packSlices } from '../pack.js';
 import { parseSafetensorsHeader } from '../safetensors.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
@@ -193,12 +193,15 @@ export function takeRestoredChunk(header: ContainerHeader | null, record: Restor
   if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
   const e = header.entries[record.entry]!;
   if (e.kind === 'pack') {
-    // Hashed per member, as the writer did: a member's hash is that of its one chunk.
-    for (const m of packSlices(header.tensors, e, record.restored.weight)) {
-      hashers[m.tensor]!.update(encoder.encode(hashBytes(m.bytes)));
+    // One digest per non-empty member (the codec's `pieces`), as the writer hashed them.
+    const { weight, digests } = record.restored;
+    packSlices(header.tensors, e, weight).forEach((m, i) => {
+      const digest = digests[i];
+      if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
+      hashers[m.tensor]!.update(encoder.encode(digest));
       place(m.tensor, m.bytes, 0);
-    }
-    return record.restored.weight.length;
+    });
+    return weight.length;
   }
   const { weight, expAvg, expAvgSq, digests } = record.restored;
   const buffers = [weight, expAvg, expAvgSq];
