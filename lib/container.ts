@@ -25,6 +25,7 @@ import { crc32 } from './crc32.js';
 import { DTYPE_BYTES, byteSize } from './dtype.js';
 import { digestTensors } from './pack.js';
 import { ExcpError } from './errors.js';
+import { startsLikeZip } from './zip.js';
 import { decodeFooterBody, encodeFooterBody } from './container-v2-footer.js';
 import { decodeHeaderBody, encodeHeaderBody } from './container-v2-header.js';
 import { validateHeader } from './container-validate.js';
@@ -178,7 +179,7 @@ export function readPreambleInfo(first16: Uint8Array): { version: number; length
 function notContainerHint(first16: Uint8Array): string {
   // safetensors: an 8-byte little-endian header length, then the JSON header's '{'.
   if (first16.length >= 9 && first16[8] === 0x7b && first16[6] === 0 && first16[7] === 0) return ': it looks like a safetensors checkpoint; compress it with excp compress';
-  if (first16[0] === 0x50 && first16[1] === 0x4b && first16[2] === 0x03 && first16[3] === 0x04) return ': it is a zip file (torch.save?)';
+  if (startsLikeZip(first16)) return ': it is a zip file (torch.save?)';
   return '';
 }
 

@@ -13,6 +13,7 @@
  */
 import { MAGIC } from './constants.js';
 import { ExcpError } from './errors.js';
+import { startsLikeZip } from './zip.js';
 import { type DType, DTYPE_BYTES, byteSize, isDType } from './dtype.js';
 
 /** Largest header accepted (the reference implementation uses 100 MB). */
@@ -82,7 +83,7 @@ export function readHeaderLength(first8: Uint8Array, fileSize?: number): number 
 /** What a file that is not safetensors is, and what to do, by its first bytes (null: unknown). */
 function otherFormat(first8: Uint8Array): string | null {
   const starts = (...bytes: number[]) => bytes.every((x, i) => first8[i] === x);
-  if (starts(0x50, 0x4b, 0x03, 0x04)) {
+  if (startsLikeZip(first8)) {
     return 'it is a zip file (PyTorch\'s torch.save format, as pytorch_model.bin and optimizer.pt); excp reads those inside a checkpoint folder: compress the folder';
   }
   if (starts(...MAGIC)) return 'it is an .excp container: restore it with excp restore';

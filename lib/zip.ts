@@ -72,6 +72,11 @@ export interface ZipReadOptions {
 
 /** Record signatures (APPNOTE 4.3) and the 32-bit "see the zip64 field" value, shared with the writer. */
 export const LOCAL_SIG = 0x04034b50;
+
+/** Whether bytes start like a zip archive (a local file header), e.g. a torch.save file. */
+export function startsLikeZip(bytes: Uint8Array): boolean {
+  return bytes.length >= 4 && (bytes[0]! | (bytes[1]! << 8) | (bytes[2]! << 16) | (bytes[3]! << 24)) >>> 0 === LOCAL_SIG;
+}
 export const CENTRAL_SIG = 0x02014b50;
 export const END_SIG = 0x06054b50;
 export const END64_SIG = 0x06064b50;
