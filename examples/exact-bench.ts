@@ -29,9 +29,9 @@ import { cpus, tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { compressTo, restoreTo, restoreToFolder } from '../lib/pipeline.js';
-import { fromFloat32, toFloat32 } from '../lib/dtype.js';
-import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
+import { compressTo, restoreTo, restoreToFolder } from '../lib/api/pipeline.js';
+import { fromFloat32, toFloat32 } from '../lib/core/dtype.js';
+import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetensors.js';
 import { createTrainer } from './train/trainer.js';
 
 const { values } = parseArgs({ options: {

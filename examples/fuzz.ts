@@ -24,15 +24,15 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
-import { decodeFooter, decodeHeader, readPreambleInfo } from '../lib/container.js';
-import { crc32 } from '../lib/crc32.js';
-import { DTYPE_BYTES, elementCount } from '../lib/dtype.js';
-import { ExcpError } from '../lib/errors.js';
-import { formatInspect, inspectContainer, readContainerIndex, verifyContainer } from '../lib/inspect.js';
-import { compressBuffer, restore, restoreBuffer } from '../lib/pipeline.js';
-import { Prng } from '../lib/prng.js';
-import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
-import { SafetensorsFile, SafetensorsMemory } from '../lib/stream/checkpoint-file.js';
+import { decodeFooter, decodeHeader, readPreambleInfo } from '../lib/container/format.js';
+import { crc32 } from '../lib/core/crc32.js';
+import { DTYPE_BYTES, elementCount } from '../lib/core/dtype.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { formatInspect, inspectContainer, readContainerIndex, verifyContainer } from '../lib/api/inspect.js';
+import { compressBuffer, restore, restoreBuffer } from '../lib/api/pipeline.js';
+import { Prng } from '../spec/support/prng.js';
+import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetensors.js';
+import { SafetensorsFile, SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { randomCheckpointPair } from '../spec/helpers.js';
 
 /** Values a length or offset field is set to. */

@@ -12,8 +12,8 @@
  */
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
-import { type DType, fromFloat32 } from '../lib/dtype.js';
-import { buildSafetensorsHeader, serializeSafetensors, type TensorData } from '../lib/safetensors.js';
+import { type DType, fromFloat32 } from '../lib/core/dtype.js';
+import { buildSafetensorsHeader, serializeSafetensors, type TensorData } from '../lib/formats/safetensors.js';
 
 /** A parameter of the synthetic model. */
 export interface SyntheticParam {

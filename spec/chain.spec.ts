@@ -14,12 +14,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { appendToChain, createChain, readManifest, restoreChainStep, restoreChainStepToFolder, CHAIN_LOCK, CHAIN_MANIFEST, type ChainManifest } from '../lib/chain.js';
-import { compressBuffer, compressTo, restoreBuffer, restoreToFolder } from '../lib/pipeline.js';
-import { writeAtomically } from '../lib/output.js';
+import { appendToChain, createChain, readManifest, restoreChainStep, restoreChainStepToFolder, CHAIN_LOCK, CHAIN_MANIFEST, type ChainManifest } from '../lib/chain/chain.js';
+import { compressBuffer, compressTo, restoreBuffer, restoreToFolder } from '../lib/api/pipeline.js';
+import { writeAtomically } from '../lib/io/output.js';
 import { createTrainer } from '../examples/train/trainer.js';
-import { readContainerIndex } from '../lib/inspect.js';
-import { ExcpError } from '../lib/errors.js';
+import { readContainerIndex } from '../lib/api/inspect.js';
+import { ExcpError } from '../lib/core/errors.js';
 import { sameBytes } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

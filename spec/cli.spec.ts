@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomCheckpointPair, sameBytes } from './helpers.js';
-import { restoreBuffer } from '../lib/pipeline.js';
+import { restoreBuffer } from '../lib/api/pipeline.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = join(root, 'dist', 'lib', 'cli.js');

@@ -9,9 +9,9 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { accumulate, compareCheckpoints, emptySums, relativeError, worstRelativeError } from '../lib/compare.js';
-import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
-import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
+import { accumulate, compareCheckpoints, emptySums, relativeError, worstRelativeError } from '../lib/api/compare.js';
+import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
+import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetensors.js';
 import { codeOf, randomCheckpointPair } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

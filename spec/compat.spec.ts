@@ -13,12 +13,12 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { restoreBuffer, restoreToFolder } from '../lib/pipeline.js';
+import { restoreBuffer, restoreToFolder } from '../lib/api/pipeline.js';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { layoutOf, readPreambleInfo } from '../lib/container.js';
-import { DTYPE_BYTES } from '../lib/dtype.js';
-import { decodePayload } from '../lib/entropy.js';
+import { layoutOf, readPreambleInfo } from '../lib/container/format.js';
+import { DTYPE_BYTES } from '../lib/core/dtype.js';
+import { decodePayload } from '../lib/method/payload.js';
 import { ContainerReader } from '../lib/stream/container.js';
 import type { RestoreEvent } from '../lib/stream/codec.js';
 

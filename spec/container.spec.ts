@@ -3,14 +3,14 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
   type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeRecord, readPreambleInfo, recordCrcPrefix,
-} from '../lib/container.js';
-import { crc32 } from '../lib/crc32.js';
-import { ExcpError } from '../lib/errors.js';
-import { lzCompress, lzDecompress } from '../lib/lz.js';
-import { Models, afterLiteral, encodeLength } from '../lib/lz-models.js';
-import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
-import { Prng } from '../lib/prng.js';
-import { RangeEncoder, createBitModels, encodeBitTree } from '../lib/range-coder.js';
+} from '../lib/container/format.js';
+import { crc32 } from '../lib/core/crc32.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { lzCompress, lzDecompress } from '../lib/coding/lz.js';
+import { Models, afterLiteral, encodeLength } from '../lib/coding/lz-models.js';
+import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
+import { Prng } from './support/prng.js';
+import { RangeEncoder, createBitModels, encodeBitTree } from '../lib/coding/range-coder.js';
 import { codeOf, randomCheckpointPair, sameBytes, str, varint } from './helpers.js';
 import { toVersion1 } from '../examples/fuzz.js';
 

@@ -1,10 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { f32ToBf16, f32ToF16 } from '../lib/dtype.js';
-import { ExcpError } from '../lib/errors.js';
-import { type ExactDtype, decodeExact, encodeExact } from '../lib/exact.js';
-import { Prng } from '../lib/prng.js';
-import { lzCompress } from '../lib/lz.js';
+import { f32ToBf16, f32ToF16 } from '../lib/core/dtype.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { type ExactDtype, decodeExact, encodeExact } from '../lib/coding/exact.js';
+import { Prng } from './support/prng.js';
+import { lzCompress } from '../lib/coding/lz.js';
 
 const DTYPES: ExactDtype[] = ['F32', 'F16', 'BF16', 'F64', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL'];
 const WIDTH: Record<ExactDtype, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ByteReader, ByteWriter } from '../lib/bytes.js';
-import { ExcpError } from '../lib/errors.js';
+import { ByteReader, ByteWriter } from '../lib/core/bytes.js';
+import { ExcpError } from '../lib/core/errors.js';
 import {
   buildDecodeTable,
   codedBits,
@@ -12,8 +12,8 @@ import {
   normalizeFrequencies,
   readFrequencies,
   writeFrequencies,
-} from '../lib/frequency.js';
-import { Prng } from '../lib/prng.js';
+} from '../lib/coding/frequency.js';
+import { Prng } from './support/prng.js';
 
 function written(freqs: number[], precisionBits: number): Uint8Array {
   const w = new ByteWriter(16);

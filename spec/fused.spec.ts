@@ -4,11 +4,11 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { type ChunkLayout, encodeChunk, encodeChunkStaged } from '../lib/codec.js';
-import { encodeFused } from '../lib/fused.js';
-import { resolveOptions } from '../lib/options.js';
-import { Prng } from '../lib/prng.js';
-import { type DType, fromFloat32 } from '../lib/dtype.js';
+import { type ChunkLayout, encodeChunk, encodeChunkStaged } from '../lib/method/codec.js';
+import { encodeFused } from '../lib/method/encode.js';
+import { resolveOptions } from '../lib/core/options.js';
+import { Prng } from './support/prng.js';
+import { type DType, fromFloat32 } from '../lib/core/dtype.js';
 import { randomFloats, sameBytes } from './helpers.js';
 
 const layout: ChunkLayout = { weightDtype: 'F32', momentDtype: 'F32', exactWeight: false, exactMoments: false, base: true };

@@ -12,12 +12,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { crc32 } from '../lib/crc32.js';
-import { ExcpError } from '../lib/errors.js';
-import { inspectContainer, readContainerIndex, verifyContainer } from '../lib/inspect.js';
-import { restoreBuffer } from '../lib/pipeline.js';
-import { parseSafetensors } from '../lib/safetensors.js';
-import { SafetensorsMemory } from '../lib/stream/checkpoint-file.js';
+import { crc32 } from '../lib/core/crc32.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { inspectContainer, readContainerIndex, verifyContainer } from '../lib/api/inspect.js';
+import { restoreBuffer } from '../lib/api/pipeline.js';
+import { parseSafetensors } from '../lib/formats/safetensors.js';
+import { SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { EXTREMES_U32, EXTREMES_U64, containerCorpus, runFuzz, safetensorsCorpus } from '../examples/fuzz.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 20261124);

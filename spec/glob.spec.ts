@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { checkpointList, componentRegExp, expandGlob, isGlob, naturalCompare } from '../lib/glob.js';
+import { checkpointList, componentRegExp, expandGlob, isGlob, naturalCompare } from '../lib/cli/glob.js';
 import { codeOf, randomCheckpointPair } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

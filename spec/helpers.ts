@@ -3,11 +3,11 @@
  */
 import assert from 'node:assert/strict';
 import { Readable, Writable, type Duplex } from 'node:stream';
-import { ExcpError } from '../lib/errors.js';
+import { ExcpError } from '../lib/core/errors.js';
 import { pipeline } from 'node:stream/promises';
-import { Prng } from '../lib/prng.js';
-import { type DType, fromFloat32 } from '../lib/dtype.js';
-import { serializeSafetensors, type TensorData } from '../lib/safetensors.js';
+import { Prng } from './support/prng.js';
+import { type DType, fromFloat32 } from '../lib/core/dtype.js';
+import { serializeSafetensors, type TensorData } from '../lib/formats/safetensors.js';
 
 /** A random tensor of float dtype; `special` sprinkles NaN, ±Inf, -0 and subnormals. */
 export function randomFloats(rng: Prng, n: number, scale: number, special = false): Float32Array {

@@ -5,11 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
-import { ExcpError } from '../lib/errors.js';
-import { hungarian } from '../lib/assignment.js';
-import { type ParamMapInput, mapParams } from '../lib/param-map.js';
-import { candidateOrders, compareNames } from '../lib/param-orders.js';
-import { readOptimizerState } from '../lib/torch.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { hungarian } from '../lib/formats/assignment.js';
+import { type ParamMapInput, mapParams } from '../lib/formats/param-map.js';
+import { candidateOrders, compareNames } from '../lib/formats/param-orders.js';
+import { readOptimizerState } from '../lib/formats/torch.js';
 import { errorOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);

@@ -4,17 +4,17 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { compressBuffer, restoreBuffer, compress, restore } from '../lib/pipeline.js';
-import { parseSafetensors, type TensorData } from '../lib/safetensors.js';
-import { DTYPE_BYTES, fromFloat32, toFloat32, LOSSY_DTYPES } from '../lib/dtype.js';
-import { computeResidual, extractNonFinite } from '../lib/residual.js';
-import { pruneJoint } from '../lib/prune.js';
-import { dequantizeStream, expandSymbols, quantizeStream } from '../lib/quantize.js';
-import { resolveOptions } from '../lib/options.js';
-import { ExcpError } from '../lib/errors.js';
-import type { CodecOptions } from '../lib/types.js';
+import { compressBuffer, restoreBuffer, compress, restore } from '../lib/api/pipeline.js';
+import { parseSafetensors, type TensorData } from '../lib/formats/safetensors.js';
+import { DTYPE_BYTES, fromFloat32, toFloat32, LOSSY_DTYPES } from '../lib/core/dtype.js';
+import { computeResidual, extractNonFinite } from '../lib/method/residual.js';
+import { pruneJoint } from '../lib/method/prune.js';
+import { dequantizeStream, expandSymbols, quantizeStream } from '../lib/method/quantize.js';
+import { resolveOptions } from '../lib/core/options.js';
+import { ExcpError } from '../lib/core/errors.js';
+import type { CodecOptions } from '../lib/core/types.js';
 import { chunkify, randomCheckpointPair, runThrough, sameBytes } from './helpers.js';
-import { Prng } from '../lib/prng.js';
+import { Prng } from './support/prng.js';
 
 /** The method on whole arrays, chunk by chunk, no container, no coder, no streams. */
 function referenceRestore(current: Uint8Array, previous: Uint8Array | null, options: CodecOptions): Map<string, Uint8Array> {

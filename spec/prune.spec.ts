@@ -1,10 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { medianAbs, pruneJoint, saliencyScores, selectAbs } from '../lib/prune.js';
-import { fitKMeans, assignClusters } from '../lib/kmeans.js';
-import { quantizeStream, dequantizeStream } from '../lib/quantize.js';
-import { Prng } from '../lib/prng.js';
-import { PAPER_OPTIONS, resolveOptions } from '../lib/options.js';
+import { medianAbs, pruneJoint, saliencyScores, selectAbs } from '../lib/method/prune.js';
+import { fitKMeans, assignClusters } from '../lib/method/kmeans.js';
+import { quantizeStream, dequantizeStream } from '../lib/method/quantize.js';
+import { Prng } from './support/prng.js';
+import { PAPER_OPTIONS, resolveOptions } from '../lib/core/options.js';
 
 function heavy(rng: Prng, n: number, scale: number): Float32Array {
   const out = new Float32Array(n);

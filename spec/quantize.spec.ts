@@ -5,12 +5,12 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { assignClusters, fitKMeans, refineCenters, type QuantDomain } from '../lib/kmeans.js';
+import { assignClusters, fitKMeans, refineCenters, type QuantDomain } from '../lib/method/kmeans.js';
 import {
   dequantizeNested, dequantizeStream, expandSymbols, nonzeroSymbols, quantizeGathered, quantizeStream, selectionContexts,
-} from '../lib/quantize.js';
-import { streamEntropyBits, encodePayload, type SymbolCost } from '../lib/entropy.js';
-import { Prng } from '../lib/prng.js';
+} from '../lib/method/quantize.js';
+import { streamEntropyBits, encodePayload, type SymbolCost } from '../lib/method/payload.js';
+import { Prng } from './support/prng.js';
 
 /** The multi-pass quantizeStream this module had before it was fused. */
 function referenceQuantize(values: Float32Array, select: Uint8Array | null, bits: number, domain: QuantDomain): { centers: Float32Array; symbols: Uint8Array } {

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ExcpError } from '../lib/errors.js';
-import { Prng } from '../lib/prng.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { Prng } from './support/prng.js';
 import {
   PROB_INIT,
   RangeDecoder,
@@ -9,7 +9,7 @@ import {
   createBitModels,
   decodeBitTree,
   encodeBitTree,
-} from '../lib/range-coder.js';
+} from '../lib/coding/range-coder.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 

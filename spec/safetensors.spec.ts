@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseSafetensors, serializeSafetensors, readHeaderLength, MAX_HEADER_BYTES } from '../lib/safetensors.js';
-import { ExcpError } from '../lib/errors.js';
+import { parseSafetensors, serializeSafetensors, readHeaderLength, MAX_HEADER_BYTES } from '../lib/formats/safetensors.js';
+import { ExcpError } from '../lib/core/errors.js';
 
 function file(json: unknown, dataLength: number, pad = 0): Uint8Array {
   const text = new TextEncoder().encode(typeof json === 'string' ? json : JSON.stringify(json));

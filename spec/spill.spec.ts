@@ -2,10 +2,10 @@ import { describe, it } from 'node:test';
 import { readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import assert from 'node:assert/strict';
-import { Prng } from '../lib/prng.js';
+import { Prng } from './support/prng.js';
 import { SpillStore } from '../lib/stream/spill.js';
-import { serializeSafetensors } from '../lib/safetensors.js';
-import { compressBuffer, restoreBuffer } from '../lib/pipeline.js';
+import { serializeSafetensors } from '../lib/formats/safetensors.js';
+import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { randomFloats } from './helpers.js';
 
 /** Float32 bytes of a restored-moment-like tensor: few distinct values, some exceptions. */

@@ -1,10 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ByteReader } from '../lib/bytes.js';
-import { ExcpError } from '../lib/errors.js';
-import { countSymbols, cumulative, empiricalEntropyBits, readFrequencies } from '../lib/frequency.js';
-import { Prng } from '../lib/prng.js';
-import { decodeSymbols, encodeSymbols } from '../lib/symbols.js';
+import { ByteReader } from '../lib/core/bytes.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { countSymbols, cumulative, empiricalEntropyBits, readFrequencies } from '../lib/coding/frequency.js';
+import { Prng } from './support/prng.js';
+import { decodeSymbols, encodeSymbols } from '../lib/coding/symbols.js';
 
 type Skew = 'uniform' | 'geometric' | 'zeros99' | 'zeros90' | 'single';
 

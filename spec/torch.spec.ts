@@ -5,11 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { crc32 } from '../lib/crc32.js';
-import { ExcpError } from '../lib/errors.js';
-import { writeZip } from '../lib/zip-writer.js';
-import { type ReadAt, readZipDirectory } from '../lib/zip.js';
-import { type TorchTensor, readOptimizerState, readTorchCheckpoint, rewriteTorchCheckpoint, writeTorchCheckpoint } from '../lib/torch.js';
+import { crc32 } from '../lib/core/crc32.js';
+import { ExcpError } from '../lib/core/errors.js';
+import { writeZip } from './support/zip-writer.js';
+import { type ReadAt, readZipDirectory } from '../lib/formats/zip.js';
+import { type TorchTensor, readOptimizerState, readTorchCheckpoint, rewriteTorchCheckpoint, writeTorchCheckpoint } from '../lib/formats/torch.js';
 import { codeOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);

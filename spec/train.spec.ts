@@ -6,7 +6,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseSafetensors } from '../lib/safetensors.js';
+import { parseSafetensors } from '../lib/formats/safetensors.js';
 import { learningRateAt } from '../examples/train/adamw.js';
 import { buildCorpus, loadCorpus } from '../examples/train/corpus.js';
 import { countParameters, hiddenDimFor } from '../examples/train/model.js';

@@ -5,7 +5,7 @@
  * restored, and training continues from the restored weights and moments.
  * If the method is nearly lossless, the two loss curves lie on each other.
  */
-import { parseSafetensors } from '../../lib/safetensors.js';
+import { parseSafetensors } from '../../lib/formats/safetensors.js';
 import { type TrainerOptions, createTrainer } from './trainer.js';
 
 /**

@@ -12,7 +12,7 @@
  * Dense weights are `[in, out]`. Tensor names follow PyTorch conventions so
  * the checkpoints look like real ones (`*.weight`, `*.bias`, norm gains).
  */
-import { Prng } from '../../lib/prng.js';
+import { Prng } from '../../spec/support/prng.js';
 import {
   geluBackward, geluForward, layerNormBackward, layerNormForward,
   linearBackwardInput, linearBackwardWeight, linearForward, softmaxCrossEntropy,

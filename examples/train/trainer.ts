@@ -11,12 +11,12 @@
  * from a fresh PRNG seeded with hash(seed, t), so the data loader has no
  * state beyond the step either.
  */
-import { parseSafetensors, serializeSafetensors, type TensorData } from '../../lib/safetensors.js';
-import { toFloat32 } from '../../lib/dtype.js';
+import { parseSafetensors, serializeSafetensors, type TensorData } from '../../lib/formats/safetensors.js';
+import { toFloat32 } from '../../lib/core/dtype.js';
 import { type AdamWOptions, type MomentState, adamWStep, createMoments, learningRateAt } from './adamw.js';
 import { type Corpus, loadCorpus } from './corpus.js';
 import { CharMlp, type ModelShape, countParameters, hiddenDimFor } from './model.js';
-import { Prng } from '../../lib/prng.js';
+import { Prng } from '../../spec/support/prng.js';
 
 /** Checkpoint `__metadata__.format` written and required by this trainer. */
 export const CHECKPOINT_FORMAT = 'excp-train/1';

@@ -2,13 +2,13 @@
  * ChunkEncoder / ChunkDecoder: the chunk codec as object Transforms, run in
  * process or on a worker pool (same pure functions, same bytes).
  */
-import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '../codec.js';
-import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container.js';
-import { DTYPE_BYTES } from '../dtype.js';
-import { ExcpError } from '../errors.js';
-import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, inputBuffers, unwrap } from '../pool.js';
+import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '../method/codec.js';
+import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container/format.js';
+import { DTYPE_BYTES } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
+import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, inputBuffers, unwrap } from '../pool/pool.js';
 import type { ChunkJob } from './source.js';
-import type { TensorReader } from './checkpoint-file.js';
+import type { TensorReader } from '../formats/safetensors-file.js';
 
 /** An encoded chunk with its position. */
 export interface EncodedRecord extends EncodedChunk {

@@ -7,11 +7,11 @@ import {
   type ContainerFooter, type ContainerHeader, type FooterEntry, HEAD_FIXED_BYTES, TRAILER_BYTES,
   chunkCount, decodeFooter, decodeHeader, decodeTrailer, encodeHead, encodeRecord, encodeTail,
   maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix,
-} from '../container.js';
-import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_BODY_BYTES } from '../constants.js';
-import { ExcpError } from '../errors.js';
-import { Hasher, fingerprintTensors } from '../hash.js';
-import { digestTensors } from '../pack.js';
+} from '../container/format.js';
+import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_BODY_BYTES } from '../core/constants.js';
+import { ExcpError } from '../core/errors.js';
+import { Hasher, fingerprintTensors } from '../core/hash.js';
+import { digestTensors } from '../model/pack.js';
 import type { EncodedRecord, RestoreEvent } from './codec.js';
 
 const encoder = new TextEncoder();

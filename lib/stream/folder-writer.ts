@@ -23,14 +23,14 @@ import { closeSync, fsyncSync, openSync, renameSync, write, writeSync } from 'no
 import { mkdir, open, rename, rm, stat, realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
-import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, decodeHeader, readPreamble } from '../container.js';
-import { DTYPE_BYTES, elementCount } from '../dtype.js';
-import { ExcpError } from '../errors.js';
-import { Hasher } from '../hash.js';
-import { skeletonSegments } from '../plan.js';
-import { type TorchStorage, readTorchCheckpoint, rewriteTorchCheckpoint } from '../torch.js';
-import { crc32 } from '../crc32.js';
-import { readExactly, readExactlySync } from './checkpoint-file.js';
+import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, decodeHeader, readPreamble } from '../container/format.js';
+import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
+import { Hasher } from '../core/hash.js';
+import { skeletonSegments } from '../model/plan.js';
+import { type TorchStorage, readTorchCheckpoint, rewriteTorchCheckpoint } from '../formats/torch.js';
+import { crc32 } from '../core/crc32.js';
+import { readExactly, readExactlySync } from '../formats/safetensors-file.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
 import { checkedRawHeader, takeRestoredChunk, verifyFingerprints } from './writer.js';
 

@@ -5,14 +5,14 @@
  * pruned jointly wherever the writer put them in the file.
  */
 import { Readable } from 'node:stream';
-import { DTYPE_BYTES } from '../dtype.js';
-import { ExcpError } from '../errors.js';
-import type { ContainerHeader } from '../container.js';
-import type { TensorInfo } from '../safetensors.js';
-import type { ChunkInput, EntrySpec } from '../types.js';
-import type { TensorReader } from './checkpoint-file.js';
-import { BufferRecycler } from '../pool.js';
-import { entryRawBytes, entryTensors } from '../pack.js';
+import { DTYPE_BYTES } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
+import type { ContainerHeader } from '../container/format.js';
+import type { TensorInfo } from '../formats/safetensors.js';
+import type { ChunkInput, EntrySpec } from '../core/types.js';
+import type { TensorReader } from '../formats/safetensors-file.js';
+import { BufferRecycler } from '../pool/pool.js';
+import { entryRawBytes, entryTensors } from '../model/pack.js';
 
 /** One unit of work for the encoder. */
 export interface ChunkJob {

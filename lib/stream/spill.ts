@@ -6,7 +6,7 @@
  */
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { ExcpError } from '../errors.js';
+import { ExcpError } from '../core/errors.js';
 import { join } from 'node:path';
 
 /** Where a stored value lives; `packed`: the stored bytes are {@link pack}ed, `length` is the original length. */

@@ -7,12 +7,12 @@
  * SpillStore (memory, then a temporary file), so memory stays bounded.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import type { ContainerFooter, ContainerHeader } from '../container.js';
-import { DTYPE_BYTES, elementCount } from '../dtype.js';
-import { ExcpError } from '../errors.js';
-import { Hasher, fingerprintTensors } from '../hash.js';
-import { packSlices } from '../pack.js';
-import { parseSafetensorsHeader } from '../safetensors.js';
+import type { ContainerFooter, ContainerHeader } from '../container/format.js';
+import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
+import { Hasher, fingerprintTensors } from '../core/hash.js';
+import { packSlices } from '../model/pack.js';
+import { parseSafetensorsHeader } from '../formats/safetensors.js';
 import type { RestoredEvent, RestoredRecord } from './codec.js';
 import { SpillStore } from './spill.js';
 

@@ -1,0 +1,182 @@
+/**
+ * inspect and verify: what a container holds, and whether it is intact.
+ */
+import { open } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import {
+  type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, TRAILER_BYTES,
+  decodeFooter, decodeHeader, decodeTrailer, readPreamble,
+} from '../container/format.js';
+import { ExcpError } from '../core/errors.js';
+import { entryRawBytes } from '../model/pack.js';
+import { MAX_BODY_BYTES, RECORD_FOOTER } from '../core/constants.js';
+import { readExactly } from '../formats/safetensors-file.js';
+import { restore, verifyFolderContainer } from './pipeline.js';
+import type { ParamMapInfo } from '../model/plan.js';
+
+/** One line of the inspect report. */
+export interface InspectTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  role: string;
+  mode: string;
+  keptPercent: number | null;
+  originalBytes: number;
+}
+
+/** An entry (parameter + moments) in the report. */
+export interface InspectEntry {
+  name: string;
+  mode: string;
+  parameters: number;
+  originalBytes: number;
+  codedBytes: number;
+  bitsPerParameter: number;
+  ratio: number;
+  keptWeightsPercent: number | null;
+  keptMomentsPercent: number | null;
+  /** Empirical entropy of the coded symbols, bits per parameter (null when the file does not record it). */
+  entropyBitsPerParameter: number | null;
+  /** Coded symbol streams (tables included), bits per parameter (null when not recorded). */
+  symbolBitsPerParameter: number | null;
+}
+
+/** The inspect report. */
+export interface InspectReport {
+  file: string;
+  tool: string;
+  options: ContainerHeader['options'];
+  containerBytes: number;
+  originalBytes: number;
+  ratio: number;
+  baseFingerprint: string | null;
+  targetFingerprint: string;
+  /** Folder containers: the files restore writes (path and kind). */
+  files?: { path: string; kind: string }[];
+  /** Folder containers: optimizer param id -> parameter name, with confidence (header.info.paramMap). */
+  paramMap?: ParamMapInfo;
+  entries: InspectEntry[];
+  /** Totals over lossy entries: empirical entropy of the coded symbols and their coded size, in bits (null when not recorded). */
+  entropyBits: number | null;
+  symbolBits: number | null;
+}
+
+/**
+ * Read header and footer of a container file (random access).
+ * @param path container file
+ */
+export async function readContainerIndex(path: string): Promise<{ header: ContainerHeader; footer: ContainerFooter; size: number }> {
+  const handle = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
+    throw new ExcpError('ERR_IO', `${path}: cannot open (${e.code ?? e.message})`);
+  });
+  try {
+    const size = (await handle.stat()).size;
+    if (size < HEAD_FIXED_BYTES + TRAILER_BYTES) throw new ExcpError('ERR_TRUNCATED', `${path}: ${size} bytes is too short for a container`);
+    const headerLength = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
+    if (HEAD_FIXED_BYTES + headerLength + 4 > size) throw new ExcpError('ERR_TRUNCATED', `${path}: header runs past the end of the file`);
+    const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, headerLength + 4));
+    const footerOffset = decodeTrailer(await readExactly(handle, size - TRAILER_BYTES, TRAILER_BYTES));
+    if (footerOffset + 5 > size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} is outside the file`);
+    if (footerOffset < HEAD_FIXED_BYTES + headerLength + 4) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} points into the header`);
+    const prefix = await readExactly(handle, footerOffset, 5);
+    const length = new DataView(prefix.buffer).getUint32(1, true);
+    if (prefix[0] !== RECORD_FOOTER || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
+    if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `${path}: footer length ${length} exceeds limit ${MAX_BODY_BYTES}`);
+    const body = await readExactly(handle, footerOffset + 5, length + 4);
+    const footer = decodeFooter(body.subarray(0, length), new DataView(body.buffer).getUint32(length, true), header);
+    return { header, footer, size };
+  } catch (e) {
+    if (e instanceof ExcpError && !e.message.startsWith(path)) throw new ExcpError(e.code, `${path}: ${e.message}`);
+    throw e;
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Per-entry sizes, kept fractions and ratios.
+ * @param path container file
+ */
+export async function inspectContainer(path: string): Promise<InspectReport> {
+  const { header, footer, size } = await readContainerIndex(path);
+  let originalBytes = 0;
+  const entries = header.entries.map((e, i) => {
+    const bytes = entryRawBytes(header.tensors, e);
+    originalBytes += bytes;
+    const f = footer.entries[i]!;
+    const mode = e.kind === 'pack' ? 'exact (pack)' : e.kind === 'plain' ? (e.base ? 'exact (xor base)' : 'exact')
+      : e.exactWeight ? (e.exactMoments ? 'lossless' : 'keyframe') : 'residual';
+    const first = header.tensors[e.weight]!.name;
+    return {
+      name: e.kind === 'pack' ? `${e.members!.length} tensors: ${first}, ...` : first,
+      mode,
+      parameters: e.elements,
+      originalBytes: bytes,
+      codedBytes: f.codedBytes,
+      bitsPerParameter: e.elements ? (8 * f.codedBytes) / e.elements : 0,
+      ratio: f.codedBytes ? bytes / f.codedBytes : 0,
+      keptWeightsPercent: e.kind === 'param' && !e.exactWeight && e.elements ? (100 * f.keptWeights) / e.elements : null,
+      keptMomentsPercent: e.kind === 'param' && !e.exactMoments && e.elements ? (100 * f.keptMoments) / e.elements : null,
+      entropyBitsPerParameter: f.entropyBits !== undefined && e.elements ? f.entropyBits / e.elements : null,
+      symbolBitsPerParameter: f.symbolBits !== undefined && e.elements ? f.symbolBits / e.elements : null,
+    };
+  });
+  const recorded = footer.entries.every((f) => f.entropyBits !== undefined && f.symbolBits !== undefined);
+  return {
+    file: path, tool: header.tool, options: header.options, containerBytes: size, originalBytes,
+    ratio: originalBytes / size, baseFingerprint: footer.baseFingerprint, targetFingerprint: footer.targetFingerprint, entries,
+    ...(header.files.some((f) => f.path !== null) ? { files: header.files.map((f) => ({ path: f.path ?? '', kind: f.kind })) } : {}),
+    ...(header.info?.['paramMap'] ? { paramMap: header.info['paramMap'] as ParamMapInfo } : {}),
+    entropyBits: recorded ? footer.entries.reduce((s, f) => s + (f.entropyBits ?? 0), 0) : null,
+    symbolBits: recorded ? footer.entries.reduce((s, f) => s + (f.symbolBits ?? 0), 0) : null,
+  };
+}
+
+/** Text form of an inspect report. */
+export function formatInspect(r: InspectReport): string {
+  const pct = (x: number | null) => (x === null ? '-' : `${x.toFixed(2)}%`);
+  const lines = [
+    `${r.file}: ${r.tool}, ${r.options.weightRule === 'paper' || r.options.weightRule === undefined ? `alpha ${r.options.alpha}` : `${r.options.weightRule} rule, keep ${r.options.keep}`}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
+    `base fingerprint ${r.baseFingerprint ?? '(none: keyframe)'}, restores to ${r.targetFingerprint}`,
+    '',
+    ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'entropy bits/param', 'ratio'].join('\t'),
+  ];
+  const bits = (x: number | null) => (x === null ? '-' : x.toFixed(3));
+  for (const e of r.entries) {
+    lines.push([e.name, e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), bits(e.entropyBitsPerParameter), `${e.ratio.toFixed(1)}x`].join('\t'));
+  }
+  lines.push('', `total: ${r.originalBytes} bytes -> ${r.containerBytes} bytes, ratio ${r.ratio.toFixed(1)}x`);
+  if (r.files) lines.push('', `folder: ${r.files.length} files: ${r.files.map((f) => `${f.path} (${f.kind})`).join(', ')}`);
+  if (r.paramMap) {
+    const m = r.paramMap;
+    const methods = new Map<string, number>();
+    for (const [, , , method] of m.ids) methods.set(method, (methods.get(method) ?? 0) + 1);
+    lines.push(`param map (${m.file}): ${m.ids.length} ids named, ${m.unmapped.length} unmapped (moments coded exactly), lowest confidence ${m.minConfidence}; by ${[...methods].map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    for (const [id, name, confidence, method] of m.ids) lines.push(`  id ${id}\t${name}\t${confidence}\t${method}`);
+  }
+  if (r.entropyBits !== null && r.symbolBits !== null && r.entropyBits > 0) {
+    lines.push(`coded symbols: ${r.symbolBits} bits against an empirical entropy of ${r.entropyBits} bits (+${(100 * (r.symbolBits / r.entropyBits - 1)).toFixed(2)}%)`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/**
+ * Check every CRC, the base, and the restored fingerprint without writing anything.
+ * @param path container file
+ * @param base base checkpoint path, when the container needs one
+ * @param threads worker threads
+ */
+export async function verifyContainer(path: string, base: string | undefined, threads?: number): Promise<{ chunks: number; base: boolean; target: string }> {
+  const { header, footer } = await readContainerIndex(path);
+  if (header.files.some((f) => f.path !== null)) {
+    await verifyFolderContainer(path, { base, threads });
+  } else {
+    const sink = new Writable({ write(_c, _e, cb) { cb(); } });
+    await pipeline(createReadStream(path), restore({ base, threads }), sink);
+  }
+  const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
+  return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
+}

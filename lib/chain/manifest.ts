@@ -1,0 +1,261 @@
+/**
+ * Chains, the pure part: the manifest (`chain.json`) and its validation,
+ * keyframe choice, the replay path, link checks between consecutive
+ * containers, and the listing. No file is touched here; lib/chain.ts does
+ * the file operations (create, append, restore) on top of these.
+ */
+import type { ContainerFooter, ContainerHeader } from '../container/format.js';
+import { ExcpError } from '../core/errors.js';
+import { fingerprintTensors } from '../core/hash.js';
+import { resolveOptions } from '../core/options.js';
+import type { CodecOptions, LooseOptions } from '../core/types.js';
+
+/** Manifest format tag. */
+export const CHAIN_FORMAT = 'excp-chain/1';
+/** Manifest file name inside a chain folder. */
+export const CHAIN_MANIFEST = 'chain.json';
+/** Default distance between keyframes. */
+export const DEFAULT_KEYFRAME_EVERY = 10;
+
+/** What a chain holds: safetensors files, or checkpoint folders. */
+export type ChainKind = 'file' | 'folder';
+
+/** One checkpoint of a chain. */
+export interface ChainStep {
+  /** Position in the chain, 0-based (what `--step` selects). */
+  step: number;
+  /** Container file name inside the chain folder. */
+  file: string;
+  /** File (or folder) name of the checkpoint it was made from (informational). */
+  source: string;
+  /** No base: weights coded exactly. */
+  keyframe: boolean;
+  /** The step it is a residual against (step - 1), or null for a keyframe. */
+  base: number | null;
+  /** Bytes of the original checkpoint (a folder: all its files). */
+  originalBytes: number;
+  /** Bytes of the container. */
+  containerBytes: number;
+  /** From the container footer. */
+  baseFingerprint: string | null;
+  targetFingerprint: string;
+}
+
+/** chain.json. */
+export interface ChainManifest {
+  format: typeof CHAIN_FORMAT;
+  tool: string;
+  /** What every step is (absent in older manifests: 'file'). */
+  kind: ChainKind;
+  keyframeEvery: number;
+  /** Codec options used for every container (resolved, defaults filled in). */
+  options: CodecOptions;
+  /** Folder chains: parameter names in optimizer order (--param-map), used for every step; else null. */
+  paramMap: string[] | null;
+  steps: ChainStep[];
+  /** File (or folder) name of the restored last checkpoint, or null for an empty chain. */
+  last: string | null;
+  /** Folder chains: {@link folderFingerprint} of the `last` folder when it was written; else null. */
+  lastFingerprint: string | null;
+}
+
+/** Options of {@link createChain}. */
+export interface ChainOptions extends LooseOptions {
+  /** Every K-th step (and the first) is a keyframe. Default 10; 1 = keyframes only. */
+  keyframeEvery?: number | undefined;
+  /** Worker threads per container (default: all cores; 0 = in the calling thread). */
+  threads?: number | undefined;
+  /** Folder chains: parameter names in optimizer order, stored in chain.json and used for every step. */
+  paramMap?: readonly string[] | undefined;
+  /** Called after each appended step. */
+  onStep?: ((step: ChainStep) => void) | undefined;
+}
+
+/** What the fs operations need of a container: its footer, the tensor list and (folders) the file list. */
+export interface ContainerIndex {
+  header: Pick<ContainerHeader, 'tensors'> & Partial<Pick<ContainerHeader, 'files' | 'info' | 'options'>>;
+  footer: Pick<ContainerFooter, 'tensorHashes' | 'baseHashes' | 'baseFingerprint' | 'targetFingerprint'>;
+}
+
+
+/**
+ * Whether step `index` is a keyframe.
+ * @param index 0-based step
+ * @param keyframeEvery K >= 1
+ * @returns true for 0, K, 2K...
+ */
+export function isKeyframe(index: number, keyframeEvery: number): boolean {
+  return index % keyframeEvery === 0;
+}
+
+/** Container file name of a step. */
+export function stepFileName(index: number): string {
+  return `step-${String(index).padStart(6, '0')}.excp`;
+}
+
+/** File (or, for a folder chain, folder) name of the restored checkpoint of a step kept for appends. */
+export function lastFileName(index: number, kind: ChainKind = 'file'): string {
+  return `.last-${String(index).padStart(6, '0')}${kind === 'file' ? '.safetensors' : ''}`;
+}
+
+/**
+ * The steps to decode, in order, to restore `step`: from the nearest keyframe at or before it.
+ * @param manifest the chain
+ * @param step target step
+ * @returns step numbers, keyframe first, target last
+ * @throws ExcpError ERR_CHAIN when the step does not exist or no keyframe precedes it
+ */
+export function replayPath(manifest: ChainManifest, step: number): number[] {
+  if (!Number.isInteger(step) || step < 0 || step >= manifest.steps.length) {
+    throw new ExcpError('ERR_CHAIN', `chain: no step ${step} (the chain has steps 0..${manifest.steps.length - 1})`);
+  }
+  const path: number[] = [];
+  for (let s: number | null = step; s !== null; s = manifest.steps[s]!.base) path.push(s);
+  return path.reverse();
+}
+
+/**
+ * Folder containers: the optimizer.pt skeletons (first tensor of each torch file).
+ * Restore rewrites CRC fields in them when the moments were lossy, so the
+ * restored folder's skeleton is not the decoded one.
+ */
+function skeletonTensors(header: ContainerIndex['header']): Set<number> {
+  return new Set((header.files ?? []).flatMap((f) => (f.kind === 'torch' && f.tensors[0] !== undefined ? [f.tensors[0]] : [])));
+}
+
+/**
+ * Folder containers: a base folder's moments are named `__optimizer__/ID/exp_avg`
+ * (opened without a param map); the container that restored it may name them
+ * `NAME.exp_avg`. Returns base name -> restored name from its param map.
+ */
+function momentAliases(header: ContainerIndex['header']): Map<string, string> {
+  const map = (header.info?.['paramMap'] as { ids?: unknown } | undefined)?.ids;
+  const out = new Map<string, string>();
+  if (!Array.isArray(map)) return out;
+  for (const row of map as unknown[]) {
+    if (!Array.isArray(row) || typeof row[0] !== 'number' || typeof row[1] !== 'string') continue;
+    for (const key of ['exp_avg', 'exp_avg_sq']) out.set(`__optimizer__/${row[0]}/${key}`, `${row[1]}.${key}`);
+  }
+  return out;
+}
+
+/**
+ * Check that container `current` was made against what `previous` restores to.
+ * Folder containers: a torch skeleton base tensor is compared only when the
+ * previous step is lossless (see the file comment); otherwise the decoder
+ * checks it when the step is restored.
+ * @param previous the earlier step's container index
+ * @param current the later step's container index
+ * @param labels names for messages
+ * @throws ExcpError ERR_CHAIN naming the first tensor that differs
+ */
+export function checkLink(previous: ContainerIndex, current: ContainerIndex, labels: { previous: string; current: string }): void {
+  const previousHashes = previous.footer.tensorHashes;
+  const baseHashes = current.footer.baseHashes;
+  // Containers written without hashes (not by excp chain): nothing to compare
+  // ahead; restore still checks every base chunk's digest.
+  if (!previousHashes || !baseHashes) return;
+  const restored = new Map(previous.header.tensors.map((t, i) => [t.name, { t, hash: previousHashes[i] }]));
+  const aliases = momentAliases(previous.header);
+  const skeletons = previous.header.options?.lossless === true ? new Set<number>() : skeletonTensors(current.header);
+  const used: Array<{ name: string; dtype: string; shape: number[]; hash: string }> = [];
+  current.header.tensors.forEach((t, i) => {
+    const baseHash = baseHashes[i];
+    if (baseHash === null || baseHash === undefined) return;
+    const alias = aliases.get(t.name);
+    const p = restored.get(t.name) ?? (alias === undefined ? undefined : restored.get(alias));
+    if (!p || p.t.dtype !== t.dtype || p.t.shape.join(',') !== t.shape.join(',')) {
+      throw new ExcpError('ERR_CHAIN', `chain: ${labels.current} uses base tensor '${t.name}' (${t.dtype} [${t.shape.join(', ')}]), which ${labels.previous} does not restore`);
+    }
+    if (!skeletons.has(i) && p.hash !== baseHash) {
+      throw new ExcpError('ERR_CHAIN', `chain: ${labels.current} was made against a different base: tensor '${t.name}' has base hash ${baseHash}, but ${labels.previous} restores it with hash ${p.hash ?? '(none)'}`);
+    }
+    used.push({ name: t.name, dtype: t.dtype, shape: t.shape, hash: baseHash });
+  });
+  const expected = used.length ? fingerprintTensors(used) : null;
+  if (expected !== current.footer.baseFingerprint) {
+    throw new ExcpError('ERR_CHAIN', `chain: ${labels.current} has base fingerprint ${current.footer.baseFingerprint ?? '(none)'}, expected ${expected ?? '(none)'} from ${labels.previous}`);
+  }
+  if (expected === null) {
+    throw new ExcpError('ERR_CHAIN', `chain: ${labels.current} is not a residual (no base tensors), but the chain lists it after ${labels.previous}`);
+  }
+}
+
+/**
+ * Check that a step's container is the one the manifest recorded, and that a keyframe has no base.
+ * @throws ExcpError ERR_CHAIN
+ */
+export function checkStep(entry: ChainStep, index: ContainerIndex): void {
+  const label = `step ${entry.step} (${entry.file})`;
+  if (index.footer.targetFingerprint !== entry.targetFingerprint || index.footer.baseFingerprint !== entry.baseFingerprint) {
+    throw new ExcpError('ERR_CHAIN', `chain: ${label} is not the container chain.json recorded (fingerprints ${index.footer.baseFingerprint ?? 'none'} -> ${index.footer.targetFingerprint}, recorded ${entry.baseFingerprint ?? 'none'} -> ${entry.targetFingerprint})`);
+  }
+  if (entry.keyframe && index.footer.baseFingerprint !== null) {
+    throw new ExcpError('ERR_CHAIN', `chain: ${label} is listed as a keyframe but was made against a base`);
+  }
+}
+
+/**
+ * Validate a parsed chain.json.
+ * @param value parsed JSON
+ * @param where file name for messages
+ * @returns the manifest
+ * @throws ExcpError ERR_CHAIN
+ */
+export function parseManifest(value: unknown, where: string): ChainManifest {
+  const bad = (what: string): never => {
+    throw new ExcpError('ERR_CHAIN', `chain: ${where}: ${what}`);
+  };
+  if (typeof value !== 'object' || value === null) return bad('not a JSON object');
+  const m = value as Partial<ChainManifest>;
+  if (m.format !== CHAIN_FORMAT) bad(`format is ${JSON.stringify(m.format)}, expected '${CHAIN_FORMAT}'`);
+  const kind = m.kind ?? 'file';
+  if (kind !== 'file' && kind !== 'folder') bad(`kind is ${JSON.stringify(m.kind)}, expected 'file' or 'folder'`);
+  if (!Number.isInteger(m.keyframeEvery) || (m.keyframeEvery as number) < 1) bad(`keyframeEvery ${JSON.stringify(m.keyframeEvery)} is not an integer >= 1`);
+  if (!Array.isArray(m.steps)) return bad('steps is not a list');
+  let options: CodecOptions;
+  try {
+    options = resolveOptions(m.options as LooseOptions);
+  } catch (e) {
+    return bad(`options: ${(e as Error).message}`);
+  }
+  const paramMap = m.paramMap ?? null;
+  if (paramMap !== null && (!Array.isArray(paramMap) || !paramMap.every((x) => typeof x === 'string'))) bad('paramMap is not a list of names');
+  m.steps.forEach((s, i) => {
+    const ok = typeof s === 'object' && s !== null && s.step === i && typeof s.file === 'string' && /^step-\d{6,}\.excp$/.test(s.file)
+      && typeof s.keyframe === 'boolean' && (s.keyframe ? s.base === null : s.base === i - 1)
+      && typeof s.targetFingerprint === 'string' && (s.baseFingerprint === null || typeof s.baseFingerprint === 'string');
+    if (!ok) bad(`steps[${i}] is malformed`);
+  });
+  if (m.steps.length > 0 && !m.steps[0]!.keyframe) bad('step 0 is not a keyframe');
+  const lastPattern = kind === 'file' ? /^\.last-\d{6,}\.safetensors$/ : /^\.last-\d{6,}$/;
+  if (m.last !== null && m.last !== undefined && (typeof m.last !== 'string' || !lastPattern.test(m.last))) bad('last is malformed');
+  const lastFingerprint = m.lastFingerprint ?? null;
+  if (lastFingerprint !== null && typeof lastFingerprint !== 'string') bad('lastFingerprint is malformed');
+  return {
+    format: CHAIN_FORMAT, tool: String(m.tool), kind, keyframeEvery: m.keyframeEvery!, options, paramMap,
+    steps: m.steps, last: m.last ?? null, lastFingerprint,
+  };
+}
+
+/**
+ * The text of `excp chain ls`.
+ * @param manifest the chain
+ * @returns one line per step and a total
+ */
+export function formatChain(manifest: ChainManifest): string {
+  const lines = [['step', 'kind', 'source', 'original', 'container', 'ratio'].join('\t')];
+  let original = 0;
+  let coded = 0;
+  for (const s of manifest.steps) {
+    original += s.originalBytes;
+    coded += s.containerBytes;
+    lines.push([s.step, s.keyframe ? 'keyframe' : `residual of ${s.base}`, s.source, s.originalBytes, s.containerBytes,
+      `${(s.originalBytes / Math.max(1, s.containerBytes)).toFixed(1)}x`].join('\t'));
+  }
+  const o = manifest.options;
+  const what = manifest.kind === 'folder' ? '; checkpoint folders' : '';
+  lines.push('', `${manifest.steps.length} steps, keyframe every ${manifest.keyframeEvery}; ${o.lossless ? 'lossless' : `${o.weightRule === 'paper' ? `paper rule, alpha ${o.alpha}` : `${o.weightRule} rule, keep ${o.keep}`}, beta ${o.beta}, bits ${o.bits}`}${what}`,
+    `total: ${original} bytes -> ${coded} bytes, ratio ${(original / Math.max(1, coded)).toFixed(1)}x`);
+  return `${lines.join('\n')}\n`;
+}

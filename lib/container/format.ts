@@ -1,0 +1,330 @@
+/**
+ * Stage 6 (pure): the .excp container, byte by byte as in spec/FORMAT.md.
+ *
+ *   preamble  MAGIC(8) version u16 reserved u16
+ *   header    length u32, body, crc32(body) u32
+ *   records   type=1 u8, [entry, chunk,] length, payload, crc32 u32
+ *   footer    type=2 u8, length u32, body, crc32 u32
+ *   trailer   footer offset u64, crc32(offset bytes) u32, END_MAGIC(4)
+ *
+ * Version 2 (written): header and footer bodies are the compact encodings of
+ * lib/container-v2-header.ts and lib/container-v2-footer.ts (first byte 0 or 1); a record stores only its length
+ * (varint): entry and chunk are implied by the record order, which readers
+ * always enforced, and still covered by the CRC (as varints, see
+ * recordCrcPrefix). Version 1 (still read): the bodies are JSON (first byte
+ * '{') and records store entry, chunk and length as u32.
+ *
+ * Every length is checked against a limit before anything is allocated, and
+ * every record's CRC covers its type, indices, length and payload, so a
+ * flipped bit anywhere is caught before the payload is decoded.
+ *
+ * The header's structural checks are in container-validate.ts.
+ */
+import { ByteReader, ByteWriter } from '../core/bytes.js';
+import { crc32 } from '../core/crc32.js';
+import { DTYPE_BYTES, byteSize } from '../core/dtype.js';
+import { digestTensors } from '../model/pack.js';
+import { ExcpError } from '../core/errors.js';
+import { startsLikeZip } from '../formats/zip.js';
+import { decodeFooterBody, encodeFooterBody } from './footer.js';
+import { decodeHeaderBody, encodeHeaderBody } from './header.js';
+import { validateHeader } from './validate.js';
+import { END_MAGIC, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, RECORD_CHUNK, RECORD_FOOTER } from '../core/constants.js';
+import type { CodecOptions, EntrySpec, TensorSpec } from '../core/types.js';
+
+/** How restore lays tensors out into files. */
+export type FileSpec =
+  | { kind: 'safetensors'; path: string | null; rawHeader: string; tensors: number[] }
+  | { kind: 'blob'; path: string; tensor: number }
+  | { kind: 'torch'; path: string; tensors: number[]; layout: unknown };
+
+/** The header: everything restore needs before the first record. */
+export interface ContainerHeader {
+  tool: string;
+  options: CodecOptions;
+  tensors: TensorSpec[];
+  entries: EntrySpec[];
+  files: FileSpec[];
+  /** Extra information (e.g. the parameter map of a PyTorch folder). */
+  info?: Record<string, unknown>;
+  /** In memory only, set by readers: the format version the header came from (absent: the current one). */
+  format?: number;
+}
+
+/** Per-entry results, written after the last record. */
+export interface FooterEntry {
+  /** Byte offsets of the entry's records, in chunk order. */
+  offsets: number[];
+  codedBytes: number;
+  keptWeights: number;
+  keptMoments: number;
+  /** Empirical entropy of the entry's coded symbols, in bits (absent in older files). */
+  entropyBits?: number;
+  /** Bits of the entry's coded symbol streams, tables included (absent in older files). */
+  symbolBits?: number;
+}
+
+/** The footer: index and fingerprints. */
+export interface ContainerFooter {
+  entries: FooterEntry[];
+  /**
+   * Per tensor: hash of the restored bytes (over chunk digests). null: not
+   * stored (a small container, where they would be a visible share of it;
+   * see lib/stream/container.ts): restore then checks the fingerprint only.
+   */
+  tensorHashes: string[] | null;
+  /** Per tensor with a base: hash of the base bytes used (null otherwise); null when tensorHashes is. */
+  baseHashes: (string | null)[] | null;
+  baseFingerprint: string | null;
+  targetFingerprint: string;
+}
+
+/** A chunk record. */
+export interface ChunkRecord {
+  entry: number;
+  chunk: number;
+  payload: Uint8Array;
+}
+
+/** Bytes of the preamble and header. */
+export function encodeHead(header: ContainerHeader): Uint8Array {
+  const body = encodeHeaderBody(header);
+  const w = new ByteWriter(body.length + 24);
+  w.bytes(MAGIC);
+  w.u16(FORMAT_VERSION);
+  w.u16(0);
+  w.u32(body.length);
+  w.bytes(body);
+  w.u32(crc32(body));
+  return w.finish();
+}
+
+/** Bytes of one chunk record. */
+export function encodeRecord(record: ChunkRecord): Uint8Array {
+  const w = new ByteWriter(record.payload.length + 14);
+  w.u8(RECORD_CHUNK);
+  w.varint(record.payload.length);
+  w.bytes(record.payload);
+  w.u32(recordCrc(recordCrcPrefix(record.entry, record.chunk, record.payload.length), record.payload));
+  return w.finish();
+}
+
+/**
+ * What a version 2 record's CRC covers before the payload: type, then entry,
+ * chunk and payload length as varints. Entry and chunk are not stored (the
+ * reader knows which record comes next), so a record moved to another place
+ * fails its CRC.
+ */
+export function recordCrcPrefix(entry: number, chunk: number, length: number): Uint8Array {
+  const w = new ByteWriter(24);
+  w.u8(RECORD_CHUNK);
+  w.varint(entry);
+  w.varint(chunk);
+  w.varint(length);
+  return w.finish();
+}
+
+/** Bytes of the footer record and the trailer. */
+export function encodeTail(footer: ContainerFooter, footerOffset: number, header: ContainerHeader): Uint8Array {
+  const body = encodeFooterBody(footer, header);
+  const w = new ByteWriter(body.length + 32);
+  w.u8(RECORD_FOOTER);
+  w.u32(body.length);
+  w.bytes(body);
+  w.u32(crc32(w.finish()));
+  const t = new ByteWriter(16);
+  t.u64(footerOffset);
+  w.bytes(t.finish());
+  w.u32(crc32(t.finish()));
+  w.bytes(END_MAGIC);
+  return w.finish();
+}
+
+/** Size of the preamble plus the header length field. */
+export const HEAD_FIXED_BYTES = 16;
+/** Size of the trailer. */
+export const TRAILER_BYTES = 16;
+
+/**
+ * Check the preamble and read the header body length.
+ * @param first16 the first 16 bytes
+ * @returns the header body length
+ * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
+ */
+export function readPreamble(first16: Uint8Array): number {
+  return readPreambleInfo(first16).length;
+}
+
+/** Oldest container format version this code reads. */
+export const MIN_FORMAT_VERSION = 1;
+
+/**
+ * {@link readPreamble}, also returning the format version (1 or 2).
+ * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
+ */
+export function readPreambleInfo(first16: Uint8Array): { version: number; length: number } {
+  const r = new ByteReader(first16, 'container');
+  for (let i = 0; i < MAGIC.length; i++) {
+    if (r.u8() !== MAGIC[i]) throw new ExcpError('ERR_BAD_MAGIC', `container: not an .excp file (bad magic)${notContainerHint(first16)}`);
+  }
+  const version = r.u16();
+  if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) throw new ExcpError('ERR_VERSION', `container: format version ${version} is not supported (this reads versions ${MIN_FORMAT_VERSION} to ${FORMAT_VERSION})`);
+  r.u16();
+  const length = r.u32();
+  if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: header length ${length} exceeds limit ${MAX_BODY_BYTES}`);
+  return { version, length };
+}
+
+/** What a file given to restore is instead of a container, when it is one a user would plausibly pass. */
+function notContainerHint(first16: Uint8Array): string {
+  // safetensors: an 8-byte little-endian header length, then the JSON header's '{'.
+  if (first16.length >= 9 && first16[8] === 0x7b && first16[6] === 0 && first16[7] === 0) return ': it looks like a safetensors checkpoint; compress it with excp compress';
+  if (startsLikeZip(first16)) return ': it is a zip file (torch.save?)';
+  return '';
+}
+
+/** A version 1 body is JSON and starts with '{'; a version 2 body starts with its encoding byte (0 or 1). */
+function isJsonBody(body: Uint8Array): boolean {
+  return body[0] === 0x7b;
+}
+
+/**
+ * Parse and validate the header body (followed by its CRC): JSON (version 1)
+ * or compact (version 2), told apart by the first byte.
+ * @param bytes body bytes then 4 CRC bytes
+ * @returns the validated header
+ * @throws ExcpError ERR_CRC, ERR_BAD_HEADER, ERR_SHAPE, ERR_DTYPE
+ */
+export function decodeHeader(bytes: Uint8Array): ContainerHeader {
+  const body = bytes.subarray(0, bytes.length - 4);
+  const stored = new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
+  if (crc32(body) !== stored) throw new ExcpError('ERR_CRC', 'container: header checksum mismatch: the file is corrupt');
+  if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: header is empty');
+  const header = isJsonBody(body) ? parseJson(body, 'header') as ContainerHeader : decodeHeaderBody(body);
+  validateHeader(header);
+  return header;
+}
+
+/**
+ * Parse and check the footer record body (JSON in version 1, compact in
+ * version 2), after its CRC over type, length and body.
+ * @param body the body bytes
+ * @param crc the stored CRC
+ * @param header the container header (sizes must agree)
+ * @returns the footer
+ */
+export function decodeFooter(body: Uint8Array, crc: number, header: ContainerHeader): ContainerFooter {
+  const prefix = new ByteWriter(5);
+  prefix.u8(RECORD_FOOTER);
+  prefix.u32(body.length);
+  if (crc32(body, crc32(prefix.finish())) !== crc) throw new ExcpError('ERR_CRC', 'container: footer checksum mismatch: the file is corrupt');
+  if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: footer is empty');
+  const footer = isJsonBody(body) ? parseJson(body, 'footer') as ContainerFooter : decodeFooterBody(body, header);
+  const ok = footer && Array.isArray(footer.entries) && footer.entries.length === header.entries.length
+    && ((Array.isArray(footer.tensorHashes) && footer.tensorHashes.length === header.tensors.length && Array.isArray(footer.baseHashes))
+      || (footer.tensorHashes === null && footer.baseHashes === null))
+    && typeof footer.targetFingerprint === 'string';
+  if (!ok) throw new ExcpError('ERR_BAD_HEADER', 'container: footer does not match the header');
+  validateFooter(footer, header);
+  return footer;
+}
+
+const DIGEST = /^[0-9a-f]{16}$/;
+
+/** Field-level checks on a footer, so inspect, verify and chains can use it without further checks. */
+function validateFooter(f: ContainerFooter, header: ContainerHeader): void {
+  const fail = (what: string): never => {
+    throw new ExcpError('ERR_BAD_HEADER', `container: invalid footer: ${what}`);
+  };
+  const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
+  f.entries.forEach((e, i) => {
+    if (!e || typeof e !== 'object' || !Array.isArray(e.offsets)) fail(`entry ${i}`);
+    if (!count(e.codedBytes) || !count(e.keptWeights) || !count(e.keptMoments)) fail(`entry ${i} counts`);
+    const spec = header.entries[i]!;
+    if (e.offsets.length !== chunkCount(spec, header.options.chunkElements)) fail(`entry ${i} has ${e.offsets.length} record offsets`);
+    let previous = -1;
+    for (const o of e.offsets) {
+      if (!count(o) || o <= previous) fail(`entry ${i} record offset ${String(o)}`);
+      previous = o;
+    }
+  });
+  f.tensorHashes?.forEach((h, i) => {
+    if (typeof h !== 'string' || !DIGEST.test(h)) fail(`tensor hash ${i}`);
+  });
+  if (f.baseHashes && f.baseHashes.length !== header.tensors.length) fail('base hash count');
+  f.baseHashes?.forEach((h, i) => {
+    if (h !== null && (typeof h !== 'string' || !DIGEST.test(h))) fail(`base hash ${i}`);
+  });
+  if (f.baseFingerprint !== null && (typeof f.baseFingerprint !== 'string' || !DIGEST.test(f.baseFingerprint))) fail('base fingerprint');
+  if (!DIGEST.test(f.targetFingerprint)) fail('target fingerprint');
+}
+
+/**
+ * Read the trailer.
+ * @param trailer the last 16 bytes
+ * @returns the footer offset
+ */
+export function decodeTrailer(trailer: Uint8Array): number {
+  const r = new ByteReader(trailer, 'container');
+  const offsetBytes = trailer.subarray(0, 8);
+  const offset = r.u64();
+  if (r.u32() !== crc32(offsetBytes)) throw new ExcpError('ERR_CRC', 'container: trailer checksum mismatch: the file is corrupt or truncated');
+  for (let i = 0; i < END_MAGIC.length; i++) {
+    if (r.u8() !== END_MAGIC[i]) throw new ExcpError('ERR_TRUNCATED', 'container: missing end marker: the file is truncated');
+  }
+  return offset;
+}
+
+/**
+ * CRC of a chunk record as encodeRecord computes it.
+ * @param prefix the 13 bytes before the payload (version 1), or {@link recordCrcPrefix} (version 2)
+ * @param payload the payload
+ */
+export function recordCrc(prefix: Uint8Array, payload: Uint8Array): number {
+  return crc32(payload, crc32(prefix));
+}
+
+/**
+ * Largest payload a valid chunk of this container can have: generous (raw
+ * size of all tensors of the chunk, twice, plus slack) but finite, so a
+ * corrupt length cannot make a reader allocate gigabytes.
+ */
+export function maxPayloadBytes(header: ContainerHeader, entry: EntrySpec): number {
+  const n = Math.min(entry.elements, header.options.chunkElements);
+  const t = header.tensors;
+  let bytes = DTYPE_BYTES[t[entry.weight]!.dtype] * n;
+  if (entry.expAvg !== null) bytes += 2 * DTYPE_BYTES[t[entry.expAvg]!.dtype] * n;
+  return 2 * bytes + 65536;
+}
+
+/** Number of chunks of an entry. */
+export function chunkCount(entry: EntrySpec, chunkElements: number): number {
+  return Math.ceil(entry.elements / chunkElements);
+}
+
+function parseJson(bytes: Uint8Array, what: string): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    throw new ExcpError('ERR_BAD_HEADER', `container: ${what} is not valid UTF-8 JSON`);
+  }
+}
+
+/**
+ * What the chunk codec needs to know about an entry.
+ * @param header the container header
+ * @param entry entry index
+ */
+export function layoutOf(header: ContainerHeader, entry: number): import('../method/codec.js').ChunkLayout {
+  const e = header.entries[entry]!;
+  const t = header.tensors;
+  return {
+    weightDtype: t[e.weight]!.dtype,
+    momentDtype: e.expAvg !== null ? t[e.expAvg]!.dtype : null,
+    exactWeight: e.exactWeight,
+    exactMoments: e.exactMoments,
+    base: e.base,
+    ...(header.format === 1 ? { legacySymbols: true } : {}),
+    ...(e.kind === 'pack' ? { pieces: digestTensors(t, e).map((m) => byteSize(t[m]!.dtype, t[m]!.shape, 'pack')) } : {}),
+  };
+}
