@@ -27,13 +27,13 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { fitKMeans, assignClusters } from '../lib/method/kmeans.js';
-import { pruneJoint } from '../lib/method/prune.js';
 import { PAPER_OPTIONS } from '../lib/core/options.js';
 import { parseSafetensors, type TensorData } from '../lib/formats/safetensors.js';
 import { f32ToF16, toFloat32 } from '../lib/core/dtype.js';
-import { DEFAULT_OPTIONS } from '../lib/core/constants.js';
 import { createTrainer } from './train/trainer.js';
 import { PRESETS, neoxParams, syntheticPairBuffers } from './synthetic.js';
+import { DEFAULT_OPTIONS } from '../lib/core/options.js';
+import { pruneJoint } from '../spec/reference/prune.js';
 
 const { values } = parseArgs({ options: { steps: { type: 'string', default: '150' }, gap: { type: 'string', default: '50' }, params: { type: 'string', default: '1m' } } });
 const steps = Number(values.steps);

@@ -7,10 +7,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import {
-  ChunkDecoder, ChunkEncoder, ChunkSource, ContainerReader, ContainerWriter, SafetensorsFile,
-  SafetensorsWriter, planSafetensors, resolveOptions,
-} from '../lib/index.js';
+import { ChunkDecoder, ChunkEncoder, ChunkSource, ContainerReader, ContainerWriter, SafetensorsFile, SafetensorsWriter, planSafetensors, resolveOptions } from '../lib/index.js';
 
 const [currentPath, basePath, outPath] = process.argv.slice(2);
 if (!currentPath || !basePath || !outPath) {

@@ -21,10 +21,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { renderFidelityChart } from './train/chart.js';
-import {
-  type CheckpointCodec, type CheckpointRow, type CodecSettings, type EvalPoint, type ExperimentOptions, type RunCurve,
-  excpCodec, identityCodec, runBaseline, runCompressed, summarise,
-} from './train/experiment.js';
+import { type CheckpointCodec, type CheckpointRow, type CodecSettings, type EvalPoint, type ExperimentOptions, type RunCurve, excpCodec, identityCodec, runBaseline, runCompressed, summarise } from './train/experiment.js';
 import type { TrainerOptions } from './train/trainer.js';
 
 function pct(x: number): string {

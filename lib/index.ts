@@ -3,18 +3,17 @@
  * composable Node streams. Public surface only.
  */
 export { ExcpError, CODES, type ErrorCode } from './core/errors.js';
-export { DEFAULT_OPTIONS, FORMAT_VERSION, TOOL_VERSION } from './core/constants.js';
-export { resolveOptions, PAPER_OPTIONS } from './core/options.js';
-export type { CodecOptions, EntrySpec, TensorSpec, ChunkInput, Role } from './core/types.js';
+export { FORMAT_VERSION, TOOL_VERSION } from './core/constants.js';
+export { DEFAULT_OPTIONS, resolveOptions, PAPER_OPTIONS, type CodecOptions } from './core/options.js';
+export type { EntrySpec, TensorSpec, Role } from './model/checkpoint.js';
 export type { DType } from './core/dtype.js';
 export { parseSafetensors, serializeSafetensors, parseSafetensorsHeader, buildSafetensorsHeader, type TensorInfo, type TensorData, type SafetensorsHeader } from './formats/safetensors.js';
-export { computeResidual, applyResidual } from './method/residual.js';
-export { pruneJoint, weightThreshold, medianAbs } from './method/prune.js';
+export { selectAbs, keepRank, paperFactor } from './method/select.js';
 export { fitKMeans, assignClusters } from './method/kmeans.js';
-export { quantizeStream, dequantizeStream } from './method/quantize.js';
+export { quantizeGathered, dequantizeStream } from './method/quantize.js';
 export { encodeSymbols, decodeSymbols } from './coding/symbols.js';
 export { encodeExact, decodeExact } from './coding/exact.js';
-export { encodeChunk, decodeChunk, type ChunkLayout } from './method/codec.js';
+export { encodeChunk, decodeChunk, type ChunkLayout, type ChunkInput } from './method/codec.js';
 export { planSafetensors, planEntries } from './model/plan.js';
 export type { ContainerHeader, ContainerFooter } from './container/format.js';
 export { SafetensorsFile, SafetensorsMemory, type TensorReader } from './formats/safetensors-file.js';

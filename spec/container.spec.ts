@@ -1,9 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import {
-  type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeRecord, readPreambleInfo, recordCrcPrefix,
-} from '../lib/container/format.js';
+import { type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeRecord, readPreambleInfo, recordCrcPrefix } from '../lib/container/format.js';
 import { crc32 } from '../lib/core/crc32.js';
 import { ExcpError } from '../lib/core/errors.js';
 import { lzCompress, lzDecompress } from '../lib/coding/lz.js';

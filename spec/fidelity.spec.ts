@@ -19,10 +19,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadCorpus } from '../examples/train/corpus.js';
-import {
-  type CompressedRun, type ExperimentOptions, type RunCurve, type Summary,
-  excpCodec, identityCodec, runBaseline, runCompressed, summarise,
-} from '../examples/train/experiment.js';
+import { type CompressedRun, type ExperimentOptions, type RunCurve, type Summary, excpCodec, identityCodec, runBaseline, runCompressed, summarise } from '../examples/train/experiment.js';
 
 const corpus = loadCorpus();
 const EXPERIMENT: ExperimentOptions = {

@@ -2,17 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ByteReader, ByteWriter } from '../lib/core/bytes.js';
 import { ExcpError } from '../lib/core/errors.js';
-import {
-  buildDecodeTable,
-  codedBits,
-  countSymbols,
-  cumulative,
-  empiricalEntropyBits,
-  frequencyTableBytes,
-  normalizeFrequencies,
-  readFrequencies,
-  writeFrequencies,
-} from '../lib/coding/frequency.js';
+import { buildDecodeTable, codedBits, countSymbols, cumulative, empiricalEntropyBits, frequencyTableBytes, normalizeFrequencies, readFrequencies, writeFrequencies } from '../lib/coding/frequency.js';
 import { Prng } from './support/prng.js';
 
 function written(freqs: number[], precisionBits: number): Uint8Array {

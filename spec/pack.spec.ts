@@ -24,8 +24,8 @@ import { SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { ChunkEncoder } from '../lib/stream/codec.js';
 import { ContainerWriter } from '../lib/stream/container.js';
 import { ChunkSource } from '../lib/stream/source.js';
-import type { EntrySpec, Role, TensorSpec } from '../lib/core/types.js';
 import { codeOf, errorOf, sameBytes, str } from './helpers.js';
+import type { EntrySpec, Role, TensorSpec } from '../lib/model/checkpoint.js';
 
 const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 

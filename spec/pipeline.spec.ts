@@ -7,14 +7,15 @@ import assert from 'node:assert/strict';
 import { compressBuffer, restoreBuffer, compress, restore } from '../lib/api/pipeline.js';
 import { parseSafetensors, type TensorData } from '../lib/formats/safetensors.js';
 import { DTYPE_BYTES, fromFloat32, toFloat32, LOSSY_DTYPES } from '../lib/core/dtype.js';
-import { computeResidual, extractNonFinite } from '../lib/method/residual.js';
-import { pruneJoint } from '../lib/method/prune.js';
-import { dequantizeStream, expandSymbols, quantizeStream } from '../lib/method/quantize.js';
+import { dequantizeStream } from '../lib/method/quantize.js';
 import { resolveOptions } from '../lib/core/options.js';
 import { ExcpError } from '../lib/core/errors.js';
-import type { CodecOptions } from '../lib/core/types.js';
 import { chunkify, randomCheckpointPair, runThrough, sameBytes } from './helpers.js';
 import { Prng } from './support/prng.js';
+import type { CodecOptions } from '../lib/core/options.js';
+import { computeResidual, extractNonFinite } from './reference/residual.js';
+import { pruneJoint } from './reference/prune.js';
+import { expandSymbols, quantizeStream } from './reference/quantize.js';
 
 /** The method on whole arrays, chunk by chunk, no container, no coder, no streams. */
 function referenceRestore(current: Uint8Array, previous: Uint8Array | null, options: CodecOptions): Map<string, Uint8Array> {

@@ -1,10 +1,12 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { medianAbs, pruneJoint, saliencyScores, selectAbs } from '../lib/method/prune.js';
 import { fitKMeans, assignClusters } from '../lib/method/kmeans.js';
-import { quantizeStream, dequantizeStream } from '../lib/method/quantize.js';
+import { dequantizeStream } from '../lib/method/quantize.js';
 import { Prng } from './support/prng.js';
 import { PAPER_OPTIONS, resolveOptions } from '../lib/core/options.js';
+import { medianAbs, pruneJoint, saliencyScores } from './reference/prune.js';
+import { selectAbs } from '../lib/method/select.js';
+import { quantizeStream } from './reference/quantize.js';
 
 function heavy(rng: Prng, n: number, scale: number): Float32Array {
   const out = new Float32Array(n);

@@ -5,12 +5,12 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { assignClusters, fitKMeans, refineCenters, type QuantDomain } from '../lib/method/kmeans.js';
-import {
-  dequantizeNested, dequantizeStream, expandSymbols, nonzeroSymbols, quantizeGathered, quantizeStream, selectionContexts,
-} from '../lib/method/quantize.js';
+import { assignClusters, fitKMeans, refineCenters } from '../lib/method/kmeans.js';
+import { dequantizeNested, dequantizeStream, nonzeroSymbols, quantizeGathered } from '../lib/method/quantize.js';
 import { streamEntropyBits, encodePayload, type SymbolCost } from '../lib/method/payload.js';
 import { Prng } from './support/prng.js';
+import { type QuantDomain } from '../lib/core/options.js';
+import { expandSymbols, quantizeStream, selectionContexts } from './reference/quantize.js';
 
 /** The multi-pass quantizeStream this module had before it was fused. */
 function referenceQuantize(values: Float32Array, select: Uint8Array | null, bits: number, domain: QuantDomain): { centers: Float32Array; symbols: Uint8Array } {

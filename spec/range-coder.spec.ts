@@ -2,14 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ExcpError } from '../lib/core/errors.js';
 import { Prng } from './support/prng.js';
-import {
-  PROB_INIT,
-  RangeDecoder,
-  RangeEncoder,
-  createBitModels,
-  decodeBitTree,
-  encodeBitTree,
-} from '../lib/coding/range-coder.js';
+import { PROB_INIT, RangeDecoder, RangeEncoder, createBitModels, decodeBitTree, encodeBitTree } from '../lib/coding/range-coder.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 

@@ -10,9 +10,7 @@ import { parseSafetensors } from '../lib/formats/safetensors.js';
 import { learningRateAt } from '../examples/train/adamw.js';
 import { buildCorpus, loadCorpus } from '../examples/train/corpus.js';
 import { countParameters, hiddenDimFor } from '../examples/train/model.js';
-import {
-  CHECKPOINT_FORMAT, type TrainerOptions, createTrainer, createTrainerFromCheckpoint, parseParameterBudget,
-} from '../examples/train/trainer.js';
+import { CHECKPOINT_FORMAT, type TrainerOptions, createTrainer, createTrainerFromCheckpoint, parseParameterBudget } from '../examples/train/trainer.js';
 
 const corpus = loadCorpus();
 /** A model of about 10k parameters: each step takes well under a millisecond. */

@@ -13,10 +13,7 @@
  * the checkpoints look like real ones (`*.weight`, `*.bias`, norm gains).
  */
 import { Prng } from '../../spec/support/prng.js';
-import {
-  geluBackward, geluForward, layerNormBackward, layerNormForward,
-  linearBackwardInput, linearBackwardWeight, linearForward, softmaxCrossEntropy,
-} from './kernels.js';
+import { geluBackward, geluForward, layerNormBackward, layerNormForward, linearBackwardInput, linearBackwardWeight, linearForward, softmaxCrossEntropy } from './kernels.js';
 
 /** Shape of the model. */
 export interface ModelShape {

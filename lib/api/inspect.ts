@@ -5,10 +5,7 @@ import { open } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import {
-  type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, TRAILER_BYTES,
-  decodeFooter, decodeHeader, decodeTrailer, readPreamble,
-} from '../container/format.js';
+import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, TRAILER_BYTES, decodeFooter, decodeHeader, decodeTrailer, readPreamble } from '../container/format.js';
 import { ExcpError } from '../core/errors.js';
 import { entryRawBytes } from '../model/pack.js';
 import { MAX_BODY_BYTES, RECORD_FOOTER } from '../core/constants.js';

@@ -18,13 +18,13 @@ import { resolveOptions } from '../core/options.js';
 import { planFolder, planSafetensors } from '../model/plan.js';
 import { FolderCheckpoint, isDirectory } from '../formats/folder.js';
 import { FolderWriter, type FolderTargetOptions, writeFolderAtomically } from '../stream/folder-writer.js';
-import type { CodecOptions, LooseOptions } from '../core/types.js';
 import { SafetensorsFile, SafetensorsMemory, type TensorReader } from '../formats/safetensors-file.js';
 import { ChunkDecoder, ChunkEncoder } from '../stream/codec.js';
 import { ContainerReader, ContainerWriter, type TensorHashes } from '../stream/container.js';
 import { entryRawBytes } from '../model/pack.js';
 import { ChunkSource } from '../stream/source.js';
 import { SafetensorsWriter } from '../stream/writer.js';
+import type { CodecOptions, LooseOptions } from '../core/options.js';
 
 /** Options of compress. */
 export interface CompressOptions extends LooseOptions {

@@ -64,9 +64,7 @@ import { writeAtomically } from '../io/output.js';
 import { withChainLock } from './lock.js';
 import { checkKinds, checkpointOf, folderFingerprint, indexOf, readManifest, writeManifest } from './files.js';
 import { chainError, restoreChainStep, restoreChainStepToFolder } from './restore.js';
-import {
-  CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepFileName, lastFileName, checkLink, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex,
-} from './manifest.js';
+import { CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepFileName, lastFileName, checkLink, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex } from './manifest.js';
 
 export { CHAIN_LOCK } from './lock.js';
 export * from './manifest.js';

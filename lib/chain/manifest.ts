@@ -8,7 +8,7 @@ import type { ContainerFooter, ContainerHeader } from '../container/format.js';
 import { ExcpError } from '../core/errors.js';
 import { fingerprintTensors } from '../core/hash.js';
 import { resolveOptions } from '../core/options.js';
-import type { CodecOptions, LooseOptions } from '../core/types.js';
+import type { CodecOptions, LooseOptions } from '../core/options.js';
 
 /** Manifest format tag. */
 export const CHAIN_FORMAT = 'excp-chain/1';

@@ -5,7 +5,6 @@
 import type { Writable } from 'node:stream';
 import { TOOL_VERSION } from '../core/constants.js';
 import { PAPER_OPTIONS } from '../core/options.js';
-import type { LooseOptions } from '../core/types.js';
 import { ExcpError, toExcpError } from '../core/errors.js';
 import { compressTo, holdsFolder, restoreTo, restoreToFile, restoreToFolder } from '../api/pipeline.js';
 import { removeActiveTemps, spoolToFile, writeAtomically } from '../io/output.js';
@@ -14,6 +13,7 @@ import { inspectContainer, formatInspect, verifyContainer } from '../api/inspect
 import { compareCheckpoints, formatCompare, worstRelativeError } from '../api/compare.js';
 import { checkpointList } from './glob.js';
 import { appendToChain, createChain, formatChain, readManifest, restoreChainStep, restoreChainStepToFolder } from '../chain/chain.js';
+import type { LooseOptions } from '../core/options.js';
 
 const HELP = `excp ${TOOL_VERSION}: extreme compression of training checkpoints (ExCP)
 

@@ -61,9 +61,7 @@ import { ExcpError } from '../core/errors.js';
 import { PROB_INIT, RangeDecoder, RangeEncoder } from './range-coder.js';
 import { lzCompress, lzDecompress } from './lz.js';
 import { estimate, K_ORDER0, K_PREV, K_RAW, K_UPPER } from './exact-plan.js';
-import {
-  joinPlanes, packLowBits, planesOf, rotateTop, T_LZ, T_LZ2, T_LZ2_XOR, T_LZ_XOR, T_NONE, T_STORED, T_SUB, T_XOR, unpackLowBits, unrotateTop,
-} from './exact-planes.js';
+import { joinPlanes, packLowBits, planesOf, rotateTop, T_LZ, T_LZ2, T_LZ2_XOR, T_LZ_XOR, T_NONE, T_STORED, T_SUB, T_XOR, unpackLowBits, unrotateTop } from './exact-planes.js';
 
 /** Dtypes this module is tested on (every safetensors dtype works through its width). */
 export type ExactDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';

@@ -61,10 +61,7 @@
  */
 import { ExcpError } from '../core/errors.js';
 import { RangeDecoder, RangeEncoder, decodeBitTree, encodeBitTree } from './range-coder.js';
-import {
-  MAX_MATCH, MIN_MATCH, Models, afterLiteral, afterMatch, afterRep, afterShortRep, bitPrice, decodeDistance, decodeLength,
-  decodeMatchedLiteral, encodeDistance, encodeLength, encodeMatchedLiteral, lastWasLiteral, literalPrice, moveRepToFront, pushRep,
-} from './lz-models.js';
+import { MAX_MATCH, MIN_MATCH, Models, afterLiteral, afterMatch, afterRep, afterShortRep, bitPrice, decodeDistance, decodeLength, decodeMatchedLiteral, encodeDistance, encodeLength, encodeMatchedLiteral, lastWasLiteral, literalPrice, moveRepToFront, pushRep } from './lz-models.js';
 import { MatchFinder, distanceCost, matchLength } from './lz-match.js';
 
 /** The variant lzCompress writes by default. */

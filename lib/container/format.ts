@@ -30,7 +30,8 @@ import { decodeFooterBody, encodeFooterBody } from './footer.js';
 import { decodeHeaderBody, encodeHeaderBody } from './header.js';
 import { validateHeader } from './validate.js';
 import { END_MAGIC, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, RECORD_CHUNK, RECORD_FOOTER } from '../core/constants.js';
-import type { CodecOptions, EntrySpec, TensorSpec } from '../core/types.js';
+import type { CodecOptions } from '../core/options.js';
+import type { EntrySpec, TensorSpec } from '../model/checkpoint.js';
 
 /** How restore lays tensors out into files. */
 export type FileSpec =

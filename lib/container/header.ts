@@ -9,13 +9,10 @@
 import { ByteReader, ByteWriter } from '../core/bytes.js';
 import { type DType, elementCount } from '../core/dtype.js';
 import { MAX_TENSORS } from '../core/constants.js';
-import {
-  base64ToBytes, bytesToBase64, corrupt, pack, readBytes, readCount, readIndices, readJson, readOptional, readString, strictUtf8,
-  unpack, unzigzag, utf8, writeIndices, writeOptional, writeString, zigzag,
-} from './fields.js';
+import { base64ToBytes, bytesToBase64, corrupt, pack, readBytes, readCount, readIndices, readJson, readOptional, readString, strictUtf8, unpack, unzigzag, utf8, writeIndices, writeOptional, writeString, zigzag } from './fields.js';
 import type { ContainerHeader, FileSpec } from './format.js';
-import type { EntrySpec, Role, TensorSpec } from '../core/types.js';
 import { entryTensors } from '../model/pack.js';
+import type { EntrySpec, Role, TensorSpec } from '../model/checkpoint.js';
 
 /** Entry flag of a pack (lib/pack.ts): member count and members follow. */
 const PACK = 64;

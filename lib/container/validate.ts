@@ -11,7 +11,7 @@ import { ExcpError } from '../core/errors.js';
 import { MAX_CHUNK_ELEMENTS, MAX_TENSORS, MIN_CHUNK_ELEMENTS } from '../core/constants.js';
 import type { ContainerHeader } from './format.js';
 import { entryTensors } from '../model/pack.js';
-import type { Role } from '../core/types.js';
+import type { Role } from '../model/checkpoint.js';
 
 const ROLES: ReadonlySet<Role> = new Set<Role>(['weight', 'exp_avg', 'exp_avg_sq', 'plain']);
 

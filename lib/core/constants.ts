@@ -1,7 +1,6 @@
 /**
- * Format constants, default options and hard limits.
+ * Format constants and hard limits.
  */
-import type { CodecOptions } from './types.js';
 
 /** First 8 bytes of every container: high bit set and CR LF SUB LF catch text-mode mangling (the PNG trick). */
 export const MAGIC = Uint8Array.from([0x89, 0x45, 0x58, 0x43, 0x50, 0x0d, 0x0a, 0x1a]);
@@ -15,25 +14,6 @@ export const TOOL_VERSION = '0.1.0';
 /** Record types. */
 export const RECORD_CHUNK = 1;
 export const RECORD_FOOTER = 2;
-
-/**
- * The method's defaults. beta is the paper's; alpha is the paper's but only
- * used by weightRule 'paper'. The default weight rule keeps a fixed share of
- * dW (30%) whatever the gradient scale, and codes with 2 bits (3 centers):
- * on the fidelity experiment this is 54x at a +0.3..+0.7% loss gap, where
- * the paper's rule is 18x (alpha 5e-5) or 48x at +1.5% (alpha 1e-3). README, "Fidelity".
- */
-export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze({
-  alpha: 5e-5,
-  weightRule: 'magnitude',
-  keep: 0.3,
-  beta: 2.0,
-  bits: 2,
-  lossless: false,
-  chunkElements: 1 << 20,
-  vFill: 'mean',
-  vDomain: 'log',
-});
 
 /** Largest header or footer body accepted, stored or decoded (version 1: its JSON). */
 export const MAX_BODY_BYTES = 64 * 1024 * 1024;

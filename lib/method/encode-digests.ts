@@ -1,5 +1,5 @@
 /**
- * Pass 5 of the fused encoder (lib/fused.ts): the digests of the bytes
+ * Pass 5 of the encoder (lib/method/encode.ts): the digests of the bytes
  * restore will produce for an F32 chunk, made block by block from the
  * gather's slots and hashed while in cache. Apart from the gathering passes
  * because it mirrors the decoder (reconstructInto) rather than the pruning

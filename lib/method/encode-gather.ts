@@ -1,8 +1,8 @@
 /**
- * Passes 1 to 3 of the fused encoder (lib/fused.ts explains the passes and
+ * Passes 1 to 3 of the encoder (lib/method/encode.ts explains the passes and
  * the V8 measurements behind their shape): the residual with the |dW|
  * histogram and the moment sums, then pruning and gathering of dW, m and v,
- * branch-free. Apart from fused.ts because these loops are the part tuned
+ * branch-free. Apart from encode.ts because these loops are the part tuned
  * against micro-benchmarks, and read best without the chunk plumbing around
  * them.
  */
@@ -36,9 +36,18 @@ export function residualPass(
   }
   const rbits = new Int32Array(residual.buffer, residual.byteOffset, n);
   for (let i = 0; i < n; i++) top[(rbits[i]! & 0x7fffffff) >>> 16]!++;
+  momentPass(m, v, mExc, vExc, sums);
+}
+
+/**
+ * The moments' part of pass 1 (a keyframe's whole pass 1): sums receives
+ * sum |m| and sum |v| (non-finite as 0), the exception lists their positions.
+ */
+export function momentPass(m: Float32Array, v: Float32Array, mExc: number[], vExc: number[], sums: Float64Array): void {
+  const n = m.length;
   let sumM = 0;
   let sumV = 0;
-  bad = 0;
+  let bad = 0;
   for (let i = 0; i < n; i++) {
     const x = m[i]!;
     const y = v[i]!;
@@ -52,6 +61,37 @@ export function residualPass(
   }
   sums[0] = sumM;
   sums[1] = sumV;
+}
+
+/**
+ * The scores of the rule `saliency`, |dW| sqrt(v) as float32 (a v that is
+ * not finite and > 0 scores 0), with the top-bits histogram of the scores
+ * for the selection of r_w.
+ */
+export function saliencyPass(residual: Float32Array, v: Float32Array, score: Float32Array, top: Int32Array): void {
+  const n = residual.length;
+  for (let i = 0; i < n; i++) {
+    const y = v[i]!;
+    score[i] = y > 0 && y - y === 0 ? Math.abs(residual[i]!) * Math.sqrt(y) : 0;
+  }
+  const sbits = new Int32Array(score.buffer, score.byteOffset, n);
+  for (let i = 0; i < n; i++) top[(sbits[i]! & 0x7fffffff) >>> 16]!++;
+}
+
+/**
+ * Pass 2 under a score (the rule `saliency`): gathers the dW whose score is
+ * above rw and dW != 0, branch-free. counts[0] receives how many.
+ */
+export function gatherScoredWeights(residual: Float32Array, score: Float32Array, rw: number, nzW: Float32Array, slotW: Int32Array, counts: Float64Array): void {
+  const n = residual.length;
+  let nw = 0;
+  for (let i = 0; i < n; i++) {
+    const d = residual[i]!;
+    nzW[nw] = d;
+    slotW[nw] = i;
+    nw += +(score[i]! > rw) & +(d !== 0);
+  }
+  counts[0] = nw;
 }
 
 /** sum |x| in order with non-finite values as 0, and their positions. */

@@ -1,13 +1,15 @@
 /**
- * The encoder's common chunk in a few fused passes: a lossy weight coded
- * against a base, with lossy moments, under the weight rules `paper` and
- * `magnitude` (the default). Passes 1 to 4 below read float32 (views of F32
- * input; BF16 and F16 are converted first, as the staged path does); pass 5
- * is for F32 (other dtypes restore through lib/codec.ts's reconstruct). It produces exactly the bytes of the
- * stage-by-stage composition in lib/codec.ts (residual, extractNonFinite,
- * pruneJoint, three quantizeStream, reconstruct, hash), which stays the
- * definition and the path of every other chunk; spec/fused.spec.ts checks
- * the two against each other.
+ * The method's encoder (ExCP, arXiv 2406.11257, sections 3.1-3.3): every
+ * chunk with lossy moments, in a few fused passes. A residual chunk codes a
+ * lossy weight against its base under the rule `paper`, `magnitude` (the
+ * default) or `saliency`; a keyframe chunk (exact weight) prunes its moments
+ * alone, as if every dW were kept. Passes 1 to 4 below read float32 (views
+ * of F32 input; BF16 and F16 are converted first); pass 5 is for F32 (other
+ * dtypes and keyframes restore through lib/method/reconstruct.ts). It
+ * produces exactly the bytes of the stage-by-stage composition of the
+ * method (residual, extractNonFinite, pruneJoint, three quantizeStream,
+ * reconstruct, hash) that spec/reference/ keeps as its definition;
+ * spec/fused.spec.ts checks the two against each other.
  *
  * The stage-by-stage path runs about fifteen passes over the chunk, with
  * float copies of m, v and the restored tensors. Here:
@@ -31,74 +33,97 @@
  * pushes to an array made a summing loop 3x slower; and hot loops run in
  * the interpreter until compiled, which the warm-up at the end shortens.
  *
- * Passes 1 to 3 are in fused-gather.ts and pass 5 in fused-digests.ts; this
- * module decides whether a chunk qualifies and runs the passes in order.
+ * Passes 1 to 3 are in encode-gather.ts and pass 5 in encode-digests.ts;
+ * this module runs the passes in order.
  */
-import { DEFAULT_OPTIONS } from '../core/constants.js';
+import { DTYPE_BYTES, LOSSY_DTYPES } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
 import { hashBytes } from '../core/hash.js';
-import { keepRank, paperFactor, selectAbsFrom } from './prune.js';
+import type { CodecOptions } from '../core/options.js';
+import { Scratch } from '../core/scratch.js';
+import { encodeExact } from '../coding/exact.js';
+import { keepRank, paperFactor, selectAbsFrom } from './select.js';
 import { quantizeGathered } from './quantize.js';
 import { type ChunkCode, type SymbolCost, encodePayload, entropyOfJoint } from './payload.js';
-import { type ChunkLayout, type EncodedChunk, pickExceptions, reconstructChunk, restoredDigests } from './codec.js';
-import { DTYPE_BYTES, LOSSY_DTYPES } from '../core/dtype.js';
-import type { ChunkInput, CodecOptions } from '../core/types.js';
-import { Scratch } from '../core/scratch.js';
-import { gatherMoments, gatherTopWeights, gatherWeights, residualPass } from './encode-gather.js';
+import { type ChunkInput, type ChunkLayout, type EncodedChunk, pickExceptions, reconstructChunk, reconstructInto, restoredDigests } from './reconstruct.js';
+import { gatherMoments, gatherScoredWeights, gatherTopWeights, gatherWeights, momentPass, residualPass, saliencyPass } from './encode-gather.js';
 import { restoredDigestsF32 } from './encode-digests.js';
+import { DEFAULT_OPTIONS } from '../core/options.js';
 
 /**
- * Code a chunk by the fused passes when it is of the common kind.
- * @param layout the entry's dtypes and modes
+ * Code a chunk with lossy moments: a residual (lossy weight against the
+ * base) or a keyframe chunk (exact weight).
+ * @param layout the entry's dtypes and modes (lossy moments)
  * @param input raw element bytes of the chunk
  * @param options method options
- * @returns the encoded chunk (the same as encodeChunk's), or null when the chunk is of another kind
+ * @returns the encoded chunk
+ * @throws ExcpError ERR_INVALID_ARG when the layout or the buffers do not describe such a chunk
  */
-export function encodeFused(layout: ChunkLayout, input: ChunkInput, options: CodecOptions): EncodedChunk | null {
+export function encodeLossy(layout: ChunkLayout, input: ChunkInput, options: CodecOptions): EncodedChunk {
   if (!warmedUp) warmUp();
-  const rule = options.weightRule ?? 'paper';
   const { base, expAvg, expAvgSq } = input;
   const wd = layout.weightDtype;
   const md = layout.momentDtype;
-  if (!LOSSY_DTYPES.has(wd) || md === null || !LOSSY_DTYPES.has(md) || layout.exactWeight || layout.exactMoments || !layout.base) return null;
-  if (!base || !expAvg || !expAvgSq || (rule !== 'paper' && rule !== 'magnitude')) return null;
+  const keyframe = layout.exactWeight;
+  const invalid = (what: string): never => {
+    throw new ExcpError('ERR_INVALID_ARG', `codec: ${what}`);
+  };
+  if (md === null || !LOSSY_DTYPES.has(md) || layout.exactMoments || !expAvg || !expAvgSq) invalid('lossy moments need float moments');
+  if (!keyframe && (!LOSSY_DTYPES.has(wd) || !layout.base || !base)) invalid('a lossy weight needs a float weight and its base');
   const eb = DTYPE_BYTES[wd];
-  const mb = DTYPE_BYTES[md];
+  const mb = DTYPE_BYTES[md!];
   const n = input.weight.length / eb;
-  if (n === 0 || !Number.isInteger(n) || base.length !== n * eb || expAvg.length !== n * mb || expAvgSq.length !== n * mb) return null;
-
-  const baseDigest = hashBytes(base);
-  const cur = work.readFloat32(input.weight, wd, SLOT_CUR, n);
-  const bas = work.readFloat32(base, wd, SLOT_BASE, n);
-  const m = work.readFloat32(expAvg, md, SLOT_M, n);
-  const v = work.readFloat32(expAvgSq, md, SLOT_V, n);
-
-  // Pass 1: residual (non-finite -> exception, 0), |dW| top-bits histogram, sum |m|, sum |v|.
-  const residual = work.f32(SLOT_RESIDUAL, n);
-  const top = topHistogram.fill(0);
-  const wExc: number[] = [];
+  if (!Number.isInteger(n) || (layout.base && base!.length !== n * eb) || expAvg!.length !== n * mb || expAvgSq!.length !== n * mb) invalid('chunk buffers of different element counts');
+  const baseDigest = layout.base ? hashBytes(base!) : null;
+  const m = work.readFloat32(expAvg!, md!, SLOT_M, n);
+  const v = work.readFloat32(expAvgSq!, md!, SLOT_V, n);
   const mExc: number[] = [];
   const vExc: number[] = [];
-  residualPass(cur, bas, m, v, residual, top, wExc, mExc, vExc, sums);
-  const sumM = sums[0]!;
-  const sumV = sums[1]!;
 
-  // Passes 2 and 3: prune and gather, branch-free (kept and pruned mix at
-  // random). dW is kept where |dW| > r_w and dW != 0; m and v where that
-  // holds and |m| > r_o. The slot of a gathered value is its index among the
-  // positions its stream is coded at: all (dW), kept dW (m), kept m (v).
-  // The thresholds are pruneJoint's (the paper's rule runs the selection's
-  // second pass over the whole chunk: its r_w is not a value of the chunk).
+  // The positions dW is kept at, gathered (slotW[t] is the t-th); a keyframe
+  // keeps every position (its weight is exact).
   const nzW = work.f32(SLOT_NZ_W, n);
   const slotW = work.i32(SLOT_SLOT_W, n);
-  if (rule === 'paper') {
-    gatherWeights(residual, selectAbsFrom(residual, (n - 1) >> 1, top) * paperFactor(sumV / n, options.alpha), nzW, slotW, counts);
+  let cur: Float32Array | null = null;
+  let bas: Float32Array | null = null;
+  const wExc: number[] = [];
+  if (keyframe) {
+    momentPass(m, v, mExc, vExc, sums);
+    for (let i = 0; i < n; i++) slotW[i] = i;
+    counts[0] = n;
   } else {
+    cur = work.readFloat32(input.weight, wd, SLOT_CUR, n);
+    bas = work.readFloat32(base!, wd, SLOT_BASE, n);
+    // Pass 1: residual (non-finite -> exception, 0), |dW| top-bits histogram, sum |m|, sum |v|.
+    const residual = work.f32(SLOT_RESIDUAL, n);
+    const top = topHistogram.fill(0);
+    residualPass(cur, bas, m, v, residual, top, wExc, mExc, vExc, sums);
+    // Pass 2: prune and gather dW, branch-free (kept and pruned mix at
+    // random). dW is kept where its score (|dW|, or |dW| sqrt(v) for
+    // `saliency`) is above r_w and dW != 0. The thresholds are the method's
+    // (the paper's rule runs the selection's second pass over the whole
+    // chunk: its r_w is not a value of the chunk).
+    const rule = options.weightRule ?? 'paper';
     const keep = options.keep ?? DEFAULT_OPTIONS.keep;
-    if (keep >= 1) gatherWeights(residual, 0, nzW, slotW, counts);
-    else gatherTopWeights(residual, keepRank(n, keep), top, nzW, slotW, counts);
+    if (rule === 'paper') {
+      gatherWeights(residual, n ? selectAbsFrom(residual, (n - 1) >> 1, top) * paperFactor(sums[1]! / n, options.alpha) : 0, nzW, slotW, counts);
+    } else if (rule === 'saliency') {
+      const score = work.f32(SLOT_SCORE, n);
+      const scoreTop = topHistogram.fill(0);
+      saliencyPass(residual, v, score, scoreTop);
+      gatherScoredWeights(residual, score, keep >= 1 || n === 0 ? 0 : selectAbsFrom(score, keepRank(n, keep), scoreTop), nzW, slotW, counts);
+    } else if (keep >= 1 || n === 0) {
+      gatherWeights(residual, 0, nzW, slotW, counts);
+    } else {
+      gatherTopWeights(residual, keepRank(n, keep), top, nzW, slotW, counts);
+    }
   }
+  const sumM = sums[0]!;
   const ro = options.beta * (sumM / n);
-  // The moments are gathered among the kept dW only: arrays of that size do.
+
+  // Pass 3: m and v where dW was kept and |m| > r_o, gathered; the slot of a
+  // gathered value is its index among the positions its stream is coded at:
+  // kept dW (m), kept m (v). Arrays of the kept dW's size do.
   const nw = counts[0]!;
   const nzM = work.f32(SLOT_NZ_M, nw);
   const slotM = work.i32(SLOT_SLOT_M, nw);
@@ -113,28 +138,30 @@ export function encodeFused(layout: ChunkLayout, input: ChunkInput, options: Cod
 
   // Pass 4: k-means and assignment over the gathered values; the nonzero
   // symbols come out in order, and they are the contexts of the next stream.
-  const wOrdered = work.u8(SLOT_ORDER_W, nw);
   const mOrdered = work.u8(SLOT_ORDER_M, nm);
-  const wMembers = new Float64Array(256);
-  const wq = quantizeGathered(nzW.subarray(0, nw), slotW, n, options.bits, 'linear', wOrdered, wMembers);
-  // m is coded where dW was kept: nw positions, of which the nm gathered are nonzero.
   const mq = quantizeGathered(nzM.subarray(0, nm), slotM, nw, options.bits, 'linear', mOrdered);
   const vq = quantizeGathered(nzV.subarray(0, nv), slotV, nm, options.bits, options.vDomain);
+  const moments = { m: mq, v: vq, vFill, mExceptions: pickExceptions(expAvg!, mExc, mb), vExceptions: pickExceptions(expAvgSq!, vExc, mb) };
+  const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
 
-  const weightExceptions = pickExceptions(input.weight, wExc, eb);
-  const mExceptions = pickExceptions(expAvg, mExc, mb);
-  const vExceptions = pickExceptions(expAvgSq, vExc, mb);
-  const code: ChunkCode = {
-    baseDigest,
-    weight: { residual: wq, exceptions: weightExceptions },
-    moments: { m: mq, v: vq, vFill, mExceptions, vExceptions },
-  };
+  if (keyframe) {
+    const code: ChunkCode = { baseDigest, weight: { exact: encodeExact(input.weight, wd, layout.base ? base! : undefined) }, moments };
+    // Exact means equal: the weight's digest is of the input bytes.
+    const digests = restoredDigests(reconstructInto(layout, code, n, base, input.weight, null, null, true));
+    const payload = encodePayload(code, n, cost, { vContexts: mOrdered });
+    return { payload, digests, baseDigest, stats: { elements: n, keptWeights: n, keptMoments: nm, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
+  }
+
+  const wOrdered = work.u8(SLOT_ORDER_W, nw);
+  const wMembers = new Float64Array(256);
+  // dW is coded at every position (count n), m where dW was kept.
+  const wq = quantizeGathered(nzW.subarray(0, nw), slotW, n, options.bits, 'linear', wOrdered, wMembers);
+  const code: ChunkCode = { baseDigest, weight: { residual: wq, exceptions: pickExceptions(input.weight, wExc, eb) }, moments };
   // Pass 5. F32 restores to the float32 words themselves; other dtypes
   // through the decoder's reconstruct (fresh arrays, as restore makes them).
   const digests = wd !== 'F32' || md !== 'F32'
     ? restoredDigests(reconstructChunk(layout, code, n, base, null, null, null))
-    : restoredDigestsF32(n, bas, slotW, slotM, nw, nm, wOrdered, wq.centers, mq.symbols, mq.centers, vq.symbols, vq.centers, vFill, cur, m, v, wExc, mExc, vExc);
-  const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
+    : restoredDigestsF32(n, bas!, slotW, slotM, nw, nm, wOrdered, wq.centers, mq.symbols, mq.centers, vq.symbols, vq.centers, vFill, cur!, m, v, wExc, mExc, vExc);
   // The weight symbols' counts are the members of each center, and zeros elsewhere.
   const wCounts = new Float64Array(256);
   wCounts[0] = n - nw;
@@ -164,6 +191,7 @@ const SLOT_NZ_V = 9;
 const SLOT_SLOT_V = 10;
 const SLOT_ORDER_W = 11;
 const SLOT_ORDER_M = 12;
+const SLOT_SCORE = 13;
 const work = new Scratch();
 const topHistogram = new Int32Array(1 << 16);
 
@@ -198,8 +226,8 @@ function warmUp(): void {
   // Best effort: an error here would come again, reported, from the real
   // chunk that triggered the warm-up, so it is not thrown from here.
   try {
-    for (let r = 0; r < 8; r++) encodeFused(warmLayout, input, { ...DEFAULT_OPTIONS });
-    encodeFused(warmLayout, input, { ...DEFAULT_OPTIONS, bits: 4, vDomain: 'linear', weightRule: 'paper' });
+    for (let r = 0; r < 8; r++) encodeLossy(warmLayout, input, { ...DEFAULT_OPTIONS });
+    encodeLossy(warmLayout, input, { ...DEFAULT_OPTIONS, bits: 4, vDomain: 'linear', weightRule: 'paper' });
   } catch {
     // nothing to do: see above
   }

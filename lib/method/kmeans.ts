@@ -22,7 +22,9 @@
  * geometric midpoints.
  */
 
-export type QuantDomain = 'linear' | 'log';
+import type { QuantDomain } from '../core/options.js';
+
+export type { QuantDomain };
 
 const BINS_PER_SIGN = 2048;
 const MAX_ITERATIONS = 60;

@@ -12,7 +12,7 @@ import { ExcpError } from '../core/errors.js';
 import { decodeSymbols, encodeSymbols } from '../coding/symbols.js';
 import { decodeSymbolsV1 } from '../coding/symbols-v1.js';
 import { type QuantizedStream, nonzeroSymbols } from './quantize.js';
-import type { QuantDomain } from './kmeans.js';
+import type { QuantDomain } from '../core/options.js';
 
 /** Exact values at positions the lossy path cannot code (NaN, infinities). */
 export interface Exceptions {

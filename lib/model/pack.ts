@@ -21,7 +21,7 @@
  * packing.
  */
 import { DTYPE_BYTES, byteSize, elementCount } from '../core/dtype.js';
-import type { EntrySpec, Role, TensorSpec } from '../core/types.js';
+import type { EntrySpec, Role, TensorSpec } from './checkpoint.js';
 
 /**
  * Multi-byte tensors up to this many elements are packed: below it the

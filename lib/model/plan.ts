@@ -11,7 +11,8 @@ import type { ContainerHeader, FileSpec } from '../container/format.js';
 import { TOOL_VERSION } from '../core/constants.js';
 import { packEntries } from './pack.js';
 import { ExcpError } from '../core/errors.js';
-import type { CodecOptions, EntrySpec, Role, TensorSpec } from '../core/types.js';
+import type { CodecOptions } from '../core/options.js';
+import type { EntrySpec, Role, TensorSpec } from './checkpoint.js';
 
 /** A tensor as a plan needs it. */
 export interface PlanTensor {

@@ -14,7 +14,8 @@ import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { ExcpError, type ErrorCode } from '../core/errors.js';
 import type { ChunkLayout, DecodedChunk, EncodedChunk } from '../method/codec.js';
-import type { ChunkInput, CodecOptions } from '../core/types.js';
+import type { ChunkInput } from '../method/reconstruct.js';
+import type { CodecOptions } from '../core/options.js';
 
 /** A request to a worker. */
 export type WorkerRequest =

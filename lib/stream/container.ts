@@ -3,11 +3,7 @@
  * header, chunk records, footer), the framing stage of spec/FORMAT.md.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import {
-  type ContainerFooter, type ContainerHeader, type FooterEntry, HEAD_FIXED_BYTES, TRAILER_BYTES,
-  chunkCount, decodeFooter, decodeHeader, decodeTrailer, encodeHead, encodeRecord, encodeTail,
-  maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix,
-} from '../container/format.js';
+import { type ContainerFooter, type ContainerHeader, type FooterEntry, HEAD_FIXED_BYTES, TRAILER_BYTES, chunkCount, decodeFooter, decodeHeader, decodeTrailer, encodeHead, encodeRecord, encodeTail, maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix } from '../container/format.js';
 import { FORMAT_VERSION, RECORD_CHUNK, RECORD_FOOTER, MAX_BODY_BYTES } from '../core/constants.js';
 import { ExcpError } from '../core/errors.js';
 import { Hasher, fingerprintTensors } from '../core/hash.js';

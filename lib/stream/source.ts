@@ -9,10 +9,11 @@ import { DTYPE_BYTES } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import type { ContainerHeader } from '../container/format.js';
 import type { TensorInfo } from '../formats/safetensors.js';
-import type { ChunkInput, EntrySpec } from '../core/types.js';
 import type { TensorReader } from '../formats/safetensors-file.js';
 import { BufferRecycler } from '../pool/pool.js';
 import { entryRawBytes, entryTensors } from '../model/pack.js';
+import type { ChunkInput } from '../method/reconstruct.js';
+import type { EntrySpec } from '../model/checkpoint.js';
 
 /** One unit of work for the encoder. */
 export interface ChunkJob {

@@ -1,31 +1,23 @@
 /**
- * Stage 3 (pure): weight-momentum joint shrinking.
+ * Reference (spec only): the method's joint pruning stage by stage, as the
+ * paper and its reference code define it. lib/method/encode.ts implements
+ * the same in fused passes; spec/fused.spec.ts checks the two agree.
  *
  * ExCP (arXiv 2406.11257), section 3.2 and the reference code:
  * - weight residual: keep dW[i] where |dW[i]| > r_w,
  *   r_w = median(|dW|) * min(2.5, alpha / sqrt(mean(v)));
  * - moments: keep m[i], v[i] where |m[i]| > r_o = beta * mean(|m|) AND dW[i]
  *   was kept (for a keyframe, which has no residual, only the first test).
- * Statistics are taken per chunk (see spec/FORMAT.md, "Chunks").
  *
- * `weightRule` chooses how dW is pruned (the moment rule is the same for all):
- * - `paper`: the formula above. Its factor alpha / sqrt(mean v) depends on
- *   the gradient scale, so one alpha does not carry across models;
- * - `magnitude`: keep the `keep` share of the chunk's largest |dW[i]|;
- * - `saliency`: keep the `keep` share of the largest |dW[i]| * sqrt(v[i]),
- *   the loss increase of undoing dW[i] in the diagonal-Fisher (v ~ E[g^2])
- *   approximation: 1/2 v[i] dW[i]^2. Free of the gradient and weight scale.
- *
- * Pruned entries become exact zeros in the arrays, so downstream "kept" is
- * simply "nonzero": a kept dW has |dW| > r_w >= 0 and a kept m has |m| > r_o
- * >= 0, hence both are nonzero.
+ * `weightRule`: `paper` (the formula), `magnitude` (the `keep` share of the
+ * largest |dW|), `saliency` (the `keep` share of the largest |dW| sqrt(v)).
+ * Pruned entries become exact zeros in the arrays.
  */
-
-import { DEFAULT_OPTIONS } from '../core/constants.js';
+import { keepRank, paperFactor, selectAbs } from '../../lib/method/select.js';
+import { DEFAULT_OPTIONS } from '../../lib/core/options.js';
 
 /** Counts of what survived. */
 export interface PruneResult {
-  /** r_w: on |dW| (rules `paper`, `magnitude`) or on |dW| * sqrt(v) (`saliency`). */
   weightThreshold: number;
   momentThreshold: number;
   keptWeights: number;
@@ -33,58 +25,6 @@ export interface PruneResult {
   /** Value restored at pruned v positions (0 for the paper's behaviour). */
   vFill: number;
 }
-
-const HIST_BINS = 1 << 16;
-const histogram = new Int32Array(HIST_BINS);
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/**
- * The k-th smallest |x| (0-based), exactly, in two passes: a histogram of the
- * top 16 bits of |x| (monotone in |x| for finite floats) finds the bin, then
- * a histogram of the low 16 bits of the values in that bin finds the value.
- * @param values finite float32 values
- * @param k rank, 0 <= k < length
- * @returns the k-th smallest absolute value
- */
-export function selectAbs(values: Float32Array, k: number): number {
-  const n = values.length;
-  if (n === 0) return 0;
-  histogram.fill(0);
-  const bits = new Uint32Array(values.buffer, values.byteOffset, n);
-  for (let i = 0; i < n; i++) histogram[(bits[i]! & 0x7fffffff) >>> 16]!++;
-  return selectAbsFrom(values, k, histogram);
-}
-
-/**
- * selectAbs given its first pass: `top[b]` is the number of values whose
- * top 16 bits of |x| are b (an encoder that already reads every value fills
- * it on the way). Only the second pass is left.
- * @param values finite float32 values (non-empty)
- * @param k rank, 0 <= k < length
- * @param top the 65536-bin histogram of (bits(x) & 0x7fffffff) >>> 16
- * @returns the k-th smallest absolute value
- */
-export function selectAbsFrom(values: Float32Array, k: number, top: ArrayLike<number>): number {
-  const n = values.length;
-  const bits = new Uint32Array(values.buffer, values.byteOffset, n);
-  let bin = 0;
-  let below = 0;
-  while (below + top[bin]! <= k) below += top[bin++]!;
-  // Second pass: the low 16 bits of the values in that bin settle the rank
-  // exactly, with no sort (a chunk of zeros puts every value in one bin).
-  const low16 = lowHistogram.fill(0);
-  for (let i = 0; i < n; i++) {
-    const b = bits[i]! & 0x7fffffff;
-    if (b >>> 16 === bin) low16[b & 0xffff]!++;
-  }
-  let low = 0;
-  while (below + low16[low]! <= k) below += low16[low++]!;
-  u32[0] = (bin << 16) | low;
-  return f32[0]!;
-}
-
-const lowHistogram = new Int32Array(HIST_BINS);
 
 /**
  * median(|x|) as torch.median defines it: the lower middle value.
@@ -115,27 +55,6 @@ export function meanAbs(values: Float32Array): number {
  */
 export function weightThreshold(residual: Float32Array, meanV: number, alpha: number): number {
   return medianAbs(residual) * paperFactor(meanV, alpha);
-}
-
-/**
- * The factor of the rule `paper`: r_w = median(|dW|) * this.
- * @param meanV mean of v over the chunk
- * @param alpha the method's alpha (> 0)
- * @returns min(2.5, alpha / sqrt(meanV)), or 2.5 when meanV is 0
- */
-export function paperFactor(meanV: number, alpha: number): number {
-  return meanV > 0 ? Math.min(2.5, alpha / Math.sqrt(meanV)) : 2.5;
-}
-
-/**
- * The rank of r_w under the rules that keep a share (`magnitude`,
- * `saliency`): the scores strictly above the score of this rank are kept.
- * @param n values in the chunk (> 0)
- * @param keep share kept, (0, 1]
- * @returns floor((1 - keep) * n), clamped to 0..n - 1
- */
-export function keepRank(n: number, keep: number): number {
-  return Math.min(n - 1, Math.max(0, Math.floor((1 - keep) * n)));
 }
 
 /** How the weight residual is pruned (see the file comment). */

@@ -1,0 +1,210 @@
+/**
+ * Decoding side of the chunk codec (pure): a chunk's streams back into
+ * tensor bytes, and the digests of those bytes. The encoder runs the same
+ * functions (or, for F32 chunks, lib/method/encode-digests.ts, checked
+ * against them), so the fingerprint recorded at compression is of exactly
+ * what restore will produce.
+ */
+import { type DType, DTYPE_BYTES, fromFloat32, toFloat32 } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
+import { hashBytes } from '../core/hash.js';
+import { Scratch } from '../core/scratch.js';
+import { decodeExact } from '../coding/exact.js';
+import { dequantizeNested, dequantizeStream } from './quantize.js';
+import type { ChunkCode, Exceptions } from './payload.js';
+
+/** Raw element bytes of one chunk of an entry, as read from the checkpoint. */
+export interface ChunkInput {
+  weight: Uint8Array;
+  base: Uint8Array | null;
+  expAvg: Uint8Array | null;
+  expAvgSq: Uint8Array | null;
+}
+
+/** Per-chunk statistics, summed per entry into the footer. */
+export interface ChunkStats {
+  elements: number;
+  keptWeights: number;
+  keptMoments: number;
+  /** Empirical entropy of the chunk's coded symbols, in bits (lossy chunks; 0 otherwise). */
+  entropyBits?: number;
+  /** Bits of the chunk's coded symbol streams, tables included (lossy chunks; 0 otherwise). */
+  symbolBits?: number;
+}
+
+/** What the chunk codec must know about an entry. */
+export interface ChunkLayout {
+  weightDtype: DType;
+  /** dtype of both moments, or null for an entry without optimizer state. */
+  momentDtype: DType | null;
+  exactWeight: boolean;
+  exactMoments: boolean;
+  /** The weight is coded against a base tensor. */
+  base: boolean;
+  /** A format 1 container: symbol streams use the range coder (lib/symbols-v1.ts), not rANS. */
+  legacySymbols?: boolean;
+  /**
+   * A pack (lib/pack.ts): byte lengths of its non-empty members, in order.
+   * The weight's digest is then one per member, so a member's tensor hash
+   * is what it would be unpacked.
+   */
+  pieces?: number[];
+}
+
+/** Restored bytes of a chunk, per tensor of the entry. */
+export interface RestoredChunk {
+  weight: Uint8Array;
+  expAvg: Uint8Array | null;
+  expAvgSq: Uint8Array | null;
+}
+
+/** A decoded chunk with the digests of its restored bytes. */
+export interface DecodedChunk extends RestoredChunk {
+  digests: string[];
+}
+
+/** Result of coding a chunk. */
+export interface EncodedChunk {
+  payload: Uint8Array;
+  /** Digests of the restored bytes (weight, m, v), for the fingerprint. */
+  digests: string[];
+  baseDigest: string | null;
+  stats: ChunkStats;
+}
+
+/**
+ * Digests of restored bytes (weight, then m and v when present; a pack's
+ * weight per piece): the per-chunk input of the fingerprints, computed where
+ * the bytes are made (in the worker) rather than again on the main thread.
+ */
+export function restoredDigests(restored: RestoredChunk, pieces?: readonly number[]): string[] {
+  if (pieces) {
+    let at = 0;
+    return pieces.map((length) => hashBytes(restored.weight.subarray(at, (at += length))));
+  }
+  const digests = [hashBytes(restored.weight)];
+  if (restored.expAvg) digests.push(hashBytes(restored.expAvg));
+  if (restored.expAvgSq) digests.push(hashBytes(restored.expAvgSq));
+  return digests;
+}
+
+/*
+ * Per-thread scratch for restored floats that are only hashed (the encoder)
+ * or converted (dtypes other than F32).
+ */
+const SCRATCH_M = 0;
+const SCRATCH_V = 1;
+const SCRATCH_WEIGHT = 2;
+const work = new Scratch();
+
+/**
+ * Streams -> tensor bytes. Exact streams are decoded unless the original
+ * bytes are passed (the encoder's shortcut: exact means equal).
+ */
+export function reconstructChunk(
+  layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
+  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null,
+): RestoredChunk {
+  return reconstructInto(layout, code, n, base, exactWeight, exactM, exactV, false);
+}
+
+/**
+ * reconstructChunk; with `scratch`, the lossy outputs may be views of this
+ * module's scratch buffers, valid until the next call (the encoder only
+ * hashes them).
+ */
+export function reconstructInto(
+  layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
+  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null, scratch: boolean,
+): RestoredChunk {
+  const wd = layout.weightDtype;
+  const eb = DTYPE_BYTES[wd];
+  let weight: Uint8Array;
+  let wFull: Uint8Array | null = null;
+  if ('exact' in code.weight) {
+    weight = exactWeight ?? decodeExactStream(code.weight.exact, wd, n * eb, base);
+  } else {
+    const { residual, exceptions } = code.weight;
+    wFull = residual.symbols;
+    if (wFull.length !== n) throw new ExcpError('ERR_CORRUPT', `codec: ${wFull.length} residual symbols for ${n} elements`);
+    // For F32 the float32 values are the output bytes: no conversion copy.
+    const direct = wd === 'F32';
+    const outBytes = direct && !scratch ? new Uint8Array(n * 4) : null;
+    const restored = toFloat32(base!, wd, outBytes ? new Float32Array(outBytes.buffer, 0, n) : work.f32(SCRATCH_WEIGHT, n));
+    const centers = residual.centers;
+    for (let i = 0; i < n; i++) {
+      const s = wFull[i]!;
+      // Pruned positions keep the base value untouched (even -0).
+      if (s !== 0) restored[i] = restored[i]! + centers[s - 1]!;
+    }
+    weight = outBytes ?? (direct ? new Uint8Array(restored.buffer, 0, n * 4) : fromFloat32(restored, wd));
+    applyExceptions(weight, exceptions, eb);
+  }
+  let expAvg: Uint8Array | null = null;
+  let expAvgSq: Uint8Array | null = null;
+  const m = code.moments;
+  const md = layout.momentDtype;
+  if (m && md) {
+    const mb = DTYPE_BYTES[md];
+    if ('exactM' in m) {
+      expAvg = exactM ?? decodeExactStream(m.exactM, md, n * mb, null);
+      expAvgSq = exactV ?? decodeExactStream(m.exactV, md, n * mb, null);
+    } else {
+      const mValues = floatTarget(md, n, scratch, SCRATCH_M);
+      expAvg = finishFloat(dequantizeStream(m.m, wFull, mValues.values, 0), md, mValues.bytes);
+      applyExceptions(expAvg, m.mExceptions, mb);
+      const vValues = floatTarget(md, n, scratch, SCRATCH_V);
+      expAvgSq = finishFloat(dequantizeNested(m.v, wFull, m.m.symbols, vValues.values, m.vFill), md, vValues.bytes);
+      applyExceptions(expAvgSq, m.vExceptions, mb);
+    }
+  }
+  if (weight.length !== n * eb) throw new ExcpError('ERR_CORRUPT', `codec: restored ${weight.length} weight bytes, expected ${n * eb}`);
+  return { weight, expAvg, expAvgSq };
+}
+
+/**
+ * Where a restored float tensor is computed: for F32 directly in its output
+ * bytes (fresh, or scratch), otherwise in scratch float32 then converted.
+ */
+function floatTarget(dtype: DType, n: number, scratch: boolean, slot: number): { values: Float32Array; bytes: Uint8Array | null } {
+  if (dtype === 'F32') {
+    const values = scratch ? work.f32(slot, n) : new Float32Array(n);
+    return { values, bytes: new Uint8Array(values.buffer, 0, n * 4) };
+  }
+  return { values: work.f32(slot, n), bytes: null };
+}
+
+function finishFloat(values: Float32Array, dtype: DType, bytes: Uint8Array | null): Uint8Array {
+  return bytes ?? fromFloat32(values, dtype);
+}
+
+/**
+ * The exceptions at `positions`: their original element bytes, in order.
+ * @param raw the tensor's element bytes
+ * @param positions element indices, ascending
+ * @param eb bytes per element
+ * @returns positions and their raw bytes
+ */
+export function pickExceptions(raw: Uint8Array, positions: number[], eb: number): Exceptions {
+  const out = new Uint8Array(positions.length * eb);
+  positions.forEach((p, i) => out.set(raw.subarray(p * eb, p * eb + eb), i * eb));
+  return { positions, raw: out };
+}
+
+function applyExceptions(bytes: Uint8Array, e: Exceptions, eb: number): void {
+  e.positions.forEach((p, i) => bytes.set(e.raw.subarray(i * eb, i * eb + eb), p * eb));
+}
+
+/**
+ * decodeExact inside a container: the header already said whether a base is
+ * used, so an exact stream that asks for a base the header did not give is
+ * corrupt data, not a missing argument.
+ */
+function decodeExactStream(coded: Uint8Array, dtype: DType, byteLength: number, base: Uint8Array | null): Uint8Array {
+  try {
+    return decodeExact(coded, dtype, byteLength, base ?? undefined);
+  } catch (e) {
+    if (!base && e instanceof ExcpError && e.code === 'ERR_BASE_MISSING') throw new ExcpError('ERR_CORRUPT', `codec: ${e.message}`);
+    throw e;
+  }
+}
