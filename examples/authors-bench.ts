@@ -25,7 +25,6 @@ import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { fitKMeans, assignClusters } from '../lib/method/kmeans.js';
 import { PAPER_OPTIONS } from '../lib/core/options.js';
 import { parseSafetensors, type TensorData } from '../lib/formats/safetensors.js';
@@ -34,6 +33,8 @@ import { createTrainer } from './train/trainer.js';
 import { PRESETS, neoxParams, syntheticPairBuffers } from './synthetic.js';
 import { DEFAULT_OPTIONS } from '../lib/core/options.js';
 import { pruneJoint } from '../spec/reference/prune.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const { values } = parseArgs({ options: { steps: { type: 'string', default: '150' }, gap: { type: 'string', default: '50' }, params: { type: 'string', default: '1m' } } });
 const steps = Number(values.steps);

@@ -7,7 +7,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ChunkDecoder, ChunkEncoder, ChunkSource, ContainerReader, ContainerWriter, SafetensorsFile, SafetensorsWriter, planSafetensors, resolveOptions } from '../lib/index.js';
+import { ChunkDecoder, ChunkEncoder, ChunkSource, ContainerReader, ContainerWriter, SafetensorsFile, StreamWriter, planHeader, resolveOptions } from '../lib/index.js';
 
 const [currentPath, basePath, outPath] = process.argv.slice(2);
 if (!currentPath || !basePath || !outPath) {
@@ -16,7 +16,7 @@ if (!currentPath || !basePath || !outPath) {
 }
 const current = await SafetensorsFile.open(currentPath);
 const base = await SafetensorsFile.open(basePath);
-const header = planSafetensors(current.header.tensors, current.header.raw, base.byName, resolveOptions({ bits: 4 }));
+const header = planHeader(current, base.byName, resolveOptions({ bits: 4 }));
 
 // compress: read chunks (with base bytes) -> residual, prune, quantize, entropy -> frame into a container
 const encoder = new ChunkEncoder(header, { threads: 2 });
@@ -26,7 +26,7 @@ await encoder.close();
 // restore: parse the container -> decode chunks against the base -> safetensors bytes (counted here)
 let bytes = 0;
 const decoder = new ChunkDecoder(base, { threads: 2 });
-await pipeline(createReadStream(outPath), new ContainerReader(), decoder, new SafetensorsWriter(),
+await pipeline(createReadStream(outPath), new ContainerReader(), decoder, new StreamWriter(),
   new Writable({ write(chunk: Uint8Array, _e, cb) { bytes += chunk.length; cb(); } }));
 await decoder.close();
 console.log(`${currentPath}: ${current.size} bytes -> ${outPath}; restore produced ${bytes} bytes with matching fingerprints`);

@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { PRESETS, neoxParams, writeSyntheticPair } from './synthetic.js';
-import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { parseSafetensors } from '../lib/formats/safetensors.js';
 import { toFloat32 } from '../lib/core/dtype.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const { values } = parseArgs({ options: { params: { type: 'string', default: '1m' }, alpha: { type: 'string' }, beta: { type: 'string' }, bits: { type: 'string' } } });
 const preset = PRESETS[values.params!];

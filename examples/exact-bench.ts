@@ -29,10 +29,11 @@ import { cpus, tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { compressTo, restoreTo, restoreToFolder } from '../lib/api/pipeline.js';
 import { fromFloat32, toFloat32 } from '../lib/core/dtype.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetensors.js';
 import { createTrainer } from './train/trainer.js';
+import { compressTo } from '../lib/api/compress.js';
+import { restoreTo, restoreToFolder } from '../lib/api/restore.js';
 
 const { values } = parseArgs({ options: {
   params: { type: 'string', default: '1m' }, steps: { type: 'string', default: '60' }, gap: { type: 'string', default: '10' },

@@ -2,7 +2,7 @@
  * Deterministic mutation fuzzing of everything excp reads from an untrusted
  * file: safetensors checkpoints (parseSafetensors, SafetensorsMemory,
  * SafetensorsFile) and .excp containers (restoreBuffer, the ContainerReader
- * stream under random input chunking, readContainerIndex / inspect).
+ * stream under random input chunking, readContainerFile / inspect).
  *
  * Every case must end in an ExcpError or in the correct result (for a
  * container: the exact bytes of the clean restore), within a time bound.
@@ -19,6 +19,8 @@
  *   npm run fuzz -- --iterations 100000 [--seed N] [--target safetensors|container|all]
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { ContainerHeader } from '../lib/model/checkpoint.js';
+import { FILE_KINDS } from '../lib/formats/registry.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -28,12 +30,14 @@ import { decodeFooter, decodeHeader, readPreambleInfo } from '../lib/container/f
 import { crc32 } from '../lib/core/crc32.js';
 import { DTYPE_BYTES, elementCount } from '../lib/core/dtype.js';
 import { ExcpError } from '../lib/core/errors.js';
-import { formatInspect, inspectContainer, readContainerIndex, verifyContainer } from '../lib/api/inspect.js';
-import { compressBuffer, restore, restoreBuffer } from '../lib/api/pipeline.js';
+import { formatInspect, inspectContainer, verifyContainer } from '../lib/api/inspect.js';
 import { Prng } from '../spec/support/prng.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetensors.js';
 import { SafetensorsFile, SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { randomCheckpointPair } from '../spec/helpers.js';
+import { readContainerFile } from '../lib/api/open.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restore, restoreBuffer } from '../lib/api/restore.js';
 
 /** Values a length or offset field is set to. */
 export const EXTREMES_U32 = [0, 1, 2, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
@@ -310,7 +314,7 @@ export interface ContainerParts {
 function splitContainerV2(c: Uint8Array): ContainerParts {
   const view = new DataView(c.buffer, c.byteOffset, c.length);
   const { length: headerLength } = readPreambleInfo(c.subarray(0, 16));
-  const header = decodeHeader(c.subarray(16, 16 + headerLength + 4));
+  const header = decodeHeader(c.subarray(16, 16 + headerLength + 4), FILE_KINDS);
   let o = 16 + headerLength + 4;
   const records: ContainerParts['records'] = [];
   const varint = (): number => {
@@ -337,7 +341,17 @@ function splitContainerV2(c: Uint8Array): ContainerParts {
   const head = c.slice(0, 12);
   head[8] = 1;
   head[9] = 0;
-  return { head, headerText: Buffer.from(JSON.stringify(header)).toString('latin1'), records, footerText: Buffer.from(JSON.stringify(footer)).toString('latin1'), footerAt: o };
+  return { head, headerText: Buffer.from(JSON.stringify(version1Header(header))).toString('latin1'), records, footerText: Buffer.from(JSON.stringify(footer)).toString('latin1'), footerAt: o };
+}
+
+/** A header's JSON as version 1 wrote it: each file in its kind's version 1 form (a safetensors header as base64, a blob's one tensor). */
+function version1Header(header: ContainerHeader): unknown {
+  const files = header.files.map((f) => {
+    if (f.kind === 'safetensors') return { kind: f.kind, path: f.path, rawHeader: Buffer.from(f.layout as Uint8Array).toString('base64'), tensors: f.tensors };
+    if (f.kind === 'blob') return { kind: f.kind, path: f.path, tensor: f.tensors[0] };
+    return { kind: f.kind, path: f.path, tensors: f.tensors, layout: f.layout };
+  });
+  return { ...header, files };
 }
 
 /**
@@ -548,7 +562,7 @@ function slices(bytes: Uint8Array, rng: Prng): Uint8Array[] {
 /**
  * One container case: restoreBuffer (or the restore stream under random
  * chunking) must throw an ExcpError or give the clean restore; with a
- * directory, readContainerIndex and inspect must throw an ExcpError or succeed.
+ * directory, readContainerFile and inspect must throw an ExcpError or succeed.
  */
 export async function containerCase(sample: ContainerSample, bytes: Uint8Array, kind: ContainerMutation, rng: Prng, dir: string | null, caseId: string): Promise<string> {
   let out: Uint8Array | null = null;
@@ -580,7 +594,7 @@ export async function containerCase(sample: ContainerSample, bytes: Uint8Array, 
     const path = join(dir, `${caseId}.excp`);
     writeFileSync(path, bytes);
     try {
-      await readContainerIndex(path);
+      await readContainerFile(path);
       formatInspect(await inspectContainer(path));
       let basePath: string | undefined;
       if (sample.base) {
@@ -591,7 +605,7 @@ export async function containerCase(sample: ContainerSample, bytes: Uint8Array, 
       const verified = await verifyContainer(path, basePath, 0).then(() => 'ok', (e: unknown) => codeOfError(e, 'verifyContainer').code);
       if ((verified === 'ok') !== (code === 'ok')) throw new FuzzFailure(`verify says ${verified}, restore ${code}`);
     } catch (e) {
-      codeOfError(e, 'readContainerIndex/inspect');
+      codeOfError(e, 'readContainerFile/inspect');
     } finally {
       rmSync(path, { force: true });
       rmSync(join(dir, `${caseId}.base.safetensors`), { force: true });

@@ -15,7 +15,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { compressTo, restoreToFolder } from '../lib/api/pipeline.js';
+import { compressTo } from '../lib/api/compress.js';
+import { restoreToFolder } from '../lib/api/restore.js';
 
 const { values } = parseArgs({ options: { run: { type: 'string', default: 'fp32' }, steps: { type: 'string', default: '6' }, lossless: { type: 'boolean', default: false } } });
 const fixtures = fileURLToPath(new URL('../spec/fixtures/torch/', import.meta.url));

@@ -15,12 +15,13 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { appendToChain, createChain, readManifest, restoreChainStep, restoreChainStepToFolder, CHAIN_LOCK, CHAIN_MANIFEST, type ChainManifest } from '../lib/chain/chain.js';
-import { compressBuffer, compressTo, restoreBuffer, restoreToFolder } from '../lib/api/pipeline.js';
 import { writeAtomically } from '../lib/io/output.js';
 import { createTrainer } from '../examples/train/trainer.js';
-import { readContainerIndex } from '../lib/api/inspect.js';
 import { ExcpError } from '../lib/core/errors.js';
 import { sameBytes } from './helpers.js';
+import { compressBuffer, compressTo } from '../lib/api/compress.js';
+import { restoreBuffer, restoreToFolder } from '../lib/api/restore.js';
+import { readContainerFile } from '../lib/api/open.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const STEPS = 12;
@@ -132,7 +133,7 @@ describe('excp chain', { concurrency: false }, () => {
     // chain.json rewritten to match: the link itself is broken.
     const index = JSON.parse(readFileSync(join(dir, CHAIN_MANIFEST), 'utf8')) as ChainManifest;
     writeFileSync(join(work, 'wrong.excp'), wrong);
-    const wrongFooter = (await readContainerIndex(join(work, 'wrong.excp'))).footer;
+    const wrongFooter = (await readContainerFile(join(work, 'wrong.excp'))).footer;
     index.steps[6]!.baseFingerprint = wrongFooter.baseFingerprint;
     index.steps[6]!.targetFingerprint = wrongFooter.targetFingerprint;
     writeFileSync(join(dir, CHAIN_MANIFEST), JSON.stringify(index));
@@ -154,7 +155,7 @@ describe('excp chain', { concurrency: false }, () => {
     // no link to check ahead, and the replay still refuses it, at the first base chunk.
     const bare = await compressBuffer(readFileSync(checkpoints[6]!), byHand[4], manifest.options);
     writeFileSync(join(work, 'bare.excp'), bare);
-    const bareFooter = (await readContainerIndex(join(work, 'bare.excp'))).footer;
+    const bareFooter = (await readContainerFile(join(work, 'bare.excp'))).footer;
     assert.equal(bareFooter.tensorHashes, null, 'a small container leaves its hashes out');
     writeFileSync(join(dir, manifest.steps[6]!.file), bare);
     index.steps[6]!.baseFingerprint = bareFooter.baseFingerprint;
@@ -268,7 +269,7 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
       assert.ok(!existsSync(join(dir, CHAIN_LOCK)), 'the lock is released');
       for (const s of manifest.steps) assert.ok(s.containerBytes < s.originalBytes, `step ${s.step} is not smaller`);
       // The residual steps use the optimizer.pt skeleton as a base tensor: the case the link check treats apart.
-      const step1 = await readContainerIndex(join(dir, manifest.steps[1]!.file));
+      const step1 = await readContainerFile(join(dir, manifest.steps[1]!.file));
       const based = step1.header.tensors.filter((_, i) => step1.footer.baseHashes![i] !== null).map((t) => t.name);
       assert.ok(based.includes('__file__/optimizer.pt'), `base tensors: ${based.join(', ')}`);
 
@@ -314,7 +315,7 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
     await writeAtomically(wrong, (out) => compressTo(c8, out, { base: c4, threads: 0, paramMap: map }));
     cpSync(wrong, join(dir, 'step-000001.excp'));
     const index = JSON.parse(readFileSync(join(dir, CHAIN_MANIFEST), 'utf8')) as ChainManifest;
-    const footer = (await readContainerIndex(wrong)).footer;
+    const footer = (await readContainerFile(wrong)).footer;
     index.steps[1]!.baseFingerprint = footer.baseFingerprint;
     index.steps[1]!.targetFingerprint = footer.targetFingerprint;
     writeFileSync(join(dir, CHAIN_MANIFEST), JSON.stringify(index));

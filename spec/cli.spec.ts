@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomCheckpointPair, sameBytes } from './helpers.js';
-import { restoreBuffer } from '../lib/api/pipeline.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = join(root, 'dist', 'lib', 'cli.js');
@@ -97,7 +97,7 @@ describe('excp command line', () => {
     // Shorter than a preamble: still the magic that is reported, and an empty file says so.
     const short = join(dir, 'short.excp');
     writeFileSync(short, Buffer.from('garbage'));
-    assert.match(run(['restore', short, '-o', target]).stderr, /^excp: container: not an \.excp file \(bad magic\)\n$/);
+    assert.match(run(['restore', short, '-o', target]).stderr, /^excp: \S*short\.excp: container: not an \.excp file \(bad magic\)\n$/);
     writeFileSync(short, new Uint8Array(0));
     assert.match(run(['restore', short, '-o', target]).stderr, /empty file, not an \.excp container/);
     assert.equal(existsSync(target), false);

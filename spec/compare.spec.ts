@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { accumulate, compareCheckpoints, emptySums, relativeError, worstRelativeError } from '../lib/api/compare.js';
-import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetensors.js';
 import { codeOf, randomCheckpointPair } from './helpers.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = join(root, 'dist', 'lib', 'cli.js');

@@ -13,7 +13,6 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { restoreBuffer, restoreToFolder } from '../lib/api/pipeline.js';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { layoutOf, readPreambleInfo } from '../lib/container/format.js';
@@ -21,6 +20,7 @@ import { DTYPE_BYTES } from '../lib/core/dtype.js';
 import { decodePayload } from '../lib/method/payload.js';
 import { ContainerReader } from '../lib/stream/container.js';
 import type { RestoreEvent } from '../lib/stream/codec.js';
+import { restoreBuffer, restoreToFolder } from '../lib/api/restore.js';
 
 const dir = new URL('./fixtures/v1/', import.meta.url);
 const expected = JSON.parse(readFileSync(new URL('expected.json', dir), 'utf8')) as Record<string, { restoresTo: string; bytes: number; base: string | null } | string>;

@@ -1,4 +1,6 @@
 import { test } from 'node:test';
+import { buildSafetensorsHeader } from '../lib/formats/safetensors.js';
+import { FILE_KINDS } from '../lib/formats/registry.js';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { type ContainerHeader, decodeFooter, decodeHeader, encodeHead, encodeRecord, readPreambleInfo, recordCrcPrefix } from '../lib/container/format.js';
@@ -6,11 +8,12 @@ import { crc32 } from '../lib/core/crc32.js';
 import { ExcpError } from '../lib/core/errors.js';
 import { lzCompress, lzDecompress } from '../lib/coding/lz.js';
 import { Models, afterLiteral, encodeLength } from '../lib/coding/lz-models.js';
-import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { Prng } from './support/prng.js';
 import { RangeEncoder, createBitModels, encodeBitTree } from '../lib/coding/range-coder.js';
 import { codeOf, randomCheckpointPair, sameBytes, str, varint } from './helpers.js';
 import { toVersion1 } from '../examples/fuzz.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const LIMIT = 64 * 1024 * 1024;
 
@@ -123,8 +126,15 @@ test('lz variant 2: hand-built rep1..rep3 and short reps before the start are ER
 
 const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 
+/** A little-endian u64 as 8 bytes (values below 2^32). */
+function u64le(n: number): number[] {
+  return [n & 255, (n >>> 8) & 255, (n >>> 16) & 255, n >>> 24, 0, 0, 0, 0];
+}
+
 test('header v2: hand-built stored body decodes to the in-memory header', () => {
-  const raw = '{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}';
+  const json57 = '{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}';
+  // A safetensors header: its length as 8 little-endian bytes, then the JSON.
+  const raw = String.fromCharCode(json57.length) + '\0'.repeat(7) + json57;
   const body = [
     0, // stored
     ...str('excp test'),
@@ -143,42 +153,46 @@ test('header v2: hand-built stored body decodes to the in-memory header', () => 
   ];
   const bytes = Uint8Array.from([...body, 0, 0, 0, 0]);
   new DataView(bytes.buffer).setUint32(body.length, crc32(bytes.subarray(0, body.length)), true);
-  const h = decodeHeader(bytes);
+  const h = decodeHeader(bytes, FILE_KINDS);
   assert.deepEqual(h, {
     tool: 'excp test', options: OPTIONS,
     tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], role: 'plain', entry: 0 }],
     entries: [{ kind: 'plain', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 6 }],
-    files: [{ kind: 'safetensors', path: null, rawHeader: Buffer.from(raw).toString('base64'), tensors: [0] }],
+    files: [{ kind: 'safetensors', path: null, tensors: [0], layout: new TextEncoder().encode(raw) }],
   });
   // The writer's own bytes decode to the same header, and the preamble says version 2.
-  const head = encodeHead(h);
+  const head = encodeHead(h, FILE_KINDS);
   assert.deepEqual(readPreambleInfo(head.subarray(0, 16)), { version: 2, length: head.length - 20 });
-  assert.deepEqual(decodeHeader(head.subarray(16)), h);
+  assert.deepEqual(decodeHeader(head.subarray(16), FILE_KINDS), h);
   // Unknown body encodings and trailing bytes are refused.
   const bad = bytes.slice();
   bad[0] = 7;
   new DataView(bad.buffer).setUint32(body.length, crc32(bad.subarray(0, body.length)), true);
-  assert.equal(codeOf(() => decodeHeader(bad)), 'ERR_BAD_HEADER');
+  assert.equal(codeOf(() => decodeHeader(bad, FILE_KINDS)), 'ERR_BAD_HEADER');
   const longer = Uint8Array.from([...body, 0, 0, 0, 0, 0]);
   new DataView(longer.buffer).setUint32(body.length + 1, crc32(longer.subarray(0, body.length + 1)), true);
-  assert.equal(codeOf(() => decodeHeader(longer)), 'ERR_BAD_HEADER');
+  assert.equal(codeOf(() => decodeHeader(longer, FILE_KINDS)), 'ERR_BAD_HEADER');
   // Raw mode 3: the safetensors header is rebuilt from the tensors (here with 5 padding spaces).
   const derivedBody = body.slice();
   const at = body.indexOf(1, 1 + str('excp test').length + 1 + str('{"lossless":true,"chunkElements":1024}').length + 3);
   derivedBody.splice(at, 1 + str(raw).length, 3, 0, 0, 5);
   const derived = Uint8Array.from([...derivedBody, 0, 0, 0, 0]);
   new DataView(derived.buffer).setUint32(derivedBody.length, crc32(derived.subarray(0, derivedBody.length)), true);
-  const json5 = new TextEncoder().encode(`${raw}     `);
+  const json5 = new TextEncoder().encode(`${json57}     `);
   const expected = Buffer.concat([Buffer.from(Uint8Array.from([json5.length, 0, 0, 0, 0, 0, 0, 0])), Buffer.from(json5)]);
-  assert.equal((decodeHeader(derived).files[0] as { rawHeader: string }).rawHeader, expected.toString('base64'));
-  const h3 = { ...h, files: [{ kind: 'safetensors' as const, path: null, rawHeader: expected.toString('base64'), tensors: [0] }] };
-  assert.ok(encodeHead(h3).length < encodeHead(h).length, 'the writer finds the derivation');
-  assert.deepEqual(decodeHeader(encodeHead(h3).subarray(16)), h3);
-  // A version 1 JSON body still decodes.
-  const json = new TextEncoder().encode(JSON.stringify(h));
+  assert.deepEqual(decodeHeader(derived, FILE_KINDS).files[0]!.layout, new Uint8Array(expected));
+  const h3: ContainerHeader = { ...h, files: [{ kind: 'safetensors', path: null, tensors: [0], layout: new Uint8Array(expected) }] };
+  // A header the usual writers would not make (a space after a colon) is stored as text, and takes more bytes.
+  const other = new TextEncoder().encode(`${json57.replace('"w":', '"w": ')}    `);
+  const stored: ContainerHeader = { ...h, files: [{ kind: 'safetensors', path: null, tensors: [0], layout: Uint8Array.from([...u64le(other.length), ...other]) }] };
+  assert.deepEqual(decodeHeader(encodeHead(stored, FILE_KINDS).subarray(16), FILE_KINDS), stored);
+  assert.ok(encodeHead(h3, FILE_KINDS).length < encodeHead(stored, FILE_KINDS).length, 'the writer finds the derivation');
+  assert.deepEqual(decodeHeader(encodeHead(h3, FILE_KINDS).subarray(16), FILE_KINDS), h3);
+  // A version 1 JSON body still decodes (its files as version 1 wrote them: the raw header in base64).
+  const json = new TextEncoder().encode(JSON.stringify({ ...h, files: [{ kind: 'safetensors', path: null, rawHeader: Buffer.from(raw).toString('base64'), tensors: [0] }] }));
   const v1 = Uint8Array.from([...json, 0, 0, 0, 0]);
   new DataView(v1.buffer).setUint32(json.length, crc32(json), true);
-  assert.deepEqual(decodeHeader(v1), h);
+  assert.deepEqual(decodeHeader(v1, FILE_KINDS), h);
 });
 
 test('record v2: type and length varint stored; the CRC also covers the implied entry and chunk', () => {
@@ -224,7 +238,7 @@ test('footer v2: a hand-built stored body decodes to the in-memory footer', () =
       { kind: 'plain', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: true, elements: 6 },
       { kind: 'plain', weight: 1, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 70 },
     ],
-    files: [{ kind: 'safetensors', path: null, rawHeader: '', tensors: [0, 1] }],
+    files: [{ kind: 'safetensors', path: null, tensors: [0, 1], layout: buildSafetensorsHeader([{ name: 'w', dtype: 'F32', shape: [2, 3] }, { name: 'b', dtype: 'F32', shape: [70] }]).raw }],
   };
   const hash = (k: number) => Array.from({ length: 8 }, (_, i) => k * 16 + i);
   const hex = (k: number) => hash(k).map((b) => b.toString(16).padStart(2, '0')).join('');

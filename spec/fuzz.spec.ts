@@ -1,6 +1,6 @@
 /**
  * Hostile input: seeded mutation fuzzing of the safetensors reader and of the
- * container reader (restore, the ContainerReader stream, readContainerIndex,
+ * container reader (restore, the ContainerReader stream, readContainerFile,
  * inspect, verify). Every case must end in an ExcpError or the correct result
  * within a time bound; a failure names the seed and case (replay with
  * `npm run fuzz -- --seed S --from CASE --iterations 1 --target T`).
@@ -14,11 +14,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from '../lib/core/crc32.js';
 import { ExcpError } from '../lib/core/errors.js';
-import { inspectContainer, readContainerIndex, verifyContainer } from '../lib/api/inspect.js';
-import { restoreBuffer } from '../lib/api/pipeline.js';
+import { inspectContainer, verifyContainer } from '../lib/api/inspect.js';
 import { parseSafetensors } from '../lib/formats/safetensors.js';
 import { SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { EXTREMES_U32, EXTREMES_U64, containerCorpus, runFuzz, safetensorsCorpus } from '../examples/fuzz.js';
+import { readContainerFile } from '../lib/api/open.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 20261124);
 
@@ -109,7 +110,7 @@ describe('length fields set to extremes', () => {
           });
           if (out) assert.ok(Buffer.compare(out, restored) === 0, `${name} = ${v}: wrong result`);
           writeFileSync(path, bad);
-          await asyncCode(readContainerIndex(path));
+          await asyncCode(readContainerFile(path));
           assert.ok(performance.now() - t0 < 2000, `${name} = ${v} took ${performance.now() - t0} ms`);
         }
       }

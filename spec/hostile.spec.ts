@@ -25,13 +25,14 @@ import { ExcpError } from '../lib/core/errors.js';
 import { type DType, fromFloat32 } from '../lib/core/dtype.js';
 import { Prng } from './support/prng.js';
 import { resolveOptions } from '../lib/core/options.js';
-import { compressBuffer, planFor, restoreBuffer } from '../lib/api/pipeline.js';
 import { tempPrefix, writeAtomically } from '../lib/io/output.js';
 import { buildSafetensorsHeader, parseSafetensors, parseSafetensorsHeader, serializeSafetensors } from '../lib/formats/safetensors.js';
-import type { TensorReader } from '../lib/formats/safetensors-file.js';
 import { ContainerWriter } from '../lib/stream/container.js';
 import { PRESETS, neoxParams, writeSyntheticPair } from '../examples/synthetic.js';
 import { randomCheckpointPair } from './helpers.js';
+import { compressBuffer, planFor } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
+import type { Checkpoint } from '../lib/model/checkpoint.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = join(root, 'dist', 'lib', 'cli.js');
@@ -196,8 +197,10 @@ describe('disk full (ENOSPC)', () => {
 async function writeZerosContainer(path: string, elements: number): Promise<number> {
   const { raw } = buildSafetensorsHeader([{ name: 'zeros', dtype: 'F32', shape: [elements] }]);
   const header = parseSafetensorsHeader(raw, elements * 4);
-  const reader: TensorReader = {
-    path: '<zeros>', header, byName: new Map(header.tensors.map((t) => [t.name, t])),
+  const reader: Checkpoint = {
+    path: '<zeros>', tensors: header.tensors, dataLength: header.dataLength, info: null,
+    files: [{ kind: 'safetensors', path: null, tensors: ['zeros'], layout: raw }],
+    byName: new Map(header.tensors.map((t) => [t.name, t])),
     tensorBytes: async (_info, start, end) => new Uint8Array(end - start),
     close: async () => undefined,
   };

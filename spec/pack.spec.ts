@@ -4,6 +4,8 @@
  * (spec/FORMAT.md), refusals, and round trips over every dtype.
  */
 import { test } from 'node:test';
+import { buildSafetensorsHeader } from '../lib/formats/safetensors.js';
+import { FILE_KINDS } from '../lib/formats/registry.js';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,18 +16,19 @@ import { type ContainerFooter, type ContainerHeader, decodeFooter, decodeHeader,
 import { crc32 } from '../lib/core/crc32.js';
 import { DTYPE_BYTES, type DType } from '../lib/core/dtype.js';
 import { Hasher, hashBytes } from '../lib/core/hash.js';
-import { readContainerIndex } from '../lib/api/inspect.js';
 import { PACK_TENSOR_ELEMENTS, entryTensors, packEntries } from '../lib/model/pack.js';
 import { resolveOptions } from '../lib/core/options.js';
-import { compressBuffer, planFor, restoreBuffer } from '../lib/api/pipeline.js';
 import { Prng } from './support/prng.js';
 import { parseSafetensors, serializeSafetensors, type TensorData } from '../lib/formats/safetensors.js';
 import { SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { ChunkEncoder } from '../lib/stream/codec.js';
 import { ContainerWriter } from '../lib/stream/container.js';
 import { ChunkSource } from '../lib/stream/source.js';
-import { codeOf, errorOf, sameBytes, str } from './helpers.js';
+import { codeOf, errorOf, sameBytes, str, varint } from './helpers.js';
 import type { EntrySpec, Role, TensorSpec } from '../lib/model/checkpoint.js';
+import { readContainerFile } from '../lib/api/open.js';
+import { compressBuffer, planFor } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 
@@ -75,13 +78,18 @@ test('packEntries: small exact entries of one dtype join, per dtype, at the firs
 });
 
 /** A v1 (JSON) header body with its CRC, for validation tests. */
-function jsonHeader(h: unknown): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify(h));
+/** A version 1 (JSON) header body and its CRC; its safetensors file as version 1 stored it (the raw header in base64). */
+function jsonHeader(h: ContainerHeader): Uint8Array {
+  const files = h.files.map((f) => ({ kind: f.kind, path: f.path, rawHeader: Buffer.from(f.layout as Uint8Array).toString('base64'), tensors: f.tensors }));
+  const json = new TextEncoder().encode(JSON.stringify({ ...h, files }));
   const out = new Uint8Array(json.length + 4);
   out.set(json);
   new DataView(out.buffer).setUint32(json.length, crc32(json), true);
   return out;
 }
+
+/** The safetensors header of packHeader()'s file. */
+const PACK_RAW = buildSafetensorsHeader([{ name: 'x', dtype: 'F32', shape: [3] }, { name: 'y', dtype: 'F32', shape: [5] }, { name: 'z', dtype: 'F32', shape: [2] }]).raw;
 
 function packHeader(): ContainerHeader {
   return {
@@ -91,7 +99,7 @@ function packHeader(): ContainerHeader {
       { kind: 'pack', weight: 1, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 8, members: [1, 0] },
       plain(2, 2),
     ],
-    files: [{ kind: 'safetensors', path: null, rawHeader: '', tensors: [0, 1, 2] }],
+    files: [{ kind: 'safetensors', path: null, tensors: [0, 1, 2], layout: PACK_RAW }],
   };
 }
 
@@ -101,7 +109,7 @@ function packHeaderBytes(entries: number[]): Uint8Array {
     0, // stored
     ...str('t'),
     1, ...str('{"lossless":true,"chunkElements":1024}'),
-    1, 0, 0, 0, ...str(''), // one safetensors file, path null, raw header as base64 text ('')
+    1, 0, 0, 2, ...varint(PACK_RAW.length), ...PACK_RAW, // one safetensors file, path null, raw header as bytes
     3, 0, 0, 0, // its tensors [0, 1, 2]
     3, 0, ...str('x'), 0, ...str('y'), 0, ...str('z'), // three tensors: names
     49, 49, 49, // F32, plain
@@ -123,13 +131,13 @@ test('header v2: a pack entry is flags 66, member count - 2, members as index de
   const bytes = packHeaderBytes(entries);
   const body = { length: bytes.length - 4 };
   const h = packHeader();
-  assert.deepEqual(decodeHeader(bytes), h);
-  assert.deepEqual(decodeHeader(encodeHead(h).subarray(16)), h, 'the writer\'s own bytes');
+  assert.deepEqual(decodeHeader(bytes, FILE_KINDS), h);
+  assert.deepEqual(decodeHeader(encodeHead(h, FILE_KINDS).subarray(16), FILE_KINDS), h, 'the writer\'s own bytes');
   // Flag 64 only with exactWeight and nothing else.
   const bad = Uint8Array.from(bytes);
   bad[body.length - 8] = 66 | 8;
   new DataView(bad.buffer).setUint32(body.length, crc32(bad.subarray(0, body.length)), true);
-  assert.equal(codeOf(() => decodeHeader(bad)), 'ERR_BAD_HEADER');
+  assert.equal(codeOf(() => decodeHeader(bad, FILE_KINDS)), 'ERR_BAD_HEADER');
 });
 
 test('header v2: hostile pack bytes are ERR_BAD_HEADER', () => {
@@ -142,17 +150,18 @@ test('header v2: hostile pack bytes are ERR_BAD_HEADER', () => {
     ['a tensor in a pack and in a plain entry', [2, 66, 0, 0, 0, 2, 1]],
     ['a tensor in no entry', [1, 66, 0, 0, 0]],
   ];
-  assert.doesNotThrow(() => decodeHeader(packHeaderBytes([1, 66, 1, 0, 0, 0])), 'one pack of all three');
-  for (const [what, entries] of cases) assert.equal(codeOf(() => decodeHeader(packHeaderBytes(entries))), 'ERR_BAD_HEADER', what);
+  assert.doesNotThrow(() => decodeHeader(packHeaderBytes([1, 66, 1, 0, 0, 0]), FILE_KINDS), 'one pack of all three');
+  for (const [what, entries] of cases) assert.equal(codeOf(() => decodeHeader(packHeaderBytes(entries), FILE_KINDS)), 'ERR_BAD_HEADER', what);
   // Over chunkElements: not one chunk.
   const big = packHeader();
   big.options.chunkElements = 64;
   big.tensors[1]!.shape = [62];
   big.entries[0]!.elements = 65;
-  assert.equal(codeOf(() => decodeHeader(encodeHead(big).subarray(16))), 'ERR_BAD_HEADER');
+  assert.equal(codeOf(() => decodeHeader(encodeHead(big, FILE_KINDS).subarray(16), FILE_KINDS)), 'ERR_BAD_HEADER');
   big.tensors[1]!.shape = [61];
   big.entries[0]!.elements = 64;
-  assert.doesNotThrow(() => decodeHeader(encodeHead(big).subarray(16)), 'exactly chunkElements');
+  big.files[0]!.layout = buildSafetensorsHeader(big.tensors).raw;
+  assert.doesNotThrow(() => decodeHeader(encodeHead(big, FILE_KINDS).subarray(16), FILE_KINDS), 'exactly chunkElements');
 });
 
 test('header: malformed packs are ERR_BAD_HEADER', () => {
@@ -167,11 +176,11 @@ test('header: malformed packs are ERR_BAD_HEADER', () => {
     (h) => { h.entries[1]!.members = [2]; }, // members on a plain entry
     (h) => { h.options.chunkElements = 64; h.tensors[1]!.shape = [70]; h.entries[0]!.elements = 73; }, // more than one chunk
   ];
-  assert.doesNotThrow(() => decodeHeader(jsonHeader(packHeader())));
+  assert.doesNotThrow(() => decodeHeader(jsonHeader(packHeader()), FILE_KINDS));
   for (const [i, edit] of edits.entries()) {
     const h = packHeader();
     edit(h);
-    assert.equal(codeOf(() => decodeHeader(jsonHeader(h))), 'ERR_BAD_HEADER', `edit ${i}`);
+    assert.equal(codeOf(() => decodeHeader(jsonHeader(h), FILE_KINDS)), 'ERR_BAD_HEADER', `edit ${i}`);
   }
 });
 
@@ -235,7 +244,7 @@ test('round trips: tiny tensors of every dtype, packed, restore bit for bit; mem
       const dir = mkdtempSync(join(tmpdir(), 'excp-pack-'));
       try {
         writeFileSync(join(dir, 'c.excp'), c);
-        const { header, footer } = await readContainerIndex(join(dir, 'c.excp'));
+        const { header, footer } = await readContainerFile(join(dir, 'c.excp'));
         const packs = header.entries.filter((e) => e.kind === 'pack');
         assert.ok(packs.length >= 3, `seed ${seed}: ${packs.length} packs`);
         if (!lossless) assert.ok(header.entries.some((e) => e.kind === 'param'), 'lossy moments stay in param entries');
@@ -259,7 +268,7 @@ test('round trips: tiny tensors of every dtype, packed, restore bit for bit; mem
 function indexOf(c: Uint8Array): { header: ContainerHeader; footer: ContainerFooter; footerAt: number } {
   const view = new DataView(c.buffer, c.byteOffset, c.length);
   const footerAt = Number(view.getBigUint64(c.length - 16, true));
-  const header = decodeHeader(c.subarray(16, 16 + view.getUint32(12, true) + 4));
+  const header = decodeHeader(c.subarray(16, 16 + view.getUint32(12, true) + 4), FILE_KINDS);
   const length = view.getUint32(footerAt + 1, true);
   const footer = decodeFooter(c.subarray(footerAt + 5, footerAt + 5 + length), view.getUint32(footerAt + 5 + length, true), header);
   return { header, footer, footerAt };

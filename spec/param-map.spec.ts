@@ -6,10 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { ExcpError } from '../lib/core/errors.js';
-import { hungarian } from '../lib/formats/assignment.js';
-import { type ParamMapInput, mapParams } from '../lib/formats/param-map.js';
-import { candidateOrders, compareNames } from '../lib/formats/param-orders.js';
-import { readOptimizerState } from '../lib/formats/torch.js';
+import { hungarian } from '../lib/formats/torch/assignment.js';
+import { type ParamMapInput, mapParams } from '../lib/formats/torch/param-map.js';
+import { candidateOrders, compareNames } from '../lib/formats/torch/param-orders.js';
+import { readOptimizerState } from '../lib/formats/torch/serialization.js';
 import { errorOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);

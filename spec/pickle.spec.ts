@@ -6,9 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { ExcpError } from '../lib/core/errors.js';
-import { DEFAULT_ALLOWED_GLOBALS, isTuple } from '../lib/formats/pickle-objects.js';
-import { type PickleValue, type TensorRef, unpickle } from '../lib/formats/pickle.js';
-import { readZipDirectory } from '../lib/formats/zip.js';
+import { DEFAULT_ALLOWED_GLOBALS, isTuple } from '../lib/formats/torch/pickle-objects.js';
+import { type PickleValue, type TensorRef, unpickle } from '../lib/formats/torch/pickle.js';
+import { readZipDirectory } from '../lib/formats/torch/zip.js';
 import { uniform, errorOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);

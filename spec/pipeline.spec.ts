@@ -4,7 +4,6 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { compressBuffer, restoreBuffer, compress, restore } from '../lib/api/pipeline.js';
 import { parseSafetensors, type TensorData } from '../lib/formats/safetensors.js';
 import { DTYPE_BYTES, fromFloat32, toFloat32, LOSSY_DTYPES } from '../lib/core/dtype.js';
 import { dequantizeStream } from '../lib/method/quantize.js';
@@ -16,6 +15,8 @@ import type { CodecOptions } from '../lib/core/options.js';
 import { computeResidual, extractNonFinite } from './reference/residual.js';
 import { pruneJoint } from './reference/prune.js';
 import { expandSymbols, quantizeStream } from './reference/quantize.js';
+import { compressBuffer, compress } from '../lib/api/compress.js';
+import { restoreBuffer, restore } from '../lib/api/restore.js';
 
 /** The method on whole arrays, chunk by chunk, no container, no coder, no streams. */
 function referenceRestore(current: Uint8Array, previous: Uint8Array | null, options: CodecOptions): Map<string, Uint8Array> {

@@ -5,8 +5,9 @@ import assert from 'node:assert/strict';
 import { Prng } from './support/prng.js';
 import { SpillStore } from '../lib/stream/spill.js';
 import { serializeSafetensors } from '../lib/formats/safetensors.js';
-import { compressBuffer, restoreBuffer } from '../lib/api/pipeline.js';
 import { randomFloats } from './helpers.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
 
 /** Float32 bytes of a restored-moment-like tensor: few distinct values, some exceptions. */
 function moments(rng: Prng, n: number, distinct: number, exceptions: number): Uint8Array {

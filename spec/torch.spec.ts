@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs';
 import { crc32 } from '../lib/core/crc32.js';
 import { ExcpError } from '../lib/core/errors.js';
 import { writeZip } from './support/zip-writer.js';
-import { type ReadAt, readZipDirectory } from '../lib/formats/zip.js';
-import { type TorchTensor, readOptimizerState, readTorchCheckpoint, rewriteTorchCheckpoint, writeTorchCheckpoint } from '../lib/formats/torch.js';
+import { type ReadAt, readZipDirectory } from '../lib/formats/torch/zip.js';
+import { type TorchTensor, readOptimizerState, readTorchCheckpoint, rewriteTorchCheckpoint, writeTorchCheckpoint } from '../lib/formats/torch/serialization.js';
 import { codeOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);

@@ -8,10 +8,10 @@ import { readFileSync, readdirSync } from 'node:fs';
 import zlib from 'node:zlib';
 import { crc32 } from '../lib/core/crc32.js';
 import { ExcpError } from '../lib/core/errors.js';
-import { rewriteZip } from '../lib/formats/zip-rewrite.js';
+import { rewriteZip } from '../lib/formats/torch/zip-rewrite.js';
 import { ZipWriter, writeZip } from './support/zip-writer.js';
 import { concatBytes } from '../lib/core/bytes.js';
-import { type ReadAt, readZipDirectory } from '../lib/formats/zip.js';
+import { type ReadAt, readZipDirectory } from '../lib/formats/torch/zip.js';
 import { uniform, codeOf } from './helpers.js';
 
 const FIXTURES = new URL('./fixtures/torch/', import.meta.url);

@@ -11,9 +11,9 @@
  */
 import { DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import type { TensorInfo } from '../formats/safetensors.js';
-import { FILE_PREFIX, FolderCheckpoint, STATE_PREFIX, isDirectory } from '../formats/folder.js';
-import { SafetensorsFile, type TensorReader } from '../formats/safetensors-file.js';
+import type { Checkpoint, TensorInfo } from '../model/checkpoint.js';
+import { FILE_PREFIX, FolderCheckpoint, STATE_PREFIX } from '../formats/folder.js';
+import { openCheckpoint } from '../formats/registry.js';
 
 /** Adam's epsilon in the step comparison (PyTorch's default). */
 const ADAM_EPS = 1e-8;
@@ -123,12 +123,14 @@ export function accumulateStep(s: FloatSums, ma: Float32Array, va: Float32Array,
   }
 }
 
-async function openCheckpoint(path: string): Promise<TensorReader> {
-  // Moments keep their optimizer ids (`__optimizer__/ID/exp_avg`): naming
-  // them needs two consecutive checkpoints, and A and B are two versions of
-  // one checkpoint, where ids are what both sides share.
-  if (await isDirectory(path)) return FolderCheckpoint.open(path, { mapMoments: false });
-  return SafetensorsFile.open(path);
+/**
+ * A checkpoint opened as a base: a folder's moments keep their optimizer ids
+ * (`__optimizer__/ID/exp_avg`): naming them needs two consecutive
+ * checkpoints, and A and B are two versions of one checkpoint, where ids are
+ * what both sides share.
+ */
+function openForCompare(path: string): Promise<Checkpoint> {
+  return openCheckpoint(path, { role: 'base' });
 }
 
 /** Moment names of a parameter: `NAME.exp_avg` (safetensors convention) or `__optimizer__/ID/exp_avg` (folders). */
@@ -167,10 +169,10 @@ function sameLayout(x: TensorInfo, y: TensorInfo): boolean {
  * @param onProgress bytes of A compared so far, of the total
  */
 export async function compareCheckpoints(pathA: string, pathB: string, onProgress?: (done: number, total: number) => void): Promise<CompareReport> {
-  const a = await openCheckpoint(pathA);
-  let b: TensorReader;
+  const a = await openForCompare(pathA);
+  let b: Checkpoint;
   try {
-    b = await openCheckpoint(pathB);
+    b = await openForCompare(pathB);
   } catch (e) {
     await a.close();
     throw e;
@@ -183,7 +185,7 @@ export async function compareCheckpoints(pathA: string, pathB: string, onProgres
   }
 }
 
-async function compareReaders(a: TensorReader, b: TensorReader, pathA: string, pathB: string, onProgress?: (done: number, total: number) => void): Promise<CompareReport> {
+async function compareReaders(a: Checkpoint, b: Checkpoint, pathA: string, pathB: string, onProgress?: (done: number, total: number) => void): Promise<CompareReport> {
   const namesA = new Set(a.byName.keys());
   const onlyInA = [...namesA].filter((n) => !b.byName.has(n));
   const onlyInB = [...b.byName.keys()].filter((n) => !namesA.has(n));
@@ -191,7 +193,7 @@ async function compareReaders(a: TensorReader, b: TensorReader, pathA: string, p
   const tensors: TensorDiff[] = [];
   const roleSums = { weight: emptySums(), exp_avg: emptySums(), exp_avg_sq: emptySums(), other: emptySums() };
   const roleCounts = { weight: 0, exp_avg: 0, exp_avg_sq: 0, other: 0 };
-  const total = a.header.tensors.reduce((s, t) => s + t.end - t.begin, 0);
+  const total = a.tensors.reduce((s, t) => s + t.end - t.begin, 0);
   let done = 0;
   const progress = (bytes: number): void => {
     done += bytes;
@@ -203,7 +205,7 @@ async function compareReaders(a: TensorReader, b: TensorReader, pathA: string, p
   /** Sums of moment tensors read together with their partner (for the step), by name. */
   const pairSums = new Map<string, FloatSums>();
   const steps = new Map<string, number>();
-  for (const ta of a.header.tensors) {
+  for (const ta of a.tensors) {
     const tb = b.byName.get(ta.name);
     if (!tb) continue;
     if (!sameLayout(ta, tb)) {
@@ -271,7 +273,7 @@ interface MomentPair {
 }
 
 /** Every parameter whose moments both sides have, float and of one layout: the ones with a first Adam step. */
-function momentPairs(a: TensorReader, b: TensorReader, namesA: ReadonlySet<string>): MomentPair[] {
+function momentPairs(a: Checkpoint, b: Checkpoint, namesA: ReadonlySet<string>): MomentPair[] {
   const out: MomentPair[] = [];
   for (const param of paramsOf(namesA)) {
     const [mName, vName] = momentNames(param);
@@ -290,7 +292,7 @@ function momentPairs(a: TensorReader, b: TensorReader, namesA: ReadonlySet<strin
  * Both moments of a parameter in one pass, chunk by chunk: their own
  * differences and the first Adam step's, so each moment is read once.
  */
-async function comparePair(a: TensorReader, b: TensorReader, p: MomentPair, progress: (bytes: number) => void): Promise<{ m: FloatSums; v: FloatSums; step: FloatSums }> {
+async function comparePair(a: Checkpoint, b: Checkpoint, p: MomentPair, progress: (bytes: number) => void): Promise<{ m: FloatSums; v: FloatSums; step: FloatSums }> {
   const sums = { m: emptySums(), v: emptySums(), step: emptySums() };
   const eb = DTYPE_BYTES[p.m.dtype];
   const bytes = p.m.end - p.m.begin;

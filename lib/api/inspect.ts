@@ -1,17 +1,13 @@
 /**
- * inspect and verify: what a container holds, and whether it is intact.
+ * inspect and verify as library calls: what a container holds (a report
+ * built from its header and footer, read by random access), and whether it
+ * is intact (every record decoded and checked, nothing written).
  */
-import { open } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { type ContainerFooter, type ContainerHeader, HEAD_FIXED_BYTES, TRAILER_BYTES, decodeFooter, decodeHeader, decodeTrailer, readPreamble } from '../container/format.js';
-import { ExcpError } from '../core/errors.js';
+import type { ContainerHeader } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
-import { MAX_BODY_BYTES, RECORD_FOOTER } from '../core/constants.js';
-import { readExactly } from '../formats/safetensors-file.js';
-import { restore, verifyFolderContainer } from './pipeline.js';
-import type { ParamMapInfo } from '../model/plan.js';
+import type { ParamMapInfo } from '../formats/folder.js';
+import { readContainerFile } from './open.js';
+import { verifyContainerFile } from './restore.js';
 
 /** One line of the inspect report. */
 export interface InspectTensor {
@@ -62,43 +58,11 @@ export interface InspectReport {
 }
 
 /**
- * Read header and footer of a container file (random access).
- * @param path container file
- */
-export async function readContainerIndex(path: string): Promise<{ header: ContainerHeader; footer: ContainerFooter; size: number }> {
-  const handle = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
-    throw new ExcpError('ERR_IO', `${path}: cannot open (${e.code ?? e.message})`);
-  });
-  try {
-    const size = (await handle.stat()).size;
-    if (size < HEAD_FIXED_BYTES + TRAILER_BYTES) throw new ExcpError('ERR_TRUNCATED', `${path}: ${size} bytes is too short for a container`);
-    const headerLength = readPreamble(await readExactly(handle, 0, HEAD_FIXED_BYTES));
-    if (HEAD_FIXED_BYTES + headerLength + 4 > size) throw new ExcpError('ERR_TRUNCATED', `${path}: header runs past the end of the file`);
-    const header = decodeHeader(await readExactly(handle, HEAD_FIXED_BYTES, headerLength + 4));
-    const footerOffset = decodeTrailer(await readExactly(handle, size - TRAILER_BYTES, TRAILER_BYTES));
-    if (footerOffset + 5 > size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} is outside the file`);
-    if (footerOffset < HEAD_FIXED_BYTES + headerLength + 4) throw new ExcpError('ERR_CORRUPT', `${path}: footer offset ${footerOffset} points into the header`);
-    const prefix = await readExactly(handle, footerOffset, 5);
-    const length = new DataView(prefix.buffer).getUint32(1, true);
-    if (prefix[0] !== RECORD_FOOTER || footerOffset + 5 + length + 4 !== size - TRAILER_BYTES) throw new ExcpError('ERR_CORRUPT', `${path}: footer is malformed`);
-    if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `${path}: footer length ${length} exceeds limit ${MAX_BODY_BYTES}`);
-    const body = await readExactly(handle, footerOffset + 5, length + 4);
-    const footer = decodeFooter(body.subarray(0, length), new DataView(body.buffer).getUint32(length, true), header);
-    return { header, footer, size };
-  } catch (e) {
-    if (e instanceof ExcpError && !e.message.startsWith(path)) throw new ExcpError(e.code, `${path}: ${e.message}`);
-    throw e;
-  } finally {
-    await handle.close();
-  }
-}
-
-/**
  * Per-entry sizes, kept fractions and ratios.
  * @param path container file
  */
 export async function inspectContainer(path: string): Promise<InspectReport> {
-  const { header, footer, size } = await readContainerIndex(path);
+  const { header, footer, size } = await readContainerFile(path);
   let originalBytes = 0;
   const entries = header.entries.map((e, i) => {
     const bytes = entryRawBytes(header.tensors, e);
@@ -167,13 +131,8 @@ export function formatInspect(r: InspectReport): string {
  * @param threads worker threads
  */
 export async function verifyContainer(path: string, base: string | undefined, threads?: number): Promise<{ chunks: number; base: boolean; target: string }> {
-  const { header, footer } = await readContainerIndex(path);
-  if (header.files.some((f) => f.path !== null)) {
-    await verifyFolderContainer(path, { base, threads });
-  } else {
-    const sink = new Writable({ write(_c, _e, cb) { cb(); } });
-    await pipeline(createReadStream(path), restore({ base, threads }), sink);
-  }
+  const { header, footer } = await readContainerFile(path);
+  await verifyContainerFile(path, { base, threads });
   const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
   return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
 }

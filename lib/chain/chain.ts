@@ -57,14 +57,15 @@ import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { TOOL_VERSION } from '../core/constants.js';
 import { ExcpError } from '../core/errors.js';
-import { readContainerIndex } from '../api/inspect.js';
 import { resolveOptions } from '../core/options.js';
-import { compressTo, restoreTo, restoreToFolder } from '../api/pipeline.js';
 import { writeAtomically } from '../io/output.js';
 import { withChainLock } from './lock.js';
 import { checkKinds, checkpointOf, folderFingerprint, indexOf, readManifest, writeManifest } from './files.js';
 import { chainError, restoreChainStep, restoreChainStepToFolder } from './restore.js';
 import { CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepFileName, lastFileName, checkLink, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex } from './manifest.js';
+import { readContainerFile } from '../api/open.js';
+import { compressTo } from '../api/compress.js';
+import { restoreTo, restoreToFolder } from '../api/restore.js';
 
 export { CHAIN_LOCK } from './lock.js';
 export * from './manifest.js';
@@ -176,7 +177,7 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
         // Links are checked hash by hash before a replay (checkLink).
         tensorHashes: 'always',
       }), { force: true, inputs: [checkpoint] });
-      current = await readContainerIndex(containerPath);
+      current = await readContainerFile(containerPath);
       if (!keyframe) checkLink(await indexOf(dir, previous!), current, { previous: `step ${index - 1}`, current: `step ${index} (${file})` });
       // Restore what was just written: it is the next step's base (and proves the container decodes).
       if (folders) {

@@ -10,9 +10,9 @@ import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { ExcpError } from '../core/errors.js';
 import { Hasher, fingerprintTensors } from '../core/hash.js';
-import { readContainerIndex } from '../api/inspect.js';
 import { writeAtomically } from '../io/output.js';
 import { CHAIN_MANIFEST, checkStep, parseManifest, type ChainKind, type ChainManifest, type ChainStep, type ContainerIndex } from './manifest.js';
+import { readContainerFile } from '../api/open.js';
 
 /** Relative paths and sizes of the regular files under a folder, sorted by path. */
 async function filesOf(dir: string): Promise<Array<{ path: string; size: number }>> {
@@ -97,7 +97,7 @@ export async function writeManifest(dir: string, manifest: ChainManifest): Promi
 }
 
 export async function indexOf(dir: string, entry: ChainStep): Promise<ContainerIndex> {
-  const index = await readContainerIndex(join(dir, entry.file)).catch((e: unknown) => {
+  const index = await readContainerFile(join(dir, entry.file)).catch((e: unknown) => {
     if (e instanceof ExcpError && e.code === 'ERR_IO') throw new ExcpError('ERR_CHAIN', `chain: step ${entry.step}: ${e.message}`);
     throw e;
   });

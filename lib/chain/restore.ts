@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { ExcpError } from '../core/errors.js';
-import { restoreTo, restoreToFolder } from '../api/pipeline.js';
 import { KIND_NAMES, indexOf, readManifest } from './files.js';
 import { checkLink, replayPath, type ChainKind, type ChainManifest, type ContainerIndex } from './manifest.js';
+import { restoreTo, restoreToFolder } from '../api/restore.js';
 
 /** A base that differs from the one a container was made against, inside a chain, is a broken chain. */
 export function chainError(e: unknown, label: string): unknown {

@@ -2,18 +2,22 @@
  * The `excp` command: argument parsing, file/stdio plumbing, progress and
  * exit codes. No codec logic lives here.
  */
+import { dirname, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { TOOL_VERSION } from '../core/constants.js';
 import { PAPER_OPTIONS } from '../core/options.js';
 import { ExcpError, toExcpError } from '../core/errors.js';
-import { compressTo, holdsFolder, restoreTo, restoreToFile, restoreToFolder } from '../api/pipeline.js';
-import { removeActiveTemps, spoolToFile, writeAtomically } from '../io/output.js';
+import { removeActiveTemps, writeAtomically } from '../io/output.js';
 import { readParamMapFile } from '../formats/folder.js';
 import { inspectContainer, formatInspect, verifyContainer } from '../api/inspect.js';
 import { compareCheckpoints, formatCompare, worstRelativeError } from '../api/compare.js';
 import { checkpointList } from './glob.js';
 import { appendToChain, createChain, formatChain, readManifest, restoreChainStep, restoreChainStepToFolder } from '../chain/chain.js';
 import type { LooseOptions } from '../core/options.js';
+import { compressTo } from '../api/compress.js';
+import { holdsFolder } from '../api/open.js';
+import { restoreTo, restoreToFile, restoreToFolder } from '../api/restore.js';
+import { spoolToFile } from '../io/spool.js';
 
 const HELP = `excp ${TOOL_VERSION}: extreme compression of training checkpoints (ExCP)
 
@@ -192,7 +196,7 @@ async function main(argv: string[]): Promise<void> {
       }
       // stdin to a path: the container may hold a folder, which is restored
       // by path; spool it (it is small) and go on as for a file.
-      const spooled = given === undefined ? await spoolToFile(process.stdin, target) : null;
+      const spooled = given === undefined ? await spoolToFile(process.stdin, dirname(resolve(target))) : null;
       const input = spooled?.path ?? given!;
       try {
         if (await holdsFolder(input)) {

@@ -10,7 +10,7 @@ import { ByteReader, ByteWriter } from '../core/bytes.js';
 import type { DType } from '../core/dtype.js';
 import { fingerprintTensors } from '../core/hash.js';
 import { corrupt, pack, readCount, unpack, unzigzag, zigzag } from './fields.js';
-import type { ContainerFooter, ContainerHeader, FooterEntry } from './format.js';
+import type { ContainerFooter, ContainerHeader, FooterEntry } from '../model/checkpoint.js';
 
 /** The footer's fingerprints as lib/stream/container.ts buildFooter computes them. */
 function fingerprints(header: ContainerHeader, tensorHashes: readonly string[], baseHashes: readonly (string | null)[]): { base: string | null; target: string } {

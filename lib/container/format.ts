@@ -18,78 +18,31 @@
  * every record's CRC covers its type, indices, length and payload, so a
  * flipped bit anywhere is caught before the payload is decoded.
  *
- * The header's structural checks are in container-validate.ts.
+ * The header's structural checks are in validate.ts; the file table's
+ * records belong to the file kinds the caller passes (kinds.ts).
  */
 import { ByteReader, ByteWriter } from '../core/bytes.js';
 import { crc32 } from '../core/crc32.js';
 import { DTYPE_BYTES, byteSize } from '../core/dtype.js';
 import { digestTensors } from '../model/pack.js';
 import { ExcpError } from '../core/errors.js';
-import { startsLikeZip } from '../formats/zip.js';
 import { decodeFooterBody, encodeFooterBody } from './footer.js';
 import { decodeHeaderBody, encodeHeaderBody } from './header.js';
+import type { FileKinds } from './kinds.js';
 import { validateHeader } from './validate.js';
 import { END_MAGIC, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, RECORD_CHUNK, RECORD_FOOTER } from '../core/constants.js';
-import type { CodecOptions } from '../core/options.js';
-import type { EntrySpec, TensorSpec } from '../model/checkpoint.js';
+import type { ChunkRecord, ContainerFooter, ContainerHeader, EntrySpec, FileSpec } from '../model/checkpoint.js';
+import type { ChunkLayout } from '../method/codec.js';
 
-/** How restore lays tensors out into files. */
-export type FileSpec =
-  | { kind: 'safetensors'; path: string | null; rawHeader: string; tensors: number[] }
-  | { kind: 'blob'; path: string; tensor: number }
-  | { kind: 'torch'; path: string; tensors: number[]; layout: unknown };
+export type { ChunkRecord, ContainerFooter, ContainerHeader, FileSpec, FooterEntry } from '../model/checkpoint.js';
 
-/** The header: everything restore needs before the first record. */
-export interface ContainerHeader {
-  tool: string;
-  options: CodecOptions;
-  tensors: TensorSpec[];
-  entries: EntrySpec[];
-  files: FileSpec[];
-  /** Extra information (e.g. the parameter map of a PyTorch folder). */
-  info?: Record<string, unknown>;
-  /** In memory only, set by readers: the format version the header came from (absent: the current one). */
-  format?: number;
-}
-
-/** Per-entry results, written after the last record. */
-export interface FooterEntry {
-  /** Byte offsets of the entry's records, in chunk order. */
-  offsets: number[];
-  codedBytes: number;
-  keptWeights: number;
-  keptMoments: number;
-  /** Empirical entropy of the entry's coded symbols, in bits (absent in older files). */
-  entropyBits?: number;
-  /** Bits of the entry's coded symbol streams, tables included (absent in older files). */
-  symbolBits?: number;
-}
-
-/** The footer: index and fingerprints. */
-export interface ContainerFooter {
-  entries: FooterEntry[];
-  /**
-   * Per tensor: hash of the restored bytes (over chunk digests). null: not
-   * stored (a small container, where they would be a visible share of it;
-   * see lib/stream/container.ts): restore then checks the fingerprint only.
-   */
-  tensorHashes: string[] | null;
-  /** Per tensor with a base: hash of the base bytes used (null otherwise); null when tensorHashes is. */
-  baseHashes: (string | null)[] | null;
-  baseFingerprint: string | null;
-  targetFingerprint: string;
-}
-
-/** A chunk record. */
-export interface ChunkRecord {
-  entry: number;
-  chunk: number;
-  payload: Uint8Array;
-}
-
-/** Bytes of the preamble and header. */
-export function encodeHead(header: ContainerHeader): Uint8Array {
-  const body = encodeHeaderBody(header);
+/**
+ * Bytes of the preamble and header.
+ * @param header the header
+ * @param kinds the file kinds of its files
+ */
+export function encodeHead(header: ContainerHeader, kinds: FileKinds): Uint8Array {
+  const body = encodeHeaderBody(header, kinds);
   const w = new ByteWriter(body.length + 24);
   w.bytes(MAGIC);
   w.u16(FORMAT_VERSION);
@@ -146,27 +99,19 @@ export const HEAD_FIXED_BYTES = 16;
 /** Size of the trailer. */
 export const TRAILER_BYTES = 16;
 
-/**
- * Check the preamble and read the header body length.
- * @param first16 the first 16 bytes
- * @returns the header body length
- * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
- */
-export function readPreamble(first16: Uint8Array): number {
-  return readPreambleInfo(first16).length;
-}
-
 /** Oldest container format version this code reads. */
 export const MIN_FORMAT_VERSION = 1;
 
 /**
- * {@link readPreamble}, also returning the format version (1 or 2).
+ * Check the preamble and read the format version (1 or 2) and the header body length.
+ * @param first16 the first 16 bytes
+ * @param hint what a file that is not a container is instead (a suffix for the bad-magic message)
  * @throws ExcpError ERR_BAD_MAGIC, ERR_VERSION, ERR_HEADER_TOO_LARGE
  */
-export function readPreambleInfo(first16: Uint8Array): { version: number; length: number } {
+export function readPreambleInfo(first16: Uint8Array, hint?: (head: Uint8Array) => string): { version: number; length: number } {
   const r = new ByteReader(first16, 'container');
   for (let i = 0; i < MAGIC.length; i++) {
-    if (r.u8() !== MAGIC[i]) throw new ExcpError('ERR_BAD_MAGIC', `container: not an .excp file (bad magic)${notContainerHint(first16)}`);
+    if (r.u8() !== MAGIC[i]) throw new ExcpError('ERR_BAD_MAGIC', `container: not an .excp file (bad magic)${hint?.(first16) ?? ''}`);
   }
   const version = r.u16();
   if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) throw new ExcpError('ERR_VERSION', `container: format version ${version} is not supported (this reads versions ${MIN_FORMAT_VERSION} to ${FORMAT_VERSION})`);
@@ -174,14 +119,6 @@ export function readPreambleInfo(first16: Uint8Array): { version: number; length
   const length = r.u32();
   if (length > MAX_BODY_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `container: header length ${length} exceeds limit ${MAX_BODY_BYTES}`);
   return { version, length };
-}
-
-/** What a file given to restore is instead of a container, when it is one a user would plausibly pass. */
-function notContainerHint(first16: Uint8Array): string {
-  // safetensors: an 8-byte little-endian header length, then the JSON header's '{'.
-  if (first16.length >= 9 && first16[8] === 0x7b && first16[6] === 0 && first16[7] === 0) return ': it looks like a safetensors checkpoint; compress it with excp compress';
-  if (startsLikeZip(first16)) return ': it is a zip file (torch.save?)';
-  return '';
 }
 
 /** A version 1 body is JSON and starts with '{'; a version 2 body starts with its encoding byte (0 or 1). */
@@ -193,16 +130,17 @@ function isJsonBody(body: Uint8Array): boolean {
  * Parse and validate the header body (followed by its CRC): JSON (version 1)
  * or compact (version 2), told apart by the first byte.
  * @param bytes body bytes then 4 CRC bytes
+ * @param kinds the file kinds a file may be of
  * @returns the validated header
  * @throws ExcpError ERR_CRC, ERR_BAD_HEADER, ERR_SHAPE, ERR_DTYPE
  */
-export function decodeHeader(bytes: Uint8Array): ContainerHeader {
+export function decodeHeader(bytes: Uint8Array, kinds: FileKinds): ContainerHeader {
   const body = bytes.subarray(0, bytes.length - 4);
   const stored = new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
   if (crc32(body) !== stored) throw new ExcpError('ERR_CRC', 'container: header checksum mismatch: the file is corrupt');
   if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: header is empty');
-  const header = isJsonBody(body) ? parseJson(body, 'header') as ContainerHeader : decodeHeaderBody(body);
-  validateHeader(header);
+  const header = isJsonBody(body) ? fromJsonHeader(parseJson(body, 'header'), kinds) : decodeHeaderBody(body, kinds);
+  validateHeader(header, kinds);
   return header;
 }
 
@@ -266,14 +204,14 @@ function validateFooter(f: ContainerFooter, header: ContainerHeader): void {
  * @returns the footer offset
  */
 export function decodeTrailer(trailer: Uint8Array): number {
-  const r = new ByteReader(trailer, 'container');
-  const offsetBytes = trailer.subarray(0, 8);
-  const offset = r.u64();
-  if (r.u32() !== crc32(offsetBytes)) throw new ExcpError('ERR_CRC', 'container: trailer checksum mismatch: the file is corrupt or truncated');
+  // The end marker first: a truncated file ends in arbitrary record bytes,
+  // which say nothing about an offset.
   for (let i = 0; i < END_MAGIC.length; i++) {
-    if (r.u8() !== END_MAGIC[i]) throw new ExcpError('ERR_TRUNCATED', 'container: missing end marker: the file is truncated');
+    if (trailer[TRAILER_BYTES - END_MAGIC.length + i] !== END_MAGIC[i]) throw new ExcpError('ERR_TRUNCATED', 'container: missing end marker: the file is truncated');
   }
-  return offset;
+  const offsetBytes = trailer.subarray(0, 8);
+  if (new DataView(trailer.buffer, trailer.byteOffset + 8, 4).getUint32(0, true) !== crc32(offsetBytes)) throw new ExcpError('ERR_CRC', 'container: trailer checksum mismatch: the file is corrupt or truncated');
+  return new ByteReader(offsetBytes, 'container: trailer').u64();
 }
 
 /**
@@ -303,6 +241,23 @@ export function chunkCount(entry: EntrySpec, chunkElements: number): number {
   return Math.ceil(entry.elements / chunkElements);
 }
 
+/**
+ * A version 1 (JSON) header in the current form: its files through their
+ * kinds' fromJson. Everything else is checked by validateHeader.
+ */
+function fromJsonHeader(value: unknown, kinds: FileKinds): ContainerHeader {
+  const header = value as ContainerHeader;
+  if (!header || typeof header !== 'object' || !Array.isArray(header.files)) return header;
+  const files = (header.files as unknown[]).map((f, i): FileSpec => {
+    const object = f && typeof f === 'object' ? f as Record<string, unknown> : null;
+    const kind = typeof object?.['kind'] === 'string' ? kinds.named(object['kind']) : undefined;
+    const file = kind ? kind.fromJson(object!) : null;
+    if (!file) throw new ExcpError('ERR_BAD_HEADER', `container: invalid header: file ${i}`);
+    return file;
+  });
+  return { ...header, files };
+}
+
 function parseJson(bytes: Uint8Array, what: string): unknown {
   try {
     return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
@@ -316,7 +271,7 @@ function parseJson(bytes: Uint8Array, what: string): unknown {
  * @param header the container header
  * @param entry entry index
  */
-export function layoutOf(header: ContainerHeader, entry: number): import('../method/codec.js').ChunkLayout {
+export function layoutOf(header: ContainerHeader, entry: number): ChunkLayout {
   const e = header.entries[entry]!;
   const t = header.tensors;
   return {

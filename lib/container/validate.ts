@@ -2,16 +2,16 @@
  * Structural validation of a container header read from an untrusted file
  * (style guide 7, the safetensors discipline applied to our own format):
  * options in range, tensors and entries that own each other exactly once,
- * file paths that cannot leave the output folder, torch layouts that add up.
+ * file paths that cannot leave the output folder, layouts their kinds accept.
  * Apart from container.ts because it is the attack surface of the reader
  * and is easier to review, and to extend, as one list of checks.
  */
-import { type DType, DTYPE_BYTES, elementCount, isDType } from '../core/dtype.js';
+import { type DType, elementCount, isDType } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { MAX_CHUNK_ELEMENTS, MAX_TENSORS, MIN_CHUNK_ELEMENTS } from '../core/constants.js';
-import type { ContainerHeader } from './format.js';
+import type { ContainerHeader, Role } from '../model/checkpoint.js';
 import { entryTensors } from '../model/pack.js';
-import type { Role } from '../model/checkpoint.js';
+import type { FileKinds } from './kinds.js';
 
 const ROLES: ReadonlySet<Role> = new Set<Role>(['weight', 'exp_avg', 'exp_avg_sq', 'plain']);
 
@@ -22,9 +22,10 @@ function bad(what: string): never {
 /**
  * Structural checks on a header read from an untrusted file.
  * @param h the parsed header (v1 JSON or v2 body)
+ * @param kinds the file kinds, which check their files' layouts
  * @throws ExcpError ERR_BAD_HEADER naming the first check that fails
  */
-export function validateHeader(h: ContainerHeader): void {
+export function validateHeader(h: ContainerHeader, kinds: FileKinds): void {
   if (!h || typeof h !== 'object') bad('not an object');
   const o = h.options;
   if (!o || typeof o !== 'object') bad('options missing');
@@ -75,7 +76,7 @@ export function validateHeader(h: ContainerHeader): void {
     if (typeof e.base !== 'boolean' || typeof e.exactWeight !== 'boolean' || typeof e.exactMoments !== 'boolean') bad(`entry ${i} flags`);
   });
   if (owner.some((x) => x === -1)) bad('a tensor belongs to no entry');
-  validateFiles(h);
+  validateFiles(h, kinds);
   if (h.info !== undefined && (h.info === null || typeof h.info !== 'object' || Array.isArray(h.info))) bad('info');
 }
 
@@ -90,51 +91,30 @@ export function isSafeRelativePath(path: unknown): path is string {
   return path.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
 }
 
-/** Checks on `files`: kinds, paths, tensor references (each tensor in at most one file; all of them in a folder). */
-function validateFiles(h: ContainerHeader): void {
+/**
+ * Checks on `files` that every kind shares: a known kind, paths that stay
+ * inside the output folder (or the one pathless file of a single-file
+ * container), each tensor in at most one file (all of them in a folder);
+ * then the kind's own checks of its layout.
+ */
+function validateFiles(h: ContainerHeader, kinds: FileKinds): void {
   const used = new Uint8Array(h.tensors.length);
-  const tensorIndex = (t: unknown, what: string): number => {
-    if (!Number.isInteger(t) || (t as number) < 0 || (t as number) >= h.tensors.length || used[t as number]) bad(`${what} tensor ${String(t)}`);
-    used[t as number] = 1;
-    return t as number;
-  };
-  const bytesOf = (t: number): number => elementCount(h.tensors[t]!.shape, 'container') * DTYPE_BYTES[h.tensors[t]!.dtype];
-  const isBytes = (t: number): boolean => h.tensors[t]!.dtype === 'U8' && h.tensors[t]!.shape.length === 1 && h.tensors[t]!.role === 'plain';
-  const single = h.files.length === 1 && h.files[0]?.kind === 'safetensors' && h.files[0].path === null;
+  const single = h.files.length === 1 && h.files[0]?.path === null;
   const paths = new Set<string>();
   h.files.forEach((f, i) => {
     const what = `file ${i}`;
-    if (!f || typeof f !== 'object') bad(what);
-    if (!(single && f.kind === 'safetensors' && f.path === null)) {
+    if (!f || typeof f !== 'object' || typeof f.kind !== 'string' || !Array.isArray(f.tensors)) bad(what);
+    const kind = kinds.named(f.kind) ?? bad(`${what} kind ${JSON.stringify(f.kind)}`);
+    if (!single) {
       if (!isSafeRelativePath(f.path)) bad(`${what} path ${JSON.stringify(f.path)}`);
       if (paths.has(f.path)) bad(`${what} path ${JSON.stringify(f.path)} repeats`);
       paths.add(f.path);
     }
-    if (f.kind === 'safetensors') {
-      if (typeof f.rawHeader !== 'string' || !Array.isArray(f.tensors)) bad(what);
-      f.tensors.forEach((t) => tensorIndex(t, what));
-    } else if (f.kind === 'blob') {
-      if (!isBytes(tensorIndex(f.tensor, what))) bad(`${what}: a blob is one U8 vector`);
-    } else if (f.kind === 'torch') {
-      const layout = f.layout as { size?: unknown; offsets?: unknown } | null;
-      if (!Array.isArray(f.tensors) || f.tensors.length < 1 || !layout || typeof layout !== 'object') bad(what);
-      const size = layout.size;
-      const offsets = layout.offsets;
-      if (!Number.isSafeInteger(size) || (size as number) < 0 || !Array.isArray(offsets) || offsets.length !== f.tensors.length - 1) bad(`${what} layout`);
-      const members = f.tensors.map((t) => tensorIndex(t, what));
-      if (!isBytes(members[0]!)) bad(`${what}: the skeleton is one U8 vector`);
-      let end = 0;
-      let cut = 0;
-      members.slice(1).forEach((t, k) => {
-        const at = (offsets as unknown[])[k];
-        if (!Number.isSafeInteger(at) || (at as number) < end) bad(`${what} layout offset ${String(at)}`);
-        end = (at as number) + bytesOf(t);
-        cut += bytesOf(t);
-      });
-      if (end > (size as number) || bytesOf(members[0]!) !== (size as number) - cut) bad(`${what} layout size`);
-    } else {
-      bad(`${what} kind ${JSON.stringify((f as { kind?: unknown }).kind)}`);
+    for (const t of f.tensors) {
+      if (!Number.isInteger(t) || t < 0 || t >= h.tensors.length || used[t]) bad(`${what} tensor ${String(t)}`);
+      used[t] = 1;
     }
+    kind.validate(f, h.tensors, (reason) => bad(`${what}: ${reason}`));
   });
   if (!single) {
     for (const p of paths) {

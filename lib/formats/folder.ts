@@ -24,16 +24,17 @@
  * the exact coder's base mode can use it.
  */
 import { openSync, closeSync, fstatSync } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import { type ParamMapping, mapParams } from './param-map.js';
-import { type FolderFile, type ParamMapInfo, skeletonSegments } from '../model/plan.js';
+import { type ParamMapping, mapParams } from './torch/param-map.js';
 import { isSafeRelativePath } from '../container/validate.js';
-import type { SafetensorsHeader, TensorInfo } from './safetensors.js';
-import { SafetensorsFile, type TensorReader, readExactlySync } from './safetensors-file.js';
-import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch.js';
+import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
+import { SafetensorsFile } from './safetensors-file.js';
+import { type TorchLayout, skeletonSegments } from './torch-kind.js';
+import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
+import { readExactlySync } from '../io/read.js';
 
 /** Prefix of the virtual tensors that hold whole files (or a torch.save file's skeleton). */
 export const FILE_PREFIX = '__file__/';
@@ -41,7 +42,17 @@ export const FILE_PREFIX = '__file__/';
 export const STATE_PREFIX = '__optimizer__/';
 /** The optimizer file of a Trainer checkpoint. */
 export const OPTIMIZER_FILE = 'optimizer.pt';
-export type { FolderFile, ParamMapInfo };
+
+/** The param map as stored in `header.info.paramMap` and shown by inspect. */
+export interface ParamMapInfo {
+  /** The optimizer file, e.g. `optimizer.pt`. */
+  file: string;
+  /** [id, name, confidence 0..1, method] per mapped id, in id order. */
+  ids: [number, string, number, string][];
+  /** Ids with state whose moments are coded exactly under `__optimizer__/ID/...`. */
+  unmapped: number[];
+  minConfidence: number;
+}
 
 /** Where a virtual tensor's bytes are. */
 type Source =
@@ -58,21 +69,24 @@ export interface FolderOpenOptions {
   explicit?: readonly string[] | null;
 }
 
-/** A checkpoint folder as a {@link TensorReader} over its virtual tensor table. */
-export class FolderCheckpoint implements TensorReader {
+/** A checkpoint folder as a {@link Checkpoint} over its virtual tensor table. */
+export class FolderCheckpoint implements Checkpoint {
   readonly path: string;
-  readonly header: SafetensorsHeader;
+  readonly tensors: TensorInfo[];
+  readonly dataLength: number;
   readonly byName: Map<string, TensorInfo>;
-  readonly files: FolderFile[];
+  readonly files: CheckpointFile[];
   readonly paramMap: ParamMapInfo | null;
+  readonly info: Record<string, unknown> | null;
   /** Where each virtual tensor's bytes are (internal). */
   readonly sources: ReadonlyMap<string, Source>;
   private readonly fds: number[];
 
-  private constructor(path: string, tensors: TensorInfo[], files: FolderFile[], sources: Map<string, Source>, fds: number[], paramMap: ParamMapInfo | null) {
-    const dataLength = tensors.reduce((s, t) => s + t.end - t.begin, 0);
+  private constructor(path: string, tensors: TensorInfo[], files: CheckpointFile[], sources: Map<string, Source>, fds: number[], paramMap: ParamMapInfo | null) {
     this.path = path;
-    this.header = { tensors, metadata: null, dataOffset: 0, dataLength, raw: new Uint8Array(0) };
+    this.tensors = tensors;
+    this.dataLength = tensors.reduce((s, t) => s + t.end - t.begin, 0);
+    this.info = paramMap ? { paramMap } : null;
     this.byName = new Map(tensors.map((t) => [t.name, t]));
     this.files = files;
     this.sources = sources;
@@ -90,7 +104,7 @@ export class FolderCheckpoint implements TensorReader {
     try {
       const tensors: TensorInfo[] = [];
       const sources = new Map<string, Source>();
-      const files: FolderFile[] = [];
+      const files: CheckpointFile[] = [];
       let virtual = 0;
       const add = (name: string, dtype: DType, shape: number[], source: Source): void => {
         if (sources.has(name)) throw new ExcpError('ERR_BAD_HEADER', `folder: ${dir}: tensor name '${name}' occurs twice`);
@@ -111,7 +125,7 @@ export class FolderCheckpoint implements TensorReader {
           const fd = openSync(full, 'r');
           fds.push(fd);
           for (const t of file.header.tensors) model.push({ name: t.name, shape: t.shape, dtype: t.dtype, fd, offset: file.header.dataOffset + t.begin });
-          files.push({ kind: 'safetensors', path, rawHeader: file.header.raw, tensors: file.header.tensors.map((t) => t.name) });
+          files.push({ kind: 'safetensors', path, tensors: file.header.tensors.map((t) => t.name), layout: file.header.raw });
           continue;
         }
         const fd = openSync(full, 'r');
@@ -183,7 +197,7 @@ export class FolderCheckpoint implements TensorReader {
       for (const w of weightFiles) files.push(addSkeleton(add, w, w.cuts));
       for (const p of pending) {
         add(`${FILE_PREFIX}${p.path}`, 'U8', [p.size], { fd: p.fd, offset: 0 });
-        files.push({ kind: 'blob', path: p.path, tensor: `${FILE_PREFIX}${p.path}` });
+        files.push({ kind: 'blob', path: p.path, tensors: [`${FILE_PREFIX}${p.path}`], layout: null });
       }
       return new FolderCheckpoint(dir, tensors, files, sources, fds, paramMap);
     } catch (e) {
@@ -300,14 +314,15 @@ function readTorchWeights(full: string, fd: number, size: number): Cut[] | null 
 /**
  * Add the skeleton of a torch.save file (its bytes without the cut ranges,
  * which must be sorted and disjoint) as the U8 tensor `__file__/PATH`.
- * @returns the file's FolderFile
+ * @returns the file (kind `torch`: lib/formats/torch-kind.ts)
  */
 function addSkeleton(add: (name: string, dtype: DType, shape: number[], source: Source) => void,
-  file: { path: string; fd: number; size: number }, cuts: readonly Cut[]): FolderFile {
+  file: { path: string; fd: number; size: number }, cuts: readonly Cut[]): CheckpointFile {
   const segments = skeletonSegments(file.size, cuts);
   const skeleton = `${FILE_PREFIX}${file.path}`;
   add(skeleton, 'U8', [segments.reduce((n, s) => n + s.length, 0)], { fd: file.fd, segments });
-  return { kind: 'torch', path: file.path, size: file.size, skeleton, cuts: cuts.map((c) => ({ name: c.name, offset: c.offset })) };
+  const layout: TorchLayout = { size: file.size, offsets: cuts.map((c) => c.offset) };
+  return { kind: 'torch', path: file.path, tensors: [skeleton, ...cuts.map((c) => c.name)], layout };
 }
 
 /** Read exactly `length` bytes at `offset` of an open file. */
@@ -332,11 +347,6 @@ async function listFiles(dir: string): Promise<string[]> {
   };
   await walk('');
   return out;
-}
-
-/** True when a path names a directory. */
-export async function isDirectory(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => null))?.isDirectory() ?? false;
 }
 
 /** Read a --param-map file: a JSON list of parameter names in optimizer order. */

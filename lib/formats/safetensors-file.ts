@@ -1,32 +1,29 @@
 /**
- * Random access to a safetensors file on disk: the header, and any byte
- * range of any tensor. Used for the checkpoint being compressed (so a
- * parameter and its moments can be read together wherever they sit in the
- * file) and for the base checkpoint (read chunk by chunk as it is needed).
+ * The input format "a safetensors file": random access to the file on disk
+ * (or in memory), its header and any byte range of any tensor, as a
+ * {@link Checkpoint} of one file of kind `safetensors`. Used for the
+ * checkpoint being compressed (so a parameter and its moments can be read
+ * together wherever they sit in the file) and for the base checkpoint (read
+ * chunk by chunk as it is needed).
  */
-import { readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ExcpError } from '../core/errors.js';
-import { type SafetensorsHeader, type TensorInfo, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
+import { readExactly } from '../io/read.js';
+import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
+import { type SafetensorsHeader, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
 
-/** Random access to a checkpoint's tensors (a file, or bytes in memory). */
-export interface TensorReader {
-  readonly path: string;
-  readonly header: SafetensorsHeader;
-  readonly byName: Map<string, TensorInfo>;
-  /**
-   * Bytes [start, end) of a tensor's data. With `into` (length end - start),
-   * a reader may read into it and return it, so a caller can reuse buffers.
-   */
-  tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
-  close(): Promise<void>;
+/** The one file of a safetensors checkpoint: its header bytes are its kind's layout. */
+function fileOf(header: SafetensorsHeader): CheckpointFile[] {
+  return [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
 }
 
 /** A whole safetensors file held in memory (the one-shot helpers use it). */
-export class SafetensorsMemory implements TensorReader {
+export class SafetensorsMemory implements Checkpoint {
   readonly path: string;
   readonly header: SafetensorsHeader;
   readonly byName: Map<string, TensorInfo>;
+  readonly files: CheckpointFile[];
+  readonly info = null;
   private readonly bytes: Uint8Array;
 
   /**
@@ -44,6 +41,15 @@ export class SafetensorsMemory implements TensorReader {
       throw e;
     }
     this.byName = new Map(this.header.tensors.map((t) => [t.name, t]));
+    this.files = fileOf(this.header);
+  }
+
+  get tensors(): readonly TensorInfo[] {
+    return this.header.tensors;
+  }
+
+  get dataLength(): number {
+    return this.header.dataLength;
   }
 
   async tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
@@ -60,11 +66,13 @@ export class SafetensorsMemory implements TensorReader {
 }
 
 /** An open safetensors file. */
-export class SafetensorsFile implements TensorReader {
+export class SafetensorsFile implements Checkpoint {
   readonly path: string;
   readonly size: number;
   readonly header: SafetensorsHeader;
   readonly byName: Map<string, TensorInfo>;
+  readonly files: CheckpointFile[];
+  readonly info = null;
   private readonly handle: FileHandle;
 
   private constructor(path: string, handle: FileHandle, size: number, header: SafetensorsHeader) {
@@ -73,6 +81,15 @@ export class SafetensorsFile implements TensorReader {
     this.size = size;
     this.header = header;
     this.byName = new Map(header.tensors.map((t) => [t.name, t]));
+    this.files = fileOf(header);
+  }
+
+  get tensors(): readonly TensorInfo[] {
+    return this.header.tensors;
+  }
+
+  get dataLength(): number {
+    return this.header.dataLength;
   }
 
   /**
@@ -119,31 +136,3 @@ export class SafetensorsFile implements TensorReader {
   }
 }
 
-/** Read exactly `length` bytes at `position` into `into` (when its length fits) or a fresh (aligned) buffer. */
-export async function readExactly(handle: FileHandle, position: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
-  const out = into && into.length === length ? into : new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await handle.read(out, done, length - done, position + done);
-    if (bytesRead === 0) throw new ExcpError('ERR_TRUNCATED', `unexpected end of file at byte ${position + done}`);
-    done += bytesRead;
-  }
-  return out;
-}
-
-/**
- * Synchronous {@link readExactly} on a descriptor, for the parsers that take
- * a synchronous `read(offset, length)` (zip, torch).
- * @param what prefix of the error message (the file)
- * @throws ExcpError ERR_TRUNCATED when the file ends first
- */
-export function readExactlySync(fd: number, position: number, length: number, what: string): Uint8Array {
-  const out = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, out, done, length - done, position + done);
-    if (n === 0) throw new ExcpError('ERR_TRUNCATED', `${what}: unexpected end of file at byte ${position + done}`);
-    done += n;
-  }
-  return out;
-}

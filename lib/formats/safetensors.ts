@@ -11,24 +11,15 @@
  * dtypes, overflow-safe `shape x dtype` sizes, offsets that tile the data
  * exactly (sorted, no holes, no overlap, last end = data length).
  */
-import { MAGIC } from '../core/constants.js';
 import { ExcpError } from '../core/errors.js';
-import { startsLikeZip } from './zip.js';
+import { otherThanSafetensors } from './sniff.js';
 import { type DType, DTYPE_BYTES, byteSize, isDType } from '../core/dtype.js';
+import type { TensorInfo } from '../model/checkpoint.js';
+
+export type { TensorInfo } from '../model/checkpoint.js';
 
 /** Largest header accepted (the reference implementation uses 100 MB). */
 export const MAX_HEADER_BYTES = 100_000_000;
-
-/** One tensor of a safetensors file. Offsets are relative to the data section. */
-export interface TensorInfo {
-  name: string;
-  dtype: DType;
-  shape: number[];
-  /** First byte, relative to the data section. */
-  begin: number;
-  /** One past the last byte, relative to the data section. */
-  end: number;
-}
 
 /** A parsed header. */
 export interface SafetensorsHeader {
@@ -69,7 +60,7 @@ export function readHeaderLength(first8: Uint8Array, fileSize?: number): number 
   const tooLong = n > MAX_HEADER_BYTES || (fileSize !== undefined && 8 + n > fileSize);
   if (tooLong || n < 2) {
     // Not safetensors: say what it is when it is a file a user would plausibly pass.
-    const other = otherFormat(first8);
+    const other = otherThanSafetensors(first8);
     if (other) throw new ExcpError('ERR_BAD_HEADER', `safetensors: not a safetensors file: ${other}`);
   }
   if (n > MAX_HEADER_BYTES) throw new ExcpError('ERR_HEADER_TOO_LARGE', `safetensors: header length ${n} exceeds limit ${MAX_HEADER_BYTES}`);
@@ -78,18 +69,6 @@ export function readHeaderLength(first8: Uint8Array, fileSize?: number): number 
     throw new ExcpError('ERR_TRUNCATED', `safetensors: header length ${n} exceeds file size ${fileSize}`);
   }
   return n;
-}
-
-/** What a file that is not safetensors is, and what to do, by its first bytes (null: unknown). */
-function otherFormat(first8: Uint8Array): string | null {
-  const starts = (...bytes: number[]) => bytes.every((x, i) => first8[i] === x);
-  if (startsLikeZip(first8)) {
-    return 'it is a zip file (PyTorch\'s torch.save format, as pytorch_model.bin and optimizer.pt); excp reads those inside a checkpoint folder: compress the folder';
-  }
-  if (starts(...MAGIC)) return 'it is an .excp container: restore it with excp restore';
-  const protocol = first8[1] ?? 0;
-  if (starts(0x80) && protocol >= 2 && protocol <= 5) return 'it is a Python pickle (a legacy torch.save file?), which excp never loads';
-  return null;
 }
 
 /**

@@ -1,17 +1,15 @@
 /**
  * Output files: written atomically (a temporary file beside the target,
  * renamed at the end), never over an input, never inside an input folder,
- * with a full disk reported as such and nothing half-written left behind;
- * and stdin spooled to a file when restore needs random access. The CLI and
- * chains write through these; lib/pipeline.ts does the coding.
+ * with a full disk reported as such and nothing half-written left behind.
+ * The CLI and chains write through these; lib/api/ does the coding.
  */
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { type FileHandle, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { basename, dirname, join, sep } from 'node:path';
-import { type Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Writable } from 'node:stream';
 import { ExcpError, toExcpError } from '../core/errors.js';
 
 /** How an output file is produced. */
@@ -106,36 +104,17 @@ async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
   while (done < bytes.length) done += (await handle.write(bytes, done, bytes.length - done)).bytesWritten;
 }
 
-/**
- * Copy a stream (stdin) into a temporary file beside `near`, for a restore
- * that needs random access: a folder container is restored by path. The
- * container is small (a fiftieth of the checkpoint), so this costs little.
- * The file is removed by `remove()`, and by {@link removeActiveTemps} on a
- * signal.
- * @param source the stream
- * @param near a path whose folder receives the file (the output)
- * @returns the file's path and its remover
- */
-export async function spoolToFile(source: Readable, near: string): Promise<{ path: string; remove: () => Promise<void> }> {
-  // Named like writeAtomically's temp files, so a spool left by a killed run
-  // is removed by the next write of the same output.
-  const path = join(dirname(near), `${tempPrefix(near)}${process.pid}-${Date.now().toString(36)}-stdin`);
-  activeTemps.add(path);
-  const remove = async (): Promise<void> => {
-    await rm(path, { force: true });
-    activeTemps.delete(path);
-  };
-  try {
-    await pipeline(source, createWriteStream(path, { flags: 'wx' }));
-  } catch (e) {
-    await remove();
-    throw outputError(e, near, false);
-  }
-  return { path, remove };
-}
-
-/** Temporary files of writeAtomically calls in progress in this process. */
+/** Temporary files of writeAtomically calls (and spools) in progress in this process. */
 const activeTemps = new Set<string>();
+
+/**
+ * Track a temporary file so that a signal removes it ({@link removeActiveTemps}).
+ * @returns a function that stops tracking it
+ */
+export function trackTemp(path: string): () => void {
+  activeTemps.add(path);
+  return () => activeTemps.delete(path);
+}
 
 /**
  * Remove the temporary files of writes in progress, synchronously: for a
@@ -174,20 +153,27 @@ export function processAlive(pid: number): boolean {
 
 /** Remove temporary files a killed run left beside `target` (only those whose process is gone). */
 async function removeStaleTemps(target: string): Promise<void> {
-  const prefix = tempPrefix(target);
-  const names = await readdir(dirname(target)).catch(() => [] as string[]);
+  await removeStale(dirname(target), tempPrefix(target));
+}
+
+/**
+ * Remove the files in `dir` named `PREFIX<pid>-...` whose process is gone:
+ * what a killed run (SIGKILL, a power loss) left behind.
+ */
+export async function removeStale(dir: string, prefix: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
     const pid = Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]);
     if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processAlive(pid)) continue;
-    await rm(join(dirname(target), name), { force: true }).catch(() => undefined);
+    await rm(join(dir, name), { force: true, recursive: true }).catch(() => undefined);
   }
 }
 
 const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 
 /** An output failure as an ExcpError; a full disk gets ERR_NO_SPACE and a message that says what was done. */
-function outputError(e: unknown, target: string, removed: boolean): ExcpError {
+export function outputError(e: unknown, target: string, removed: boolean): ExcpError {
   const code = e instanceof ExcpError ? e.code : (e as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ERR_NO_SPACE' || (typeof code === 'string' && NO_SPACE.has(code))) {
     const why = code === 'EDQUOT' ? 'disk quota exceeded' : code === 'EFBIG' ? 'file too large for the device' : 'no space left on the device';
@@ -225,4 +211,48 @@ async function checkOutput(target: string, options: OutputOptions): Promise<'new
   if (!existing.isFile()) throw new ExcpError('ERR_EXISTS', `${target}: is not a regular file`);
   if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
   return 'file';
+}
+
+/** What a folder restore writes to. */
+export interface FolderTargetOptions {
+  /** Replace an existing folder. */
+  force?: boolean | undefined;
+  /** Paths that must not be overwritten (the inputs). */
+  inputs?: Array<string | undefined>;
+}
+
+/**
+ * Produce a folder atomically: into a temporary folder beside the target,
+ * renamed over it only when the producer finished without error.
+ * @param target the output folder
+ * @param produce fills the given (empty) temporary folder
+ */
+export async function writeFolderAtomically(target: string, produce: (temp: string) => Promise<void>, options: FolderTargetOptions = {}): Promise<void> {
+  const existing = await stat(target).catch(() => null);
+  if (existing) {
+    const real = await realpath(target);
+    for (const input of options.inputs ?? []) {
+      if (input && (await realpath(input).catch(() => null)) === real) throw new ExcpError('ERR_SAME_FILE', `${target}: output is also an input; refusing to overwrite it`);
+    }
+    if (!options.force) throw new ExcpError('ERR_EXISTS', `${target}: exists (use --force to overwrite)`);
+    if (!existing.isDirectory()) throw new ExcpError('ERR_EXISTS', `${target}: is not a folder`);
+  }
+  // Not mkdtemp: it makes the folder 0700, and the restored folder should
+  // have the permissions any new folder gets (0777 less the umask).
+  const temp = join(dirname(target), `.${basename(target)}.excp-tmp-${process.pid}-${Date.now().toString(36)}`);
+  await mkdir(temp, { mode: 0o777 });
+  try {
+    await produce(temp);
+    if (existing) {
+      const old = `${temp}.old`;
+      await rename(target, old);
+      await rename(temp, target);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(temp, target);
+    }
+  } catch (e) {
+    await rm(temp, { recursive: true, force: true });
+    throw e;
+  }
 }

@@ -2,19 +2,18 @@
  * ChunkEncoder / ChunkDecoder: the chunk codec as object Transforms, run in
  * process or on a worker pool (same pure functions, same bytes).
  */
-import { type DecodedChunk, type EncodedChunk, decodeChunk, encodeChunk } from '../method/codec.js';
-import { type ContainerFooter, type ContainerHeader, layoutOf } from '../container/format.js';
+import { decodeChunk, encodeChunk } from '../method/codec.js';
+import type { EncodedRecord } from '../container/assemble.js';
+import type { RestoredRecord } from '../container/verify.js';
+import { layoutOf } from '../container/format.js';
 import { DTYPE_BYTES } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { BufferRecycler, OrderedTransform, WorkerPool, defaultThreads, inputBuffers, unwrap } from '../pool/pool.js';
 import type { ChunkJob } from './source.js';
-import type { TensorReader } from '../formats/safetensors-file.js';
+import type { Checkpoint, ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
+import type { ContainerEvent } from '../container/framing.js';
 
-/** An encoded chunk with its position. */
-export interface EncodedRecord extends EncodedChunk {
-  entry: number;
-  chunk: number;
-}
+export type { EncodedRecord } from '../container/assemble.js';
 
 /** A chunk as read from a container. */
 export interface PayloadRecord {
@@ -23,12 +22,7 @@ export interface PayloadRecord {
   payload: Uint8Array;
 }
 
-/** A restored chunk with its position. */
-export interface RestoredRecord {
-  entry: number;
-  chunk: number;
-  restored: DecodedChunk;
-}
+export type { RestoredRecord } from '../container/verify.js';
 
 /** Thread options shared by both directions. */
 export interface ThreadOptions {
@@ -134,10 +128,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
 }
 
 /** Objects of the restore direction: the container's header and footer travel with the chunks, in order. */
-export type RestoreEvent =
-  | { type: 'header'; header: ContainerHeader }
-  | { type: 'footer'; footer: ContainerFooter }
-  | ({ type: 'chunk' } & PayloadRecord);
+export type RestoreEvent = ContainerEvent;
 
 /** Objects after decoding. */
 export type RestoredEvent =
@@ -153,7 +144,7 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
    * @param base the base checkpoint (required when an entry uses one)
    * @param options threads
    */
-  constructor(base: TensorReader | null, options: ThreadOptions = {}) {
+  constructor(base: Checkpoint | null, options: ThreadOptions = {}) {
     const threads = options.threads ?? 0;
     const maxWorkers = threads === 'auto' ? defaultThreads() : threads;
     let header: ContainerHeader | null = null;

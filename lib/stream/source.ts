@@ -7,13 +7,10 @@
 import { Readable } from 'node:stream';
 import { DTYPE_BYTES } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import type { ContainerHeader } from '../container/format.js';
-import type { TensorInfo } from '../formats/safetensors.js';
-import type { TensorReader } from '../formats/safetensors-file.js';
 import { BufferRecycler } from '../pool/pool.js';
 import { entryRawBytes, entryTensors } from '../model/pack.js';
 import type { ChunkInput } from '../method/reconstruct.js';
-import type { EntrySpec } from '../model/checkpoint.js';
+import type { Checkpoint, ContainerHeader, EntrySpec, TensorInfo } from '../model/checkpoint.js';
 
 /** One unit of work for the encoder. */
 export interface ChunkJob {
@@ -29,7 +26,7 @@ export interface ChunkJob {
 }
 
 /** @throws ExcpError ERR_BAD_HEADER when the checkpoint has no tensor of this name */
-function tensorInfo(file: TensorReader, name: string): TensorInfo {
+function tensorInfo(file: Checkpoint, name: string): TensorInfo {
   const info = file.byName.get(name);
   if (!info) throw new ExcpError('ERR_BAD_HEADER', `${file.path}: tensor '${name}' is missing`);
   return info;
@@ -38,8 +35,8 @@ function tensorInfo(file: TensorReader, name: string): TensorInfo {
 /** Readable (object mode) of {@link ChunkJob}s in container order. */
 export class ChunkSource extends Readable {
   private readonly header: ContainerHeader;
-  private readonly current: TensorReader;
-  private readonly base: TensorReader | null;
+  private readonly current: Checkpoint;
+  private readonly base: Checkpoint | null;
   private entry = 0;
   private chunk = 0;
   private reading = false;
@@ -52,7 +49,7 @@ export class ChunkSource extends Readable {
    * @param current the checkpoint being compressed
    * @param base the base checkpoint, or null
    */
-  constructor(header: ContainerHeader, current: TensorReader, base: TensorReader | null) {
+  constructor(header: ContainerHeader, current: Checkpoint, base: Checkpoint | null) {
     // One job read ahead: the encoder keeps its own in-flight queue.
     super({ objectMode: true, highWaterMark: 1 });
     this.header = header;
@@ -90,7 +87,7 @@ export class ChunkSource extends Readable {
         return { entry: this.entry, chunk: 0, input: { weight: await this.readPack(e), base: null, expAvg: null, expAvgSq: null } };
       }
       let pooled = true;
-      const read = async (tensor: number | null, file: TensorReader | null): Promise<Uint8Array | null> => {
+      const read = async (tensor: number | null, file: Checkpoint | null): Promise<Uint8Array | null> => {
         if (tensor === null || file === null) return null;
         const spec = tensors[tensor]!;
         const info = tensorInfo(file, spec.name);

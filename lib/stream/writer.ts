@@ -1,22 +1,24 @@
 /**
- * SafetensorsWriter: restored chunks -> the safetensors file, byte for byte
- * in the original tensor order, and the fingerprint check at the end.
+ * StreamWriter: restored chunks -> the bytes of a single-file container's
+ * file, front to back (a pipe, stdout), and the fingerprint check at the end.
  *
- * Chunks arrive entry by entry (a weight with its moments), files list
- * tensors in their own order; what cannot be written yet waits in a
- * SpillStore (memory, then a temporary file), so memory stays bounded.
+ * The file's kind places its bytes (lib/formats/file-format.ts): fixed bytes
+ * (a safetensors header) and tensors at offsets. Chunks arrive entry by
+ * entry (a weight with its moments) while the file lists tensors in its own
+ * order; what cannot be written yet waits in a SpillStore (memory, then a
+ * temporary file), so memory stays bounded. A file kind with a finishing
+ * step (a torch.save zip, whose CRCs follow its data) cannot be streamed:
+ * such a container is restored to a file.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import type { ContainerFooter, ContainerHeader } from '../container/format.js';
 import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import { Hasher, fingerprintTensors } from '../core/hash.js';
-import { packSlices } from '../model/pack.js';
-import { parseSafetensorsHeader } from '../formats/safetensors.js';
-import type { RestoredEvent, RestoredRecord } from './codec.js';
+import { Hasher } from '../core/hash.js';
+import { type RestoredRecord, takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
+import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
+import { fileFormat } from '../formats/registry.js';
+import type { RestoredEvent } from './codec.js';
 import { SpillStore } from './spill.js';
-
-const encoder = new TextEncoder();
 
 /**
  * Bytes the readable side may hold before spilled data waits for the reader
@@ -31,25 +33,11 @@ const DRAIN_BYTES = 4 * 1024 * 1024;
  */
 const SPILL_MEMORY = 4 * 1024 * 1024;
 
-/**
- * Check a stored safetensors header against the container's tensor table.
- * @returns the raw header bytes
- */
-export function checkedRawHeader(header: ContainerHeader, rawBase64: string, tensors: number[]): Uint8Array {
-  const raw = new Uint8Array(Buffer.from(rawBase64, 'base64'));
-  const parsed = parseSafetensorsHeader(raw);
-  const ok = parsed.tensors.length === tensors.length && parsed.tensors.every((t, i) => {
-    const spec = header.tensors[tensors[i]!];
-    return spec && spec.name === t.name && spec.dtype === t.dtype && spec.shape.length === t.shape.length && spec.shape.every((d, j) => d === t.shape[j]);
-  });
-  if (!ok) throw new ExcpError('ERR_BAD_HEADER', 'container: stored safetensors header does not match the tensor table');
-  return raw;
-}
-
-/** RestoredEvent -> safetensors bytes (one file: the container's first file). */
-export class SafetensorsWriter extends Transform {
+/** RestoredEvent -> the bytes of the container's one file. */
+export class StreamWriter extends Transform {
   private header: ContainerHeader | null = null;
-  private order: number[] = [];
+  /** The file front to back: fixed bytes, or a tensor's index. */
+  private sequence: (number | Uint8Array)[] = [];
   private sizes: number[] = [];
   private cursor = 0;
   private cursorOffset = 0;
@@ -81,22 +69,29 @@ export class SafetensorsWriter extends Transform {
 
   private onHeader(header: ContainerHeader): void {
     const file = header.files[0];
-    if (header.files.length !== 1 || !file || file.kind !== 'safetensors') {
+    if (header.files.length !== 1 || !file || file.path !== null) {
       throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds a checkpoint folder; restore it to a folder with -o DIR');
     }
+    const placement = fileFormat(file.kind).place(file, header.tensors);
+    if (placement.finish) throw new ExcpError('ERR_USAGE', `restore: a ${file.kind} file cannot be written to a pipe; restore it to a file with -o FILE`);
+    const pieces: { offset: number; piece: number | Uint8Array }[] = placement.fixed.map((f) => ({ offset: f.offset, piece: f.bytes }));
+    for (const { tensor, target } of placement.targets) {
+      if (!('offset' in target)) throw new ExcpError('ERR_USAGE', `restore: a ${file.kind} file cannot be written to a pipe; restore it to a file with -o FILE`);
+      pieces.push({ offset: target.offset, piece: tensor });
+    }
+    // Stable: a fixed piece before an empty tensor at the same offset.
+    pieces.sort((a, b) => a.offset - b.offset);
     this.header = header;
-    const raw = checkedRawHeader(header, file.rawHeader, file.tensors);
-    this.order = file.tensors;
+    this.sequence = pieces.map((p) => p.piece);
     this.sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
     this.hashers = header.tensors.map(() => new Hasher());
     this.totalBytes = this.sizes.reduce((a, b) => a + b, 0);
-    this.push(raw);
     this.advance();
   }
 
   private onChunk(record: RestoredRecord): void {
     this.restoredBytes += takeRestoredChunk(this.header, record, this.hashers, (t, bytes, offset) => {
-      if (t === this.order[this.cursor] && offset === this.cursorOffset) this.emitBytes(bytes);
+      if (t === this.sequence[this.cursor] && offset === this.cursorOffset) this.emitBytes(bytes);
       else this.spill.put(`${t}:${offset}`, bytes);
     });
     this.drain();
@@ -109,9 +104,15 @@ export class SafetensorsWriter extends Transform {
     this.advance();
   }
 
-  /** Move past finished (and empty) tensors. */
+  /** Move past finished (and empty) tensors, writing the fixed bytes met on the way. */
   private advance(): void {
-    while (this.cursor < this.order.length && this.cursorOffset >= this.sizes[this.order[this.cursor]!]!) {
+    while (this.cursor < this.sequence.length) {
+      const piece = this.sequence[this.cursor]!;
+      if (piece instanceof Uint8Array) {
+        this.push(piece);
+      } else if (this.cursorOffset < this.sizes[piece]!) {
+        return;
+      }
       this.cursor++;
       this.cursorOffset = 0;
     }
@@ -130,8 +131,8 @@ export class SafetensorsWriter extends Transform {
    */
   private drain(force = false): boolean {
     let pushed = false;
-    while (this.cursor < this.order.length) {
-      const key = `${this.order[this.cursor]}:${this.cursorOffset}`;
+    while (this.cursor < this.sequence.length) {
+      const key = `${this.sequence[this.cursor] as number}:${this.cursorOffset}`;
       if (this.readableLength >= DRAIN_BYTES && !(force && !pushed)) return this.spill.has(key);
       const next = this.spill.take(key);
       if (!next) return false;
@@ -160,7 +161,7 @@ export class SafetensorsWriter extends Transform {
       }
       const header = this.header;
       if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
-      if (this.cursor < this.order.length || this.spill.size > 0) throw new ExcpError('ERR_TRUNCATED', 'restore: the container ended before every tensor was restored');
+      if (this.cursor < this.sequence.length || this.spill.size > 0) throw new ExcpError('ERR_TRUNCATED', 'restore: the container ended before every tensor was restored');
       if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
       verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
       this.spill.dispose();
@@ -175,60 +176,4 @@ export class SafetensorsWriter extends Transform {
     this.spill.dispose();
     callback(error);
   }
-}
-
-/**
- * Take one restored chunk, for both writers: fold each member tensor's
- * digest into its hash and hand its bytes on with their byte offset in the
- * tensor.
- * @param header the container header (null: no header came yet)
- * @param record the restored chunk
- * @param hashers one per tensor
- * @param place receives tensor index, bytes and byte offset, in member order (weight, exp_avg, exp_avg_sq; a pack's non-empty members)
- * @returns the bytes taken
- * @throws ExcpError ERR_CORRUPT for a chunk before the header or a missing digest
- */
-export function takeRestoredChunk(header: ContainerHeader | null, record: RestoredRecord, hashers: Hasher[],
-  place: (tensor: number, bytes: Uint8Array, offset: number) => void): number {
-  if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
-  const e = header.entries[record.entry]!;
-  if (e.kind === 'pack') {
-    // One digest per non-empty member (the codec's `pieces`), as the writer hashed them.
-    const { weight, digests } = record.restored;
-    packSlices(header.tensors, e, weight).forEach((m, i) => {
-      const digest = digests[i];
-      if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
-      hashers[m.tensor]!.update(encoder.encode(digest));
-      place(m.tensor, m.bytes, 0);
-    });
-    return weight.length;
-  }
-  const { weight, expAvg, expAvgSq, digests } = record.restored;
-  const buffers = [weight, expAvg, expAvgSq];
-  let d = 0;
-  let taken = 0;
-  [e.weight, e.expAvg, e.expAvgSq].forEach((t, i) => {
-    const bytes = buffers[i];
-    if (t === null || !bytes) return;
-    const digest = digests[d++];
-    if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
-    hashers[t]!.update(encoder.encode(digest));
-    taken += bytes.length;
-    place(t, bytes, record.chunk * header.options.chunkElements * DTYPE_BYTES[header.tensors[t]!.dtype]);
-  });
-  return taken;
-}
-
-/**
- * Compare restored tensor hashes with the footer.
- * @throws ExcpError ERR_FINGERPRINT naming the first differing tensor
- */
-export function verifyFingerprints(header: ContainerHeader, footer: ContainerFooter, hashes: string[]): void {
-  hashes.forEach((h, i) => {
-    if (footer.tensorHashes && h !== footer.tensorHashes[i]) {
-      throw new ExcpError('ERR_FINGERPRINT', `restore: tensor '${header.tensors[i]!.name}' restored to different bytes than recorded at compression`);
-    }
-  });
-  const target = fingerprintTensors(header.tensors.map((t, i) => ({ name: t.name, dtype: t.dtype, shape: t.shape, hash: hashes[i]! })));
-  if (target !== footer.targetFingerprint) throw new ExcpError('ERR_FINGERPRINT', 'restore: checkpoint fingerprint differs from the one recorded at compression');
 }

@@ -6,7 +6,7 @@
 import { ExcpError } from '../../lib/core/errors.js';
 import { ByteWriter, concatBytes } from '../../lib/core/bytes.js';
 import { crc32 } from '../../lib/core/crc32.js';
-import { CENTRAL_SIG, DESCRIPTOR_SIG, END64_SIG, END_SIG, LOCAL_SIG, LOCATOR64_SIG, U32_MAX } from '../../lib/formats/zip.js';
+import { CENTRAL_SIG, DESCRIPTOR_SIG, END64_SIG, END_SIG, LOCAL_SIG, LOCATOR64_SIG, U32_MAX } from '../../lib/formats/torch/zip.js';
 
 /** Options of {@link ZipWriter}. */
 export interface ZipWriterOptions {

@@ -5,9 +5,9 @@
  * the reader and writer because it patches bytes in place rather than
  * parsing or laying out records.
  */
-import { ExcpError } from '../core/errors.js';
-import { crc32 } from '../core/crc32.js';
-import { concatBytes } from '../core/bytes.js';
+import { ExcpError } from '../../core/errors.js';
+import { crc32 } from '../../core/crc32.js';
+import { concatBytes } from '../../core/bytes.js';
 import { type ReadAt, type ZipDirectory, type ZipEntry, readChecked } from './zip.js';
 
 /** New contents of one entry: its bytes, or a function giving its chunks (called once, when the entry is reached). */

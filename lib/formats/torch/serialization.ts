@@ -16,11 +16,11 @@
  * Nothing here reads tensor data in bulk: the caller gets absolute file
  * offsets and streams the bytes in chunks of its choosing.
  */
-import { ExcpError } from '../core/errors.js';
-import { DTYPE_BYTES, type DType, elementCount, bf16ToF32 } from '../core/dtype.js';
-import { crc32 } from '../core/crc32.js';
+import { ExcpError } from '../../core/errors.js';
+import { DTYPE_BYTES, type DType, elementCount, bf16ToF32 } from '../../core/dtype.js';
+import { crc32 } from '../../core/crc32.js';
 import { type ZipReplacement, rewriteZip } from './zip-rewrite.js';
-import { concatBytes } from '../core/bytes.js';
+import { concatBytes } from '../../core/bytes.js';
 import { type ReadAt, type ZipDirectory, type ZipEntry, readZipDirectory } from './zip.js';
 import { isTuple } from './pickle-objects.js';
 import { type PickleValue, type StorageRef, type TensorRef, type UnpickleOptions, unpickle } from './pickle.js';

@@ -29,8 +29,8 @@
  * (zip-rewrite.ts) are apart because compress only reads archives, restore
  * only writes or rewrites them, and each side is long enough on its own.
  */
-import { ExcpError } from '../core/errors.js';
-import { ByteReader } from '../core/bytes.js';
+import { ExcpError } from '../../core/errors.js';
+import { ByteReader } from '../../core/bytes.js';
 
 /** Reads exactly `length` bytes at absolute `offset` (the caller guarantees offset + length <= size). */
 export type ReadAt = (offset: number, length: number) => Uint8Array;

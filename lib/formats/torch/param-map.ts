@@ -30,7 +30,7 @@
  * Step 3's candidate orders are in param-orders.ts, step 4's assignment in
  * assignment.ts.
  */
-import { ExcpError } from '../core/errors.js';
+import { ExcpError } from '../../core/errors.js';
 import { hungarian, swapMargins } from './assignment.js';
 import { candidateOrders, compareNames } from './param-orders.js';
 

@@ -6,8 +6,65 @@
  * boundary, which globals exist and what each one may turn into, can be
  * reviewed in one short file.
  */
-import type { DType } from '../core/dtype.js';
-import type { PickleGlobal, PickleValue, StorageRef, TensorRef } from './pickle.js';
+import type { DType } from '../../core/dtype.js';
+
+/** An allow-listed global, pushed by GLOBAL/STACK_GLOBAL. */
+export interface PickleGlobal {
+  readonly kind: 'global';
+  /** `module.name`, e.g. `torch.FloatStorage`. */
+  readonly qualifiedName: string;
+}
+
+/** A persistent storage reference: `('storage', torch.FloatStorage, key, location, numel)`. */
+export interface StorageRef {
+  readonly kind: 'storage';
+  /** Storage key: the zip entry is `<archive>/data/<key>`. */
+  readonly key: string;
+  readonly dtype: DType;
+  /** Device it was saved from, e.g. `cpu` or `cuda:0`. */
+  readonly location: string;
+  /** Elements in the storage. */
+  readonly numel: number;
+}
+
+/** A tensor: a view `(offset, shape, stride)` into a storage, as `_rebuild_tensor_v2` describes it. */
+export interface TensorRef {
+  readonly kind: 'tensor';
+  readonly storage: StorageRef;
+  readonly storageKey: string;
+  readonly dtype: DType;
+  /** Offset into the storage, in elements. */
+  readonly storageOffset: number;
+  readonly shape: readonly number[];
+  readonly stride: readonly number[];
+  readonly requiresGrad: boolean;
+}
+
+/** A numpy array rebuilt from `_reconstruct` + BUILD (as in rng_state.pth). */
+export interface NdArrayRef {
+  readonly kind: 'ndarray';
+  /** numpy type string with byte order, e.g. `<u4`; empty until BUILD. */
+  dtype: string;
+  shape: readonly number[];
+  /** Raw element bytes (null until BUILD, or when the state held a list). */
+  data: Uint8Array | null;
+}
+
+/** Any other allow-listed object, described, not constructed. */
+export interface PickleObject {
+  readonly kind: 'object';
+  readonly type: string;
+  readonly args: readonly PickleValue[];
+  state: PickleValue | undefined;
+}
+
+/** A value of the tree the unpickler returns. */
+export type PickleValue =
+  | null | boolean | number | bigint | string | Uint8Array
+  | PickleValue[]
+  | Map<PickleValue, PickleValue>
+  | Set<PickleValue>
+  | PickleGlobal | StorageRef | TensorRef | NdArrayRef | PickleObject;
 
 /** Torch storage classes and the dtype of their elements. */
 export const STORAGE_DTYPES: Readonly<Record<string, DType>> = Object.freeze({

@@ -1,0 +1,57 @@
+/**
+ * What a file kind implements (one file per kind in lib/formats/): its part
+ * of the container format (lib/container/kinds.ts) and how restore rebuilds
+ * the file from restored tensors.
+ *
+ * Restore is positional: every byte of a restored file is either a tensor's
+ * byte, at an offset the layout gives, or a fixed byte of the file (a
+ * safetensors header), so chunks are written where they belong as they
+ * arrive, in any order (lib/stream/folder-writer.ts), and a file whose
+ * pieces tile it can also be written front to back as a stream
+ * (lib/stream/writer.ts).
+ */
+import type { FileKind } from '../container/kinds.js';
+import type { FileSpec, TensorSpec } from '../model/checkpoint.js';
+
+/** A run of a skeleton tensor's bytes: [at, at + length) of the tensor goes to [offset, offset + length) of the file. */
+export interface Segment {
+  at: number;
+  offset: number;
+  length: number;
+}
+
+/** Where a tensor's restored bytes go in its file: from an offset on, or (a skeleton: the bytes around other tensors) in segments. */
+export type Target = { offset: number } | { segments: Segment[] };
+
+/** How a file is rebuilt from restored tensors. */
+export interface FilePlacement {
+  /** The file's size. */
+  size: number;
+  /** Bytes that are not tensor data (a safetensors header), at their offsets. */
+  fixed: { offset: number; bytes: Uint8Array }[];
+  /** Where each of the file's tensors goes. */
+  targets: { tensor: number; target: Target }[];
+  /**
+   * The last step, after every byte was written and the fingerprints
+   * checked, for a file that is not final as written (a torch.save zip,
+   * whose CRC fields must follow its restored storages): the file was
+   * written as `raw`, and this writes `finalPath` from it (or renames it
+   * there). Absent: the written file is final.
+   */
+  finish?: (raw: { fd: number; path: string }, finalPath: string) => void;
+}
+
+/** A file kind: its container records and its restore. */
+export interface FileFormat extends FileKind {
+  /**
+   * The placement of a (validated) file's bytes.
+   * @param file the file
+   * @param tensors the header's tensors
+   */
+  place(file: FileSpec, tensors: readonly TensorSpec[]): FilePlacement;
+  /**
+   * Tensors whose restored bytes the finish step changes, so their hashes
+   * are not the restored file's (chains compare them only when lossless).
+   */
+  rewritten?(file: FileSpec): number[];
+}
