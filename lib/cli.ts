@@ -1,3 +1,5 @@
 #!/usr/bin/env node
-/** The excp command's entry point (package.json bin): runs lib/cli/main.ts. */
-import './cli/main.js';
+/** The excp command's entry point (package.json bin). */
+import { run } from './cli/main.js';
+
+run(process.argv.slice(2));

@@ -29,7 +29,9 @@ const STEPS = 12;
 /** Run lib/cli.ts through tsx (no build needed), in-process threads only. */
 function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args, '--threads', '0', '--quiet'], { cwd: root });
+    // Every chain command but ls takes --threads and --quiet (ls takes neither: a usage error).
+    const extra = args[1] === 'ls' ? [] : ['--threads', '0', '--quiet'];
+    const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args, ...extra], { cwd: root });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });

@@ -136,10 +136,45 @@ describe('excp command line', () => {
   it('usage errors exit 2; --help and --version exit 0', () => {
     assert.equal(run(['frobnicate']).status, 2);
     assert.equal(run(['compress', '--bits']).status, 2);
-    assert.equal(run(['compress', cur, '--bits', '9']).status, 1);
+    const bits = run(['compress', cur, '--bits', '9']);
+    assert.equal(bits.status, 2);
+    assert.match(bits.stderr.toString(), /^excp: compress: --bits must be an integer from 1 to 8, got '9'/);
     const h = run(['--help']);
     assert.equal(h.status, 0);
-    assert.match(h.stdout.toString(), /excp compress/);
+    assert.match(h.stdout.toString(), /^ {2}compress +compress a checkpoint/m);
+    assert.match(h.stdout.toString(), /^Exit status:/m);
     assert.match(run(['--version']).stdout.toString(), /^excp \d/);
+    // No command: the usage on stderr, and a status that says nothing was done.
+    const none = run([]);
+    assert.equal(none.status, 2);
+    assert.equal(none.stdout.length, 0);
+    assert.match(none.stderr, /^excp \d.*\n\nUsage: excp COMMAND/);
+    // Each command's own help lists its own options only, with ranges and defaults.
+    for (const [args, has, lacks] of [
+      [['compress', '--help'], /--keep Q .*default 0\.3/, /--top/],
+      [['help', 'compare'], /--max-error E/, /--keep/],
+      [['chain', 'restore', '-h'], /Usage: excp chain restore CHAIN_DIR --step N/, /--keyframe-every/],
+    ] as const) {
+      const r = run([...args]);
+      assert.equal(r.status, 0, args.join(' '));
+      assert.match(r.stdout.toString(), has, args.join(' '));
+      assert.doesNotMatch(r.stdout.toString(), lacks, args.join(' '));
+    }
+    // A flag the command does not take, a repeated flag, conflicting flags: exit 2, naming the flags.
+    for (const [args, message] of [
+      [['compress', cur, '--top', '3'], /--top is not an option of compress/],
+      [['inspect', cur, '--threads', '2'], /--threads is not an option of inspect/],
+      [['compress', cur, '--bits', '2', '--bits', '3'], /--bits is given twice/],
+      [['compress', cur, '--keep', '0.5', '--paper'], /--keep and --paper cannot be given together/],
+      [['compress', cur, '--alpha', '1e-4', '--keep', '0.5'], /--(alpha|keep) and --(keep|alpha) cannot be given together/],
+      [['compress', cur, '--keep=abc'], /--keep must be a number in \(0, 1\], got 'abc'/],
+      [['compress', cur, '--lossless=1'], /--lossless takes no value/],
+      [['chain', 'ls', cur, '--step', '1'], /--step is not an option of chain ls/],
+    ] as const) {
+      const r = run([...args]);
+      assert.equal(r.status, 2, args.join(' '));
+      assert.match(r.stderr, message, args.join(' '));
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    }
   });
 });

@@ -72,17 +72,17 @@ export function excpError(code: ErrorCode, stage: string, what: string): ExcpErr
  * Narrow an unknown thrown value to an ExcpError; anything else is wrapped
  * (codes from Node's fs are mapped so the CLI can print one clear line).
  * @param err anything thrown
- * @param context a file name or stage, prepended to foreign messages
+ * @param context a file name or stage, prepended to foreign messages (none: the message alone)
  * @returns an ExcpError
  */
-export function toExcpError(err: unknown, context = 'excp'): ExcpError {
+export function toExcpError(err: unknown, context?: string): ExcpError {
   if (err instanceof ExcpError) return err;
   const e = err as NodeJS.ErrnoException | undefined;
   const message = e && typeof e.message === 'string' ? e.message : String(err);
-  if (e && e.code === 'ENOSPC') return new ExcpError('ERR_NO_SPACE', `${context}: no space left on device`, { cause: err });
+  const prefix = context ? `${context}: ` : '';
+  if (e && e.code === 'ENOSPC') return new ExcpError('ERR_NO_SPACE', `${prefix}no space left on device`, { cause: err });
   if (e && typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code)) {
-    return new ExcpError('ERR_IO', `${context}: ${message}`, { cause: err });
+    return new ExcpError('ERR_IO', `${prefix}${message}`, { cause: err });
   }
-  if (err instanceof RangeError) return new ExcpError('ERR_CORRUPT', `${context}: ${message}`, { cause: err });
-  return new ExcpError('ERR_CORRUPT', `${context}: ${message}`, { cause: err });
+  return new ExcpError('ERR_CORRUPT', `${prefix}${message}`, { cause: err });
 }

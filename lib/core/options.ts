@@ -1,6 +1,9 @@
 /**
- * Option validation: every option is checked eagerly, with its documented
- * range, and an error that names it.
+ * Every option in one table: the method's options (what a container stores)
+ * and the command line's. From it come DEFAULT_OPTIONS, the validation of
+ * library options (resolveOptions, errors naming `options.<field>`), the CLI
+ * parser (errors naming the flag, lib/cli/args.ts) and each command's
+ * `--help` (lib/cli/help.ts). A new option is one row here.
  */
 import { MAX_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS } from './constants.js';
 import { ExcpError } from './errors.js';
@@ -15,7 +18,7 @@ export interface CodecOptions {
   /**
    * How dW is pruned: `paper` (the alpha formula), `magnitude` (keep the `keep`
    * share of largest |dW|) or `saliency` (keep the `keep` share of largest
-   * |dW| * sqrt(v)). See lib/prune.ts.
+   * |dW| * sqrt(v)). See lib/method/select.ts.
    */
   weightRule: 'paper' | 'magnitude' | 'saliency';
   /** Share of dW kept per chunk by weightRule `magnitude` / `saliency`. (0, 1]. */
@@ -37,29 +40,142 @@ export interface CodecOptions {
 /** Options as users pass them: any may be missing or undefined (defaults apply). */
 export type LooseOptions = { [K in keyof CodecOptions]?: CodecOptions[K] | undefined };
 
+/** The commands of the `excp` tool (a chain's sub-commands by their full name). */
+export type Command = 'compress' | 'restore' | 'inspect' | 'verify' | 'compare' | 'chain' | 'chain append' | 'chain restore' | 'chain ls';
 
-function range(name: string, value: unknown, ok: boolean, what: string): void {
-  if (!ok) throw new ExcpError('ERR_OUT_OF_RANGE', `options.${name} must be ${what}, got ${JSON.stringify(value)}`);
+/** Every command, in the order help lists them. */
+export const COMMANDS: readonly Command[] = ['compress', 'restore', 'inspect', 'verify', 'compare', 'chain', 'chain append', 'chain restore', 'chain ls'];
+
+/** One option: its flag, its value and range, its default, where it applies, its help. */
+export interface OptionSpec {
+  /** The long flag without its dashes, e.g. `keep`. */
+  readonly name: string;
+  /** A one-letter flag, e.g. `o` for `-o`. */
+  readonly short?: string;
+  /** The method option it sets, when it is one (stored in every container). */
+  readonly field?: keyof CodecOptions;
+  /** `flag`: takes no value. */
+  readonly kind: 'number' | 'integer' | 'flag' | 'string' | 'choice';
+  readonly min?: number;
+  /** min is excluded (a number > min). */
+  readonly above?: boolean;
+  readonly max?: number;
+  readonly choices?: readonly string[];
+  /** The default (for a method option, DEFAULT_OPTIONS' value). */
+  readonly default?: number | string | boolean;
+  /** The value's name in help, e.g. `Q`. */
+  readonly value?: string;
+  /** The commands that take it (none: a library option only). */
+  readonly commands: readonly Command[];
+  /** Flags it cannot be given with (by name). */
+  readonly conflicts?: readonly string[];
+  readonly help: string;
+}
+
+const CODING: readonly Command[] = ['compress', 'chain'];
+const PROGRESS: readonly Command[] = ['compress', 'restore', 'verify', 'compare', 'chain', 'chain append', 'chain restore'];
+const THREADED: readonly Command[] = ['compress', 'restore', 'verify', 'chain', 'chain append', 'chain restore'];
+
+/**
+ * The table. Method options come first, in the order a container stores
+ * them (the JSON of DEFAULT_OPTIONS: part of what makes outputs byte-identical).
+ */
+export const OPTIONS: readonly OptionSpec[] = Object.freeze([
+  { name: 'alpha', field: 'alpha', kind: 'number', min: 0, above: true, default: 5e-5, value: 'A', commands: CODING, conflicts: ['keep'],
+    help: "the paper's weight rule instead: keep |dW| > median|dW| * min(2.5, A / sqrt(mean v))" },
+  { name: 'rule', field: 'weightRule', kind: 'choice', choices: ['paper', 'magnitude', 'saliency'], default: 'magnitude', commands: [],
+    help: 'how dW is pruned: the paper\'s formula, the largest |dW|, or the largest |dW| sqrt(v)' },
+  { name: 'keep', field: 'keep', kind: 'number', min: 0, above: true, max: 1, default: 0.3, value: 'Q', commands: CODING, conflicts: ['alpha', 'paper'],
+    help: 'share of the weight residual kept per chunk, largest |dW| first' },
+  { name: 'beta', field: 'beta', kind: 'number', min: 0, default: 2, value: 'B', commands: CODING,
+    help: 'moment prune factor: keep m and v where |m| > B * mean|m| (and dW was kept)' },
+  { name: 'bits', field: 'bits', kind: 'integer', min: 1, max: 8, default: 2, value: 'N', commands: CODING,
+    help: 'index bits: 2^N - 1 centers plus zero' },
+  { name: 'lossless', field: 'lossless', kind: 'flag', default: false, commands: CODING, help: 'code every tensor exactly' },
+  { name: 'chunk', field: 'chunkElements', kind: 'integer', min: MIN_CHUNK_ELEMENTS, max: MAX_CHUNK_ELEMENTS, default: 1 << 20, value: 'N', commands: CODING,
+    help: 'elements per chunk (statistics and thresholds are per chunk)' },
+  { name: 'v-fill', field: 'vFill', kind: 'choice', choices: ['mean', 'zero'], default: 'mean', commands: [],
+    help: "what a pruned v restores as: the chunk's mean pruned v, or 0 (the paper)" },
+  { name: 'v-domain', field: 'vDomain', kind: 'choice', choices: ['log', 'linear'], default: 'log', commands: [],
+    help: 'clustering domain of v (log keeps relative precision; linear is the paper)' },
+  { name: 'paper', kind: 'flag', commands: CODING, conflicts: ['keep'],
+    help: "the paper's choices: its weight rule (alpha 5e-5), 4 bits, pruned v restores as 0, linear v codebook" },
+  { name: 'base', kind: 'string', value: 'BASE', commands: ['compress', 'restore', 'verify'],
+    help: 'the previous (restored) checkpoint, file or folder; compress without it makes a keyframe' },
+  { name: 'param-map', kind: 'string', value: 'FILE', commands: CODING,
+    help: 'checkpoint folders: a JSON list of parameter names in optimizer order' },
+  { name: 'keyframe-every', kind: 'integer', min: 1, max: 1_000_000, default: 10, value: 'K', commands: ['chain'],
+    help: 'step 0 and every K-th step are keyframes; the others are residuals against the restored previous step' },
+  { name: 'step', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, value: 'N', commands: ['chain restore'],
+    help: 'the step to restore, 0-based in the order the checkpoints were given' },
+  { name: 'output', short: 'o', kind: 'string', value: 'OUT', commands: ['compress', 'restore', 'chain restore'],
+    help: "output file or folder ('-' = stdout); written atomically" },
+  { name: 'force', short: 'f', kind: 'flag', commands: ['compress', 'restore', 'chain restore'], help: 'overwrite an existing output' },
+  { name: 'json', kind: 'flag', commands: ['inspect', 'compare', 'chain ls'], help: 'print JSON' },
+  { name: 'top', kind: 'integer', min: 0, max: 1_000_000, default: 10, value: 'N', commands: ['compare'], help: 'list the N most changed tensors' },
+  { name: 'max-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when a tensor's relative error ||a-b|| / ||a|| exceeds E" },
+  { name: 'threads', kind: 'integer', min: 0, max: 4096, value: 'N', commands: THREADED,
+    help: 'worker threads (default: all cores, or none for a small checkpoint, where starting workers costs more than it saves)' },
+  { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line' },
+  { name: 'debug', kind: 'flag', commands: COMMANDS, help: 'print the stack trace of an error' },
+  { name: 'help', short: 'h', kind: 'flag', commands: COMMANDS, help: 'this help' },
+] satisfies OptionSpec[]);
+
+/** A table row by long name. */
+export function optionNamed(name: string): OptionSpec | undefined {
+  return OPTIONS.find((o) => o.name === name);
 }
 
 /**
- * The method's defaults. beta is the paper's; alpha is the paper's but only
- * used by weightRule 'paper'. The default weight rule keeps a fixed share of
- * dW (30%) whatever the gradient scale, and codes with 2 bits (3 centers):
- * on the fidelity experiment this is 54x at a +0.3..+0.7% loss gap, where
- * the paper's rule is 18x (alpha 5e-5) or 48x at +1.5% (alpha 1e-3). README, "Fidelity".
+ * What a value of an option must be, in words (for error messages and help).
+ * @param spec the option
  */
-export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze({
-  alpha: 5e-5,
-  weightRule: 'magnitude',
-  keep: 0.3,
-  beta: 2.0,
-  bits: 2,
-  lossless: false,
-  chunkElements: 1 << 20,
-  vFill: 'mean',
-  vDomain: 'log',
-});
+export function describeRange(spec: OptionSpec): string {
+  if (spec.kind === 'flag') return 'true or false';
+  if (spec.kind === 'string') return 'a string';
+  if (spec.kind === 'choice') return (spec.choices ?? []).map((c) => `'${c}'`).join(', ').replace(/, ([^,]*)$/, ' or $1');
+  const what = spec.kind === 'integer' ? 'an integer' : 'a number';
+  const { min, max, above } = spec;
+  if (min !== undefined && max !== undefined) {
+    if (spec.kind === 'integer') return `${what} from ${min} to ${max}`;
+    return `${what} in ${above ? '(' : '['}${min}, ${max}]`;
+  }
+  if (min !== undefined) return `a finite ${spec.kind === 'integer' ? 'integer' : 'number'} ${above ? '>' : '>='} ${min}`;
+  return what;
+}
+
+/**
+ * Whether a value fits an option.
+ * @param spec the option
+ * @param value the value, already of the option's type (a number for numbers)
+ */
+export function valueFits(spec: OptionSpec, value: unknown): boolean {
+  switch (spec.kind) {
+    case 'flag': return typeof value === 'boolean';
+    case 'string': return typeof value === 'string';
+    case 'choice': return typeof value === 'string' && (spec.choices ?? []).includes(value);
+    default: {
+      if (typeof value !== 'number' || !Number.isFinite(value)) return false;
+      if (spec.kind === 'integer' && !Number.isInteger(value)) return false;
+      if (spec.min !== undefined && (spec.above ? value <= spec.min : value < spec.min)) return false;
+      return spec.max === undefined || value <= spec.max;
+    }
+  }
+}
+
+/** The method options' rows, in the order a container stores them. */
+const METHOD_ROWS = OPTIONS.filter((o): o is OptionSpec & { field: keyof CodecOptions } => o.field !== undefined);
+
+/**
+ * The method's defaults, from the table. The default weight rule keeps a
+ * fixed share of dW (30%) whatever the gradient scale, and codes with 2 bits
+ * (3 centers); beta is the paper's; alpha is the paper's, used only by its
+ * rule. README, "Fidelity".
+ */
+export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze(
+  Object.fromEntries(METHOD_ROWS.map((o) => [o.field, o.default])) as unknown as CodecOptions,
+);
 
 /**
  * Fill defaults and validate.
@@ -72,16 +188,10 @@ export function resolveOptions(partial: LooseOptions = {}): CodecOptions {
   for (const [k, v] of Object.entries(partial)) if (v !== undefined) (o as unknown as Record<string, unknown>)[k] = v;
   // An explicit alpha asks for the paper's formula (alpha means nothing to the other rules).
   if (partial.alpha !== undefined && partial.weightRule === undefined) o.weightRule = 'paper';
-  range('alpha', o.alpha, typeof o.alpha === 'number' && o.alpha > 0 && Number.isFinite(o.alpha), 'a finite number > 0');
-  range('weightRule', o.weightRule, o.weightRule === 'paper' || o.weightRule === 'magnitude' || o.weightRule === 'saliency', "'paper', 'magnitude' or 'saliency'");
-  range('keep', o.keep, typeof o.keep === 'number' && o.keep > 0 && o.keep <= 1, 'a number in (0, 1]');
-  range('beta', o.beta, typeof o.beta === 'number' && o.beta >= 0 && Number.isFinite(o.beta), 'a finite number >= 0');
-  range('bits', o.bits, Number.isInteger(o.bits) && o.bits >= 1 && o.bits <= 8, 'an integer from 1 to 8');
-  range('lossless', o.lossless, typeof o.lossless === 'boolean', 'a boolean');
-  range('chunkElements', o.chunkElements, Number.isInteger(o.chunkElements) && o.chunkElements >= MIN_CHUNK_ELEMENTS && o.chunkElements <= MAX_CHUNK_ELEMENTS,
-    `an integer from ${MIN_CHUNK_ELEMENTS} to ${MAX_CHUNK_ELEMENTS}`);
-  range('vFill', o.vFill, o.vFill === 'mean' || o.vFill === 'zero', "'mean' or 'zero'");
-  range('vDomain', o.vDomain, o.vDomain === 'log' || o.vDomain === 'linear', "'log' or 'linear'");
+  for (const row of METHOD_ROWS) {
+    const value = o[row.field];
+    if (!valueFits(row, value)) throw new ExcpError('ERR_OUT_OF_RANGE', `options.${row.field} must be ${describeRange(row)}, got ${JSON.stringify(value)}`);
+  }
   return o;
 }
 

@@ -1,0 +1,103 @@
+/**
+ * The command line, parsed against the option table (lib/core/options.ts):
+ * the command, its positional arguments and its flags, each value checked
+ * against its row. A flag the command does not take, a flag given twice, a
+ * missing or bad value and conflicting flags are usage errors (exit 2) that
+ * name the flag, never a field of the library.
+ */
+import { ExcpError } from '../core/errors.js';
+import { COMMANDS, type Command, OPTIONS, type OptionSpec, describeRange, optionNamed, valueFits } from '../core/options.js';
+
+/** A parsed command line. */
+export interface CommandLine {
+  /** null: no command (`excp`, `excp --help`, `excp --version`). */
+  command: Command | null;
+  positional: string[];
+  /** Flag values by long name: true for flags, a number or a string otherwise. */
+  values: Map<string, string | number | boolean>;
+}
+
+/** The chain sub-commands (the first positional after `chain`). */
+const CHAIN_SUBCOMMANDS = ['append', 'restore', 'ls'];
+
+/** A usage error of a command, naming it. */
+export function usage(command: Command | null, what: string): ExcpError {
+  return new ExcpError('ERR_USAGE', command ? `${command}: ${what} (see excp ${command} --help)` : `${what} (see excp --help)`);
+}
+
+/**
+ * Parse argv (without `node excp`).
+ * @throws ExcpError ERR_USAGE naming the flag or argument
+ */
+export function parseCommandLine(argv: readonly string[]): CommandLine {
+  // The command: the first argument that is not a flag (flags may come first: `excp -h`).
+  const first = argv.findIndex((a) => !a.startsWith('-') || a === '-');
+  let command: Command | null = null;
+  const rest = [...argv];
+  if (first >= 0) {
+    const word = rest.splice(first, 1)[0]!;
+    if (word === 'chain') {
+      const next = rest.findIndex((a) => !a.startsWith('-') || a === '-');
+      if (next >= 0 && CHAIN_SUBCOMMANDS.includes(rest[next]!)) command = `chain ${rest.splice(next, 1)[0]!}` as Command;
+      else command = 'chain';
+    } else if ((COMMANDS as readonly string[]).includes(word) && !word.includes(' ')) {
+      command = word as Command;
+    } else if (word === 'help') {
+      const topic = rest.findIndex((a) => !a.startsWith('-'));
+      const name = topic >= 0 ? rest.splice(topic, 1)[0]! : null;
+      const sub = name === 'chain' && rest[topic] !== undefined && CHAIN_SUBCOMMANDS.includes(rest[topic]!) ? `chain ${rest.splice(topic, 1)[0]!}` : name;
+      if (sub !== null && !(COMMANDS as readonly string[]).includes(sub)) throw usage(null, `no command '${sub}'`);
+      return { command: sub as Command | null, positional: [], values: new Map([['help', true]]) };
+    } else {
+      throw usage(null, `unknown command '${word}'`);
+    }
+  }
+  const values = new Map<string, string | number | boolean>();
+  const positional: string[] = [];
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i]!;
+    if (arg === '--') {
+      positional.push(...rest.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('-') || arg === '-') {
+      positional.push(arg);
+      continue;
+    }
+    if (arg === '-V' || arg === '--version') {
+      values.set('version', true);
+      continue;
+    }
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const flag = eq > 0 ? arg.slice(0, eq) : arg;
+    const spec = arg.startsWith('--') ? optionNamed(flag.slice(2)) : OPTIONS.find((o) => o.short !== undefined && `-${o.short}` === flag);
+    if (!spec || (spec.commands.length === 0)) throw usage(command, `unknown option ${flag}`);
+    if (command === null ? spec.name !== 'help' && spec.name !== 'debug' : !spec.commands.includes(command)) {
+      throw usage(command, `${flag} is not an option of ${command ?? 'excp without a command'}`);
+    }
+    if (values.has(spec.name)) throw usage(command, `${flag} is given twice`);
+    if (spec.kind === 'flag') {
+      if (eq > 0) throw usage(command, `${flag} takes no value`);
+      values.set(spec.name, true);
+      continue;
+    }
+    const text = eq > 0 ? arg.slice(eq + 1) : rest[++i];
+    if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec)})`);
+    values.set(spec.name, parseValue(spec, flag, text, command));
+  }
+  for (const name of values.keys()) {
+    for (const other of optionNamed(name)?.conflicts ?? []) {
+      if (values.has(other)) throw usage(command, `--${name} and --${other} cannot be given together`);
+    }
+  }
+  return { command, positional, values };
+}
+
+function parseValue(spec: OptionSpec, flag: string, text: string, command: Command | null): string | number {
+  let value: string | number = text;
+  if (spec.kind === 'number' || spec.kind === 'integer') {
+    value = text.trim() === '' ? NaN : Number(text);
+  }
+  if (!valueFits(spec, value)) throw usage(command, `${flag} must be ${describeRange(spec)}, got '${text}'`);
+  return value;
+}

@@ -1,0 +1,137 @@
+/**
+ * `excp --help` and each command's `--help`, made from the option table, so
+ * that help lists exactly the flags a command takes, with their ranges and
+ * defaults.
+ */
+import { TOOL_VERSION } from '../core/constants.js';
+import { COMMANDS, type Command, OPTIONS, type OptionSpec, describeRange } from '../core/options.js';
+import { EXIT } from './exit.js';
+
+interface CommandDoc {
+  usage: string;
+  summary: string;
+  details: string;
+}
+
+const DOCS: Record<Command, CommandDoc> = {
+  compress: {
+    usage: 'excp compress [IN] [--base BASE] [-o OUT] [options]',
+    summary: 'compress a checkpoint, as a residual against BASE or as a keyframe',
+    details: `IN is a safetensors file (each parameter NAME with NAME.exp_avg and
+NAME.exp_avg_sq) or a PyTorch / Hugging Face checkpoint folder; absent or
+'-': stdin (copied to a temporary file: the method reads a parameter and its
+moments together). BASE is the previous checkpoint as restored (a file, or
+the previous folder). OUT absent or '-': stdout.`,
+  },
+  restore: {
+    usage: 'excp restore [IN] [--base BASE] [-o OUT]',
+    summary: 'restore a checkpoint from a container',
+    details: `IN absent or '-': stdin. A container of a folder restores to -o DIR. The
+restored bytes are checked against the fingerprint recorded at compression
+before the output is put in place.`,
+  },
+  inspect: {
+    usage: 'excp inspect IN [--json]',
+    summary: 'what a container holds: per entry, kept shares, bits per parameter, ratio',
+    details: 'Reads the header and the footer only.',
+  },
+  verify: {
+    usage: 'excp verify IN [--base BASE]',
+    summary: 'decode a container and check every CRC, the base and the restored fingerprint; writes nothing',
+    details: '',
+  },
+  compare: {
+    usage: 'excp compare A B [--json] [--top N] [--max-error E]',
+    summary: 'per-tensor error of a restored checkpoint B against the original A (files or folders)',
+    details: `Prints the relative error ||a-b|| / ||a|| of the weights, of exp_avg and of
+exp_avg_sq, of Adam's first step after resuming, and the most changed tensors.`,
+  },
+  chain: {
+    usage: 'excp chain CHAIN_DIR CKPT... [--keyframe-every K] [options]',
+    summary: 'compress a whole run into a chain folder: keyframes and residuals against the restored previous step',
+    details: `CKPT: safetensors files, or checkpoint folders (one kind per chain); a quoted
+glob ('run/checkpoint-*') is expanded in numeric step order. The coding
+options are fixed when the chain is created.`,
+  },
+  'chain append': {
+    usage: 'excp chain append CHAIN_DIR CKPT...',
+    summary: 'add the next checkpoints to a chain',
+    details: '',
+  },
+  'chain restore': {
+    usage: 'excp chain restore CHAIN_DIR --step N [-o OUT]',
+    summary: 'restore one step of a chain (a chain of folders: -o DIR)',
+    details: '',
+  },
+  'chain ls': {
+    usage: 'excp chain ls CHAIN_DIR [--json]',
+    summary: 'the steps of a chain: kind, sizes, ratios',
+    details: '',
+  },
+};
+
+function flagText(o: OptionSpec): string {
+  const long = `--${o.name}${o.kind === 'flag' ? '' : ` ${o.value ?? 'VALUE'}`}`;
+  return o.short ? `-${o.short}, ${long}` : `    ${long}`;
+}
+
+function formatDefault(value: number | string | boolean): string {
+  return typeof value === 'number' && value !== 0 && Math.abs(value) < 1e-3 ? value.toExponential() : String(value);
+}
+
+function optionLines(command: Command): string[] {
+  const rows = OPTIONS.filter((o) => o.commands.includes(command));
+  const width = Math.max(...rows.map((o) => flagText(o).length)) + 2;
+  return rows.map((o) => {
+    const extras: string[] = [];
+    if (o.kind !== 'flag' && o.kind !== 'string') extras.push(describeRange(o));
+    if (o.default !== undefined && o.kind !== 'flag') extras.push(`default ${formatDefault(o.default)}`);
+    if (o.conflicts?.length) extras.push(`not with ${o.conflicts.map((c) => `--${c}`).join(', ')}`);
+    return `  ${flagText(o).padEnd(width)}${o.help}${extras.length ? ` (${extras.join('; ')})` : ''}`;
+  });
+}
+
+const EXIT_LINES = [
+  'Exit status:',
+  `  ${EXIT.ok}    success`,
+  `  ${EXIT.error}    failure: bad or corrupt input, a wrong base, an I/O error (one line on stderr)`,
+  `  ${EXIT.usage}    bad usage: an unknown command or option, a bad option value`,
+  `  ${EXIT.differs}    compare: a tensor's error is above --max-error`,
+  `  ${EXIT.brokenPipe}  the reader of stdout went away before the output was complete (as a program killed by SIGPIPE)`,
+];
+
+/** The help of the tool. */
+export function globalHelp(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.length)) + 2;
+  return [
+    `excp ${TOOL_VERSION}: extreme compression of training checkpoints (ExCP)`,
+    '',
+    'Usage: excp COMMAND [ARGS] [OPTIONS]       excp COMMAND --help for its options',
+    '',
+    'Commands:',
+    ...COMMANDS.map((c) => `  ${c.padEnd(width)}${DOCS[c].summary}`),
+    '',
+    '  -h, --help     this help',
+    '  -V, --version  print the version',
+    '',
+    ...EXIT_LINES,
+    '',
+  ].join('\n');
+}
+
+/** The help of one command. */
+export function commandHelp(command: Command): string {
+  const doc = DOCS[command];
+  return [
+    `Usage: ${doc.usage}`,
+    '',
+    `${doc.summary[0]!.toUpperCase()}${doc.summary.slice(1)}.`,
+    ...(doc.details ? ['', doc.details] : []),
+    '',
+    'Options:',
+    ...optionLines(command),
+    '',
+    ...EXIT_LINES,
+    '',
+  ].join('\n');
+}
