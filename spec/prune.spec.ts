@@ -40,7 +40,7 @@ describe('joint prune', () => {
     const meanV = v0.reduce((s, x) => s + x, 0) / n;
     const rw = medianAbs(d0) * Math.min(2.5, 5e-5 / Math.sqrt(meanV));
     const ro = 2 * m0.reduce((s, x) => s + Math.abs(x), 0) / n;
-    const r = pruneJoint(dW, m, v, { alpha: 5e-5, beta: 2, vFill: 'zero' });
+    const r = pruneJoint(dW, m, v, { alpha: 5e-5, beta: 2, vFill: 'zero', weightRule: 'paper', keep: 0.3 });
     for (let i = 0; i < n; i++) {
       const keepW = Math.abs(d0[i]!) > rw;
       assert.equal(dW[i] !== 0, keepW);
@@ -57,12 +57,12 @@ describe('joint prune', () => {
     const dW = heavy(rng, n, 1e-3);
     const m = heavy(rng, n, 1e-2);
     const v = Float32Array.from(m, (x) => x * x + 1e-4 * rng.next());
-    const whole = pruneJoint(dW.slice(), m.slice(), v.slice(), { alpha: 1e-2, beta: 2, vFill: 'zero' });
+    const whole = pruneJoint(dW.slice(), m.slice(), v.slice(), { alpha: 1e-2, beta: 2, vFill: 'zero', weightRule: 'paper', keep: 0.3 });
     let keptW = 0;
     let keptM = 0;
     const chunk = 1 << 14;
     for (let s = 0; s < n; s += chunk) {
-      const r = pruneJoint(dW.slice(s, s + chunk), m.slice(s, s + chunk), v.slice(s, s + chunk), { alpha: 1e-2, beta: 2, vFill: 'zero' });
+      const r = pruneJoint(dW.slice(s, s + chunk), m.slice(s, s + chunk), v.slice(s, s + chunk), { alpha: 1e-2, beta: 2, vFill: 'zero', weightRule: 'paper', keep: 0.3 });
       keptW += r.keptWeights;
       keptM += r.keptMoments;
     }
@@ -113,7 +113,7 @@ describe('joint prune: scale-free weight rules', () => {
       assert.deepEqual(kept(1, 16), ref, `${weightRule}: v x16`);
     }
     // The paper's rule keeps a different share when v is scaled (its factor is alpha / sqrt(mean v)).
-    const paper = (vs: number): number => pruneJoint(dW.slice(), m.slice(), v.map((x) => x * vs), { alpha: 1e-3, beta: 2, vFill: 'zero' }).keptWeights;
+    const paper = (vs: number): number => pruneJoint(dW.slice(), m.slice(), v.map((x) => x * vs), { alpha: 1e-3, beta: 2, vFill: 'zero', weightRule: 'paper', keep: 0.3 }).keptWeights;
     assert.notEqual(paper(1), paper(1e4));
   });
 

@@ -103,8 +103,8 @@ export function encodeLossy(layout: ChunkLayout, input: ChunkInput, options: Cod
     // `saliency`) is above r_w and dW != 0. The thresholds are the method's
     // (the paper's rule runs the selection's second pass over the whole
     // chunk: its r_w is not a value of the chunk).
-    const rule = options.weightRule ?? 'paper';
-    const keep = options.keep ?? DEFAULT_OPTIONS.keep;
+    const rule = options.weightRule;
+    const keep = options.keep;
     if (rule === 'paper') {
       gatherWeights(residual, n ? selectAbsFrom(residual, (n - 1) >> 1, top) * paperFactor(sums[1]! / n, options.alpha) : 0, nzW, slotW, counts);
     } else if (rule === 'saliency') {

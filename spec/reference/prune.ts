@@ -14,7 +14,6 @@
  * Pruned entries become exact zeros in the arrays.
  */
 import { keepRank, paperFactor, selectAbs } from '../../lib/method/select.js';
-import { DEFAULT_OPTIONS } from '../../lib/core/options.js';
 
 /** Counts of what survived. */
 export interface PruneResult {
@@ -65,10 +64,9 @@ export interface PruneOptions {
   alpha: number;
   beta: number;
   vFill: 'mean' | 'zero';
-  /** Weight rule; absent means `paper`. */
-  weightRule?: WeightRule;
-  /** Share of dW kept by the `magnitude` and `saliency` rules, (0, 1]; absent means DEFAULT_OPTIONS.keep. */
-  keep?: number;
+  weightRule: WeightRule;
+  /** Share of dW kept by the `magnitude` and `saliency` rules, (0, 1]. */
+  keep: number;
 }
 
 /**
@@ -103,9 +101,9 @@ export function pruneJoint(
   const meanV = v ? meanAbs(v) : 0;
   let rw = 0;
   let keptWeights = 0;
-  const rule = options.weightRule ?? 'paper';
+  const rule = options.weightRule;
   if (residual && rule !== 'paper' && v) {
-    const keep = options.keep ?? DEFAULT_OPTIONS.keep;
+    const keep = options.keep;
     const n = residual.length;
     const score = rule === 'saliency' ? saliencyScores(residual, v) : residual;
     // Keep the scores strictly above the (1 - keep) quantile: a zero dW never survives.
