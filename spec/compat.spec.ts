@@ -3,10 +3,12 @@
  * holds containers made by excp at commit 6a8e29d (container format 1, whose
  * symbol streams used the range coder before format 2's rANS), and
  * spec/fixtures/format2/ folder containers made at commit 76b6094 (format 2
- * before packs and lz variant 2), each with the SHA-256 of what that version
- * restored them to.
+ * before packs and lz variant 2), and spec/fixtures/format2/final/ containers
+ * as format 2 was last written (commit bbaef7c), each with the SHA-256 of what
+ * that version restored them to.
  */
 import { test } from 'node:test';
+import { PRESETS, neoxParams, writeSyntheticPair } from '../examples/synthetic.js';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -91,3 +93,39 @@ for (const name of ['bf16-ckpt8-lossless.excp', 'fp32-ckpt8-vs-4.excp']) {
     }
   });
 }
+
+const final2 = new URL('./fixtures/format2/final/', import.meta.url);
+const expectedFinal = JSON.parse(readFileSync(new URL('expected.json', final2), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
+
+for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
+  test(`format 2 folder container ${name}, as format 2 was last written, restores to the files that version gave`, async () => {
+    const want = expectedFinal[name] as { base: string | null; restoresTo: Record<string, string> };
+    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+    try {
+      const out = join(work, 'out');
+      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, final2));
+      const container = fileURLToPath(new URL(name, final2));
+      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, 2);
+      await restoreToFolder(container, out, { base, threads: 0 });
+      const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
+      assert.deepEqual(got, want.restoresTo);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+}
+
+test('format 2 file container (the tiny synthetic pair), as format 2 was last written, restores to the bytes that version gave', async () => {
+  const want = expectedFinal['tiny-residual.excp'] as { restoresTo: Record<string, string> };
+  const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+  try {
+    const p = PRESETS['tiny']!;
+    await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), join(work, 'a.safetensors'), join(work, 'b.safetensors'), { seed: 7 });
+    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', final2)));
+    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 2);
+    const restored = await restoreBuffer(container, new Uint8Array(readFileSync(join(work, 'a.safetensors'))), { threads: 0 });
+    assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo['']);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
