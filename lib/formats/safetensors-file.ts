@@ -12,36 +12,23 @@ import { readExactly } from '../io/read.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { type SafetensorsHeader, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
 
-/** The one file of a safetensors checkpoint: its header bytes are its kind's layout. */
-function fileOf(header: SafetensorsHeader): CheckpointFile[] {
-  return [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
-}
-
-/** A whole safetensors file held in memory (the one-shot helpers use it). */
-export class SafetensorsMemory implements Checkpoint {
+/**
+ * What a safetensors checkpoint is, wherever its bytes are: its tensors
+ * from the header, and one file of kind `safetensors` whose layout is the
+ * header's exact bytes.
+ */
+abstract class SafetensorsCheckpoint implements Checkpoint {
   readonly path: string;
   readonly header: SafetensorsHeader;
   readonly byName: Map<string, TensorInfo>;
   readonly files: CheckpointFile[];
   readonly info = null;
-  private readonly bytes: Uint8Array;
 
-  /**
-   * @param bytes the file
-   * @param path name used in messages
-   */
-  constructor(bytes: Uint8Array, path = '<buffer>') {
+  protected constructor(path: string, header: SafetensorsHeader) {
     this.path = path;
-    this.bytes = bytes;
-    try {
-      const n = readHeaderLength(bytes.subarray(0, 8), bytes.length);
-      this.header = parseSafetensorsHeader(bytes.subarray(0, 8 + n), bytes.length - 8 - n);
-    } catch (e) {
-      if (e instanceof ExcpError) throw new ExcpError(e.code, `${path}: ${e.message}`);
-      throw e;
-    }
-    this.byName = new Map(this.header.tensors.map((t) => [t.name, t]));
-    this.files = fileOf(this.header);
+    this.header = header;
+    this.byName = new Map(header.tensors.map((t) => [t.name, t]));
+    this.files = [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
   }
 
   get tensors(): readonly TensorInfo[] {
@@ -52,7 +39,36 @@ export class SafetensorsMemory implements Checkpoint {
     return this.header.dataLength;
   }
 
-  async tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+  abstract tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
+
+  abstract close(): Promise<void>;
+}
+
+/** Parse a whole file's header, the path in any error. */
+function headerOfBytes(bytes: Uint8Array, path: string): SafetensorsHeader {
+  try {
+    const n = readHeaderLength(bytes.subarray(0, 8), bytes.length);
+    return parseSafetensorsHeader(bytes.subarray(0, 8 + n), bytes.length - 8 - n);
+  } catch (e) {
+    if (e instanceof ExcpError) throw new ExcpError(e.code, `${path}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** A whole safetensors file held in memory (the one-shot helpers use it). */
+export class SafetensorsMemory extends SafetensorsCheckpoint {
+  private readonly bytes: Uint8Array;
+
+  /**
+   * @param bytes the file
+   * @param path name used in messages
+   */
+  constructor(bytes: Uint8Array, path = '<buffer>') {
+    super(path, headerOfBytes(bytes, path));
+    this.bytes = bytes;
+  }
+
+  override async tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const from = this.header.dataOffset + info.begin + start;
     const bytes = this.bytes.subarray(from, from + end - start);
     if (into && into.length === bytes.length) {
@@ -62,34 +78,18 @@ export class SafetensorsMemory implements Checkpoint {
     return new Uint8Array(bytes);
   }
 
-  async close(): Promise<void> {}
+  override async close(): Promise<void> {}
 }
 
 /** An open safetensors file. */
-export class SafetensorsFile implements Checkpoint {
-  readonly path: string;
+export class SafetensorsFile extends SafetensorsCheckpoint {
   readonly size: number;
-  readonly header: SafetensorsHeader;
-  readonly byName: Map<string, TensorInfo>;
-  readonly files: CheckpointFile[];
-  readonly info = null;
   private readonly handle: FileHandle;
 
   private constructor(path: string, handle: FileHandle, size: number, header: SafetensorsHeader) {
-    this.path = path;
+    super(path, header);
     this.handle = handle;
     this.size = size;
-    this.header = header;
-    this.byName = new Map(header.tensors.map((t) => [t.name, t]));
-    this.files = fileOf(header);
-  }
-
-  get tensors(): readonly TensorInfo[] {
-    return this.header.tensors;
-  }
-
-  get dataLength(): number {
-    return this.header.dataLength;
   }
 
   /**

@@ -78,22 +78,6 @@ export function saliencyPass(residual: Float32Array, v: Float32Array, score: Flo
   for (let i = 0; i < n; i++) top[(sbits[i]! & 0x7fffffff) >>> 16]!++;
 }
 
-/**
- * Pass 2 under a score (the rule `saliency`): gathers the dW whose score is
- * above rw and dW != 0, branch-free. counts[0] receives how many.
- */
-export function gatherScoredWeights(residual: Float32Array, score: Float32Array, rw: number, nzW: Float32Array, slotW: Int32Array, counts: Float64Array): void {
-  const n = residual.length;
-  let nw = 0;
-  for (let i = 0; i < n; i++) {
-    const d = residual[i]!;
-    nzW[nw] = d;
-    slotW[nw] = i;
-    nw += +(score[i]! > rw) & +(d !== 0);
-  }
-  counts[0] = nw;
-}
-
 /** sum |x| in order with non-finite values as 0, and their positions. */
 function sumNonFinite(values: Float32Array, positions: number[]): number {
   let sum = 0;
@@ -106,18 +90,19 @@ function sumNonFinite(values: Float32Array, positions: number[]): number {
 }
 
 /**
- * Pass 2 for dW under a threshold: gathers the dW with |dW| > rw and
- * dW != 0, branch-free (writes past the current end are overwritten or
- * ignored). counts[0] receives how many.
+ * Pass 2 for dW under a threshold: gathers the dW whose score is above rw
+ * (|score| > rw) and dW != 0, branch-free (writes past the current end are
+ * overwritten or ignored). The score is dW itself (rules `paper`,
+ * `magnitude`) or |dW| sqrt(v) (`saliency`). counts[0] receives how many.
  */
-export function gatherWeights(residual: Float32Array, rw: number, nzW: Float32Array, slotW: Int32Array, counts: Float64Array): void {
+export function gatherWeights(residual: Float32Array, score: Float32Array, rw: number, nzW: Float32Array, slotW: Int32Array, counts: Float64Array): void {
   const n = residual.length;
   let nw = 0;
   for (let i = 0; i < n; i++) {
     const d = residual[i]!;
     nzW[nw] = d;
     slotW[nw] = i;
-    nw += +(Math.abs(d) > rw) & +(d !== 0);
+    nw += +(Math.abs(score[i]!) > rw) & +(d !== 0);
   }
   counts[0] = nw;
 }

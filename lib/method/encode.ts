@@ -46,7 +46,7 @@ import { keepRank, paperFactor, selectAbsFrom } from './select.js';
 import { quantizeGathered } from './quantize.js';
 import { type ChunkCode, type SymbolCost, encodePayload, entropyOfJoint } from './payload.js';
 import { type ChunkInput, type ChunkLayout, type EncodedChunk, pickExceptions, reconstructChunk, reconstructInto, restoredDigests } from './reconstruct.js';
-import { gatherMoments, gatherScoredWeights, gatherTopWeights, gatherWeights, momentPass, residualPass, saliencyPass } from './encode-gather.js';
+import { gatherMoments, gatherTopWeights, gatherWeights, momentPass, residualPass, saliencyPass } from './encode-gather.js';
 import { restoredDigestsF32 } from './encode-digests.js';
 import { DEFAULT_OPTIONS } from '../core/options.js';
 
@@ -106,14 +106,14 @@ export function encodeLossy(layout: ChunkLayout, input: ChunkInput, options: Cod
     const rule = options.weightRule;
     const keep = options.keep;
     if (rule === 'paper') {
-      gatherWeights(residual, n ? selectAbsFrom(residual, (n - 1) >> 1, top) * paperFactor(sums[1]! / n, options.alpha) : 0, nzW, slotW, counts);
+      gatherWeights(residual, residual, n ? selectAbsFrom(residual, (n - 1) >> 1, top) * paperFactor(sums[1]! / n, options.alpha) : 0, nzW, slotW, counts);
     } else if (rule === 'saliency') {
       const score = work.f32(SLOT_SCORE, n);
       const scoreTop = topHistogram.fill(0);
       saliencyPass(residual, v, score, scoreTop);
-      gatherScoredWeights(residual, score, keep >= 1 || n === 0 ? 0 : selectAbsFrom(score, keepRank(n, keep), scoreTop), nzW, slotW, counts);
+      gatherWeights(residual, score, keep >= 1 || n === 0 ? 0 : selectAbsFrom(score, keepRank(n, keep), scoreTop), nzW, slotW, counts);
     } else if (keep >= 1 || n === 0) {
-      gatherWeights(residual, 0, nzW, slotW, counts);
+      gatherWeights(residual, residual, 0, nzW, slotW, counts);
     } else {
       gatherTopWeights(residual, keepRank(n, keep), top, nzW, slotW, counts);
     }
