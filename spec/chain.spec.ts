@@ -18,7 +18,7 @@ import { appendToChain, createChain, readManifest, restoreChainStep, restoreChai
 import { writeAtomically } from '../lib/io/output.js';
 import { createTrainer } from '../examples/train/trainer.js';
 import { ExcpError } from '../lib/core/errors.js';
-import { sameBytes } from './helpers.js';
+import { runNode, sameBytes } from './helpers.js';
 import { compressBuffer, compressTo } from '../lib/api/compress.js';
 import { restoreBuffer, restoreToFolder } from '../lib/api/restore.js';
 import { readContainerFile } from '../lib/api/open.js';
@@ -28,17 +28,9 @@ const STEPS = 12;
 
 /** Run lib/cli.ts through tsx (no build needed), in-process threads only. */
 function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    // Every chain command but ls takes --threads and --quiet (ls takes neither: a usage error).
-    const extra = args[1] === 'ls' ? [] : ['--threads', '0', '--quiet'];
-    const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args, ...extra], { cwd: root });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+  // Every chain command but ls takes --threads and --quiet (ls takes neither: a usage error).
+  const extra = args[1] === 'ls' ? [] : ['--threads', '0', '--quiet'];
+  return runNode(['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args, ...extra], root);
 }
 
 /** The ExcpError an async call rejects with. */
@@ -242,6 +234,20 @@ async function replayFoldersByHand(dir: string, manifest: ChainManifest, into: s
   return restored;
 }
 
+/**
+ * A copy of a checkpoint folder with other content (trainer_state.json
+ * gains `tag` spaces): the same model, another checkpoint, so that a chain
+ * can take it after the original (the same checkpoint twice is refused).
+ */
+function variant(folder: string, tag: number): string {
+  const copy = `${folder}-v${tag}`;
+  if (!existsSync(copy)) {
+    cpSync(folder, copy, { recursive: true });
+    writeFileSync(join(copy, 'trainer_state.json'), readFileSync(join(folder, 'trainer_state.json'), 'utf8') + ' '.repeat(tag));
+  }
+  return copy;
+}
+
 describe('excp chain over checkpoint folders, and the chain lock', { concurrency: false }, () => {
   let work = '';
   const runs: Record<string, { c4: string; c8: string; map: string[] }> = {};
@@ -263,9 +269,9 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
       const dir = join(work, `${run}-chain`);
       await createChain(dir, [c4, c8], { keyframeEvery: 10, threads: 0, paramMap: map });
       // A third step through append: a residual against the restored step 1.
-      const manifest = await appendToChain(dir, [c4], { threads: 0 });
+      const manifest = await appendToChain(dir, [variant(c4, 1)], { threads: 0 });
       assert.equal(manifest.kind, 'folder');
-      assert.deepEqual(manifest.steps.map((s) => [s.keyframe, s.base, s.source]), [[true, null, 'checkpoint-4'], [false, 0, 'checkpoint-8'], [false, 1, 'checkpoint-4']]);
+      assert.deepEqual(manifest.steps.map((s) => [s.keyframe, s.base, s.source]), [[true, null, 'checkpoint-4'], [false, 0, 'checkpoint-8'], [false, 1, 'checkpoint-4-v1']]);
       assert.equal(manifest.last, '.last-000002');
       assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('.')).sort(), ['.last-000002'], 'one kept folder, no leftovers');
       assert.ok(!existsSync(join(dir, CHAIN_LOCK)), 'the lock is released');
@@ -285,12 +291,12 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
       if (run === 'bf16') return;
       // The kept folder, when missing, is rebuilt by replaying; when changed, an append is refused.
       rmSync(join(dir, manifest.last!), { recursive: true });
-      const longer = await appendToChain(dir, [c8], { threads: 0 });
+      const longer = await appendToChain(dir, [variant(c8, 1)], { threads: 0 });
       assert.equal(longer.steps.length, 4);
       writeFileSync(join(dir, longer.last!, 'scheduler.pt'), 'changed');
-      const changed = await errorOf(() => appendToChain(dir, [c4], { threads: 0 }));
+      const changed = await errorOf(() => appendToChain(dir, [variant(c4, 2)], { threads: 0 }));
       assert.equal(changed.code, 'ERR_CHAIN');
-      assert.match(changed.message, /kept restored folder \.last-000003 was changed since it was written/);
+      assert.match(changed.message, /kept restored folder \S*\.last-000003 was changed since it was written/);
       assert.equal((await readManifest(dir)).steps.length, 4);
     });
 
@@ -306,6 +312,32 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
       }
     });
   }
+
+  it('a folder chain keeps its restored step outside (cache) or nowhere (null), and restores the same steps', async () => {
+    const { c4, c8, map } = runs['fp32']!;
+    const cache = join(work, 'folder-cache');
+    const outside = join(work, 'fp32-outside');
+    const none = join(work, 'fp32-none');
+    const a = await createChain(outside, [c4, c8], { keyframeEvery: 10, threads: 0, paramMap: map, cache });
+    const b = await createChain(none, [c4, c8], { keyframeEvery: 10, threads: 0, paramMap: map, cache: null });
+    assert.deepEqual(readdirSync(outside).filter((f) => f.startsWith('.')), []);
+    assert.deepEqual(readdirSync(cache), [a.last!]);
+    assert.match(a.last!, /^fp32-outside-[0-9a-f]{8}\.last-000001$/);
+    assert.equal(b.last, null);
+    assert.deepEqual(readdirSync(none).filter((f) => f.startsWith('.')), []);
+    // A residual appended to each: from the kept folder (checked against its fingerprint), and rebuilt by replay.
+    const a2 = await appendToChain(outside, [variant(c4, 3)], { threads: 0 });
+    const b2 = await appendToChain(none, [variant(c4, 3)], { threads: 0 });
+    assert.deepEqual(readdirSync(cache), [a2.last!]);
+    assert.equal(b2.last, null);
+    const byHand = await replayFoldersByHand(outside, a2, join(work, 'outside-hand'));
+    assertSameFolder(join(cache, a2.last!), byHand[2]!, 'kept folder outside');
+    const noneHand = await replayFoldersByHand(none, b2, join(work, 'none-hand'));
+    assertSameFolder(noneHand[2]!, byHand[2]!, 'rebuilt by replay');
+    // A changed kept folder outside the chain is refused as inside it.
+    writeFileSync(join(cache, a2.last!, 'scheduler.pt'), 'changed');
+    assert.match((await errorOf(() => appendToChain(outside, [variant(c8, 3)], { threads: 0 }))).message, /was changed since it was written/);
+  });
 
   it('a folder step made against the original previous folder (not the restored one) is refused with ERR_CHAIN', async () => {
     // Restore rewrites optimizer.pt's CRCs after lossy moments, so the link pre-check cannot compare the
@@ -382,7 +414,7 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
     assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('.')), ['.last-000001']);
     assert.equal((await readManifest(dir)).steps.length, 2);
     // Two appends at once in one process: exactly one runs, the other is refused.
-    const results = await Promise.allSettled([appendToChain(dir, [c4], { threads: 0 }), appendToChain(dir, [c8], { threads: 0 })]);
+    const results = await Promise.allSettled([appendToChain(dir, [variant(c4, 1)], { threads: 0 }), appendToChain(dir, [variant(c8, 1)], { threads: 0 })]);
     const refused = results.filter((r) => r.status === 'rejected');
     assert.equal(refused.length, 1);
     assert.match(String((refused[0] as PromiseRejectedResult).reason.message), /chain is locked by pid \d+/);

@@ -69,7 +69,10 @@ describe('glob', () => {
     const pair = randomCheckpointPair(3, { params: 3, maxElements: 2000 });
     writeFileSync(join(run, 'step-1.safetensors'), pair.previous);
     writeFileSync(join(run, 'step-2.safetensors'), pair.current);
-    writeFileSync(join(run, 'step-10.safetensors'), pair.current);
+    // A third checkpoint: another content (a chain refuses the same one twice), the same model.
+    const third = pair.current.slice();
+    third[third.length - 2]! ^= 1;
+    writeFileSync(join(run, 'step-10.safetensors'), third);
     const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(root, 'lib', 'cli.ts'), ...args, ...(args[1] === 'ls' ? [] : ['--threads', '0'])], { cwd: root, encoding: 'utf8' });
     const made = cli('chain', join(dir, 'c1'), join(run, 'step-*.safetensors'), '--quiet');
     assert.equal(made.status, 0, made.stderr);

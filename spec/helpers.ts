@@ -2,6 +2,7 @@
  * Shared test helpers: seeded random checkpoints, chunking, stream collection.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { Readable, Writable, type Duplex } from 'node:stream';
 import { ExcpError } from '../lib/core/errors.js';
 import { pipeline } from 'node:stream/promises';
@@ -163,4 +164,22 @@ export function varint(v: number): number[] {
 export function str(s: string): number[] {
   const b = [...new TextEncoder().encode(s)];
   return [...varint(b.length), ...b];
+}
+
+/**
+ * Run node with arguments asynchronously (a test may change files while it
+ * runs), collecting its output.
+ * @param args node's arguments (a script and its arguments)
+ * @param cwd working folder
+ */
+export function runNode(args: string[], cwd: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { cwd });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
 }

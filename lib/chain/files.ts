@@ -1,17 +1,20 @@
 /**
  * The file operations on a chain folder that writing and replaying share:
  * chain.json read and written, a step's container index read and checked
- * against it, and what a checkpoint path is (file or folder, its size, a
- * fingerprint of a folder's files). The chain layout is described in
- * lib/chain.ts.
+ * against it, what a checkpoint path is (file or folder, its size, a
+ * fingerprint of its content, its tensor table), and every file a chain
+ * takes on disk. The chain layout is described in chain.ts.
  */
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { lstat, readFile, readdir, stat } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 import { ExcpError } from '../core/errors.js';
 import { Hasher, fingerprintTensors } from '../core/hash.js';
 import { writeAtomically } from '../io/output.js';
+import { openCheckpoint } from '../formats/registry.js';
 import { CHAIN_MANIFEST, checkStep, parseManifest, type ChainKind, type ChainManifest, type ChainStep, type ContainerIndex } from './manifest.js';
+import type { ModelTensor } from './identity.js';
+import type { DiskFile } from './report.js';
 import { readContainerFile } from '../api/open.js';
 
 /** Relative paths and sizes of the regular files under a folder, sorted by path. */
@@ -31,6 +34,13 @@ async function filesOf(dir: string): Promise<Array<{ path: string; size: number 
   return out;
 }
 
+/** {@link Hasher} digest of a file's bytes. */
+async function fileFingerprint(path: string): Promise<string> {
+  const hasher = new Hasher();
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hasher.update(chunk as Uint8Array);
+  return hasher.digest();
+}
+
 /**
  * A fingerprint of a folder's files (relative paths, sizes and bytes): what
  * chain.json records for the kept `.last-NNNNNN/` folder.
@@ -39,12 +49,35 @@ async function filesOf(dir: string): Promise<Array<{ path: string; size: number 
  */
 export async function folderFingerprint(dir: string): Promise<string> {
   const listed: Array<{ name: string; dtype: string; shape: number[]; hash: string }> = [];
-  for (const f of await filesOf(dir)) {
-    const hasher = new Hasher();
-    for await (const chunk of createReadStream(join(dir, f.path))) hasher.update(chunk as Uint8Array);
-    listed.push({ name: f.path, dtype: 'U8', shape: [f.size], hash: hasher.digest() });
-  }
+  for (const f of await filesOf(dir)) listed.push({ name: f.path, dtype: 'U8', shape: [f.size], hash: await fileFingerprint(join(dir, f.path)) });
   return fingerprintTensors(listed);
+}
+
+/**
+ * A fingerprint of a checkpoint's content (a file's bytes; a folder's
+ * files, see {@link folderFingerprint}): what chain.json records per step
+ * to refuse the same checkpoint twice. Reads it once (the hash runs at
+ * several GB/s: the disk sets the time).
+ * @param checkpoint a path and its kind
+ * @returns 16 hex digits
+ */
+export async function sourceFingerprint(checkpoint: { path: string; kind: ChainKind }): Promise<string> {
+  return checkpoint.kind === 'folder' ? folderFingerprint(checkpoint.path) : fileFingerprint(checkpoint.path);
+}
+
+/**
+ * A checkpoint's tensor table (names, dtypes, shapes), read from its
+ * headers only; a folder is opened as a base (its moments unnamed: no
+ * parameter map needed).
+ * @param path checkpoint file or folder
+ */
+export async function tensorTableOf(path: string): Promise<ModelTensor[]> {
+  const checkpoint = await openCheckpoint(path, { role: 'base' });
+  try {
+    return checkpoint.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
+  } finally {
+    await checkpoint.close();
+  }
 }
 
 /**
@@ -105,3 +138,40 @@ export async function indexOf(dir: string, entry: ChainStep): Promise<ContainerI
   return index;
 }
 
+
+/** Every file under a path (the path itself when it is a file), with its size; symbolic links are not followed. */
+async function diskFilesOf(root: string): Promise<Array<{ path: string; bytes: number }>> {
+  const info = await lstat(root).catch(() => null);
+  if (!info) return [];
+  if (!info.isDirectory()) return [{ path: root, bytes: info.size }];
+  const out: Array<{ path: string; bytes: number }> = [];
+  const names = (await readdir(root).catch(() => [] as string[])).sort();
+  for (const name of names) out.push(...await diskFilesOf(join(root, name)));
+  return out;
+}
+
+/**
+ * Every file a chain takes on disk: each file under the chain folder, and
+ * the kept restored step where chain.json says it is (outside the folder
+ * with --cache DIR), each with what it is for.
+ * @param dir chain folder
+ * @param manifest the chain
+ * @param cache path of the kept restored step, or null
+ * @returns files with sizes (apparent sizes, as `ls -l` or `du -b` count them)
+ */
+export async function chainDiskFiles(dir: string, manifest: ChainManifest, kept: string | null): Promise<DiskFile[]> {
+  const root = resolve(dir);
+  const cache = kept === null ? null : resolve(kept);
+  const containers = new Set(manifest.steps.map((s) => s.file));
+  const under = (path: string, folder: string): boolean => path === folder || path.startsWith(folder + sep);
+  const files: DiskFile[] = [];
+  for (const f of await diskFilesOf(root)) {
+    const name = relative(root, f.path);
+    const role = cache !== null && under(f.path, cache) ? 'cache' : name === CHAIN_MANIFEST ? 'manifest' : containers.has(name) ? 'container' : 'other';
+    files.push({ path: name, bytes: f.bytes, role });
+  }
+  if (cache !== null && !under(cache, root)) {
+    for (const f of await diskFilesOf(cache)) files.push({ path: f.path, bytes: f.bytes, role: 'cache' });
+  }
+  return files;
+}

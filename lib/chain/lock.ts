@@ -18,6 +18,12 @@
  * Not covered: a PID reused by an unrelated live process keeps the lock held
  * (the message names the PID and the file), and locks on network file
  * systems without atomic exclusive create.
+ *
+ * Waiting (`--wait [SECONDS]`): a held lock is tried again every
+ * {@link LOCK_POLL_MS} until it is free or the time is up (no limit without
+ * SECONDS). Without it a held lock fails at once, as a second run started by
+ * mistake should; a scheduler that appends every checkpoint as it is saved
+ * waits instead.
  */
 import { link, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -40,18 +46,52 @@ async function holderOf(path: string): Promise<number | null | 'gone'> {
   return /^\d+$/.test(text.trim()) && Number.isSafeInteger(pid) && pid > 0 ? pid : null;
 }
 
-function lockedError(dir: string, path: string, pid: number | null): ExcpError {
+/** How often a waiting process tries a held lock again. */
+export const LOCK_POLL_MS = 200;
+
+function lockedError(dir: string, path: string, pid: number | null, waitedMs: number | null): ExcpError {
   const who = pid === null ? 'a process that has not written its PID yet' : `pid ${pid}`;
-  return new ExcpError('ERR_CHAIN', `chain: chain is locked by ${who} (${path}): another 'excp chain' create or append is running on ${dir}; if no such process runs, remove ${path}`);
+  const what = waitedMs === null
+    ? 'wait for it with --wait [SECONDS]'
+    : `still held after waiting ${(waitedMs / 1000).toFixed(1)} s`;
+  return new ExcpError('ERR_CHAIN', `chain: chain is locked by ${who} (${path}): another 'excp chain' create or append is running on ${dir}; ${what}, or, if no such process runs, remove ${path}`);
+}
+
+/** How a lock is taken. */
+export interface LockOptions {
+  /**
+   * Seconds to wait for a held lock (Infinity: no limit). Absent: fail at
+   * once. A lock held by this very process is waited for too (another
+   * create or append of it, which releases it when done).
+   */
+  wait?: number | undefined;
 }
 
 /**
- * Take the lock of a chain folder (which must exist).
+ * Take the lock of a chain folder (which must exist), waiting for it when asked.
  * @param dir chain folder
+ * @param options wait: seconds to wait for a held lock
  * @returns a release function (removes the lock if it is still ours)
- * @throws ExcpError ERR_CHAIN when a live process holds the lock, ERR_IO
+ * @throws ExcpError ERR_CHAIN when a live process holds the lock (after the wait), ERR_IO, ERR_OUT_OF_RANGE for a bad wait
  */
-export async function lockChain(dir: string): Promise<() => Promise<void>> {
+export async function lockChain(dir: string, options: LockOptions = {}): Promise<() => Promise<void>> {
+  const { wait } = options;
+  if (wait !== undefined && !(typeof wait === 'number' && wait >= 0)) {
+    throw new ExcpError('ERR_OUT_OF_RANGE', `options.wait must be a number of seconds >= 0, got ${JSON.stringify(wait)}`);
+  }
+  const started = Date.now();
+  for (;;) {
+    const taken = await tryLock(dir);
+    if (typeof taken === 'function') return taken;
+    if (wait === undefined) throw lockedError(dir, join(dir, CHAIN_LOCK), taken.holder, null);
+    const waited = Date.now() - started;
+    if (waited >= wait * 1000) throw lockedError(dir, join(dir, CHAIN_LOCK), taken.holder, waited);
+    await new Promise((resolve) => setTimeout(resolve, Math.min(LOCK_POLL_MS, wait * 1000 - waited)));
+  }
+}
+
+/** One try at the lock: the release function, or who holds it. */
+async function tryLock(dir: string): Promise<(() => Promise<void>) | { holder: number | null }> {
   const path = join(dir, CHAIN_LOCK);
   const mine = `${process.pid}\n`;
   for (let attempt = 0; attempt < 4; attempt++) {
@@ -72,7 +112,7 @@ export async function lockChain(dir: string): Promise<() => Promise<void>> {
     }
     const holder = await holderOf(path);
     if (holder === 'gone') continue;
-    if (holder === null || holder === process.pid || processAlive(holder)) throw lockedError(dir, path, holder);
+    if (holder === null || holder === process.pid || processAlive(holder)) return { holder };
     // Stale: move it aside, and check that what was moved is still the dead process's lock.
     const aside = `${path}.stale-${process.pid}`;
     try {
@@ -86,20 +126,21 @@ export async function lockChain(dir: string): Promise<() => Promise<void>> {
       // Another process took the stale lock over between our read and our rename: give it back.
       await link(aside, path).catch(() => undefined);
       await rm(aside, { force: true });
-      throw lockedError(dir, path, moved);
+      return { holder: moved };
     }
     await rm(aside, { force: true });
   }
-  throw new ExcpError('ERR_CHAIN', `chain: could not take the lock ${path} (it keeps changing hands)`);
+  return { holder: null }; // it keeps changing hands: held, as far as this try can tell
 }
 
 /**
  * Run `work` holding the chain folder's lock.
  * @param dir chain folder (must exist)
  * @param work the create or append
+ * @param options wait: seconds to wait for a held lock
  */
-export async function withChainLock<T>(dir: string, work: () => Promise<T>): Promise<T> {
-  const release = await lockChain(dir);
+export async function withChainLock<T>(dir: string, work: () => Promise<T>, options: LockOptions = {}): Promise<T> {
+  const release = await lockChain(dir, options);
   try {
     return await work();
   } finally {

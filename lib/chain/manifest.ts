@@ -1,8 +1,9 @@
 /**
  * Chains, the pure part: the manifest (`chain.json`) and its validation,
- * keyframe choice, the replay path, link checks between consecutive
- * containers, and the listing. No file is touched here; lib/chain.ts does
- * the file operations (create, append, restore) on top of these.
+ * keyframe choice and what a step passes to compress ({@link stepCoding}),
+ * the replay path, and link checks between consecutive containers. No file
+ * is touched here; chain.ts does the file operations (create, append,
+ * restore) on top of these, report.ts the listing.
  */
 import type { ContainerFooter, ContainerHeader } from '../container/format.js';
 import { ExcpError } from '../core/errors.js';
@@ -36,6 +37,12 @@ export interface ChainStep {
   originalBytes: number;
   /** Bytes of the container. */
   containerBytes: number;
+  /**
+   * {@link Hasher} digest of the checkpoint's bytes (a folder: of its files,
+   * see folderFingerprint): an append of the same checkpoint again is
+   * refused. Absent in manifests of older versions.
+   */
+  sourceFingerprint?: string;
   /** From the container footer. */
   baseFingerprint: string | null;
   targetFingerprint: string;
@@ -53,7 +60,18 @@ export interface ChainManifest {
   /** Folder chains: parameter names in optimizer order (--param-map), used for every step; else null. */
   paramMap: string[] | null;
   steps: ChainStep[];
-  /** File (or folder) name of the restored last checkpoint, or null for an empty chain. */
+  /**
+   * Where the restored last step (the next append's base) is kept: '.' (the
+   * chain folder; also what older manifests without the field mean), an
+   * absolute folder (`--cache DIR`), or null (`--no-cache`: none is kept, an
+   * append rebuilds it by replaying).
+   */
+  cache: string | null;
+  /**
+   * File (or folder) name of the restored last checkpoint in the cache
+   * folder (with `cache` null: in the chain folder, only while a create or
+   * append runs), or null when none is kept.
+   */
   last: string | null;
   /** Folder chains: {@link folderFingerprint} of the `last` folder when it was written; else null. */
   lastFingerprint: string | null;
@@ -69,7 +87,18 @@ export interface ChainOptions extends LooseOptions {
   paramMap?: readonly string[] | undefined;
   /** Called after each appended step. */
   onStep?: ((step: ChainStep) => void) | undefined;
+  /**
+   * Where to keep the restored last step: a folder, or null to keep none
+   * (rebuilt by replay at the next append). Absent: as the chain has it
+   * (a new chain: its own folder). Given to an append, it moves the kept step.
+   */
+  cache?: string | null | undefined;
+  /** Seconds to wait for a chain another process holds (Infinity: no limit); absent: fail at once. */
+  wait?: number | undefined;
 }
+
+/** What an append takes of {@link ChainOptions}: the coding is fixed at creation. */
+export type AppendOptions = Pick<ChainOptions, 'threads' | 'onStep' | 'cache' | 'wait'>;
 
 /** What the fs operations need of a container: its footer, the tensor list and (folders) the file list. */
 export interface ContainerIndex {
@@ -88,15 +117,50 @@ export function isKeyframe(index: number, keyframeEvery: number): boolean {
   return index % keyframeEvery === 0;
 }
 
+/** How one step of a chain is coded. */
+export interface StepCoding {
+  /** No base: a keyframe. */
+  keyframe: boolean;
+  /** The codec options of its compress (the chain's, plus what a keyframe or residual adds). */
+  options: CodecOptions;
+}
+
+/**
+ * How step `index` is coded: whether it is a keyframe, and the codec
+ * options its compress gets. The one place of the chain that decides what
+ * a keyframe is and how it is coded: a keyframe mode (e.g. weights coded
+ * lossily in keyframes only) is an option stored in the manifest and read
+ * here; create, append and replay follow from this.
+ * @param manifest the chain (its keyframe distance and codec options)
+ * @param index 0-based step
+ * @returns keyframe or residual, and the options for compress
+ */
+export function stepCoding(manifest: Pick<ChainManifest, 'keyframeEvery' | 'options'>, index: number): StepCoding {
+  return { keyframe: isKeyframe(index, manifest.keyframeEvery), options: { ...manifest.options } };
+}
+
 /** Container file name of a step. */
 export function stepFileName(index: number): string {
   return `step-${String(index).padStart(6, '0')}.excp`;
 }
 
-/** File (or, for a folder chain, folder) name of the restored checkpoint of a step kept for appends. */
-export function lastFileName(index: number, kind: ChainKind = 'file'): string {
-  return `.last-${String(index).padStart(6, '0')}${kind === 'file' ? '.safetensors' : ''}`;
+/**
+ * File (or, for a folder chain, folder) name of the restored checkpoint of a
+ * step kept for appends.
+ * @param index 0-based step
+ * @param kind the chain's kind
+ * @param prefix '' in the chain folder; in a cache folder outside it, a name
+ *   of the chain (several chains may share one cache folder)
+ */
+export function lastFileName(index: number, kind: ChainKind = 'file', prefix = ''): string {
+  return `${prefix}.last-${String(index).padStart(6, '0')}${kind === 'file' ? '.safetensors' : ''}`;
 }
+
+/** What {@link lastFileName} makes: a plain name (no path), so chain.json cannot point a removal elsewhere. */
+const LAST_NAMES: Record<ChainKind, RegExp> = {
+  file: /^([A-Za-z0-9_-][A-Za-z0-9._-]*-[0-9a-f]{8})?\.last-\d{6,}\.safetensors$/,
+  folder: /^([A-Za-z0-9_-][A-Za-z0-9._-]*-[0-9a-f]{8})?\.last-\d{6,}$/,
+};
 
 /**
  * The steps to decode, in order, to restore `step`: from the nearest keyframe at or before it.
@@ -224,38 +288,18 @@ export function parseManifest(value: unknown, where: string): ChainManifest {
   m.steps.forEach((s, i) => {
     const ok = typeof s === 'object' && s !== null && s.step === i && typeof s.file === 'string' && /^step-\d{6,}\.excp$/.test(s.file)
       && typeof s.keyframe === 'boolean' && (s.keyframe ? s.base === null : s.base === i - 1)
-      && typeof s.targetFingerprint === 'string' && (s.baseFingerprint === null || typeof s.baseFingerprint === 'string');
+      && typeof s.targetFingerprint === 'string' && (s.baseFingerprint === null || typeof s.baseFingerprint === 'string')
+      && (s.sourceFingerprint === undefined || typeof s.sourceFingerprint === 'string');
     if (!ok) bad(`steps[${i}] is malformed`);
   });
   if (m.steps.length > 0 && !m.steps[0]!.keyframe) bad('step 0 is not a keyframe');
-  const lastPattern = kind === 'file' ? /^\.last-\d{6,}\.safetensors$/ : /^\.last-\d{6,}$/;
-  if (m.last !== null && m.last !== undefined && (typeof m.last !== 'string' || !lastPattern.test(m.last))) bad('last is malformed');
+  if (m.last !== null && m.last !== undefined && (typeof m.last !== 'string' || !LAST_NAMES[kind].test(m.last))) bad('last is malformed');
+  const cache = m.cache === undefined ? '.' : m.cache;
+  if (cache !== null && cache !== '.' && (typeof cache !== 'string' || !/^([A-Za-z]:)?[\\/]/.test(cache))) bad('cache is not an absolute folder, \'.\' or null');
   const lastFingerprint = m.lastFingerprint ?? null;
   if (lastFingerprint !== null && typeof lastFingerprint !== 'string') bad('lastFingerprint is malformed');
   return {
     format: CHAIN_FORMAT, tool: String(m.tool), kind, keyframeEvery: m.keyframeEvery!, options, paramMap,
-    steps: m.steps, last: m.last ?? null, lastFingerprint,
+    steps: m.steps, cache, last: m.last ?? null, lastFingerprint,
   };
-}
-
-/**
- * The text of `excp chain ls`.
- * @param manifest the chain
- * @returns one line per step and a total
- */
-export function formatChain(manifest: ChainManifest): string {
-  const lines = [['step', 'kind', 'source', 'original', 'container', 'ratio'].join('\t')];
-  let original = 0;
-  let coded = 0;
-  for (const s of manifest.steps) {
-    original += s.originalBytes;
-    coded += s.containerBytes;
-    lines.push([s.step, s.keyframe ? 'keyframe' : `residual of ${s.base}`, s.source, s.originalBytes, s.containerBytes,
-      `${(s.originalBytes / Math.max(1, s.containerBytes)).toFixed(1)}x`].join('\t'));
-  }
-  const o = manifest.options;
-  const what = manifest.kind === 'folder' ? '; checkpoint folders' : '';
-  lines.push('', `${manifest.steps.length} steps, keyframe every ${manifest.keyframeEvery}; ${o.lossless ? 'lossless' : `${o.weightRule === 'paper' ? `paper rule, alpha ${o.alpha}` : `${o.weightRule} rule, keep ${o.keep}`}, beta ${o.beta}, bits ${o.bits}`}${what}`,
-    `total: ${original} bytes -> ${coded} bytes, ratio ${(original / Math.max(1, coded)).toFixed(1)}x`);
-  return `${lines.join('\n')}\n`;
 }

@@ -81,6 +81,17 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
       values.set(spec.name, true);
       continue;
     }
+    if (spec.implied !== undefined && eq < 0) {
+      // An optional value: the next argument only when it is one (else it is a positional or a flag).
+      const next = rest[i + 1];
+      const value = next === undefined || next.startsWith('-') ? undefined : valueOf(spec, next);
+      if (value === undefined) values.set(spec.name, spec.implied);
+      else {
+        values.set(spec.name, value);
+        i++;
+      }
+      continue;
+    }
     const text = eq > 0 ? arg.slice(eq + 1) : rest[++i];
     if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec)})`);
     values.set(spec.name, parseValue(spec, flag, text, command));
@@ -93,11 +104,17 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
   return { command, positional, values };
 }
 
-function parseValue(spec: OptionSpec, flag: string, text: string, command: Command | null): string | number {
+/** A flag's value from its text, or undefined when it does not fit the row. */
+function valueOf(spec: OptionSpec, text: string): string | number | undefined {
   let value: string | number = text;
   if (spec.kind === 'number' || spec.kind === 'integer') {
     value = text.trim() === '' ? NaN : Number(text);
   }
-  if (!valueFits(spec, value)) throw usage(command, `${flag} must be ${describeRange(spec)}, got '${text}'`);
+  return valueFits(spec, value) ? value : undefined;
+}
+
+function parseValue(spec: OptionSpec, flag: string, text: string, command: Command | null): string | number {
+  const value = valueOf(spec, text);
+  if (value === undefined) throw usage(command, `${flag} must be ${describeRange(spec)}, got '${text}'`);
   return value;
 }

@@ -2,7 +2,7 @@
  * `excp chain ...`: create, append, restore, ls (lib/chain/).
  */
 import { ExcpError } from '../core/errors.js';
-import { appendToChain, createChain, formatChain, readManifest, restoreChainStep, restoreChainStepToFolder } from '../chain/chain.js';
+import { appendToChain, createChain, formatChain, listChain, readManifest, restoreChainStep, restoreChainStepToFolder } from '../chain/chain.js';
 import { type CommandLine, usage } from './args.js';
 import { codecOptions, num, paramMapOf, positionals, text } from './commands.js';
 import { EXIT } from './exit.js';
@@ -23,11 +23,16 @@ function onStep(line: CommandLine): ((s: { step: number; keyframe: boolean; orig
   };
 }
 
+/** --cache DIR, --no-cache (null), or neither (undefined: the chain's setting). */
+function cacheOf(line: CommandLine): string | null | undefined {
+  return line.values.has('no-cache') ? null : text(line, 'cache');
+}
+
 async function createCommand(line: CommandLine): Promise<number> {
   const [dir, ...ckpts] = positionals(line, 2, Infinity, 'a chain folder and at least one checkpoint: chain CHAIN_DIR CKPT...');
   await createChain(dir!, checkpoints(ckpts, line.values.has('quiet')), {
     keyframeEvery: num(line, 'keyframe-every'), threads: num(line, 'threads'), onStep: onStep(line),
-    paramMap: await paramMapOf(line),
+    paramMap: await paramMapOf(line), cache: cacheOf(line), wait: num(line, 'wait'),
     ...codecOptions(line),
   });
   return EXIT.ok;
@@ -35,7 +40,9 @@ async function createCommand(line: CommandLine): Promise<number> {
 
 async function appendCommand(line: CommandLine): Promise<number> {
   const [dir, ...ckpts] = positionals(line, 2, Infinity, 'a chain folder and at least one checkpoint: chain append CHAIN_DIR CKPT...');
-  await appendToChain(dir!, checkpoints(ckpts, line.values.has('quiet')), { threads: num(line, 'threads'), onStep: onStep(line) });
+  await appendToChain(dir!, checkpoints(ckpts, line.values.has('quiet')), {
+    threads: num(line, 'threads'), onStep: onStep(line), cache: cacheOf(line), wait: num(line, 'wait'),
+  });
   return EXIT.ok;
 }
 
@@ -57,8 +64,9 @@ async function restoreCommand(line: CommandLine): Promise<number> {
 
 async function lsCommand(line: CommandLine): Promise<number> {
   const [dir] = positionals(line, 1, 1, 'a chain folder: chain ls CHAIN_DIR');
-  const manifest = await readManifest(dir!);
-  await printOut(line.values.has('json') ? `${JSON.stringify(manifest, null, 2)}\n` : formatChain(manifest));
+  const { manifest, summary } = await listChain(dir!);
+  // JSON: chain.json's fields, and the figures of the text under `summary`.
+  await printOut(line.values.has('json') ? `${JSON.stringify({ ...manifest, summary }, null, 2)}\n` : formatChain(manifest, summary));
   return EXIT.ok;
 }
 

@@ -47,16 +47,22 @@ before the output is put in place.`,
 exp_avg_sq, of Adam's first step after resuming, and the most changed tensors.`,
   },
   chain: {
-    usage: 'excp chain CHAIN_DIR CKPT... [--keyframe-every K] [options]',
+    usage: 'excp chain CHAIN_DIR CKPT... [--keyframe-every K] [--cache DIR | --no-cache] [options]',
     summary: 'compress a whole run into a chain folder: keyframes and residuals against the restored previous step',
     details: `CKPT: safetensors files, or checkpoint folders (one kind per chain); a quoted
 glob ('run/checkpoint-*') is expanded in numeric step order. The coding
-options are fixed when the chain is created.`,
+options are fixed when the chain is created. All or nothing: when a step
+fails, nothing is left and the same command can be run again. The restored
+last step (the next append's base, as large as a checkpoint) is kept in the
+chain folder, in DIR with --cache, or not at all with --no-cache.`,
   },
   'chain append': {
-    usage: 'excp chain append CHAIN_DIR CKPT...',
+    usage: 'excp chain append CHAIN_DIR CKPT... [--cache DIR | --no-cache] [--wait [SECONDS]]',
     summary: 'add the next checkpoints to a chain',
-    details: '',
+    details: `Each must be of the chain's model and not in the chain already. Without a
+kept restored last step (--no-cache, or deleted) it is rebuilt first by
+replaying from the last keyframe. --cache DIR or --no-cache moves the kept
+step and is remembered for the next appends.`,
   },
   'chain restore': {
     usage: 'excp chain restore CHAIN_DIR --step N [-o OUT]',
@@ -65,13 +71,14 @@ options are fixed when the chain is created.`,
   },
   'chain ls': {
     usage: 'excp chain ls CHAIN_DIR [--json]',
-    summary: 'the steps of a chain: kind, sizes, ratios',
+    summary: 'the steps of a chain: kind, sizes, ratios, and every byte it takes on disk',
     details: '',
   },
 };
 
 function flagText(o: OptionSpec): string {
-  const long = `--${o.name}${o.kind === 'flag' ? '' : ` ${o.value ?? 'VALUE'}`}`;
+  const value = o.value ?? 'VALUE';
+  const long = `--${o.name}${o.kind === 'flag' ? '' : o.implied !== undefined ? ` [${value}]` : ` ${value}`}`;
   return o.short ? `-${o.short}, ${long}` : `    ${long}`;
 }
 

@@ -65,6 +65,12 @@ export interface OptionSpec {
   readonly default?: number | string | boolean;
   /** The value's name in help, e.g. `Q`. */
   readonly value?: string;
+  /**
+   * The value of the flag given alone: its value is then optional (`--wait`,
+   * `--wait 30`, `--wait=30`), taken from the next argument only when that
+   * argument is a valid value.
+   */
+  readonly implied?: number;
   /** The commands that take it (none: a library option only). */
   readonly commands: readonly Command[];
   /** Flags it cannot be given with (by name). */
@@ -106,6 +112,12 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: 'checkpoint folders: a JSON list of parameter names in optimizer order' },
   { name: 'keyframe-every', kind: 'integer', min: 1, max: 1_000_000, default: 10, value: 'K', commands: ['chain'],
     help: 'step 0 and every K-th step are keyframes; the others are residuals against the restored previous step' },
+  { name: 'cache', kind: 'string', value: 'DIR', commands: ['chain', 'chain append'], conflicts: ['no-cache'],
+    help: "keep the restored last step (the next append's base) in DIR instead of the chain folder; chain ls counts it (default: the chain folder)" },
+  { name: 'no-cache', kind: 'flag', commands: ['chain', 'chain append'], conflicts: ['cache'],
+    help: 'keep no restored step: the next append rebuilds it by replaying from the last keyframe (less disk, slower appends)' },
+  { name: 'wait', kind: 'number', min: 0, value: 'SECONDS', implied: Infinity, commands: ['chain', 'chain append'],
+    help: 'when another create or append holds the chain, wait for it (up to SECONDS; alone: no limit) instead of failing at once' },
   { name: 'step', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, value: 'N', commands: ['chain restore'],
     help: 'the step to restore, 0-based in the order the checkpoints were given' },
   { name: 'output', short: 'o', kind: 'string', value: 'OUT', commands: ['compress', 'restore', 'chain restore'],
