@@ -89,7 +89,7 @@ function authorsFile(previous: Uint8Array, current: Uint8Array): Uint8Array {
     const dW = w.map((x, i) => x - wb[i]!);
     const mm = floats(m);
     const vv = floats(v);
-    pruneJoint(dW, mm, vv, { ...DEFAULT_OPTIONS, ...PAPER_OPTIONS });
+    pruneJoint(dW, mm, vv, { ...DEFAULT_OPTIONS, ...PAPER_OPTIONS, weightRule: 'paper' });
     parts.push(new TextEncoder().encode(`${name}:${t.shape.join('x')};`));
     for (const s of [dW, mm, vv]) storeStream(s, parts);
     done.add(name).add(`${name}.exp_avg`).add(`${name}.exp_avg_sq`);

@@ -19,7 +19,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { layoutOf, readPreambleInfo } from '../lib/container/format.js';
 import { DTYPE_BYTES } from '../lib/core/dtype.js';
-import { decodePayload } from '../lib/method/payload.js';
+import { decodePayload } from '../lib/method/payload/payload.js';
 import { ContainerReader } from '../lib/stream/container.js';
 import type { RestoreEvent } from '../lib/stream/codec.js';
 import { restoreBuffer, restoreToFolder } from '../lib/api/restore.js';

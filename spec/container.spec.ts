@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import { buildSafetensorsHeader } from '../lib/formats/safetensors.js';
+import { FORMAT_VERSION } from '../lib/core/constants.js';
 import { FILE_KINDS } from '../lib/formats/registry.js';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -124,14 +125,17 @@ test('lz variant 2: hand-built rep1..rep3 and short reps before the start are ER
   }
 });
 
-const OPTIONS = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
+/** The options of a body storing the difference {lossless: true, chunkElements: 1024}, read as version 3 (the reference: format 3's defaults). */
+const OPTIONS = { alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log', updateError: 0.72, keyframe: 'lossy' } as const;
+/** The same difference read as version 2 (format 2's reference: its defaults). */
+const OPTIONS_V2 = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 
 /** A little-endian u64 as 8 bytes (values below 2^32). */
 function u64le(n: number): number[] {
   return [n & 255, (n >>> 8) & 255, (n >>> 16) & 255, n >>> 24, 0, 0, 0, 0];
 }
 
-test('header v2: hand-built stored body decodes to the in-memory header', () => {
+test('header v2 and v3: hand-built stored body decodes to the in-memory header', () => {
   const json57 = '{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}';
   // A safetensors header: its length as 8 little-endian bytes, then the JSON.
   const raw = String.fromCharCode(json57.length) + '\0'.repeat(7) + json57;
@@ -154,15 +158,17 @@ test('header v2: hand-built stored body decodes to the in-memory header', () => 
   const bytes = Uint8Array.from([...body, 0, 0, 0, 0]);
   new DataView(bytes.buffer).setUint32(body.length, crc32(bytes.subarray(0, body.length)), true);
   const h = decodeHeader(bytes, FILE_KINDS);
+  // The same body read as version 2: only the options' reference differs.
+  assert.deepEqual(decodeHeader(bytes, FILE_KINDS, 2).options, OPTIONS_V2);
   assert.deepEqual(h, {
     tool: 'excp test', options: OPTIONS,
     tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], role: 'plain', entry: 0 }],
     entries: [{ kind: 'plain', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 6 }],
     files: [{ kind: 'safetensors', path: null, tensors: [0], layout: new TextEncoder().encode(raw) }],
   });
-  // The writer's own bytes decode to the same header, and the preamble says version 2.
+  // The writer's own bytes decode to the same header, and the preamble says version 3.
   const head = encodeHead(h, FILE_KINDS);
-  assert.deepEqual(readPreambleInfo(head.subarray(0, 16)), { version: 2, length: head.length - 20 });
+  assert.deepEqual(readPreambleInfo(head.subarray(0, 16)), { version: 3, length: head.length - 20 });
   assert.deepEqual(decodeHeader(head.subarray(16), FILE_KINDS), h);
   // Unknown body encodings and trailing bytes are refused.
   const bad = bytes.slice();
@@ -263,12 +269,12 @@ test('footer v2: a hand-built stored body decodes to the in-memory footer', () =
 });
 
 
-test('containers: written as version 2, a version 1 rewrite of the same content still restores (lossless: the same exact streams in both)', async () => {
+test('containers: written as the current version, a version 1 rewrite of the same content still restores (lossless: the same exact streams in both)', async () => {
   // Lossy version 1 containers have range-coded symbols: spec/compat.spec.ts restores real ones.
   for (const [seed, lossless] of [[41, true], [43, true]] as const) {
     const pair = randomCheckpointPair(seed, { params: 2, maxElements: 400, extras: true });
     const c = await compressBuffer(pair.current, pair.previous, { chunkElements: 128, lossless, threads: 0 });
-    assert.equal(readPreambleInfo(c.subarray(0, 16)).version, 2);
+    assert.equal(readPreambleInfo(c.subarray(0, 16)).version, FORMAT_VERSION);
     const restored = await restoreBuffer(c, pair.previous);
     const v1 = toVersion1(c);
     assert.ok(v1.length > c.length, `v1 ${v1.length} vs v2 ${c.length}`);

@@ -77,7 +77,10 @@ describe('encoder against the reference', () => {
       for (let i = 0; i < n; i++) v[i] = m[i]! * m[i]! * (1 + rng.next());
       if (seed % 3 === 1) for (let k = 0; k < 5; k++) m[rng.int(n)] = [NaN, -Infinity, 0, -1e-9][rng.int(4)]!;
       if (seed % 4 === 2) for (let k = 0; k < 5; k++) v[rng.int(n)] = [NaN, Infinity, 0][rng.int(3)]!;
-      const options = resolveOptions({ chunkElements: n, bits: 1 + (seed % 8), vFill: seed % 2 ? 'mean' : 'zero', vDomain: seed % 3 ? 'log' : 'linear', beta: [2, 0, 0.5][seed % 3]! });
+      const options = resolveOptions({
+        weightRule: 'magnitude', chunkElements: n, bits: 1 + (seed % 8), vFill: seed % 2 ? 'mean' : 'zero', vDomain: seed % 3 ? 'log' : 'linear',
+        beta: [2, 0, 0.5][seed % 3]!, keyframe: seed % 2 ? 'lossy' : 'exact',
+      });
       const [wd, md] = DTYPES[seed % DTYPES.length]!;
       const input = { weight: bytesOf(w, seed % 5 === 2, wd), base: null, expAvg: bytesOf(m, false, md), expAvgSq: bytesOf(v, false, md) };
       const layouts: ChunkLayout[] = [
@@ -101,7 +104,7 @@ describe('encoder against the reference', () => {
     const rng = new Prng(99);
     const f = randomFloats(rng, 256, 1);
     const b = new Uint8Array(f.buffer);
-    const options = resolveOptions({});
+    const options = resolveOptions({ weightRule: 'magnitude' });
     assert.throws(() => encodeLossy({ ...layout, exactMoments: true }, { weight: b, base: b, expAvg: b, expAvgSq: b }, options), { code: 'ERR_INVALID_ARG' });
     assert.throws(() => encodeLossy({ ...layout, base: false }, { weight: b, base: null, expAvg: b, expAvgSq: b }, options), { code: 'ERR_INVALID_ARG' });
     assert.throws(() => encodeLossy(layout, { weight: b, base: b.subarray(4), expAvg: b, expAvgSq: b }, options), { code: 'ERR_INVALID_ARG' });

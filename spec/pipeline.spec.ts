@@ -114,7 +114,8 @@ describe('pipeline vs reference implementation', () => {
     const chunkElements = [64, 100, 777, 4096][seed % 4]!;
     it(`seed ${seed}: ${wd} weights, ${md} moments, chunks of ${chunkElements}`, async () => {
       const pair = randomCheckpointPair(seed, { weightDtype: wd, momentDtype: md, special: seed % 3 === 0, extras: seed % 2 === 0, missingBase: seed % 5 === 0 ? 0.5 : 0 });
-      const options = resolveOptions({ chunkElements, bits: 1 + (seed % 8), alpha: seed % 4 === 0 ? 1e-2 : 5e-5, vFill: seed % 2 ? 'mean' : 'zero', vDomain: seed % 3 ? 'log' : 'linear' });
+      // Method 1 (the paper's rule) against the reference; keyframes exact as the reference codes them.
+      const options = resolveOptions({ chunkElements, bits: 1 + (seed % 8), alpha: seed % 4 === 0 ? 1e-2 : 5e-5, vFill: seed % 2 ? 'mean' : 'zero', vDomain: seed % 3 ? 'log' : 'linear', keyframe: 'exact' });
       const useBase = seed % 7 !== 0;
       const container = await compressBuffer(pair.current, useBase ? pair.previous : undefined, { ...options, threads: seed % 6 === 1 ? 2 : 0 });
       const restored = await restoreBuffer(container, useBase ? pair.previous : undefined, { threads: seed % 6 === 2 ? 2 : 0 });

@@ -132,15 +132,18 @@ describe('joint prune: scale-free weight rules', () => {
 });
 
 describe('weight rule options', () => {
-  it('defaults to the scale-free rule; an explicit alpha or PAPER_OPTIONS select the paper\'s', () => {
+  it('defaults to the dithered residual (method 2); an explicit keep selects pruning by |dW|, an explicit alpha or PAPER_OPTIONS the paper\'s rule', () => {
     const d = resolveOptions();
-    assert.equal(d.weightRule, 'magnitude');
-    assert.equal(d.keep, 0.3);
+    assert.equal(d.weightRule, 'dither');
+    assert.equal(d.updateError, 0.72);
+    assert.equal(d.keyframe, 'lossy');
     assert.equal(d.bits, 2);
+    assert.equal(resolveOptions({ keep: 0.4 }).weightRule, 'magnitude');
+    assert.equal(resolveOptions({ keep: 0.4, weightRule: 'saliency' }).weightRule, 'saliency');
     assert.equal(resolveOptions({ alpha: 1e-3 }).weightRule, 'paper');
     assert.equal(resolveOptions({ alpha: 1e-3, weightRule: 'saliency' }).weightRule, 'saliency');
     const paper = resolveOptions({ ...PAPER_OPTIONS });
-    assert.deepEqual([paper.weightRule, paper.bits, paper.vFill, paper.vDomain, paper.alpha], ['paper', 4, 'zero', 'linear', 5e-5]);
+    assert.deepEqual([paper.weightRule, paper.bits, paper.vFill, paper.vDomain, paper.alpha, paper.keyframe], ['paper', 4, 'zero', 'linear', 5e-5, 'exact']);
   });
 
   it('rejects a bad rule or share, naming the option', () => {

@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { assignClusters, fitKMeans, refineCenters } from '../lib/method/kmeans.js';
 import { dequantizeNested, dequantizeStream, nonzeroSymbols, quantizeGathered } from '../lib/method/quantize.js';
-import { streamEntropyBits, encodePayload, type SymbolCost } from '../lib/method/payload.js';
+import { streamEntropyBits, encodePayload, type SymbolCost } from '../lib/method/payload/payload.js';
 import { Prng } from './support/prng.js';
 import { type QuantDomain } from '../lib/core/options.js';
 import { expandSymbols, quantizeStream, selectionContexts } from './reference/quantize.js';

@@ -42,7 +42,7 @@ export type { ChunkRecord, ContainerFooter, ContainerHeader, FileSpec, FooterEnt
  * @param kinds the file kinds of its files
  */
 export function encodeHead(header: ContainerHeader, kinds: FileKinds): Uint8Array {
-  const body = encodeHeaderBody(header, kinds);
+  const body = encodeHeaderBody(header, kinds, FORMAT_VERSION);
   const w = new ByteWriter(body.length + 24);
   w.bytes(MAGIC);
   w.u16(FORMAT_VERSION);
@@ -131,15 +131,16 @@ function isJsonBody(body: Uint8Array): boolean {
  * or compact (version 2), told apart by the first byte.
  * @param bytes body bytes then 4 CRC bytes
  * @param kinds the file kinds a file may be of
+ * @param version the format version of the preamble (a binary body's options reference)
  * @returns the validated header
  * @throws ExcpError ERR_CRC, ERR_BAD_HEADER, ERR_SHAPE, ERR_DTYPE
  */
-export function decodeHeader(bytes: Uint8Array, kinds: FileKinds): ContainerHeader {
+export function decodeHeader(bytes: Uint8Array, kinds: FileKinds, version = FORMAT_VERSION): ContainerHeader {
   const body = bytes.subarray(0, bytes.length - 4);
   const stored = new DataView(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).getUint32(0, true);
   if (crc32(body) !== stored) throw new ExcpError('ERR_CRC', 'container: header checksum mismatch: the file is corrupt');
   if (body.length === 0) throw new ExcpError('ERR_BAD_HEADER', 'container: header is empty');
-  const header = isJsonBody(body) ? fromJsonHeader(parseJson(body, 'header'), kinds) : decodeHeaderBody(body, kinds);
+  const header = isJsonBody(body) ? fromJsonHeader(parseJson(body, 'header'), kinds) : decodeHeaderBody(body, kinds, version);
   validateHeader(header, kinds);
   return header;
 }
@@ -267,6 +268,17 @@ function parseJson(bytes: Uint8Array, what: string): unknown {
 }
 
 /**
+ * Columns of a tensor seen as a matrix: the product of its dimensions after
+ * the first (a vector or a scalar is one row).
+ */
+export function columnsOf(shape: readonly number[]): number {
+  if (shape.length <= 1) return Math.max(1, shape[0] ?? 1);
+  let c = 1;
+  for (let k = 1; k < shape.length; k++) c *= shape[k]!;
+  return Math.max(1, c);
+}
+
+/**
  * What the chunk codec needs to know about an entry.
  * @param header the container header
  * @param entry entry index
@@ -281,6 +293,8 @@ export function layoutOf(header: ContainerHeader, entry: number): ChunkLayout {
     exactMoments: e.exactMoments,
     base: e.base,
     ...(header.format === 1 ? { legacySymbols: true } : {}),
+    // Method 2 places chunks in the weight's matrix: from format 3 on.
+    ...(header.format === undefined || header.format >= 3 ? { columns: columnsOf(t[e.weight]!.shape) } : {}),
     ...(e.kind === 'pack' ? { pieces: digestTensors(t, e).map((m) => byteSize(t[m]!.dtype, t[m]!.shape, 'pack')) } : {}),
   };
 }

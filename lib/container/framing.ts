@@ -165,7 +165,7 @@ export class ContainerParser {
         return;
       }
       case 'header': {
-        this.header = decodeHeader(bytes, this.kinds);
+        this.header = decodeHeader(bytes, this.kinds, this.version);
         if (this.version !== FORMAT_VERSION) this.header.format = this.version;
         this.order = new RecordOrder(this.header);
         this.emit({ type: 'header', header: this.header });

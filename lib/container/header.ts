@@ -20,19 +20,29 @@ const PACK = 64;
 const DTYPE_CODES: readonly DType[] = ['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U64', 'U32', 'U16', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2'];
 const ROLE_CODES: readonly Role[] = ['weight', 'exp_avg', 'exp_avg_sq', 'plain'];
 /**
- * Options a version 2 header stores as a difference from (options mode 1).
- * Part of the format: never change it (DEFAULT_OPTIONS may change).
+ * Options a header stores as a difference from (options mode 1), by format
+ * version. Part of the format: never change one (DEFAULT_OPTIONS may change;
+ * a new version gets a new reference, usually the defaults of its day).
  */
-const REFERENCE_OPTIONS: Readonly<Record<string, unknown>> = Object.freeze({
-  alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: false, chunkElements: 1048576, vFill: 'mean', vDomain: 'log',
+const REFERENCE_OPTIONS: Readonly<Record<number, Readonly<Record<string, unknown>>>> = Object.freeze({
+  2: Object.freeze({ alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: false, chunkElements: 1048576, vFill: 'mean', vDomain: 'log' }),
+  3: Object.freeze({
+    alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: false, chunkElements: 1048576, vFill: 'mean', vDomain: 'log',
+    updateError: 0.72, keyframe: 'lossy',
+  }),
 });
 
+function referenceOf(version: number): Readonly<Record<string, unknown>> {
+  return REFERENCE_OPTIONS[version] ?? corrupt(`options of format version ${version}`);
+}
+
 /** Options as mode 1 (JSON of the keys that differ from REFERENCE_OPTIONS) when that rebuilds the same JSON text, else mode 0 (the JSON text). */
-function writeOptions(w: ByteWriter, options: object): void {
+function writeOptions(w: ByteWriter, options: object, version: number): void {
+  const reference = referenceOf(version);
   const full = JSON.stringify(options);
   const diff: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(options)) if (JSON.stringify(v) !== JSON.stringify(REFERENCE_OPTIONS[k])) diff[k] = v;
-  if (JSON.stringify({ ...REFERENCE_OPTIONS, ...diff }) === full) {
+  for (const [k, v] of Object.entries(options)) if (JSON.stringify(v) !== JSON.stringify(reference[k])) diff[k] = v;
+  if (JSON.stringify({ ...reference, ...diff }) === full) {
     w.u8(1);
     writeString(w, JSON.stringify(diff));
   } else {
@@ -41,13 +51,13 @@ function writeOptions(w: ByteWriter, options: object): void {
   }
 }
 
-function readOptions(r: ByteReader): ContainerHeader['options'] {
+function readOptions(r: ByteReader, version: number): ContainerHeader['options'] {
   const mode = r.u8();
   if (mode > 1) corrupt(`options mode ${mode}`);
   const value = readJson(r, 'options');
   if (mode === 0) return value as ContainerHeader['options'];
   if (!value || typeof value !== 'object' || Array.isArray(value)) corrupt('options difference');
-  return { ...REFERENCE_OPTIONS, ...(value as object) } as unknown as ContainerHeader['options'];
+  return { ...referenceOf(version), ...(value as object) } as unknown as ContainerHeader['options'];
 }
 
 /** Most dimensions of one tensor. */
@@ -57,11 +67,12 @@ const MAX_RANK = 64;
  * The v2 header body (mode byte first).
  * @param header a valid header
  * @param kinds the file kinds (each file's record is its kind's)
+ * @param version the format version written (its options reference)
  */
-export function encodeHeaderBody(header: ContainerHeader, kinds: FileKinds): Uint8Array {
+export function encodeHeaderBody(header: ContainerHeader, kinds: FileKinds, version: number): Uint8Array {
   const w = new ByteWriter(4096);
   writeString(w, header.tool);
-  writeOptions(w, header.options);
+  writeOptions(w, header.options, version);
   w.varint(header.files.length);
   for (const f of header.files) {
     const kind = kinds.named(f.kind);
@@ -107,10 +118,10 @@ export function encodeHeaderBody(header: ContainerHeader, kinds: FileKinds): Uin
  * Tensor `entry` and entry `elements` are not stored: they follow from the
  * entries' members and the weight's shape.
  */
-export function decodeHeaderBody(body: Uint8Array, kinds: FileKinds): ContainerHeader {
+export function decodeHeaderBody(body: Uint8Array, kinds: FileKinds, version: number): ContainerHeader {
   const r = new ByteReader(unpack(body, 'header'), 'container: header');
   const tool = readString(r, 'tool');
-  const options = readOptions(r);
+  const options = readOptions(r, version);
   const files: FileSpec[] = [];
   const completions: ((tensors: readonly TensorSpec[]) => void)[] = [];
   const fileCount = readCount(r, 2, MAX_TENSORS, 'file');

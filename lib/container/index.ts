@@ -6,7 +6,7 @@
  * use the same structure readers (format.ts).
  */
 import { ExcpError } from '../core/errors.js';
-import { MAX_BODY_BYTES, RECORD_FOOTER } from '../core/constants.js';
+import { FORMAT_VERSION, MAX_BODY_BYTES, RECORD_FOOTER } from '../core/constants.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
 import { HEAD_FIXED_BYTES, TRAILER_BYTES, decodeFooter, decodeHeader, decodeTrailer, readPreambleInfo } from './format.js';
 import type { FileKinds } from './kinds.js';
@@ -38,8 +38,8 @@ export async function readContainerHead(source: ContainerSource, options: IndexO
   if (source.size < HEAD_FIXED_BYTES + length + 4) {
     throw new ExcpError('ERR_TRUNCATED', `container: truncated: the header needs ${HEAD_FIXED_BYTES + length + 4} bytes, the file has ${source.size}`);
   }
-  const header = decodeHeader(await source.read(HEAD_FIXED_BYTES, length + 4), options.kinds);
-  if (version !== 2) header.format = version;
+  const header = decodeHeader(await source.read(HEAD_FIXED_BYTES, length + 4), options.kinds, version);
+  if (version !== FORMAT_VERSION) header.format = version;
   return { header, recordsAt: HEAD_FIXED_BYTES + length + 4 };
 }
 

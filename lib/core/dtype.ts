@@ -180,3 +180,26 @@ export function fromFloat32(values: Float32Array, dtype: DType, out?: Uint8Array
   }
   return bytes;
 }
+
+/**
+ * F32 words rounded to bf16's precision (8 significant bits, round to
+ * nearest even), kept as F32 words whose low 16 bits are 0. NaN and
+ * infinities are kept; a finite value that would round to infinity is
+ * truncated instead.
+ */
+export function roundToBf16(bytes: Uint8Array): Uint8Array {
+  const n = bytes.length >> 2;
+  const out = new Uint8Array(bytes.length);
+  const src = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const dst = new DataView(out.buffer);
+  for (let i = 0; i < n; i++) {
+    const w = src.getUint32(4 * i, true);
+    let r = w;
+    if ((w & 0x7f800000) !== 0x7f800000) {
+      r = ((w + 0x7fff + ((w >>> 16) & 1)) & 0xffff0000) >>> 0;
+      if ((r & 0x7f800000) === 0x7f800000) r = (w & 0xffff0000) >>> 0;
+    }
+    dst.setUint32(4 * i, r, true);
+  }
+  return out;
+}

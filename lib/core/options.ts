@@ -16,11 +16,13 @@ export interface CodecOptions {
   /** Weight prune factor numerator: r_w = median|dW| * min(2.5, alpha / sqrt(mean v)). > 0. Used by weightRule `paper`. */
   alpha: number;
   /**
-   * How dW is pruned: `paper` (the alpha formula), `magnitude` (keep the `keep`
-   * share of largest |dW|) or `saliency` (keep the `keep` share of largest
-   * |dW| * sqrt(v)). See lib/method/select.ts.
+   * How dW is coded: `dither` (method 2: subtractive dither on a grid set by
+   * `updateError`, v factored, m as Adam's step; lib/method/encode-dithered.ts),
+   * or pruned (method 1) by `paper` (the alpha formula), `magnitude` (keep
+   * the `keep` share of largest |dW|) or `saliency` (keep the `keep` share
+   * of largest |dW| * sqrt(v)); lib/method/encode.ts.
    */
-  weightRule: 'paper' | 'magnitude' | 'saliency';
+  weightRule: 'dither' | 'paper' | 'magnitude' | 'saliency';
   /** Share of dW kept per chunk by weightRule `magnitude` / `saliency`. (0, 1]. */
   keep: number;
   /** Moment prune factor: r_o = beta * mean|m|. >= 0. */
@@ -35,6 +37,10 @@ export interface CodecOptions {
   vFill: 'mean' | 'zero';
   /** Clustering domain of v (`log` keeps relative precision; `linear` is the paper). */
   vDomain: QuantDomain;
+  /** Rule `dither`: the relative error of the weight update, ||dW^ - dW|| / ||dW||, per chunk (the grid step is sqrt(12) times it). */
+  updateError: number;
+  /** A keyframe's fp32 weights: `lossy` (rounded to bf16's precision, then coded exactly) or `exact`. */
+  keyframe: 'lossy' | 'exact';
 }
 
 /** Options as users pass them: any may be missing or undefined (defaults apply). */
@@ -87,16 +93,17 @@ const THREADED: readonly Command[] = ['compress', 'restore', 'verify', 'chain', 
  * them (the JSON of DEFAULT_OPTIONS: part of what makes outputs byte-identical).
  */
 export const OPTIONS: readonly OptionSpec[] = Object.freeze([
-  { name: 'alpha', field: 'alpha', kind: 'number', min: 0, above: true, default: 5e-5, value: 'A', commands: CODING, conflicts: ['keep'],
+  { name: 'alpha', field: 'alpha', kind: 'number', min: 0, above: true, default: 5e-5, value: 'A', commands: CODING, conflicts: ['keep', 'rule'],
     help: "the paper's weight rule instead: keep |dW| > median|dW| * min(2.5, A / sqrt(mean v))" },
-  { name: 'rule', field: 'weightRule', kind: 'choice', choices: ['paper', 'magnitude', 'saliency'], default: 'magnitude', commands: [],
-    help: 'how dW is pruned: the paper\'s formula, the largest |dW|, or the largest |dW| sqrt(v)' },
-  { name: 'keep', field: 'keep', kind: 'number', min: 0, above: true, max: 1, default: 0.3, value: 'Q', commands: CODING, conflicts: ['alpha', 'paper'],
-    help: 'share of the weight residual kept per chunk, largest |dW| first' },
+  { name: 'rule', field: 'weightRule', kind: 'choice', choices: ['dither', 'paper', 'magnitude', 'saliency'], default: 'dither', value: 'RULE', commands: CODING,
+    conflicts: ['alpha', 'keep', 'paper'],
+    help: 'how dW is coded: dithered on a grid (unbiased), or pruned by the paper\'s formula, by |dW|, or by |dW| sqrt(v)' },
+  { name: 'keep', field: 'keep', kind: 'number', min: 0, above: true, max: 1, default: 0.3, value: 'Q', commands: CODING, conflicts: ['alpha', 'paper', 'rule'],
+    help: 'prune instead: keep this share of the weight residual per chunk, largest |dW| first' },
   { name: 'beta', field: 'beta', kind: 'number', min: 0, default: 2, value: 'B', commands: CODING,
-    help: 'moment prune factor: keep m and v where |m| > B * mean|m| (and dW was kept)' },
+    help: 'moment prune factor: keep m where its step |m / sqrt(v)| > B times the mean (and the weight moved)' },
   { name: 'bits', field: 'bits', kind: 'integer', min: 1, max: 8, default: 2, value: 'N', commands: CODING,
-    help: 'index bits: 2^N - 1 centers plus zero' },
+    help: 'index bits of m\'s codebook (and of every codebook when pruning): 2^N - 1 centers plus zero' },
   { name: 'lossless', field: 'lossless', kind: 'flag', default: false, commands: CODING, help: 'code every tensor exactly' },
   { name: 'chunk', field: 'chunkElements', kind: 'integer', min: MIN_CHUNK_ELEMENTS, max: MAX_CHUNK_ELEMENTS, default: 1 << 20, value: 'N', commands: CODING,
     help: 'elements per chunk (statistics and thresholds are per chunk)' },
@@ -104,7 +111,12 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: "what a pruned v restores as: the chunk's mean pruned v, or 0 (the paper)" },
   { name: 'v-domain', field: 'vDomain', kind: 'choice', choices: ['log', 'linear'], default: 'log', commands: [],
     help: 'clustering domain of v (log keeps relative precision; linear is the paper)' },
-  { name: 'paper', kind: 'flag', commands: CODING, conflicts: ['keep'],
+  { name: 'update-error', field: 'updateError', kind: 'number', min: 0, above: true, max: 4, default: 0.72, value: 'E', commands: CODING,
+    conflicts: ['alpha', 'keep', 'paper'],
+    help: 'the fidelity knob: relative error of each weight update, ||dW^ - dW|| / ||dW|| (smaller: larger files, closer to the original)' },
+  { name: 'keyframe', field: 'keyframe', kind: 'choice', choices: ['lossy', 'exact'], default: 'lossy', value: 'MODE', commands: CODING,
+    help: "a keyframe's fp32 weights: rounded to bf16's precision, or exact" },
+  { name: 'paper', kind: 'flag', commands: CODING, conflicts: ['keep', 'rule', 'update-error'],
     help: "the paper's choices: its weight rule (alpha 5e-5), 4 bits, pruned v restores as 0, linear v codebook" },
   { name: 'base', kind: 'string', value: 'BASE', commands: ['compress', 'restore', 'verify'],
     help: 'the previous (restored) checkpoint, file or folder; compress without it makes a keyframe' },
@@ -198,8 +210,10 @@ export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze(
 export function resolveOptions(partial: LooseOptions = {}): CodecOptions {
   const o: CodecOptions = { ...DEFAULT_OPTIONS };
   for (const [k, v] of Object.entries(partial)) if (v !== undefined) (o as unknown as Record<string, unknown>)[k] = v;
-  // An explicit alpha asks for the paper's formula (alpha means nothing to the other rules).
+  // An explicit alpha asks for the paper's formula, an explicit keep for
+  // pruning by |dW| (each means nothing to the other rules).
   if (partial.alpha !== undefined && partial.weightRule === undefined) o.weightRule = 'paper';
+  else if (partial.keep !== undefined && partial.weightRule === undefined) o.weightRule = 'magnitude';
   for (const row of METHOD_ROWS) {
     const value = o[row.field];
     if (!valueFits(row, value)) throw new ExcpError('ERR_OUT_OF_RANGE', `options.${row.field} must be ${describeRange(row)}, got ${JSON.stringify(value)}`);
@@ -208,4 +222,4 @@ export function resolveOptions(partial: LooseOptions = {}): CodecOptions {
 }
 
 /** The paper's exact behaviour (for comparisons): the alpha formula, 4 bits, zero-filled pruned v, linear v codebook. */
-export const PAPER_OPTIONS: Readonly<Partial<CodecOptions>> = Object.freeze({ weightRule: 'paper', bits: 4, vFill: 'zero', vDomain: 'linear' });
+export const PAPER_OPTIONS: Readonly<Partial<CodecOptions>> = Object.freeze({ weightRule: 'paper', bits: 4, vFill: 'zero', vDomain: 'linear', keyframe: 'exact' });

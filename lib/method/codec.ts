@@ -18,24 +18,34 @@ import { ExcpError } from '../core/errors.js';
 import { hashBytes } from '../core/hash.js';
 import type { CodecOptions } from '../core/options.js';
 import { encodeExact } from '../coding/exact.js';
-import { type ChunkCode, type SymbolCost, decodePayload, encodePayload } from './payload.js';
+import { type ChunkCode, type SymbolCost, decodePayload, encodePayload } from './payload/payload.js';
 import { encodeLossy } from './encode.js';
-import { type ChunkInput, type ChunkLayout, type DecodedChunk, type EncodedChunk, reconstructChunk, reconstructInto, restoredDigests } from './reconstruct.js';
+import { encodeDithered } from './encode-dithered.js';
+import { chunkGrid } from './rank1.js';
+import {
+  type ChunkInput, type ChunkLayout, type ChunkPosition, type DecodedChunk, type EncodedChunk,
+  reconstructChunk, reconstructInto, restoredDigests,
+} from './reconstruct.js';
 
-export type { ChunkInput, ChunkLayout, ChunkStats, DecodedChunk, EncodedChunk, RestoredChunk } from './reconstruct.js';
+export type { ChunkInput, ChunkLayout, ChunkPosition, ChunkStats, DecodedChunk, EncodedChunk, RestoredChunk } from './reconstruct.js';
 
 /**
  * Code one chunk.
  * @param layout the entry's dtypes and modes
  * @param input raw element bytes of the chunk
  * @param options method options
+ * @param position where the chunk is (entry, chunk, first element): method 2 (weightRule `dither`) needs it
  * @returns the payload, digests of what restore will produce, and counts
  * @throws ExcpError ERR_BASE_MISSING (the layout uses a base and none was given), ERR_INVALID_ARG (inconsistent layout or buffers)
  */
-export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: CodecOptions): EncodedChunk {
+export function encodeChunk(layout: ChunkLayout, input: ChunkInput, options: CodecOptions, position?: ChunkPosition): EncodedChunk {
   if (layout.base && !input.base) throw new ExcpError('ERR_BASE_MISSING', 'codec: entry needs base bytes');
   const hasMoments = layout.momentDtype !== null && input.expAvg !== null && input.expAvgSq !== null;
-  if (hasMoments && !layout.exactMoments) return encodeLossy(layout, input, options);
+  if (hasMoments && !layout.exactMoments) {
+    if (options.weightRule !== 'dither') return encodeLossy(layout, input, options);
+    if (!position) throw new ExcpError('ERR_INVALID_ARG', 'codec: method 2 needs the chunk\'s position');
+    return encodeDithered(layout, input, options, position);
+  }
   // A lossy weight is only planned for a param entry: its threshold needs v.
   if (!layout.exactWeight) throw new ExcpError('ERR_INVALID_ARG', 'codec: a lossy weight needs lossy moments in the same entry');
   return encodeAllExact(layout, input, hasMoments);
@@ -68,12 +78,15 @@ function encodeAllExact(layout: ChunkLayout, input: ChunkInput, hasMoments: bool
  * @param n elements in the chunk
  * @param base base bytes of the chunk's weight (when layout.base)
  * @param what tensor name for error messages
+ * @param position where the chunk is (a format 3 container's method 2 chunks need it)
  * @returns restored bytes and their digests
  * @throws ExcpError ERR_BASE_MISSING, ERR_BASE_MISMATCH, ERR_CORRUPT
  */
-export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string): DecodedChunk {
+export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string, position?: ChunkPosition): DecodedChunk {
   const mb = layout.momentDtype ? DTYPE_BYTES[layout.momentDtype] : 1;
-  const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null, layout.legacySymbols === true);
+  // Method 2 streams are read only where the header places the chunk (format 3 on).
+  const grid = layout.columns && position && n > 0 ? chunkGrid(position.start, n, layout.columns) : null;
+  const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null, layout.legacySymbols === true, grid);
   if (Boolean(code.baseDigest) !== layout.base) throw new ExcpError('ERR_CORRUPT', `restore: tensor '${what}': base flag disagrees with the header`);
   if (layout.base) {
     if (!base) throw new ExcpError('ERR_BASE_MISSING', `restore: tensor '${what}' was compressed against a base; pass --base`);
@@ -82,7 +95,7 @@ export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number,
       throw new ExcpError('ERR_BASE_MISMATCH', `restore: tensor '${what}': the base differs from the one used at compression (digest ${digest}, expected ${code.baseDigest})`);
     }
   }
-  const restored = reconstructChunk(layout, code, n, base, null, null, null);
+  const restored = reconstructChunk(layout, code, n, base, null, null, null, position);
   return { ...restored, digests: restoredDigests(restored, layout.pieces) };
 }
 

@@ -36,7 +36,7 @@
  * Passes 1 to 3 are in encode-gather.ts and pass 5 in encode-digests.ts;
  * this module runs the passes in order.
  */
-import { DTYPE_BYTES, LOSSY_DTYPES } from '../core/dtype.js';
+import { DTYPE_BYTES, LOSSY_DTYPES, roundToBf16 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { hashBytes } from '../core/hash.js';
 import type { CodecOptions } from '../core/options.js';
@@ -44,7 +44,7 @@ import { Scratch } from '../core/scratch.js';
 import { encodeExact } from '../coding/exact.js';
 import { keepRank, paperFactor, selectAbsFrom } from './select.js';
 import { quantizeGathered } from './quantize.js';
-import { type ChunkCode, type SymbolCost, encodePayload, entropyOfJoint } from './payload.js';
+import { type ChunkCode, type SymbolCost, encodePayload, entropyOfJoint } from './payload/payload.js';
 import { type ChunkInput, type ChunkLayout, type EncodedChunk, pickExceptions, reconstructChunk, reconstructInto, restoredDigests } from './reconstruct.js';
 import { gatherMoments, gatherTopWeights, gatherWeights, momentPass, residualPass, saliencyPass } from './encode-gather.js';
 import { restoredDigestsF32 } from './encode-digests.js';
@@ -145,9 +145,11 @@ export function encodeLossy(layout: ChunkLayout, input: ChunkInput, options: Cod
   const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
 
   if (keyframe) {
-    const code: ChunkCode = { baseDigest, weight: { exact: encodeExact(input.weight, wd, layout.base ? base! : undefined) }, moments };
-    // Exact means equal: the weight's digest is of the input bytes.
-    const digests = restoredDigests(reconstructInto(layout, code, n, base, input.weight, null, null, true));
+    // A lossy keyframe's fp32 weight is rounded to bf16's precision, then coded exactly.
+    const weightBytes = options.keyframe === 'lossy' && wd === 'F32' && !layout.base ? roundToBf16(input.weight) : input.weight;
+    const code: ChunkCode = { baseDigest, weight: { exact: encodeExact(weightBytes, wd, layout.base ? base! : undefined) }, moments };
+    // Exact means equal: the weight's digest is of the bytes coded.
+    const digests = restoredDigests(reconstructInto(layout, code, n, base, weightBytes, null, null, true));
     const payload = encodePayload(code, n, cost, { vContexts: mOrdered });
     return { payload, digests, baseDigest, stats: { elements: n, keptWeights: n, keptMoments: nm, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
   }

@@ -11,7 +11,11 @@ import { hashBytes } from '../core/hash.js';
 import { Scratch } from '../core/scratch.js';
 import { decodeExact } from '../coding/exact.js';
 import { dequantizeNested, dequantizeStream } from './quantize.js';
-import type { ChunkCode, Exceptions } from './payload.js';
+import type { ChunkCode, Exceptions } from './payload/payload.js';
+import type { QuantizedStream } from './quantize.js';
+import { type ChunkPosition, factoredV, restoreDithered, restoreFactored, vHatScratch } from './reconstruct-factored.js';
+
+export type { ChunkPosition } from './reconstruct-factored.js';
 
 /** Raw element bytes of one chunk of an entry, as read from the checkpoint. */
 export interface ChunkInput {
@@ -43,6 +47,12 @@ export interface ChunkLayout {
   base: boolean;
   /** A format 1 container: symbol streams use the range coder (lib/symbols-v1.ts), not rANS. */
   legacySymbols?: boolean;
+  /**
+   * Columns of the weight tensor seen as a matrix (the product of its
+   * dimensions after the first; a vector is one row): the grid of method
+   * 2's factored v (lib/method/rank1.ts). Format 3 and later.
+   */
+  columns?: number;
   /**
    * A pack (lib/pack.ts): byte lengths of its non-empty members, in order.
    * The weight's digest is then one per member, so a member's tensor hash
@@ -103,9 +113,9 @@ const work = new Scratch();
  */
 export function reconstructChunk(
   layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
-  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null,
+  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null, position?: ChunkPosition,
 ): RestoredChunk {
-  return reconstructInto(layout, code, n, base, exactWeight, exactM, exactV, false);
+  return reconstructInto(layout, code, n, base, exactWeight, exactM, exactV, false, position);
 }
 
 /**
@@ -115,8 +125,11 @@ export function reconstructChunk(
  */
 export function reconstructInto(
   layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
-  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null, scratch: boolean,
+  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null, scratch: boolean, position?: ChunkPosition,
 ): RestoredChunk {
+  if ('dithered' in code.weight || (code.moments && 'factored' in code.moments)) {
+    return reconstructMethod2(layout, code, n, base, exactWeight, exactM, exactV, scratch, position);
+  }
   const wd = layout.weightDtype;
   const eb = DTYPE_BYTES[wd];
   let weight: Uint8Array;
@@ -124,7 +137,7 @@ export function reconstructInto(
   if ('exact' in code.weight) {
     weight = exactWeight ?? decodeExactStream(code.weight.exact, wd, n * eb, base);
   } else {
-    const { residual, exceptions } = code.weight;
+    const { residual, exceptions } = code.weight as { residual: QuantizedStream; exceptions: Exceptions };
     wFull = residual.symbols;
     if (wFull.length !== n) throw new ExcpError('ERR_CORRUPT', `codec: ${wFull.length} residual symbols for ${n} elements`);
     // For F32 the float32 values are the output bytes: no conversion copy.
@@ -149,7 +162,7 @@ export function reconstructInto(
     if ('exactM' in m) {
       expAvg = exactM ?? decodeExactStream(m.exactM, md, n * mb, null);
       expAvgSq = exactV ?? decodeExactStream(m.exactV, md, n * mb, null);
-    } else {
+    } else if ('m' in m) {
       const mValues = floatTarget(md, n, scratch, SCRATCH_M);
       expAvg = finishFloat(dequantizeStream(m.m, wFull, mValues.values, 0), md, mValues.bytes);
       applyExceptions(expAvg, m.mExceptions, mb);
@@ -159,6 +172,45 @@ export function reconstructInto(
     }
   }
   if (weight.length !== n * eb) throw new ExcpError('ERR_CORRUPT', `codec: restored ${weight.length} weight bytes, expected ${n * eb}`);
+  return { weight, expAvg, expAvgSq };
+}
+
+/** reconstructInto for method 2's streams (lib/method/reconstruct-factored.ts). */
+function reconstructMethod2(
+  layout: ChunkLayout, code: ChunkCode, n: number, base: Uint8Array | null,
+  exactWeight: Uint8Array | null, exactM: Uint8Array | null, exactV: Uint8Array | null, scratch: boolean, position: ChunkPosition | undefined,
+): RestoredChunk {
+  const wd = layout.weightDtype;
+  const md = layout.momentDtype;
+  const m = code.moments;
+  if (!position || !layout.columns) throw new ExcpError('ERR_CORRUPT', 'codec: a method 2 chunk in a container that does not place it');
+  const vHat = m && 'factored' in m ? factoredV(m.factored, n, layout.columns, position.start, vHatScratch(n)) : null;
+  let weight: Uint8Array;
+  let moved: Uint8Array | null = null;
+  if ('exact' in code.weight) {
+    weight = exactWeight ?? decodeExactStream(code.weight.exact, wd, n * DTYPE_BYTES[wd], base);
+  } else if ('dithered' in code.weight) {
+    if (!base) throw new ExcpError('ERR_CORRUPT', 'codec: a dithered weight without its base');
+    weight = restoreDithered(code.weight.dithered, base, wd, code.baseDigest, position, vHat, scratch);
+    moved = code.weight.dithered.symbols;
+  } else {
+    throw new ExcpError('ERR_CORRUPT', 'codec: a method 1 weight with method 2 moments');
+  }
+  let expAvg: Uint8Array | null = null;
+  let expAvgSq: Uint8Array | null = null;
+  if (m && md) {
+    if ('exactM' in m) {
+      expAvg = exactM ?? decodeExactStream(m.exactM, md, n * DTYPE_BYTES[md], null);
+      expAvgSq = exactV ?? decodeExactStream(m.exactV, md, n * DTYPE_BYTES[md], null);
+    } else if ('factored' in m) {
+      const restored = restoreFactored(m.factored, vHat!, moved, md, scratch);
+      expAvg = restored.m;
+      expAvgSq = restored.v;
+    } else {
+      throw new ExcpError('ERR_CORRUPT', 'codec: method 1 moments with a method 2 weight');
+    }
+  }
+  if (weight.length !== n * DTYPE_BYTES[wd]) throw new ExcpError('ERR_CORRUPT', `codec: restored ${weight.length} weight bytes, expected ${n * DTYPE_BYTES[wd]}`);
   return { weight, expAvg, expAvgSq };
 }
 

@@ -13,14 +13,14 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { ExcpError, type ErrorCode } from '../core/errors.js';
-import type { ChunkLayout, DecodedChunk, EncodedChunk } from '../method/codec.js';
+import type { ChunkLayout, ChunkPosition, DecodedChunk, EncodedChunk } from '../method/codec.js';
 import type { ChunkInput } from '../method/reconstruct.js';
 import type { CodecOptions } from '../core/options.js';
 
 /** A request to a worker. */
 export type WorkerRequest =
-  | { id: number; kind: 'encode'; layout: ChunkLayout; input: ChunkInput; options: CodecOptions }
-  | { id: number; kind: 'decode'; layout: ChunkLayout; payload: Uint8Array; count: number; base: Uint8Array | null; what: string };
+  | { id: number; kind: 'encode'; layout: ChunkLayout; input: ChunkInput; options: CodecOptions; position: ChunkPosition }
+  | { id: number; kind: 'decode'; layout: ChunkLayout; payload: Uint8Array; count: number; base: Uint8Array | null; what: string; position: ChunkPosition };
 
 /** A worker's answer. */
 export type WorkerResponse =

@@ -44,14 +44,14 @@ parentPort?.on('message', (request: WorkerRequest) => {
   const transfer: ArrayBuffer[] = [];
   try {
     if (request.kind === 'encode') {
-      const result = encodeChunk(request.layout, request.input, request.options);
+      const result = encodeChunk(request.layout, request.input, request.options, request.position);
       transfer.push(result.payload.buffer as ArrayBuffer);
       // The input buffers go back for reuse (see BufferRecycler).
       const inputs = inputBuffers(request.input).filter((b) => b !== result.payload.buffer);
       transfer.push(...inputs);
       response = { id: request.id, encoded: result, inputs };
     } else {
-      const result = decodeChunk(request.layout, request.payload, request.count, request.base, request.what);
+      const result = decodeChunk(request.layout, request.payload, request.count, request.base, request.what, request.position);
       const outputs = [result.weight, result.expAvg, result.expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer);
       transfer.push(...outputs);
       // The payload and base buffers go back too (the base for reuse, see BufferRecycler).

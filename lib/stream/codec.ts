@@ -95,8 +95,9 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
     const pool = threads > 0 ? new WorkerPool(threads) : null;
     super(async (job: ChunkJob): Promise<EncodedRecord> => {
       const layout = layoutOf(header, job.entry);
+      const position = { entry: job.entry, chunk: job.chunk, start: job.chunk * header.options.chunkElements };
       if (!pool) {
-        const encoded = encodeChunk(layout, job.input, header.options);
+        const encoded = encodeChunk(layout, job.input, header.options, position);
         job.release?.(inputBuffers(job.input));
         return { entry: job.entry, chunk: job.chunk, ...encoded };
       }
@@ -108,7 +109,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
         expAvg: job.input.expAvg && own(job.input.expAvg),
         expAvgSq: job.input.expAvgSq && own(job.input.expAvgSq),
       };
-      const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options }, inputBuffers(input)));
+      const r = unwrap(await pool.run({ kind: 'encode', layout, input, options: header.options, position }, inputBuffers(input)));
       if (!('encoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
       job.release?.(r.inputs);
       return { entry: job.entry, chunk: job.chunk, ...r.encoded };
@@ -169,6 +170,7 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
       const start = rec.chunk * chunkElements;
       const count = Math.min(e.elements - start, chunkElements);
       const layout = layoutOf(header, rec.entry);
+      const position = { entry: rec.entry, chunk: rec.chunk, start };
       let baseBytes: Uint8Array | null = null;
       if (e.base) {
         if (!base) throw new ExcpError('ERR_BASE_MISSING', `restore: tensor '${spec.name}' was compressed against a base checkpoint; pass --base`);
@@ -181,14 +183,14 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
       }
       const pool = this.pool;
       if (!pool) {
-        const restored = decodeChunk(layout, rec.payload, count, baseBytes, spec.name);
+        const restored = decodeChunk(layout, rec.payload, count, baseBytes, spec.name, position);
         if (baseBytes && recycler!.pooled(baseBytes)) recycler!.give([baseBytes.buffer as ArrayBuffer]);
         return { type: 'chunk', entry: rec.entry, chunk: rec.chunk, restored };
       }
       const payload = ownBuffer(rec.payload);
       const transfer = [payload.buffer as ArrayBuffer];
       if (baseBytes) transfer.push(baseBytes.buffer as ArrayBuffer);
-      const r = unwrap(await pool.run({ kind: 'decode', layout, payload, count, base: baseBytes, what: spec.name }, transfer));
+      const r = unwrap(await pool.run({ kind: 'decode', layout, payload, count, base: baseBytes, what: spec.name, position }, transfer));
       if (!('decoded' in r)) throw new ExcpError('ERR_CORRUPT', 'pool: unexpected answer');
       recycler!.give(r.inputs);
       return { type: 'chunk', entry: rec.entry, chunk: rec.chunk, restored: r.decoded };

@@ -7,13 +7,13 @@
  *
  * spec/fused.spec.ts checks encodeChunk against it on every kind of chunk.
  */
-import { DTYPE_BYTES, toFloat32 } from '../../lib/core/dtype.js';
+import { DTYPE_BYTES, roundToBf16, toFloat32 } from '../../lib/core/dtype.js';
 import { ExcpError } from '../../lib/core/errors.js';
 import { hashBytes } from '../../lib/core/hash.js';
 import type { CodecOptions } from '../../lib/core/options.js';
 import { Scratch } from '../../lib/core/scratch.js';
 import { encodeExact } from '../../lib/coding/exact.js';
-import { type ChunkCode, type Exceptions, type MomentCode, type SymbolCost, type WeightCode, encodePayload } from '../../lib/method/payload.js';
+import { type ChunkCode, type Exceptions, type MomentCode, type SymbolCost, type WeightCode, encodePayload } from '../../lib/method/payload/payload.js';
 import { type ChunkInput, type ChunkLayout, type EncodedChunk, pickExceptions, reconstructInto, restoredDigests } from '../../lib/method/reconstruct.js';
 import { computeResidual, extractNonFinite } from './residual.js';
 import { pruneJoint } from './prune.js';
@@ -39,7 +39,10 @@ export function encodeChunkStaged(layout: ChunkLayout, input: ChunkInput, option
   if (!layout.exactWeight && !(hasMoments && !layout.exactMoments)) {
     throw new ExcpError('ERR_INVALID_ARG', 'codec: a lossy weight needs lossy moments in the same entry');
   }
-  let weight: WeightCode | null = layout.exactWeight ? { exact: encodeExact(input.weight, layout.weightDtype, base ?? undefined) } : null;
+  // A lossy keyframe (exact weight, lossy moments, no base): fp32 weights rounded to bf16's precision first.
+  const lossyKeyframe = options.keyframe === 'lossy' && layout.weightDtype === 'F32' && !base && !layout.exactMoments && hasMoments;
+  const weightBytes = lossyKeyframe ? roundToBf16(input.weight) : input.weight;
+  let weight: WeightCode | null = layout.exactWeight ? { exact: encodeExact(weightBytes, layout.weightDtype, base ?? undefined) } : null;
   let moments: MomentCode | null = null;
   let keptMoments = 0;
   let keptWeights = n;
@@ -78,7 +81,7 @@ export function encodeChunkStaged(layout: ChunkLayout, input: ChunkInput, option
 
   const code: ChunkCode = { baseDigest, weight, moments };
   // The restored bytes are only hashed here, so they may live in scratch.
-  const restored = reconstructInto(layout, code, n, base, input.weight, input.expAvg, input.expAvgSq, true);
+  const restored = reconstructInto(layout, code, n, base, weightBytes, input.expAvg, input.expAvgSq, true);
   const digests = restoredDigests(restored, layout.pieces);
   const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
   const payload = encodePayload(code, n, cost);

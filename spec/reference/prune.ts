@@ -57,7 +57,7 @@ export function weightThreshold(residual: Float32Array, meanV: number, alpha: nu
 }
 
 /** How the weight residual is pruned (see the file comment). */
-export type WeightRule = 'paper' | 'magnitude' | 'saliency';
+export type WeightRule = 'paper' | 'magnitude' | 'saliency' | 'dither';
 
 /** What pruneJoint reads of the codec options. */
 export interface PruneOptions {
@@ -102,6 +102,7 @@ export function pruneJoint(
   let rw = 0;
   let keptWeights = 0;
   const rule = options.weightRule;
+  if (rule === 'dither') throw new Error('pruneJoint: the rule dither (method 2) does not prune');
   if (residual && rule !== 'paper' && v) {
     const keep = options.keep;
     const n = residual.length;
