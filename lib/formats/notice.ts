@@ -36,7 +36,7 @@ export function methodNotice(checkpoint: Pick<Checkpoint, 'path' | 'files'>, hea
   if (files.length === 1 && files[0]!.path === null) return null;
   const paths = files.map((f) => f.path ?? '');
   const blobs = files.filter((f) => f.kind === 'blob').map((f) => f.path ?? '');
-  const moments = header.tensors.filter((t) => /(^|[./])exp_avg(_sq)?$/.test(t.name)).map((t) => t.name);
+  const moments = header.tensors.filter((t) => /(^|[./])exp_avg(_sq)?($|@)/.test(t.name)).map((t) => t.name);
   const zero = paths.filter((p) => ZERO_PARTITION.test(p));
   let found: string;
   if (zero.length > 0) {

@@ -22,6 +22,7 @@
  */
 import { closeSync, fstatSync, openSync } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from '../../core/crc32.js';
 import { DTYPE_BYTES, type DType, elementCount } from '../../core/dtype.js';
 import { ExcpError } from '../../core/errors.js';
 import { Hasher } from '../../core/hash.js';
@@ -48,8 +49,21 @@ export interface DcpRankInfo {
   metadata: string;
 }
 
-/** Where a virtual tensor's bytes are. */
-type Source = { fd: number; offset: number } | { fd: number; segments: Segment[] };
+/**
+ * Where a virtual tensor's bytes are; a cut tensor also has the CRC its zip
+ * records, checked as the tensor is read front to back (compress reads each
+ * tensor once, in order), so a corrupt item is refused at no extra read.
+ */
+type Source = { fd: number; offset: number; check?: CrcCheck } | { fd: number; segments: Segment[] };
+
+/** A tensor's recorded CRC and the CRC of its bytes read so far, in order. */
+interface CrcCheck {
+  recorded: number;
+  /** Bytes folded into `crc`; -1 once the tensor was read out of order (then it is not checked). */
+  position: number;
+  crc: number;
+  where: string;
+}
 
 /** Options of {@link DcpCheckpoint.open}. */
 export interface DcpOpenOptions {
@@ -174,7 +188,11 @@ export class DcpCheckpoint implements Checkpoint {
   async tensorBytes(info: TensorInfo, start: number, end: number): Promise<Uint8Array> {
     const source = this.sources.get(info.name);
     if (!source) throw new ExcpError('ERR_BAD_HEADER', `dcp: ${this.path}: no tensor '${info.name}'`);
-    if ('offset' in source) return readExactlySync(source.fd, source.offset + start, end - start, this.path);
+    if ('offset' in source) {
+      const bytes = readExactlySync(source.fd, source.offset + start, end - start, this.path);
+      if (source.check) checkCrc(source.check, bytes, start, info.end - info.begin);
+      return bytes;
+    }
     const out = new Uint8Array(end - start);
     for (const s of source.segments) {
       const from = Math.max(start, s.at);
@@ -190,6 +208,23 @@ export class DcpCheckpoint implements Checkpoint {
 }
 
 /**
+ * Fold bytes read at `start` into a tensor's running CRC.
+ * @throws ExcpError ERR_CRC when the whole tensor was read and its CRC is not the recorded one
+ */
+function checkCrc(check: CrcCheck, bytes: Uint8Array, start: number, length: number): void {
+  if (start === 0) [check.position, check.crc] = [0, 0];
+  if (check.position !== start) {
+    check.position = -1;
+    return;
+  }
+  check.crc = crc32(bytes, check.crc);
+  check.position += bytes.length;
+  if (check.position === length && check.crc !== check.recorded) {
+    throw new ExcpError('ERR_CRC', `${check.where}: data CRC ${check.crc} differs from the recorded ${check.recorded} (the file is corrupt)`);
+  }
+}
+
+/**
  * Add a `.distcp` file: its skeleton `__file__/PATH` (the bytes around the
  * cut tensors), then the cut tensors in file order.
  * @returns the file (kind `distcp`)
@@ -200,7 +235,10 @@ function addDistcp(add: (name: string, dtype: DType, shape: number[], source: So
   const skeleton = `${FILE_PREFIX}${path}`;
   add(skeleton, 'U8', [segments.reduce((n, s) => n + s.length, 0)], { fd, segments });
   const names = cuts.map(nameOf);
-  cuts.forEach((c, i) => add(names[i]!, c.dtype, c.shape, { fd, offset: c.offset }));
+  cuts.forEach((c, i) => {
+    const check = c.crc === null ? undefined : { recorded: c.crc, position: 0, crc: 0, where: `dcp: ${path}: item '${c.key}' at ${c.item[0]}` };
+    add(names[i]!, c.dtype, c.shape, check ? { fd, offset: c.offset, check } : { fd, offset: c.offset });
+  });
   const items: [number, number][] = [];
   for (const c of cuts) if (items[items.length - 1]?.[0] !== c.item[0]) items.push(c.item);
   const layout: DistcpLayout = { size, items, offsets: cuts.map((c) => c.offset) };

@@ -32,6 +32,8 @@ export interface DistcpCut {
   length: number;
   /** The item (a whole zip) that holds it: [offset, length] in the file. */
   item: [number, number];
+  /** The CRC-32 its zip records for exactly these bytes, or null (a storage larger than the tensor). */
+  crc: number | null;
 }
 
 /**
@@ -81,7 +83,9 @@ export function readDistcpItems(path: string, size: number, readAt: ReadAt, stor
     const length = elementCount(tensor.shape, where) * DTYPE_BYTES[tensor.dtype];
     // A view into a larger storage stays in the skeleton (torch 2.13 clones shards, so this does not happen).
     if (!tensor.contiguous || length === 0) continue;
-    cuts.push({ key: s.key, chunk: s.chunk, dtype: tensor.dtype, shape: [...tensor.shape], offset: at + tensor.byteOffset, length, item: [s.offset, s.length] });
+    const entry = zip.storages.get(tensor.storageKey)!.entry;
+    const crc = entry.dataOffset === tensor.byteOffset && entry.size === length ? entry.crc32 : null;
+    cuts.push({ key: s.key, chunk: s.chunk, dtype: tensor.dtype, shape: [...tensor.shape], offset: at + tensor.byteOffset, length, item: [s.offset, s.length], crc });
   }
   return cuts;
 }
