@@ -239,6 +239,17 @@ test('per rank: each rank compresses its files; restore of all ranks or of one r
   assert.equal(await codeOf(openCheckpoint(fileURLToPath(new URL('./fixtures/torch/fp32/checkpoint-8', import.meta.url)), { role: 'current', rank: 0 })), 'ERR_USAGE');
 });
 
+test('a chain of DCP folders: links checked across the rewritten CRCs, any step restores', () => {
+  const chain = fresh('chain');
+  const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args]);
+  const made = run('chain', chain, join(FIXTURES, 'fsdp2/step-4'), join(FIXTURES, 'fsdp2/step-8'));
+  assert.equal(made.status, 0, made.stderr.toString());
+  const out = fresh('chain-out');
+  const restored = run('chain', 'restore', chain, '--step', '1', '-o', out);
+  assert.equal(restored.status, 0, restored.stderr.toString());
+  assert.deepEqual(readdirSync(out).sort(), ['.metadata', '__0_0.distcp', '__1_0.distcp']);
+});
+
 test('no silent fallback: a folder without usable Adam state is coded exactly, with one notice saying what was found', async () => {
   const notices = async (input: string, options: Parameters<typeof compressTo>[2] = {}): Promise<string[]> => {
     const got: string[] = [];

@@ -201,6 +201,7 @@ export async function restoreRanks(dir: string, target: string, options: Restore
     if (input && existsSync(target) && (await realpath(input)) === (await realpath(target))) throw new ExcpError('ERR_SAME_FILE', `${target}: output is also an input; refusing to write into it`);
   }
   const temp = join(dirname(target), `.${basename(target)}.excp-tmp-${process.pid}-${Date.now().toString(36)}-rank-${options.rank}`);
+  await mkdir(dirname(target), { recursive: true, mode: 0o777 });
   await mkdir(temp, { mode: 0o777 });
   try {
     await decodeFolderInto(c.path, temp, options);

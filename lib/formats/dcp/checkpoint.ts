@@ -94,14 +94,6 @@ export class DcpCheckpoint implements Checkpoint {
   }
 
   /**
-   * Whether a folder is a DCP checkpoint: it, or a folder right below it, holds `.metadata`.
-   * @param listing the folder's files (relative paths, as {@link listFiles} gives them)
-   */
-  static holdsDcp(listing: readonly string[]): boolean {
-    return listing.some((p) => p === METADATA_FILE || (p.endsWith(`/${METADATA_FILE}`) && p.split('/').length === 2));
-  }
-
-  /**
    * Open a DCP folder: parse every `.metadata`, check the items of the `.distcp` files read.
    * @param dir the folder
    * @param options the rank to read, or every file
