@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { cpSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from '../lib/core/crc32.js';
 import { DEFAULT_OPTIONS } from '../lib/core/options.js';
@@ -24,10 +24,9 @@ import { restoreToFolder } from '../lib/api/restore.js';
 import { compressRank, readRankSet, restoreRanks } from '../lib/api/ranks.js';
 import { DcpCheckpoint } from '../lib/formats/dcp/checkpoint.js';
 import { parseDcpMetadata } from '../lib/formats/dcp/metadata.js';
-import { listFiles } from '../lib/formats/folder.js';
 import { FILE_KINDS, openCheckpoint } from '../lib/formats/registry.js';
-import { readZipDirectory } from '../lib/formats/torch/zip.js';
 import { str } from './helpers.js';
+import { diffRestoredDcp } from '../examples/dcp-diff.js';
 import { metadataPickle, pickleNode, shardedModel, tensorItem, writeDcpFolder, distcpFiles } from './support/dcp-writer.js';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/dcp/', import.meta.url));
@@ -64,59 +63,18 @@ async function codeOf(p: Promise<unknown>): Promise<string> {
   }
 }
 
-/** The `.distcp` files of a folder tree, each with its folder's metadata records. */
-function distcpOf(dir: string, rel: string): { path: string; records: { offset: number; length: number; tensor: boolean }[] } | null {
-  const metaDir = dirname(rel) === '.' ? '' : dirname(rel);
-  const metaPath = join(dir, metaDir, '.metadata');
-  if (!rel.endsWith('.distcp') || !existsSync(metaPath)) return null;
-  const md = parseDcpMetadata(new Uint8Array(readFileSync(metaPath)));
-  const name = rel.slice(metaDir ? metaDir.length + 1 : 0);
-  const records = md.storage.filter((s) => s.path === name).map((s) => ({ offset: s.offset, length: s.length, tensor: s.chunk !== null }));
-  return { path: rel, records };
-}
-
 /**
  * The restored tree has the same files; every non-.distcp file is
  * byte-identical; a .distcp file differs only inside the data records of its
  * tensor items and in their CRC fields, and every zip CRC of every item
- * matches its data. Lossless: everything byte-identical.
+ * matches its data (examples/dcp-diff.ts). Lossless: everything byte-identical.
+ * @returns the bytes changed
  */
 async function assertRestored(original: string, restored: string, lossless: boolean): Promise<number> {
-  const files = await listFiles(original);
-  assert.deepEqual(await listFiles(restored), files);
-  let changed = 0;
-  for (const rel of files) {
-    const a = new Uint8Array(readFileSync(join(original, rel)));
-    const b = new Uint8Array(readFileSync(join(restored, rel)));
-    const dcp = distcpOf(original, rel);
-    if (lossless || !dcp) {
-      assert.ok(Buffer.compare(a, b) === 0, `${rel} is byte-identical`);
-      continue;
-    }
-    assert.equal(b.length, a.length, `${rel} keeps its size`);
-    const allowed = new Uint8Array(a.length);
-    for (const item of dcp.records) {
-      const read = (bytes: Uint8Array) => (o: number, l: number) => bytes.subarray(item.offset + o, item.offset + o + l);
-      const entries = readZipDirectory(item.length, read(b)).entries;
-      for (const e of entries) {
-        const data = b.subarray(item.offset + e.dataOffset, item.offset + e.dataOffset + e.size);
-        assert.equal(crc32(data), e.crc32, `${rel}: item at ${item.offset}: ${e.name} CRC`);
-      }
-      if (!item.tensor) continue;
-      for (const e of readZipDirectory(item.length, read(a)).entries.filter((x) => x.name.includes('/data/'))) {
-        allowed.fill(1, item.offset + e.dataOffset, item.offset + e.dataOffset + e.size);
-        allowed.fill(1, item.offset + e.centralOffset + 16, item.offset + e.centralOffset + 20);
-        const d = item.offset + e.dataOffset + e.size + (e.descriptorLength === 16 || e.descriptorLength === 24 ? 4 : 0);
-        if (e.descriptorLength > 0) allowed.fill(1, d, d + 4);
-      }
-    }
-    for (let i = 0; i < a.length; i++) {
-      if (a[i] !== b[i]) {
-        assert.equal(allowed[i], 1, `${rel}: byte ${i} changed outside tensor data and CRC fields`);
-        changed++;
-      }
-    }
-  }
+  const { problems, folders } = await diffRestoredDcp(original, restored);
+  assert.deepEqual(problems, []);
+  const changed = [...folders.values()].reduce((n, f) => n + f.changed, 0);
+  if (lossless) assert.equal(changed, 0, 'every byte as it was');
   return changed;
 }
 

@@ -16,8 +16,11 @@ What it does:
         excp restore  OUT/excp/step-N --base OUT/restored/step-PREV --rank R -o OUT/restored/step-N
      (the first save is a keyframe: no --base). Rank 0 also writes the same state as a Hugging Face Trainer
      folder OUT/trainer/checkpoint-N (model.safetensors, optimizer.pt keyed by param id, scheduler.pt,
-     trainer_state.json), gathered to full size, for the ratio comparison.
-  3. Compresses the Trainer folders the same way (closed loop, one container per step).
+     trainer_state.json, and optimizer_param_names.json as examples/python/excp_callback.py writes it),
+     gathered to full size, for the ratio comparison.
+  3. Compresses the Trainer folders the same way (closed loop, one container per step, --param-map from
+     optimizer_param_names.json: the model's RMSNorm weights share a shape and a group). --skip-train reruns
+     steps 3 to 5 on OUT's training run.
   4. Resumes training for --resume-steps from the last original and the last restored DCP folder (dcp.load into
      the same 2-rank sharding) on the same batches, and compares the losses.
   5. Writes OUT/summary.json and prints a table: per step, each rank's container ratio, the step's ratio (all ranks),
@@ -44,6 +47,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SEED, VOCAB, SEQ, BATCH, WARMUP = 1234, 4096, 128, 8, 20
+NAMES_FILE = "optimizer_param_names.json"
 
 
 def make_model():
@@ -118,6 +122,9 @@ def trainer_folder(model, opt, sched, step, path):
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]
     torch.save({"state": {ids[n]: s for n, s in osd["state"].items()}, "param_groups": groups}, os.path.join(path, "optimizer.pt"))
     torch.save(sched.state_dict(), os.path.join(path, "scheduler.pt"))
+    # What examples/python/excp_callback.py writes: the names in optimizer order, for excp's --param-map.
+    with open(os.path.join(path, NAMES_FILE), "w") as f:
+        json.dump(order, f)
     with open(os.path.join(path, "trainer_state.json"), "w") as f:
         json.dump({"global_step": step, "log_history": []}, f, indent=2)
 
@@ -229,15 +236,20 @@ def main():
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--resume-steps", type=int, default=20)
     ap.add_argument("--excp", default="node dist/lib/cli.js")
+    ap.add_argument("--skip-train", action="store_true", help="reuse OUT's training run (steps 3 to 5 only)")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
     result = os.path.join(out, ".train.json")
-    t0 = time.time()
-    mp.spawn(train, args=(2, free_port(), args, result), nprocs=2, join=True)
+    if not args.skip_train:
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        t0 = time.time()
+        mp.spawn(train, args=(2, free_port(), args, result), nprocs=2, join=True)
+        print(f"training + in-loop compression: {time.time() - t0:.0f} s", flush=True)
     logs = [json.load(open(f"{result}.{r}")) for r in range(2)]
-    print(f"training + in-loop compression: {time.time() - t0:.0f} s", flush=True)
+    for d in ("trainer-excp", "trainer-restored"):
+        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+        os.makedirs(os.path.join(out, d))
     # The Trainer folders of the same states, compressed the same way (closed loop).
     steps = [s["step"] for s in logs[0]["saves"]]
     trainer = []
@@ -245,9 +257,12 @@ def main():
     for step in steps:
         folder = os.path.join(out, "trainer", f"checkpoint-{step}")
         c, r = os.path.join(out, "trainer-excp", f"checkpoint-{step}.excp"), os.path.join(out, "trainer-restored", f"checkpoint-{step}")
-        os.makedirs(os.path.dirname(c), exist_ok=True)
         base = ["--base", os.path.join(out, "trainer-restored", f"checkpoint-{prev}")] if prev else []
-        tc = excp(args, "compress", folder, *base, "-o", c)
+        names = os.path.join(folder, NAMES_FILE)
+        if not os.path.exists(names):  # folders of a run made before the script wrote it: the same order
+            with open(names, "w") as f:
+                json.dump([n for n, _ in make_model().named_parameters()], f)
+        tc = excp(args, "compress", folder, *base, "--param-map", names, "-o", c)
         tr = excp(args, "restore", c, *base, "-o", r)
         raw, packed = inspect(args, c)
         trainer.append({"step": step, "raw": raw, "container": packed, "ratio": raw / packed, "compress_s": tc, "restore_s": tr})
