@@ -127,6 +127,21 @@ test('key layouts: every weight chunk is paired with its Adam moments (get_state
     }
     assert.ok(header.files.some((f) => f.kind === 'distcp') && header.files.some((f) => f.kind === 'blob' && f.path!.endsWith('.metadata')));
   }
+  // Current torchtitan: bare model FQNs, flattened optimizer keys; and a folder without planner_data.
+  for (const variant of ['torchtitan-now', 'no-planner-data'] as const) {
+    const m = shardedModel(2, 3, 6, 4, 2);
+    for (const t of m.tensors) {
+      if (variant === 'no-planner-data') delete t.path;
+      else if (t.key.startsWith('model.')) [t.key, t.path] = [t.key.slice(6), [t.key.slice(6)]];
+      else [t.key, t.path] = [t.key.replace('optim.', 'optimizer.'), ['optimizer', t.key.slice('optim.'.length)]];
+    }
+    const dir = fresh(variant);
+    writeDcpFolder(dir, m);
+    const cp = await openCheckpoint(dir, { role: 'current' });
+    const header = planHeader(cp, null, DEFAULT_OPTIONS);
+    await cp.close();
+    assert.equal(header.entries.filter((e) => e.kind === 'param').length, 6, variant);
+  }
   const fsdp = await DcpCheckpoint.open(join(FIXTURES, 'fsdp2/step-8'));
   const names = fsdp.tensors.map((t) => t.name);
   await fsdp.close();
@@ -231,6 +246,12 @@ test('no silent fallback: a folder without usable Adam state is coded exactly, w
   const [zero, ...rest] = await notices(ds);
   assert.equal(rest.length, 0);
   assert.match(zero!, /found a DeepSpeed ZeRO checkpoint \(global_step10\/: 2 optimizer partition file\(s\)/);
+  // A training loop's own torch.save files are carried as bytes, and the notice says so.
+  const loop = fresh('loop');
+  mkdirSync(loop);
+  cpSync(join(ds, 'model.safetensors'), join(loop, 'model.safetensors'));
+  writeFileSync(join(loop, 'step-8.pt'), new Uint8Array(64));
+  assert.match((await notices(loop))[0]!, /found 1 torch\.save file\(s\) \(step-8\.pt\) carried as bytes/);
   // The command line prints it as one line on stderr and still writes the container.
   const r = spawnSync(process.execPath, [cli, 'compress', ds, '-o', join(ds, '..', 'ds.excp')]);
   assert.equal(r.status, 0, r.stderr.toString());

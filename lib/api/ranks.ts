@@ -23,7 +23,7 @@ import { basename, dirname, join } from 'node:path';
 import { ExcpError } from '../core/errors.js';
 import { writeAtomically, writeFolderAtomically } from '../io/output.js';
 import type { ContainerHeader } from '../model/checkpoint.js';
-import { type DcpRankInfo, METADATA_FILE } from '../formats/dcp/checkpoint.js';
+import { type DcpRankInfo, isMetadataPath } from '../formats/dcp/checkpoint.js';
 import { type CompressOptions, compressTo } from './compress.js';
 import { readContainerFile } from './open.js';
 import { type RestoreOptions, decodeFolderInto } from './restore.js';
@@ -65,10 +65,6 @@ export function dcpInfoOf(header: Pick<ContainerHeader, 'info'>): DcpRankInfo | 
   const isRank = (r: unknown): r is number => Number.isSafeInteger(r) && (r as number) >= 0;
   if (!isRank(rank) || !Array.isArray(ranks) || !ranks.every(isRank) || typeof metadata !== 'string') return null;
   return { rank, ranks, metadata };
-}
-
-function isMetadata(path: string): boolean {
-  return path === METADATA_FILE || path.endsWith(`/${METADATA_FILE}`);
 }
 
 /**
@@ -166,7 +162,7 @@ export async function readRankSet(dir: string, only?: number): Promise<RankSet> 
     const files = header.files.map((f) => f.path ?? '');
     for (const f of files) {
       const other = owner.get(f);
-      if (other !== undefined && !isMetadata(f)) bad(`${f} is in the containers of ranks ${other} and ${rank}`);
+      if (other !== undefined && !isMetadataPath(f)) bad(`${f} is in the containers of ranks ${other} and ${rank}`);
       owner.set(f, rank);
     }
     containers.set(rank, { path, files });
@@ -222,7 +218,7 @@ async function moveInto(from: string, to: string, files: readonly string[], forc
     const dest = join(to, f);
     const existing = await stat(dest).catch(() => null);
     if (existing) {
-      if (isMetadata(f) && existing.isFile() && (await readFile(dest)).equals(await readFile(join(from, f)))) continue;
+      if (isMetadataPath(f) && existing.isFile() && (await readFile(dest)).equals(await readFile(join(from, f)))) continue;
       if (!force) throw new ExcpError('ERR_EXISTS', `${dest}: exists (use --force to overwrite)`);
     }
     moves.push(f);

@@ -13,6 +13,11 @@ const FSDP_OPTIMIZER = /(^|\/)optimizer(_\d+)?\.bin$|(^|\/)optimizer_\d+\//;
 /** Megatron-LM's per-rank checkpoint files. */
 const MEGATRON = /(^|\/)mp_rank_\d+(_\d+)?\/model_optim_rng\.pt$/;
 
+/** Files that may hold a pickled training state (a loop's `step-N.pt`, a Lightning `.ckpt`). */
+const PICKLED = /\.(pt|pth|ckpt|bin|pkl)$/;
+/** A Trainer folder's files that never hold optimizer state. */
+const TRAINER_EXTRAS = /(^|\/)(scheduler\.pt|rng_state(_\d+)?\.pth|training_args\.bin|pytorch_model(-\d+-of-\d+)?\.bin)$/;
+
 /** The folder (first path part) of a file path, or the path. */
 function top(path: string): string {
   return path.includes('/') ? `${path.slice(0, path.indexOf('/'))}/` : path;
@@ -51,6 +56,9 @@ export function methodNotice(checkpoint: Pick<Checkpoint, 'path' | 'files'>, hea
     found = `an FSDP optimizer file (${sample(blobs.filter((p) => FSDP_OPTIMIZER.test(p)))}) that is neither optimizer.pt nor a distributed checkpoint (.metadata), so it is carried as bytes`;
   } else if (blobs.some((p) => p === 'optimizer.pt' || p.endsWith('/optimizer.pt'))) {
     found = 'an optimizer.pt that is not an Adam/AdamW state_dict';
+  } else if (blobs.some((p) => PICKLED.test(p) && !TRAINER_EXTRAS.test(p))) {
+    const pickled = blobs.filter((p) => PICKLED.test(p) && !TRAINER_EXTRAS.test(p));
+    found = `${pickled.length} torch.save file(s) (${pickled.slice(0, 3).join(', ')}${pickled.length > 3 ? ', ...' : ''}) carried as bytes: excp takes Adam moments from a Trainer folder's optimizer.pt, from NAME.exp_avg tensors, and from distributed checkpoints`;
   } else {
     found = 'no optimizer state (weights only)';
   }

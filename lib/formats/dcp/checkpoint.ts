@@ -39,6 +39,14 @@ import { type DcpStorage, parseDcpMetadata } from './metadata.js';
 /** The name of a DCP folder's metadata file. */
 export const METADATA_FILE = '.metadata';
 
+/** Largest `.metadata` read, in bytes. */
+const MAX_METADATA_BYTES = 256 * 1024 * 1024;
+
+/** Whether a relative path names a DCP folder's metadata file. */
+export function isMetadataPath(path: string): boolean {
+  return path === METADATA_FILE || path.endsWith(`/${METADATA_FILE}`);
+}
+
 /** What `info.dcp` of a per-rank container holds. */
 export interface DcpRankInfo {
   /** The rank whose files the container holds. */
@@ -104,17 +112,20 @@ export class DcpCheckpoint implements Checkpoint {
     const paths = await listFiles(dir);
     const fds: number[] = [];
     try {
-      const folders: (DcpFolder & { bytes: Uint8Array })[] = [];
-      for (const p of paths.filter((x) => x === METADATA_FILE || x.endsWith(`/${METADATA_FILE}`))) {
-        const folderDir = p === METADATA_FILE ? '' : p.slice(0, -METADATA_FILE.length - 1);
+      const folders: DcpFolder[] = [];
+      const metadataBytes = new Map<string, Uint8Array>();
+      for (const p of paths.filter(isMetadataPath)) {
         const fd = openSync(join(dir, p), 'r');
         let bytes: Uint8Array;
         try {
-          bytes = readExactlySync(fd, 0, fstatSync(fd).size, join(dir, p));
+          const size = fstatSync(fd).size;
+          if (size > MAX_METADATA_BYTES) throw new ExcpError('ERR_BAD_HEADER', `${join(dir, p)}: ${size} bytes exceeds the limit of ${MAX_METADATA_BYTES}`);
+          bytes = readExactlySync(fd, 0, size, join(dir, p));
         } finally {
           closeSync(fd);
         }
-        folders.push({ dir: folderDir, bytes, metadata: parseDcpMetadata(bytes, { stage: join(dir, p) }) });
+        metadataBytes.set(p, bytes);
+        folders.push({ dir: p === METADATA_FILE ? '' : p.slice(0, -METADATA_FILE.length - 1), metadata: parseDcpMetadata(bytes, { stage: join(dir, p), maxBytes: MAX_METADATA_BYTES }) });
       }
       // Every storage file a .metadata lists, with its folder and records.
       const storageFiles = new Map<string, { folder: DcpFolder; records: DcpStorage[] }>();
@@ -152,15 +163,13 @@ export class DcpCheckpoint implements Checkpoint {
       const hash = new Hasher();
       for (const path of paths) {
         const storage = storageFiles.get(path);
-        const isMetadata = path === METADATA_FILE || path.endsWith(`/${METADATA_FILE}`);
-        // A file no .metadata lists (a Trainer's files, a stray .distcp) goes with rank 0, or with the rank its name gives.
-        if (rank !== null && !isMetadata && (storage ? rankOfFile(path) : rankOfFile(path) ?? 0) !== rank) continue;
+        const isMetadata = isMetadataPath(path);
+        // A .distcp file goes with the rank its name gives; any other file but .metadata (a Trainer's files) with rank 0.
+        if (rank !== null && !isMetadata && (rankOfFile(path) ?? 0) !== rank) continue;
         const fd = openSync(join(dir, path), 'r');
         fds.push(fd);
         const size = fstatSync(fd).size;
-        if (isMetadata) {
-          hash.update(new TextEncoder().encode(`${path}\0${size}\0`)).update(folders.find((f) => (f.dir ? `${f.dir}/${METADATA_FILE}` : METADATA_FILE) === path)!.bytes);
-        }
+        if (isMetadata) hash.update(new TextEncoder().encode(`${path}\0${size}\0`)).update(metadataBytes.get(path)!);
         if (!storage) {
           add(`${FILE_PREFIX}${path}`, 'U8', [size], { fd, offset: 0 });
           files.push({ kind: 'blob', path, tensors: [`${FILE_PREFIX}${path}`], layout: null });
