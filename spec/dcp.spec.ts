@@ -207,6 +207,11 @@ test('per rank: each rank compresses its files; restore of all ranks or of one r
   assert.equal(await codeOf(readRankSet(join(out, 'step-8'))), 'ERR_BAD_HEADER');
   rmSync(join(out, 'step-8', 'rank-1.excp'));
   assert.equal(await codeOf(readRankSet(join(out, 'step-8'))), 'ERR_IO');
+  // A rank container restores on its own (its rank read from its header); --rank must agree with the container.
+  const alone = fresh('alone');
+  await restoreToFolder(join(out, 'step-4', 'rank-1.excp'), alone, { threads: 0 });
+  assert.deepEqual(readdirSync(alone).sort(), ['.metadata', '__1_0.distcp']);
+  assert.equal(await codeOf(restoreToFolder(join(out, 'step-4', 'rank-1.excp'), fresh('x'), { rank: 0, threads: 0 })), 'ERR_USAGE');
   // --rank of a rank that wrote nothing, and of a folder that is not DCP.
   assert.equal(await codeOf(compressRank(step8, fresh('x'), { rank: 5, threads: 0 })), 'ERR_INVALID_ARG');
   assert.equal(await codeOf(openCheckpoint(fileURLToPath(new URL('./fixtures/torch/fp32/checkpoint-8', import.meta.url)), { role: 'current', rank: 0 })), 'ERR_USAGE');

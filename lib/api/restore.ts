@@ -8,6 +8,7 @@ import { createReadStream } from 'node:fs';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { concatBytes } from '../core/bytes.js';
+import { ExcpError } from '../core/errors.js';
 import { type FolderTargetOptions, type OutputOptions, writeAtomically, writeFolderAtomically } from '../io/output.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { openCheckpoint } from '../formats/registry.js';
@@ -105,7 +106,11 @@ export async function restoreToFile(input: string | undefined, target: string, o
  * @param options base (a folder), threads, progress, force, inputs
  */
 export async function restoreToFolder(input: string, target: string, options: RestoreOptions & FolderTargetOptions): Promise<void> {
-  const ranked = { ...options, rank: options.rank ?? await containerRank(input) };
+  const held = await containerRank(input);
+  if (options.rank !== undefined && options.rank !== held) {
+    throw new ExcpError('ERR_USAGE', `${input}: --rank ${options.rank} was given, but this container holds ${held === undefined ? 'a whole folder' : `rank ${held}'s files`}`);
+  }
+  const ranked = { ...options, rank: held };
   await writeFolderAtomically(target, (temp) => decodeInto(input, new FolderWriter(temp, options.onProgress), ranked), { force: options.force, inputs: [...(options.inputs ?? []), input] });
 }
 
