@@ -8,7 +8,7 @@ CPU only, gloo, two processes (torch.multiprocessing.spawn), one thread each. Bu
 
 What it does:
   1. Trains a small Llama (transformers LlamaForCausalLM: hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 688,
-     vocab 4096, ~5.3M parameters, fp32) with FSDP2 (fully_shard per decoder layer, then the root) and AdamW
+     vocab 4096, 5.0M parameters, fp32) with FSDP2 (fully_shard per decoder layer, then the root) and AdamW
      (lr 1e-3, betas 0.9/0.95, weight decay 0.1, cosine after 20 warm-up steps) on a synthetic bigram language.
   2. Every --every steps: dcp.save({'model', 'optim'} of get_state_dict) into OUT/dcp/step-N; then, in the loop,
      each rank compresses its own files against its restored previous step and restores them (closed loop):
