@@ -15,8 +15,11 @@
  * chunk payload and then recompute lengths and CRCs, so the mutation reaches
  * the decoders behind the checksums.
  *
+ * Distributed checkpoint folders (DCP) are fuzzed by examples/fuzz-dcp.ts
+ * (`--target dcp`).
+ *
  * The spec (spec/fuzz.spec.ts) runs a few thousand cases; run more with
- *   npm run fuzz -- --iterations 100000 [--seed N] [--target safetensors|container|all]
+ *   npm run fuzz -- --iterations 100000 [--seed N] [--target safetensors|container|dcp|all]
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { ContainerHeader } from '../lib/model/checkpoint.js';
@@ -38,6 +41,7 @@ import { randomCheckpointPair } from '../spec/helpers.js';
 import { readContainerFile } from '../lib/api/open.js';
 import { compressBuffer } from '../lib/api/compress.js';
 import { restore, restoreBuffer } from '../lib/api/restore.js';
+import { dcpCase, dcpCorpus, mutateDcp } from './fuzz-dcp.js';
 
 /** Values a length or offset field is set to. */
 export const EXTREMES_U32 = [0, 1, 2, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
@@ -622,8 +626,8 @@ export interface FuzzOptions {
   /** First case number (to replay one case: from = N, iterations = 1). */
   from?: number;
   iterations: number;
-  target: 'safetensors' | 'container' | 'all';
-  /** Every how many cases the file-based readers run too (0 = never). */
+  target: 'safetensors' | 'container' | 'dcp' | 'all';
+  /** Every how many cases the file-based readers run too (0 = never; for dcp: the lossless round trip). */
   fileEvery: number;
   /** Per-case time bound, milliseconds. */
   caseTimeoutMs: number;
@@ -655,7 +659,8 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
 export async function runFuzz(options: FuzzOptions): Promise<FuzzStats> {
   const started = Date.now();
   const stCorpus = safetensorsCorpus();
-  const ctCorpus = options.target === 'safetensors' ? [] : await containerCorpus();
+  const ctCorpus = options.target === 'safetensors' || options.target === 'dcp' ? [] : await containerCorpus();
+  const dcpSamples = options.target === 'dcp' || options.target === 'all' ? dcpCorpus() : [];
   const dir = mkdtempSync(join(tmpdir(), 'excp-fuzz-'));
   const stats: FuzzStats = { cases: 0, outcomes: {}, slowestMs: 0, slowestCase: '', elapsedMs: 0 };
   try {
@@ -663,13 +668,18 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzStats> {
     for (let i = first; i < first + options.iterations; i++) {
       const rng = new Prng((options.seed * 0x9e3779b1 + i * 0x85ebca6b) >>> 0);
       const useFile = options.fileEvery > 0 && i % options.fileEvery === 0;
-      const target = options.target === 'all' ? (i % 3 === 0 ? 'safetensors' : 'container') : options.target;
+      const target = options.target === 'all' ? (['safetensors', 'container', 'container', 'dcp'] as const)[i % 4]! : options.target;
       const caseId = `seed ${options.seed} case ${i}`;
       const t0 = performance.now();
       let what = '';
       let outcome: string;
       try {
-        if (target === 'safetensors') {
+        if (target === 'dcp') {
+          const sample = dcpSamples[rng.int(dcpSamples.length)]!;
+          const m = mutateDcp(sample, rng);
+          what = `${sample.name}: ${m.what}`;
+          outcome = `dcp/${m.kind} ${await withTimeout(dcpCase(m.files, rng, join(dir, `c${i}`), useFile), options.caseTimeoutMs, caseId)}`;
+        } else if (target === 'safetensors') {
           const m = mutateSafetensors(stCorpus, rng);
           what = m.what;
           outcome = `safetensors ${await withTimeout(safetensorsCase(m.bytes, useFile ? dir : null, `c${i}`), options.caseTimeoutMs, caseId)}`;
@@ -715,10 +725,10 @@ function parseArgs(argv: string[]): FuzzOptions & { from: number } {
     else if (flag === '--from') o.from = num();
     else if (flag === '--file-every') o.fileEvery = num();
     else if (flag === '--timeout') o.caseTimeoutMs = num();
-    else if (flag === '--target' && (value === 'safetensors' || value === 'container' || value === 'all')) {
+    else if (flag === '--target' && (value === 'safetensors' || value === 'container' || value === 'dcp' || value === 'all')) {
       o.target = value;
       i++;
-    } else throw new Error(`unknown argument ${String(flag)} (use --iterations N --seed N --from N --target safetensors|container|all --file-every N --timeout MS)`);
+    } else throw new Error(`unknown argument ${String(flag)} (use --iterations N --seed N --from N --target safetensors|container|dcp|all --file-every N --timeout MS)`);
   }
   return o;
 }

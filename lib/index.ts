@@ -26,6 +26,8 @@ export { StreamWriter } from './stream/writer.js';
 export { compress, compressBuffer, compressTo, compressReadable, type CompressOptions } from './api/compress.js';
 export { restore, restoreBuffer, restoreTo, restoreToFile, restoreToFolder, type RestoreOptions } from './api/restore.js';
 export { readContainerFile, holdsFolder } from './api/open.js';
+export { compressRank, restoreRanks, readRankSet, RANKS_FILE, type RankManifest, type RankSet } from './api/ranks.js';
+export { DcpCheckpoint, type DcpRankInfo } from './formats/dcp/checkpoint.js';
 export { writeAtomically, type OutputOptions } from './io/output.js';
 export { inspectContainer, verifyContainer } from './api/inspect.js';
 export { compareCheckpoints, formatCompare, type CompareReport } from './api/compare.js';

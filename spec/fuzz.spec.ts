@@ -1,7 +1,7 @@
 /**
- * Hostile input: seeded mutation fuzzing of the safetensors reader and of the
+ * Hostile input: seeded mutation fuzzing of the safetensors reader, of the
  * container reader (restore, the ContainerReader stream, readContainerFile,
- * inspect, verify). Every case must end in an ExcpError or the correct result
+ * inspect, verify) and of distributed checkpoint folders (examples/fuzz-dcp.ts). Every case must end in an ExcpError or the correct result
  * within a time bound; a failure names the seed and case (replay with
  * `npm run fuzz -- --seed S --from CASE --iterations 1 --target T`).
  * The mutators live in examples/fuzz.ts, which runs them longer.
@@ -56,6 +56,17 @@ describe('mutation fuzzing (seed ' + SEED + ')', () => {
     assert.ok(ok > 0 && ok < 2000, `outcomes ${JSON.stringify(stats.outcomes)}`);
     assert.ok(stats.slowestMs < 2000, `slowest case ${stats.slowestMs} ms: ${stats.slowestCase}`);
     assert.ok(Date.now() - t0 < 30_000);
+  });
+
+  it('distributed checkpoint folders: 200 mutated folders end in an ExcpError or open; accepted ones round-trip byte for byte', { timeout: 40_000 }, async () => {
+    const stats = await runFuzz({ seed: SEED, iterations: 200, target: 'dcp', fileEvery: 4, caseTimeoutMs: 5000 });
+    assert.equal(stats.cases, 200);
+    // The mutations reach the pickle reader, the structure checks, the item reader and the CRC check.
+    for (const code of ['ERR_BAD_PICKLE', 'ERR_BAD_ZIP', 'ERR_TRUNCATED', 'ERR_SHAPE', 'ERR_CRC']) {
+      assert.ok(Object.keys(stats.outcomes).some((k) => k.endsWith(` ${code}`)), `no ${code}: ${JSON.stringify(stats.outcomes)}`);
+    }
+    assert.ok(Object.keys(stats.outcomes).some((k) => k.endsWith('ok (round trip)')), `no round trip: ${JSON.stringify(stats.outcomes)}`);
+    assert.ok(stats.slowestMs < 4000, `slowest case ${stats.slowestMs} ms: ${stats.slowestCase}`);
   });
 
   it('containers: 3000 mutated containers end in an ExcpError or the exact clean restore', { timeout: 50_000 }, async () => {

@@ -14,6 +14,7 @@ import { spoolToFile } from '../io/spool.js';
 import type { Checkpoint, ContainerHeader } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
 import { planHeader } from '../model/plan.js';
+import { methodNotice } from '../formats/notice.js';
 import { openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
 import { ChunkEncoder } from '../stream/codec.js';
@@ -34,6 +35,14 @@ export interface CompressOptions extends LooseOptions {
   tensorHashes?: TensorHashes | undefined;
   /** Folder for the copy of a checkpoint that comes from a stream (default: the system's temporary folder). */
   tmp?: string | undefined;
+  /** A distributed checkpoint folder (DCP): compress only this rank's files (and the shared ones); the base is read the same way. */
+  rank?: number | undefined;
+  /**
+   * Called with a one-line notice when a checkpoint folder gets none of the
+   * method (no Adam state that pairs with its weights: every tensor is coded
+   * exactly), saying what was found (lib/formats/notice.ts).
+   */
+  onNotice?: ((message: string) => void) | undefined;
 }
 
 /** The container header for a checkpoint against an optional base. */
@@ -81,12 +90,15 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
   let base: Checkpoint | null = null;
   let current: Checkpoint | null = null;
   try {
-    base = options.base !== undefined ? await openCheckpoint(options.base, { role: 'base' }) : null;
-    current = await openCheckpoint(spooled ? spooled.path : (input as string), { role: 'current', previous: base, paramMap: options.paramMap ?? null }).catch((e: unknown) => {
+    const rank = options.rank ?? null;
+    base = options.base !== undefined ? await openCheckpoint(options.base, { role: 'base', rank }) : null;
+    current = await openCheckpoint(spooled ? spooled.path : (input as string), { role: 'current', previous: base, paramMap: options.paramMap ?? null, rank }).catch((e: unknown) => {
       if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
       throw e;
     });
-    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes);
+    const { stream, header, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes);
+    const notice = options.onNotice ? methodNotice(current, header) : null;
+    if (notice) options.onNotice!(notice);
     for await (const chunk of stream) yield chunk as Uint8Array;
     await done;
   } finally {
@@ -97,7 +109,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, rank: _r, onNotice: _n, ...rest } = o;
   return rest;
 }
 

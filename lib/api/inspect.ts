@@ -6,6 +6,8 @@
 import type { ContainerHeader } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
 import type { ParamMapInfo } from '../formats/folder.js';
+import type { DcpRankInfo } from '../formats/dcp/checkpoint.js';
+import { dcpInfoOf } from './ranks.js';
 import { readContainerFile } from './open.js';
 import { verifyContainerFile } from './restore.js';
 
@@ -51,6 +53,8 @@ export interface InspectReport {
   files?: { path: string; kind: string }[];
   /** Folder containers: optimizer param id -> parameter name, with confidence (header.info.paramMap). */
   paramMap?: ParamMapInfo;
+  /** One rank's container of a distributed checkpoint (header.info.dcp). */
+  dcp?: DcpRankInfo;
   entries: InspectEntry[];
   /** Totals over lossy entries: empirical entropy of the coded symbols and their coded size, in bits (null when not recorded). */
   entropyBits: number | null;
@@ -91,6 +95,7 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
     ratio: originalBytes / size, baseFingerprint: footer.baseFingerprint, targetFingerprint: footer.targetFingerprint, entries,
     ...(header.files.some((f) => f.path !== null) ? { files: header.files.map((f) => ({ path: f.path ?? '', kind: f.kind })) } : {}),
     ...(header.info?.['paramMap'] ? { paramMap: header.info['paramMap'] as ParamMapInfo } : {}),
+    ...(dcpInfoOf(header) ? { dcp: dcpInfoOf(header)! } : {}),
     entropyBits: recorded ? footer.entries.reduce((s, f) => s + (f.entropyBits ?? 0), 0) : null,
     symbolBits: recorded ? footer.entries.reduce((s, f) => s + (f.symbolBits ?? 0), 0) : null,
   };
@@ -111,6 +116,7 @@ export function formatInspect(r: InspectReport): string {
   }
   lines.push('', `total: ${r.originalBytes} bytes -> ${r.containerBytes} bytes, ratio ${r.ratio.toFixed(1)}x`);
   if (r.files) lines.push('', `folder: ${r.files.length} files: ${r.files.map((f) => `${f.path} (${f.kind})`).join(', ')}`);
+  if (r.dcp) lines.push(`distributed checkpoint: rank ${r.dcp.rank}'s files, of ranks ${r.dcp.ranks.join(', ')} (.metadata fingerprint ${r.dcp.metadata})`);
   if (r.paramMap) {
     const m = r.paramMap;
     const methods = new Map<string, number>();

@@ -47,3 +47,15 @@ export async function holdsFolder(path: string): Promise<boolean> {
   const { header } = await withContainer(path, (source) => readContainerHead(source, OPTIONS));
   return !(header.files.length === 1 && header.files[0]!.path === null);
 }
+
+/**
+ * The rank a per-rank container of a distributed checkpoint holds
+ * (`header.info.dcp.rank`, lib/api/ranks.ts), or undefined. Reads only the
+ * preamble and header.
+ * @param path container file
+ */
+export async function containerRank(path: string): Promise<number | undefined> {
+  const { header } = await withContainer(path, (source) => readContainerHead(source, OPTIONS));
+  const rank = (header.info?.['dcp'] as { rank?: unknown } | undefined)?.rank;
+  return Number.isSafeInteger(rank) ? (rank as number) : undefined;
+}

@@ -8,9 +8,11 @@ import { createReadStream } from 'node:fs';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { concatBytes } from '../core/bytes.js';
+import { ExcpError } from '../core/errors.js';
 import { type FolderTargetOptions, type OutputOptions, writeAtomically, writeFolderAtomically } from '../io/output.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { openCheckpoint } from '../formats/registry.js';
+import { containerRank } from './open.js';
 import { ChunkDecoder } from '../stream/codec.js';
 import { ContainerReader } from '../stream/container.js';
 import { FolderWriter } from '../stream/folder-writer.js';
@@ -22,11 +24,13 @@ export interface RestoreOptions {
   base?: string | Uint8Array | undefined;
   threads?: number | undefined;
   onProgress?: ((done: number, total: number) => void) | undefined;
+  /** A per-rank container of a distributed checkpoint: the base folder is read for this rank's files only. */
+  rank?: number | undefined;
 }
 
 /** The base opened as a base (a folder's moments stay unnamed: only its weights and files are used). */
 function openBase(options: RestoreOptions): Promise<Checkpoint | null> {
-  return options.base !== undefined ? openCheckpoint(options.base, { role: 'base' }) : Promise.resolve(null);
+  return options.base !== undefined ? openCheckpoint(options.base, { role: 'base', rank: options.rank ?? null }) : Promise.resolve(null);
 }
 
 /**
@@ -102,7 +106,12 @@ export async function restoreToFile(input: string | undefined, target: string, o
  * @param options base (a folder), threads, progress, force, inputs
  */
 export async function restoreToFolder(input: string, target: string, options: RestoreOptions & FolderTargetOptions): Promise<void> {
-  await writeFolderAtomically(target, (temp) => decodeInto(input, new FolderWriter(temp, options.onProgress), options), { force: options.force, inputs: [...(options.inputs ?? []), input] });
+  const held = await containerRank(input);
+  if (options.rank !== undefined && options.rank !== held) {
+    throw new ExcpError('ERR_USAGE', `${input}: --rank ${options.rank} was given, but this container holds ${held === undefined ? 'a whole folder' : `rank ${held}'s files`}`);
+  }
+  const ranked = { ...options, rank: held };
+  await writeFolderAtomically(target, (temp) => decodeInto(input, new FolderWriter(temp, options.onProgress), ranked), { force: options.force, inputs: [...(options.inputs ?? []), input] });
 }
 
 /**
@@ -111,7 +120,19 @@ export async function restoreToFolder(input: string, target: string, options: Re
  * @param options base, threads
  */
 export async function verifyContainerFile(input: string, options: RestoreOptions): Promise<void> {
-  await decodeInto(input, new FolderWriter(null, options.onProgress), options);
+  await decodeInto(input, new FolderWriter(null, options.onProgress), { ...options, rank: options.rank ?? await containerRank(input) });
+}
+
+/**
+ * Decode a folder container into an existing folder (the temporary folder of
+ * a restore that gathers several containers, lib/api/ranks.ts).
+ * @param input container file
+ * @param folder where its files are written (none of them may exist)
+ * @param options base, threads, progress, rank
+ * @param skip paths not to write (decoded and checked all the same)
+ */
+export async function decodeFolderInto(input: string, folder: string, options: RestoreOptions, skip?: ReadonlySet<string>): Promise<void> {
+  await decodeInto(input, new FolderWriter(folder, options.onProgress, undefined, skip), options);
 }
 
 /** Decode a container file (or stdin when input is undefined) into a FolderWriter. */

@@ -7,6 +7,7 @@
  */
 import type { ContainerFooter, ContainerHeader } from '../container/format.js';
 import { ExcpError } from '../core/errors.js';
+import { fileFormat } from '../formats/registry.js';
 import { fingerprintTensors } from '../core/hash.js';
 import { resolveOptions } from '../core/options.js';
 import type { CodecOptions, LooseOptions } from '../core/options.js';
@@ -179,12 +180,13 @@ export function replayPath(manifest: ChainManifest, step: number): number[] {
 }
 
 /**
- * Folder containers: the optimizer.pt skeletons (first tensor of each torch file).
- * Restore rewrites CRC fields in them when the moments were lossy, so the
- * restored folder's skeleton is not the decoded one.
+ * Folder containers: the skeletons of torch.save and .distcp files (the
+ * tensors their file kind's `rewritten` names). Restore rewrites CRC fields
+ * in them when the moments were lossy, so the restored folder's skeleton is
+ * not the decoded one.
  */
 function skeletonTensors(header: ContainerIndex['header']): Set<number> {
-  return new Set((header.files ?? []).flatMap((f) => (f.kind === 'torch' && f.tensors[0] !== undefined ? [f.tensors[0]] : [])));
+  return new Set((header.files ?? []).flatMap((f) => fileFormat(f.kind).rewritten?.(f) ?? []));
 }
 
 /**

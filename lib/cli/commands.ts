@@ -10,6 +10,8 @@ import { readParamMapFile } from '../formats/folder.js';
 import { compressTo } from '../api/compress.js';
 import { holdsFolder } from '../api/open.js';
 import { restoreTo, restoreToFile, restoreToFolder } from '../api/restore.js';
+import { compressRank, holdsRanks, restoreRanks } from '../api/ranks.js';
+import { isDirectory } from '../formats/registry.js';
 import { formatInspect, inspectContainer, verifyContainer } from '../api/inspect.js';
 import { compareCheckpoints, formatCompare, worstRelativeError } from '../api/compare.js';
 import { type CommandLine, usage } from './args.js';
@@ -61,17 +63,31 @@ export async function paramMapOf(line: CommandLine): Promise<string[] | undefine
   return file === undefined ? undefined : readParamMapFile(file);
 }
 
+/** A notice on stderr (no silent fallback), one line. */
+function notice(message: string): void {
+  process.stderr.write(`excp: notice: ${message}\n`);
+}
+
 async function compressCommand(line: CommandLine): Promise<number> {
   const input = inputOf(line);
   const base = text(line, 'base');
   const paramMap = await paramMapOf(line);
+  const rank = num(line, 'rank');
+  const options = {
+    base, threads: num(line, 'threads'),
+    ...codecOptions(line),
+    onProgress: progress(!line.values.has('quiet'), 'compress'),
+    paramMap, rank, onNotice: notice,
+  };
+  if (rank !== undefined) {
+    // One rank of a distributed checkpoint: OUT is the step's per-rank folder.
+    const target = text(line, 'output');
+    if (input === undefined || target === undefined || target === '-') throw usage('compress', '--rank needs a DCP folder and -o OUT_DIR (the per-rank folder of the step)');
+    await compressRank(input, target, { ...options, rank, force: line.values.has('force') });
+    return EXIT.ok;
+  }
   await toOutput(text(line, 'output'), [input, base], line.values.has('force'), async (out) => {
-    await compressTo(input, out, {
-      base, threads: num(line, 'threads'),
-      ...codecOptions(line),
-      onProgress: progress(!line.values.has('quiet'), 'compress'),
-      paramMap,
-    });
+    await compressTo(input, out, options);
   });
   return EXIT.ok;
 }
@@ -80,7 +96,15 @@ async function restoreCommand(line: CommandLine): Promise<number> {
   const given = inputOf(line);
   const target = text(line, 'output');
   const base = text(line, 'base');
-  const options = { base, threads: num(line, 'threads'), onProgress: progress(!line.values.has('quiet'), 'restore') };
+  const rank = num(line, 'rank');
+  const options = { base, threads: num(line, 'threads'), onProgress: progress(!line.values.has('quiet'), 'restore'), rank };
+  if (given !== undefined && await isDirectory(given)) {
+    // A per-rank folder (excp compress --rank): every rank, or --rank R.
+    if (target === undefined || target === '-') throw usage('restore', 'a per-rank folder restores to a folder: -o DIR');
+    if (!await holdsRanks(given)) throw usage('restore', `${given} is a folder without ranks.json or rank-R.excp containers; restore a container file`);
+    await restoreRanks(given, target, { ...options, force: line.values.has('force') });
+    return EXIT.ok;
+  }
   if (target === undefined || target === '-') {
     await restoreTo(given, process.stdout, options);
     return EXIT.ok;

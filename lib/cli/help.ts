@@ -21,14 +21,17 @@ const DOCS: Record<Command, CommandDoc> = {
 NAME.exp_avg_sq) or a PyTorch / Hugging Face checkpoint folder; absent or
 '-': stdin (copied to a temporary file: the method reads a parameter and its
 moments together). BASE is the previous checkpoint as restored (a file, or
-the previous folder). OUT absent or '-': stdout.`,
+the previous folder). OUT absent or '-': stdout. A PyTorch distributed
+checkpoint folder (.metadata + __R_i.distcp) goes in whole, or with --rank R
+one rank's files into the per-rank folder OUT.`,
   },
   restore: {
     usage: 'excp restore [IN] [--base BASE] [-o OUT]',
     summary: 'restore a checkpoint from a container',
     details: `IN absent or '-': stdin. A container of a folder restores to -o DIR. The
 restored bytes are checked against the fingerprint recorded at compression
-before the output is put in place.`,
+before the output is put in place. IN may be a per-rank folder (compress
+--rank): every rank restores into -o DIR, or with --rank R that rank's files.`,
   },
   inspect: {
     usage: 'excp inspect IN [--json]',

@@ -120,6 +120,8 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: "the paper's choices: its weight rule (alpha 5e-5), 4 bits, pruned v restores as 0, linear v codebook" },
   { name: 'base', kind: 'string', value: 'BASE', commands: ['compress', 'restore', 'verify'],
     help: 'the previous (restored) checkpoint, file or folder; compress without it makes a keyframe' },
+  { name: 'rank', kind: 'integer', min: 0, max: 1_000_000, value: 'R', commands: ['compress', 'restore'],
+    help: "distributed checkpoints (DCP): only rank R's __R_*.distcp files; compress writes OUT/rank-R.excp (rank 0 also OUT/ranks.json), restore takes such a folder" },
   { name: 'param-map', kind: 'string', value: 'FILE', commands: CODING,
     help: 'checkpoint folders: a JSON list of parameter names in optimizer order' },
   { name: 'keyframe-every', kind: 'integer', min: 1, max: 1_000_000, default: 10, value: 'K', commands: ['chain'],

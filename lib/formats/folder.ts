@@ -330,8 +330,11 @@ function readAt(fd: number, offset: number, length: number): Uint8Array {
   return readExactlySync(fd, offset, length, 'folder');
 }
 
-/** Relative paths ('/'-separated) of every regular file under dir, sorted. */
-async function listFiles(dir: string): Promise<string[]> {
+/**
+ * Relative paths ('/'-separated) of every regular file under dir, sorted.
+ * @throws ExcpError ERR_IO (unreadable), ERR_INVALID_ARG (a symlink or other special file, a name with `\\` or NUL)
+ */
+export async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (rel: string): Promise<void> => {
     const entries = await readdir(join(dir, rel), { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => {

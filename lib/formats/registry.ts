@@ -3,19 +3,25 @@
  *
  * - input formats, each one adapter (a file of this folder) that opens a
  *   path as a format-neutral {@link Checkpoint}: a safetensors file
- *   (safetensors-file.ts), a Hugging Face / PyTorch checkpoint folder
+ *   (safetensors-file.ts), a PyTorch distributed checkpoint folder
+ *   (dcp/checkpoint.ts), a Hugging Face / PyTorch checkpoint folder
  *   (folder.ts);
  * - file kinds, each one file of this folder, that lay a file's tensors out
- *   and rebuild the file at restore: `safetensors`, `blob`, `torch`.
+ *   and rebuild the file at restore: `safetensors`, `blob`, `torch`,
+ *   `distcp` (dcp/distcp-kind.ts).
  *
  * A new input format is one adapter (and, when its files are of a new
  * shape, one file kind) added to the lists below; nothing else changes.
  */
+import { existsSync, readdirSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ExcpError } from '../core/errors.js';
 import { FileKinds } from '../container/kinds.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { blobKind } from './blob.js';
+import { DcpCheckpoint, METADATA_FILE } from './dcp/checkpoint.js';
+import { distcpKind } from './dcp/distcp-kind.js';
 import type { FileFormat } from './file-format.js';
 import { FolderCheckpoint } from './folder.js';
 import { SafetensorsFile, SafetensorsMemory } from './safetensors-file.js';
@@ -23,7 +29,7 @@ import { safetensorsKind } from './safetensors-kind.js';
 import { torchKind } from './torch-kind.js';
 
 /** Every file kind, by name. */
-const FORMATS: ReadonlyMap<string, FileFormat> = new Map([safetensorsKind, blobKind, torchKind].map((k) => [k.name, k]));
+const FORMATS: ReadonlyMap<string, FileFormat> = new Map([safetensorsKind, blobKind, torchKind, distcpKind].map((k) => [k.name, k]));
 
 /** The file kinds, as the container reads and writes them. */
 export const FILE_KINDS = new FileKinds([...FORMATS.values()]);
@@ -50,6 +56,8 @@ export interface OpenOptions {
   previous?: Checkpoint | null;
   /** Parameter names in optimizer order (settles a folder's parameter map). */
   paramMap?: readonly string[] | null;
+  /** A DCP folder: read only this rank's files (and the shared ones). */
+  rank?: number | null;
 }
 
 /** An input format: which paths it takes, and how it opens them. */
@@ -60,24 +68,47 @@ export interface InputFormat {
   open(path: string, options: OpenOptions): Promise<Checkpoint>;
 }
 
+/** A folder that holds `.metadata`, or whose sub-folder does (accelerate's `pytorch_model_fsdp_0/`, `optimizer_0/`). */
+function holdsDcpMetadata(dir: string): boolean {
+  if (existsSync(join(dir, METADATA_FILE))) return true;
+  try {
+    return readdirSync(dir, { withFileTypes: true }).some((e) => e.isDirectory() && existsSync(join(dir, e.name, METADATA_FILE)));
+  } catch {
+    return false;
+  }
+}
+
+const dcpFolder: InputFormat = {
+  name: 'distributed checkpoint folder',
+  accepts: (path, isFolder) => isFolder && holdsDcpMetadata(path),
+  open: (path, options) => DcpCheckpoint.open(path, { rank: options.rank ?? null }),
+};
+
+/** --rank is for DCP folders only. */
+function noRank(path: string, options: OpenOptions, what: string): void {
+  if (options.rank !== undefined && options.rank !== null) {
+    throw new ExcpError('ERR_USAGE', `${path}: --rank picks one rank's files of a PyTorch distributed checkpoint (a folder with .metadata); this is ${what}`);
+  }
+}
+
 const hfFolder: InputFormat = {
   name: 'checkpoint folder',
   accepts: (_path, isFolder) => isFolder,
-  open: (path, options) => FolderCheckpoint.open(path, {
+  open: (path, options) => (noRank(path, options, 'a checkpoint folder without .metadata'), FolderCheckpoint.open(path, {
     mapMoments: options.role === 'current',
     previous: options.previous instanceof FolderCheckpoint ? options.previous : null,
     explicit: options.paramMap ?? null,
-  }),
+  })),
 };
 
 const safetensorsFile: InputFormat = {
   name: 'safetensors file',
   accepts: (_path, isFolder) => !isFolder,
-  open: (path) => SafetensorsFile.open(path),
+  open: (path, options) => (noRank(path, options, 'a file'), SafetensorsFile.open(path)),
 };
 
 /** Input formats, the first that accepts a path opens it. */
-const INPUTS: readonly InputFormat[] = [hfFolder, safetensorsFile];
+const INPUTS: readonly InputFormat[] = [dcpFolder, hfFolder, safetensorsFile];
 
 /**
  * Open a checkpoint of any input format.

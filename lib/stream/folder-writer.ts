@@ -58,17 +58,21 @@ export class FolderWriter extends Writable {
   private restoredBytes = 0;
   private totalBytes = 0;
   private readonly onProgress: ((done: number, total: number) => void) | undefined;
+  private readonly skip: ReadonlySet<string>;
 
   /**
    * @param temp an empty folder the files are written into; null only checks the fingerprints (excp verify)
    * @param onProgress called with tensor bytes restored so far and in all
    * @param file an open regular file to restore a single-file container into (then `temp` is null)
+   * @param skip paths of files not to write (restored and checked all the same): a distributed
+   *   checkpoint's `.metadata`, which every rank's container holds, is written once
    */
-  constructor(temp: string | null, onProgress?: (done: number, total: number) => void, file?: number) {
+  constructor(temp: string | null, onProgress?: (done: number, total: number) => void, file?: number, skip: ReadonlySet<string> = new Set()) {
     super({ objectMode: true, highWaterMark: 2 });
     this.temp = temp;
     this.onProgress = onProgress;
     this.file = file;
+    this.skip = skip;
   }
 
   override _write(event: RestoredEvent, _enc: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -98,6 +102,7 @@ export class FolderWriter extends Writable {
     // verify only: the header was validated when read, the fingerprints are checked at the end
     if (this.temp === null && this.file === undefined) return;
     for (const f of header.files) {
+      if (f.path !== null && this.skip.has(f.path)) continue;
       const placement = fileFormat(f.kind).place(f, header.tensors);
       let fd: number;
       if (this.file !== undefined) {
