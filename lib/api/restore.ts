@@ -22,11 +22,13 @@ export interface RestoreOptions {
   base?: string | Uint8Array | undefined;
   threads?: number | undefined;
   onProgress?: ((done: number, total: number) => void) | undefined;
+  /** Folder for what waits when the base is a stream (a FIFO): its tensors read out of order. */
+  tmp?: string | undefined;
 }
 
 /** The base opened as a base (a folder's moments stay unnamed: only its weights and files are used). */
 function openBase(options: RestoreOptions): Promise<Checkpoint | null> {
-  return options.base !== undefined ? openCheckpoint(options.base, { role: 'base' }) : Promise.resolve(null);
+  return options.base !== undefined ? openCheckpoint(options.base, { role: 'base', spill: { dir: options.tmp, stage: 'restore' } }) : Promise.resolve(null);
 }
 
 /**

@@ -16,6 +16,11 @@ import { type CommandLine, usage } from './args.js';
 import { EXIT } from './exit.js';
 import { printOut, progress, toOutput } from './io.js';
 
+/** A notice or warning of the library: one line on stderr. */
+export function notice(message: string): void {
+  process.stderr.write(`excp: ${message}\n`);
+}
+
 /** A flag's string value. */
 export function text(line: CommandLine, name: string): string | undefined {
   const v = line.values.get(name);
@@ -71,6 +76,9 @@ async function compressCommand(line: CommandLine): Promise<number> {
       ...codecOptions(line),
       onProgress: progress(!line.values.has('quiet'), 'compress'),
       paramMap,
+      tmp: text(line, 'tmp'),
+      baseCheck: line.values.has('force') ? 'warn' : 'refuse',
+      onNotice: notice,
     });
   });
   return EXIT.ok;

@@ -28,6 +28,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
+import { MAX_TENSORS } from '../core/constants.js';
 import { type ParamMapping, mapParams } from './torch/param-map.js';
 import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
@@ -108,6 +109,7 @@ export class FolderCheckpoint implements Checkpoint {
       let virtual = 0;
       const add = (name: string, dtype: DType, shape: number[], source: Source): void => {
         if (sources.has(name)) throw new ExcpError('ERR_BAD_HEADER', `folder: ${dir}: tensor name '${name}' occurs twice`);
+        if (tensors.length >= MAX_TENSORS) throw new ExcpError('ERR_HEADER_TOO_LARGE', `folder: ${dir} holds more than ${MAX_TENSORS} tensors and files, the most excp reads (its memory grows with the count, about 2 KB a tensor)`);
         const bytes = elementCount(shape, `folder: tensor '${name}'`) * DTYPE_BYTES[dtype];
         tensors.push({ name, dtype, shape, begin: virtual, end: virtual + bytes });
         virtual += bytes;
