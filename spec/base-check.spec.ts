@@ -51,7 +51,7 @@ describe('base check', () => {
   it('skips non-finite values and tensors too small to say anything; nothing measured is plausible', () => {
     const check = new BaseCheck();
     check.add('tiny', 8, Float32Array.of(1, 2, 3, 4, 5, 6, 7, 8), Float32Array.of(-1, -2, -3, -4, -5, -6, -7, -8));
-    assert.deepEqual(check.verdict(), { cosine: null, tensors: 0, elements: 0, plausible: true });
+    assert.deepEqual(check.verdict(), { cosine: null, tensors: 0, elements: 0, plausible: true, identical: false });
     const w = new Float32Array(100).fill(1);
     const b = new Float32Array(100).fill(1);
     w[3] = NaN;

@@ -7,17 +7,20 @@
 import { Duplex, PassThrough, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { concatBytes } from '../core/bytes.js';
-import { DTYPE_BYTES, toFloat32 } from '../core/dtype.js';
+import { DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from '../core/dtype.js';
+import { ExcpError } from '../core/errors.js';
 import { type CodecOptions, type LooseOptions, resolveOptions } from '../core/options.js';
 import type { SpillOptions } from '../io/spill.js';
-import { BaseCheck, implausibleBase } from '../method/base-check.js';
-import type { Checkpoint, ContainerHeader } from '../model/checkpoint.js';
+import { BaseCheck, type BaseVerdict, implausibleBase, unrelatedBase } from '../method/base-check.js';
+import type { Checkpoint, ContainerHeader, TensorInfo } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
 import { planHeader, streamReadOrder } from '../model/plan.js';
-import { openCheckpoint } from '../formats/registry.js';
+import { FILE_PREFIX, STATE_PREFIX } from '../formats/folder.js';
+import { isDirectory, openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
 import { SafetensorsStream } from '../formats/safetensors-stream.js';
 import { ChunkEncoder } from '../stream/codec.js';
+import { checkpointNotices } from './notices.js';
 import { ContainerWriter, type TensorHashes } from '../stream/container.js';
 import { RecordReorder } from '../stream/reorder.js';
 import { type ChunkJob, ChunkSource } from '../stream/source.js';
@@ -51,6 +54,8 @@ export interface CompressOptions extends LooseOptions {
   baseCheck?: BaseCheckMode | undefined;
   /** One line about something the user should know (a base check warning, what a folder holds). */
   onNotice?: ((message: string) => void) | undefined;
+  /** compressTo: called at the end with the sizes in and out. */
+  onStats?: ((stats: CompressStats) => void) | undefined;
 }
 
 /**
@@ -142,28 +147,59 @@ function judge(check: BaseCheck, baseName: string, mode: BaseCheckMode, onNotice
 const SAMPLE_RUNS = 4;
 const SAMPLE_RUN = 4096;
 
+/** The weights the base check looks at in a planned checkpoint: those of its parameters (coded lossy against a base when the base has them). */
+function paramWeights(header: ContainerHeader): TensorInfo[] {
+  if (header.options.lossless) return [];
+  return header.entries.filter((e) => e.kind === 'param').map((e) => header.tensors[e.weight]!).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, begin: 0, end: 0 }));
+}
+
+/** The weights of a checkpoint folder opened without its moments named: its float model tensors. */
+function folderWeights(folder: Checkpoint): TensorInfo[] {
+  return folder.tensors.filter((t) => LOSSY_DTYPES.has(t.dtype) && !t.name.startsWith(FILE_PREFIX) && !t.name.startsWith(STATE_PREFIX));
+}
+
 /**
  * The base check of two checkpoints read by random access, before anything
- * is coded: a few runs of each lossy residual's weight and base.
+ * is coded: does the base hold the checkpoint's weights (same name, dtype
+ * and shape), and do they point the same way (a few runs of each)?
+ * @param weights the checkpoint's weights to look at
+ * @returns what was found: the caller says (or refuses) what a base that shares no weight means
  * @throws ExcpError ERR_BASE_IMPLAUSIBLE in 'refuse' mode
  */
-async function checkBase(current: Checkpoint, base: Checkpoint, options: CodecOptions, mode: BaseCheckMode, onNotice?: (message: string) => void): Promise<void> {
-  const header = planFor(current, base, options);
+async function checkBase(current: Checkpoint, base: Checkpoint, weights: readonly TensorInfo[], mode: BaseCheckMode, onNotice?: (message: string) => void): Promise<BaseFindings> {
   const check = new BaseCheck();
-  for (const i of checkedEntries(header)) {
-    const e = header.entries[i]!;
-    const t = header.tensors[e.weight]!;
+  let shared = 0;
+  let example: { name: string; here: string; there: string | null } | null = null;
+  const describe = (t: TensorInfo): string => `${t.dtype} [${t.shape.join(', ')}]`;
+  for (const w of weights) {
+    const t = current.byName.get(w.name)!;
+    const b = base.byName.get(t.name);
+    if (!b || b.dtype !== t.dtype || b.shape.join() !== t.shape.join()) {
+      example ??= { name: t.name, here: describe(t), there: b ? describe(b) : null };
+      continue;
+    }
+    shared++;
     const eb = DTYPE_BYTES[t.dtype];
-    const runs = Math.min(SAMPLE_RUNS, Math.ceil(e.elements / SAMPLE_RUN));
+    const elements = (t.end - t.begin) / eb;
+    const runs = Math.min(SAMPLE_RUNS, Math.ceil(elements / SAMPLE_RUN));
     for (let r = 0; r < runs; r++) {
-      const start = Math.floor(((e.elements - Math.min(SAMPLE_RUN, e.elements)) * r) / Math.max(1, runs - 1));
-      const end = Math.min(e.elements, start + SAMPLE_RUN);
-      const w = await current.tensorBytes(current.byName.get(t.name)!, start * eb, end * eb);
-      const b = await base.tensorBytes(base.byName.get(t.name)!, start * eb, end * eb);
-      check.add(t.name, e.elements, toFloat32(w, t.dtype), toFloat32(b, t.dtype));
+      const start = Math.floor(((elements - Math.min(SAMPLE_RUN, elements)) * r) / Math.max(1, runs - 1));
+      const end = Math.min(elements, start + SAMPLE_RUN);
+      const wb = await current.tensorBytes(t, start * eb, end * eb);
+      const bb = await base.tensorBytes(b, start * eb, end * eb);
+      check.add(t.name, elements, toFloat32(wb, t.dtype), toFloat32(bb, t.dtype));
     }
   }
   judge(check, base.path, mode, onNotice);
+  return { ...check.verdict(), unrelated: shared === 0 && example ? unrelatedBase(base.path, weights.length, example) : null };
+}
+
+/** What checkBase found: the verdict, and the error for a base that shares no weight with the checkpoint. */
+type BaseFindings = BaseVerdict & { unrelated: ExcpError | null };
+
+/** A base that shares no weight is no residual's base: the checkpoint is coded as a keyframe would be. Say so. */
+function noticeUnrelated(findings: BaseFindings, onNotice?: (message: string) => void): void {
+  if (findings.unrelated) onNotice?.(`notice: ${findings.unrelated.message.replace(/^compress: /, '').replace(/\. Check --base, or give --force.*$/, '')}: the checkpoint is coded as a keyframe (exactly), as without --base`);
 }
 
 /**
@@ -171,23 +207,50 @@ async function checkBase(current: Checkpoint, base: Checkpoint, options: CodecOp
  * stream is read once, forward: a tensor that comes before its partners
  * waits (in memory, then in a temporary file in `tmp`) until they come.
  */
-async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions): AsyncGenerator<Uint8Array> {
+async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions, stats?: CompressStats): AsyncGenerator<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
   const spill: SpillOptions = { dir: options.tmp, stage: 'compress', memoryBytes: STREAM_MEMORY_BYTES };
   let base: Checkpoint | null = null;
   let current: Checkpoint | null = null;
   try {
     base = options.base !== undefined ? await openCheckpoint(options.base, { role: 'base', spill }) : null;
-    current = typeof input === 'string'
-      ? await openCheckpoint(input, { role: 'current', previous: base, paramMap: options.paramMap ?? null, spill, onNotice: options.onNotice })
-      : await SafetensorsStream.open(input, 'stdin', spill);
     const mode = options.baseCheck ?? 'refuse';
-    if (base && !current.sequential && !base.sequential && mode !== 'off') await checkBase(current, base, codec, mode, options.onNotice);
+    const checked = base !== null && !base.sequential && mode !== 'off' && !codec.lossless;
+    // A folder's moments are matched to its parameters through the base's weights: look at the base first.
+    let folderVerdict: BaseFindings | null = null;
+    if (checked && typeof input === 'string' && (await isDirectory(input))) {
+      const weightsOnly = await openCheckpoint(input, { role: 'base' });
+      try {
+        folderVerdict = await checkBase(weightsOnly, base!, folderWeights(weightsOnly), mode, options.onNotice);
+      } finally {
+        await weightsOnly.close();
+      }
+    }
+    current = typeof input === 'string'
+      ? await openCheckpoint(input, { role: 'current', previous: base, paramMap: options.paramMap ?? null, spill, onNotice: options.onNotice }).catch((e: unknown) => {
+        // The param map needs W - W_base: say what is wrong with the base, in one line.
+        if (e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && folderVerdict?.unrelated) throw new ExcpError('ERR_BASE_IMPLAUSIBLE', folderVerdict.unrelated.message.replace(/\. Check --base.*$/, '; the optimizer\'s moments are matched to parameters by how the weights changed since the base: give the previous checkpoint as --base, or --param-map FILE'), { cause: e });
+        if (e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && folderVerdict?.identical) {
+          throw new ExcpError('ERR_BASE_IMPLAUSIBLE', `compress: ${base!.path} holds the same weights as ${input} (the same checkpoint?): the optimizer's moments are matched to parameters by how the weights changed since the base; give the previous checkpoint as --base, or --param-map FILE`, { cause: e });
+        }
+        throw e;
+      })
+      : await SafetensorsStream.open(input, 'stdin', spill);
+    if (folderVerdict) noticeUnrelated(folderVerdict, options.onNotice);
+    if (options.onNotice) for (const line of await checkpointNotices(current, planFor(current, base, codec))) options.onNotice(line);
+    if (checked && !folderVerdict && !current.sequential) noticeUnrelated(await checkBase(current, base!, paramWeights(planFor(current, base, codec)), mode, options.onNotice), options.onNotice);
     const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes,
       { baseCheck: mode, onNotice: options.onNotice, spill });
-    for await (const chunk of stream) yield chunk as Uint8Array;
+    if (stats) stats.inputBytes = current.dataLength + current.files.reduce((n, f) => n + (f.layout instanceof Uint8Array ? f.layout.length : 0), 0);
+    for await (const chunk of stream) {
+      if (stats) stats.outputBytes += (chunk as Uint8Array).length;
+      yield chunk as Uint8Array;
+    }
     await done;
-    if (current instanceof SafetensorsStream) await current.end();
+    if (current instanceof SafetensorsStream) {
+      await current.end();
+      if (stats) stats.spilledBytes = current.spilledBytes;
+    }
   } finally {
     await current?.close();
     await base?.close();
@@ -195,7 +258,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, baseCheck: _c, onNotice: _n, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, baseCheck: _c, onNotice: _n, onStats: _s, ...rest } = o;
   return rest;
 }
 
@@ -224,7 +287,7 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
   const cur = new SafetensorsMemory(current, '<current>');
   const b = base ? new SafetensorsMemory(base, '<base>') : null;
   const mode = options.baseCheck ?? 'refuse';
-  if (b && mode !== 'off') await checkBase(cur, b, codec, mode, options.onNotice);
+  if (b && mode !== 'off') noticeUnrelated(await checkBase(cur, b, paramWeights(planFor(cur, b, codec)), mode, options.onNotice), options.onNotice);
   const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0, options.onProgress, options.tensorHashes);
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c as Uint8Array);
@@ -232,12 +295,24 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
   return concatBytes(parts);
 }
 
+/** What a compress did. */
+export interface CompressStats {
+  /** Bytes of the checkpoint: its tensors and files, and the safetensors headers. */
+  inputBytes: number;
+  /** Bytes of the container. */
+  outputBytes: number;
+  /** Bytes of a streamed checkpoint that waited on disk for their partners. */
+  spilledBytes: number;
+}
+
 /**
  * Compress a file (or stdin when input is undefined) into a writable.
- * @param input checkpoint path (file or folder), or undefined for stdin
+ * @param input checkpoint path (file, folder or FIFO), or undefined for stdin
  * @param out where the container bytes go (not ended)
  * @param options method options, base, threads, progress
  */
 export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {
-  await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options)), out, { end: false });
+  const stats: CompressStats = { inputBytes: 0, outputBytes: 0, spilledBytes: 0 };
+  await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options, stats)), out, { end: false });
+  options.onStats?.(stats);
 }

@@ -24,16 +24,19 @@ moments together). BASE is the previous checkpoint as restored (a file, or
 the previous folder). OUT absent or '-': stdout.`,
   },
   restore: {
-    usage: 'excp restore [IN] [--base BASE] [-o OUT]',
+    usage: 'excp restore [IN] [--base BASE] [-o OUT] [--tensor NAME]... [--with-moments]',
     summary: 'restore a checkpoint from a container',
-    details: `IN absent or '-': stdin. A container of a folder restores to -o DIR. The
-restored bytes are checked against the fingerprint recorded at compression
-before the output is put in place.`,
+    details: `IN absent or '-': stdin (or a pipe). A container of a folder restores to
+-o DIR. The restored bytes are checked against the fingerprint recorded at
+compression before the output is put in place. With --tensor, only the
+tensors named are restored, into a safetensors file, by reading only their
+records (IN must then be a file); each is checked against its hash when
+the container keeps per-tensor hashes.`,
   },
   inspect: {
-    usage: 'excp inspect IN [--json]',
+    usage: 'excp inspect IN [--json | --names]',
     summary: 'what a container holds: per entry, kept shares, bits per parameter, ratio',
-    details: 'Reads the header and the footer only.',
+    details: 'Reads the header and the footer only. --names lists every tensor, one a line.',
   },
   verify: {
     usage: 'excp verify IN [--base BASE]',
@@ -41,10 +44,11 @@ before the output is put in place.`,
     details: '',
   },
   compare: {
-    usage: 'excp compare A B [--json] [--top N] [--max-error E]',
+    usage: 'excp compare A B [--json] [--top N] [--max-error E] [--max-weight-error E] [--max-moment-error E] [--max-step-error E]',
     summary: 'per-tensor error of a restored checkpoint B against the original A (files or folders)',
     details: `Prints the relative error ||a-b|| / ||a|| of the weights, of exp_avg and of
-exp_avg_sq, of Adam's first step after resuming, and the most changed tensors.`,
+exp_avg_sq, of Adam's first step after resuming, and the most changed tensors
+(with the file of a folder that holds each).`,
   },
   chain: {
     usage: 'excp chain CHAIN_DIR CKPT... [--keyframe-every K] [options]',
@@ -87,6 +91,7 @@ function optionLines(command: Command): string[] {
     if (o.kind !== 'flag' && o.kind !== 'string') extras.push(describeRange(o));
     if (o.default !== undefined && o.kind !== 'flag') extras.push(`default ${formatDefault(o.default)}`);
     if (o.conflicts?.length) extras.push(`not with ${o.conflicts.map((c) => `--${c}`).join(', ')}`);
+    if (o.repeatable) extras.push('repeatable');
     return `  ${flagText(o).padEnd(width)}${o.help}${extras.length ? ` (${extras.join('; ')})` : ''}`;
   });
 }
@@ -96,7 +101,7 @@ const EXIT_LINES = [
   `  ${EXIT.ok}    success`,
   `  ${EXIT.error}    failure: bad or corrupt input, a wrong base, an I/O error (one line on stderr)`,
   `  ${EXIT.usage}    bad usage: an unknown command or option, a bad option value`,
-  `  ${EXIT.differs}    compare: a tensor's error is above --max-error`,
+  `  ${EXIT.differs}    compare: an error is above --max-error, --max-weight-error, --max-moment-error or --max-step-error`,
   `  ${EXIT.brokenPipe}  the reader of stdout went away before the output was complete (as a program killed by SIGPIPE)`,
 ];
 

@@ -160,6 +160,11 @@ export class HasherList {
     h.update(bytes);
   }
 
+  /** Take hasher i of another list (its state, not a copy). */
+  adopt(from: HasherList, i: number): void {
+    this.hashers[i] = from.hashers[i];
+  }
+
   /** Every digest, in order. */
   digests(): string[] {
     HasherList.empty ??= new Hasher().digest();

@@ -69,6 +69,8 @@ export interface OptionSpec {
   readonly commands: readonly Command[];
   /** Flags it cannot be given with (by name). */
   readonly conflicts?: readonly string[];
+  /** May be given more than once (a string option: its values are collected in order). */
+  readonly repeatable?: boolean;
   readonly help: string;
 }
 
@@ -114,10 +116,21 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: "output file or folder ('-' = stdout); written atomically" },
   { name: 'force', short: 'f', kind: 'flag', commands: ['compress', 'restore', 'chain restore'],
     help: 'overwrite an existing output; compress: also go on (with a warning) against a base that does not look like an earlier checkpoint of the run' },
+  { name: 'tensor', kind: 'string', value: 'NAME', repeatable: true, commands: ['restore'],
+    help: 'restore only this tensor (repeat for more; excp inspect --names lists them) into a safetensors file, reading only its records' },
+  { name: 'with-moments', kind: 'flag', commands: ['restore'],
+    help: "with --tensor: also restore each weight's exp_avg and exp_avg_sq" },
   { name: 'json', kind: 'flag', commands: ['inspect', 'compare', 'chain ls'], help: 'print JSON' },
+  { name: 'names', kind: 'flag', commands: ['inspect'], help: 'print the tensor names, one a line (what restore --tensor takes)', conflicts: ['json'] },
   { name: 'top', kind: 'integer', min: 0, max: 1_000_000, default: 10, value: 'N', commands: ['compare'], help: 'list the N most changed tensors' },
   { name: 'max-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
-    help: "exit 3 when a tensor's relative error ||a-b|| / ||a|| exceeds E" },
+    help: "exit 3 when any tensor's relative error ||a-b|| / ||a|| exceeds E (a tensor that is not float: when it differs)" },
+  { name: 'max-weight-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when a weight's relative error exceeds E" },
+  { name: 'max-moment-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when an exp_avg's or exp_avg_sq's relative error exceeds E (by design 65-95% after a lossy compress)" },
+  { name: 'max-step-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when the relative error of a parameter's first Adam step m/(sqrt(v)+eps) exceeds E" },
   { name: 'threads', kind: 'integer', min: 0, max: 4096, value: 'N', commands: THREADED,
     help: 'worker threads (default: all cores, or none for a small checkpoint, where starting workers costs more than it saves)' },
   { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line' },

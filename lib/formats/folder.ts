@@ -68,6 +68,14 @@ export interface FolderOpenOptions {
   previous?: FolderCheckpoint | null;
   /** Parameter names in optimizer order (overrides inference). */
   explicit?: readonly string[] | null;
+  /**
+   * One line about what was found that the method cannot use (the CLI
+   * prints it on stderr). The folder-level notices (an empty folder, no
+   * optimizer.pt, an old pickle optimizer.pt, DeepSpeed and FSDP layouts)
+   * are made by lib/api/notices.ts from the opened folder; this is for what
+   * only the reader sees.
+   */
+  onNotice?: ((message: string) => void) | undefined;
 }
 
 /** A checkpoint folder as a {@link Checkpoint} over its virtual tensor table. */

@@ -74,6 +74,7 @@ const hfFolder: InputFormat = {
     mapMoments: options.role === 'current',
     previous: options.previous instanceof FolderCheckpoint ? options.previous : null,
     explicit: options.paramMap ?? null,
+    onNotice: options.onNotice,
   }),
 };
 

@@ -38,6 +38,9 @@ interface TensorSums {
   wb: number;
   ww: number;
   bb: number;
+  /** Values compared, and how many differed. */
+  compared: number;
+  differing: number;
 }
 
 /** What the check found. */
@@ -50,6 +53,8 @@ export interface BaseVerdict {
   elements: number;
   /** True when the base looks like an earlier checkpoint of this run (or nothing was measured). */
   plausible: boolean;
+  /** Every value compared was equal: the base holds the same weights (the same checkpoint?). */
+  identical: boolean;
 }
 
 /** Running sums of the base check, fed with (samples of) weight and base values. */
@@ -66,10 +71,12 @@ export class BaseCheck {
   add(name: string, elements: number, w: Float32Array, b: Float32Array): void {
     if (elements < MIN_TENSOR_ELEMENTS) return;
     let s = this.sums.get(name);
-    if (!s) this.sums.set(name, (s = { elements, wb: 0, ww: 0, bb: 0 }));
+    if (!s) this.sums.set(name, (s = { elements, wb: 0, ww: 0, bb: 0, compared: 0, differing: 0 }));
     let wb = 0;
     let ww = 0;
     let bb = 0;
+    let compared = 0;
+    let differing = 0;
     for (let i = 0; i < w.length; i++) {
       const x = w[i]!;
       const y = b[i]!;
@@ -78,10 +85,14 @@ export class BaseCheck {
       wb += x * y;
       ww += x * x;
       bb += y * y;
+      compared++;
+      if (x !== y) differing++;
     }
     s.wb += wb;
     s.ww += ww;
     s.bb += bb;
+    s.compared += compared;
+    s.differing += differing;
   }
 
   /** The verdict over what was added. */
@@ -89,14 +100,18 @@ export class BaseCheck {
     let weighted = 0;
     let elements = 0;
     let tensors = 0;
+    let compared = 0;
+    let differing = 0;
     for (const s of this.sums.values()) {
+      compared += s.compared;
+      differing += s.differing;
       if (!(s.ww > 0 && s.bb > 0)) continue;
       weighted += s.elements * (s.wb / Math.sqrt(s.ww * s.bb));
       elements += s.elements;
       tensors++;
     }
     const cosine = elements > 0 ? weighted / elements : null;
-    return { cosine, tensors, elements, plausible: cosine === null || cosine >= MIN_BASE_COSINE };
+    return { cosine, tensors, elements, plausible: cosine === null || cosine >= MIN_BASE_COSINE, identical: compared > 0 && differing === 0 };
   }
 }
 
@@ -110,4 +125,18 @@ export function implausibleBase(verdict: BaseVerdict, base: string): ExcpError {
   const cos = verdict.cosine === null ? '-' : verdict.cosine.toFixed(3);
   return new ExcpError('ERR_BASE_IMPLAUSIBLE',
     `compress: ${base} does not look like an earlier checkpoint of this run: its weights point elsewhere (mean cosine of W and W_base ${cos} over ${verdict.tensors} tensors, ${verdict.elements} weights; an earlier checkpoint of the same run has ${MIN_BASE_COSINE} or more, see README "Wrong base"). Check --base, or give --force to compress against it anyway`);
+}
+
+/**
+ * The error for a base that shares no weight with the checkpoint (every
+ * residual would be coded as a keyframe, or a folder's moments cannot be
+ * matched to its parameters).
+ * @param base the base's name
+ * @param weights the checkpoint's weights looked for
+ * @param example one weight as the checkpoint and the base have it (or null when the base lacks the name)
+ */
+export function unrelatedBase(base: string, weights: number, example: { name: string; here: string; there: string | null }): ExcpError {
+  const there = example.there === null ? 'the base has no such tensor' : `the base has ${example.there}`;
+  return new ExcpError('ERR_BASE_IMPLAUSIBLE',
+    `compress: ${base} does not look like an earlier checkpoint of this run: none of the checkpoint's ${weights} weights is in it with the same name, dtype and shape ('${example.name}' is ${example.here}, ${there}). Check --base, or give --force to compress against it anyway`);
 }
