@@ -19,9 +19,12 @@ const DOCS: Record<Command, CommandDoc> = {
     summary: 'compress a checkpoint, as a residual against BASE or as a keyframe',
     details: `IN is a safetensors file (each parameter NAME with NAME.exp_avg and
 NAME.exp_avg_sq) or a PyTorch / Hugging Face checkpoint folder; absent or
-'-': stdin (copied to a temporary file: the method reads a parameter and its
-moments together). BASE is the previous checkpoint as restored (a file, or
-the previous folder). OUT absent or '-': stdout.`,
+'-': stdin. A pipe (stdin, a FIFO, <(...)) is read once: a tensor that comes
+before its partners waits in memory (64 MiB), then in --tmp DIR. BASE is the
+previous checkpoint as restored (a file, or the previous folder); a base
+that is not an earlier checkpoint of the same run (the cosine of W and
+W_base below 0.2) is refused unless --force. OUT absent or '-': stdout (not
+a terminal unless -o -); on a terminal, a summary line goes to stderr.`,
   },
   restore: {
     usage: 'excp restore [IN] [--base BASE] [-o OUT] [--tensor NAME]... [--with-moments]',

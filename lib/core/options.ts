@@ -133,7 +133,7 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: "exit 3 when the relative error of a parameter's first Adam step m/(sqrt(v)+eps) exceeds E" },
   { name: 'threads', kind: 'integer', min: 0, max: 4096, value: 'N', commands: THREADED,
     help: 'worker threads (default: all cores, or none for a small checkpoint, where starting workers costs more than it saves)' },
-  { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line' },
+  { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line (and no summary line after compress)' },
   { name: 'debug', kind: 'flag', commands: COMMANDS, help: 'print the stack trace of an error' },
   { name: 'help', short: 'h', kind: 'flag', commands: COMMANDS, help: 'this help' },
 ] satisfies OptionSpec[]);

@@ -13,7 +13,7 @@ import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint
 import { type SafetensorsHeader, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
 
 /** The one file of a safetensors checkpoint: its header bytes are its kind's layout. */
-function fileOf(header: SafetensorsHeader): CheckpointFile[] {
+export function fileOf(header: SafetensorsHeader): CheckpointFile[] {
   return [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
 }
 

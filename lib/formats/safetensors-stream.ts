@@ -19,6 +19,7 @@ import { ExcpError } from '../core/errors.js';
 import { type SpillOptions, SpillStore } from '../io/spill.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { type SafetensorsHeader, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
+import { fileOf } from './safetensors-file.js';
 
 /** Bytes a waiting tensor is cut into in the store (the unit that is freed once read). */
 const SEGMENT_BYTES = 1 << 20;
@@ -97,7 +98,7 @@ export class SafetensorsStream implements Checkpoint {
     this.bytes = bytes;
     this.store = store;
     this.byName = new Map(header.tensors.map((t) => [t.name, t]));
-    this.files = [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
+    this.files = fileOf(header);
   }
 
   /**
