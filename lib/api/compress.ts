@@ -15,7 +15,7 @@ import { BaseCheck, type BaseVerdict, implausibleBase, unrelatedBase } from '../
 import type { Checkpoint, ContainerHeader, TensorInfo } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
 import { planHeader, streamReadOrder } from '../model/plan.js';
-import { FILE_PREFIX, STATE_PREFIX } from '../formats/folder.js';
+import { FILE_PREFIX, OPTIMIZER_FILE, STATE_PREFIX } from '../formats/folder.js';
 import { isDirectory, openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
 import { SafetensorsStream } from '../formats/safetensors-stream.js';
@@ -221,7 +221,9 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
     if (checked && typeof input === 'string' && (await isDirectory(input))) {
       const weightsOnly = await openCheckpoint(input, { role: 'base' });
       try {
-        folderVerdict = await checkBase(weightsOnly, base!, folderWeights(weightsOnly), mode, options.onNotice);
+        // Without Adam state every tensor is coded exactly, whatever the base.
+        const moments = weightsOnly.files.some((f) => f.path === OPTIMIZER_FILE && f.kind !== 'blob');
+        if (moments) folderVerdict = await checkBase(weightsOnly, base!, folderWeights(weightsOnly), mode, options.onNotice);
       } finally {
         await weightsOnly.close();
       }
