@@ -42,6 +42,8 @@ import { readContainerFile } from '../lib/api/open.js';
 import { compressBuffer } from '../lib/api/compress.js';
 import { restore, restoreBuffer } from '../lib/api/restore.js';
 import { dcpCase, dcpCorpus, mutateDcp } from './fuzz-dcp.js';
+import { restoreTensors } from '../lib/api/extract.js';
+import { SafetensorsStream } from '../lib/formats/safetensors-stream.js';
 
 /** Values a length or offset field is set to. */
 export const EXTREMES_U32 = [0, 1, 2, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
@@ -256,6 +258,31 @@ export async function safetensorsCase(bytes: Uint8Array, dir: string | null, cas
     b = codeOfError(e, 'SafetensorsMemory');
   }
   if (describeOutcome(a) !== describeOutcome(b)) throw new FuzzFailure(`parseSafetensors gave ${describeOutcome(a)}, SafetensorsMemory ${describeOutcome(b)}`);
+  // The same bytes as a stream (stdin, a FIFO): read once, in pieces, its
+  // tensors asked for in a shuffled order. It never knows the file's size, so
+  // an error may carry another code; but it must fail exactly when the file
+  // reader fails, and otherwise give the same bytes.
+  const order = new Prng(bytes.length).int(3);
+  let s: Outcome;
+  try {
+    const stream = await SafetensorsStream.open(Readable.from(piecesOf(bytes, 1 + (bytes.length % 97))), 'stdin', { memoryBytes: order === 0 ? 0 : 1 << 20, dir: tmpdir() });
+    try {
+      const tensors = [...stream.header.tensors];
+      if (order === 1) tensors.reverse();
+      for (const t of tensors) {
+        const data = await stream.tensorBytes(t, 0, t.end - t.begin);
+        const want = bytes.subarray(stream.header.dataOffset + t.begin, stream.header.dataOffset + t.end);
+        if (Buffer.compare(Buffer.from(data), Buffer.from(want)) !== 0) throw new FuzzFailure(`SafetensorsStream read wrong bytes for ${t.name}`);
+      }
+      await stream.end();
+      s = { ok: true, digest: JSON.stringify(stream.header.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin, t.end])) + JSON.stringify(stream.header.metadata ?? {}) };
+    } finally {
+      await stream.close();
+    }
+  } catch (e) {
+    s = codeOfError(e, 'SafetensorsStream');
+  }
+  if (('ok' in s) !== ('ok' in b) || ('ok' in s && describeOutcome(s) !== describeOutcome(b))) throw new FuzzFailure(`SafetensorsMemory gave ${describeOutcome(b)}, SafetensorsStream ${describeOutcome(s)}`);
   if (dir) {
     const path = join(dir, `${caseId}.safetensors`);
     writeFileSync(path, bytes);
@@ -279,6 +306,13 @@ export async function safetensorsCase(bytes: Uint8Array, dir: string | null, cas
     if (describeOutcome(a) !== describeOutcome(c)) throw new FuzzFailure(`parseSafetensors gave ${describeOutcome(a)}, SafetensorsFile ${describeOutcome(c)}`);
   }
   return 'code' in a ? a.code : 'ok';
+}
+
+/** Bytes in pieces of `size`. */
+function piecesOf(bytes: Uint8Array, size: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < bytes.length; i += size) out.push(bytes.subarray(i, i + size));
+  return out;
 }
 
 /** A mutated safetensors file for case `index` of run `seed`. */
@@ -604,6 +638,26 @@ export async function containerCase(sample: ContainerSample, bytes: Uint8Array, 
       if (sample.base) {
         basePath = join(dir, `${caseId}.base.safetensors`);
         writeFileSync(basePath, sample.base);
+      }
+      // Random access to one tensor (restore --tensor): an ExcpError, or that
+      // tensor's bytes in the clean restore (re-sealed headers and footers
+      // may rename or reshape; without per-tensor hashes only the CRCs guard).
+      const clean = parseSafetensors(sample.restored).tensors;
+      const pick = clean[rng.int(clean.length)];
+      if (pick) {
+        const parts: Uint8Array[] = [];
+        const sink = new Writable({
+          write(chunk: Uint8Array, _e, cb) {
+            parts.push(chunk);
+            cb();
+          },
+        });
+        const one = await restoreTensors(path, [pick.name], sink, { base: sample.base }).then(() => 'ok', (e: unknown) => codeOfError(e, 'restoreTensors').code);
+        const sealed = kind === 'header-json' || kind === 'footer-json' || kind === 'v2-body';
+        if (one === 'ok' && !sealed) {
+          const got = parseSafetensors(concat(parts)).tensors;
+          if (got.length !== 1 || got[0]!.name !== pick.name || !sameBytes(got[0]!.data, pick.data)) throw new FuzzFailure(`restoreTensors('${pick.name}') succeeded with other bytes`);
+        }
       }
       // verify reads the index, then restores without writing: it must agree with restore.
       const verified = await verifyContainer(path, basePath, 0).then(() => 'ok', (e: unknown) => codeOfError(e, 'verifyContainer').code);

@@ -103,7 +103,18 @@ describe('compare', () => {
     assert.equal(run([original, restored, '--max-error', '10']).status, 0);
     const tight = run([original, restored, '--max-error', '0']);
     assert.equal(tight.status, 3, 'above the threshold: its own exit status');
-    assert.match(tight.stderr, /^excp: compare: a tensor's relative error is/);
+    assert.match(tight.stderr, /^excp: compare: (weight|exp_avg|exp_avg_sq|tensor) '[^']+' (has a relative error of|differs in) .*, above --max-error 0\n$/);
+    // Per role: the moments' error is large by design, the weights' small.
+    const moments = run([original, restored, '--max-moment-error', '0.01']);
+    assert.equal(moments.status, 3);
+    assert.match(moments.stderr, /^excp: compare: exp_avg(_sq)? '[^']+\.exp_avg(_sq)?' has a relative error of [\d.]+, above --max-moment-error 0\.01\n$/);
+    assert.equal(run([original, restored, '--max-weight-error', '0.5', '--max-step-error', '100']).status, 0);
+    const weights = run([original, restored, '--max-weight-error', '0']);
+    assert.equal(weights.status, 3);
+    assert.match(weights.stderr, /^excp: compare: weight '[^']+' has a relative error/);
+    const step = run([original, restored, '--max-step-error', '0']);
+    assert.equal(step.status, 3);
+    assert.match(step.stderr, /^excp: compare: the first Adam step of '[^']+' has a relative error .*, above --max-step-error 0\n$/);
     const missing = run([original]);
     assert.equal(missing.status, 2);
     assert.match(missing.stderr, /compare: needs two checkpoints/);

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import assert from 'node:assert/strict';
 import { Prng } from './support/prng.js';
-import { SpillStore } from '../lib/stream/spill.js';
+import { SpillStore } from '../lib/io/spill.js';
 import { serializeSafetensors } from '../lib/formats/safetensors.js';
 import { randomFloats } from './helpers.js';
 import { compressBuffer } from '../lib/api/compress.js';

@@ -11,6 +11,7 @@
  */
 import { DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
+import { printable } from '../core/text.js';
 import type { Checkpoint, TensorInfo } from '../model/checkpoint.js';
 import { FILE_PREFIX, FolderCheckpoint, STATE_PREFIX } from '../formats/folder.js';
 import { openCheckpoint } from '../formats/registry.js';
@@ -20,9 +21,15 @@ const ADAM_EPS = 1e-8;
 /** Elements read per chunk. */
 const CHUNK = 1 << 20;
 
+/** What a tensor is to Adam: a weight, one of its moments, or anything else. */
+export type CompareRole = 'weight' | 'exp_avg' | 'exp_avg_sq' | 'other';
+
 /** Differences of one tensor. */
 export interface TensorDiff {
   name: string;
+  /** The file of a checkpoint folder that holds it (absent for a single file). */
+  file?: string;
+  role: CompareRole;
   dtype: string;
   elements: number;
   /** Elements whose bits differ. */
@@ -148,7 +155,7 @@ function paramsOf(names: ReadonlySet<string>): string[] {
   return out;
 }
 
-function roleOf(name: string, names: ReadonlySet<string>, folder: boolean): 'weight' | 'exp_avg' | 'exp_avg_sq' | 'other' {
+function roleOf(name: string, names: ReadonlySet<string>, folder: boolean): CompareRole {
   // In a folder, every model tensor is a weight (its moments go by optimizer id).
   if (folder) return name.startsWith(FILE_PREFIX) ? 'other' : name.startsWith(STATE_PREFIX) ? roleOf(name, names, false) : 'weight';
   if (name.startsWith(STATE_PREFIX)) return name.endsWith('/exp_avg') ? 'exp_avg' : name.endsWith('/exp_avg_sq') ? 'exp_avg_sq' : 'other';
@@ -200,6 +207,10 @@ async function compareReaders(a: Checkpoint, b: Checkpoint, pathA: string, pathB
     onProgress?.(done, total);
   };
   const pairs = momentPairs(a, b, namesA);
+  // Which file of a folder holds each tensor (a file's own bytes are the tensor `__file__/PATH`).
+  const fileOf = new Map<string, string>();
+  for (const f of a.files) if (f.path !== null) for (const t of f.tensors) fileOf.set(t, f.path);
+  const where = (name: string): { file?: string } => (fileOf.has(name) ? { file: fileOf.get(name)! } : {});
   const pairOf = new Map<string, MomentPair>();
   for (const p of pairs) pairOf.set(p.m.name, p).set(p.v.name, p);
   /** Sums of moment tensors read together with their partner (for the step), by name. */
@@ -239,7 +250,7 @@ async function compareReaders(a: Checkpoint, b: Checkpoint, pathA: string, pathB
       r.sumSqDiff += s.sumSqDiff;
       roleCounts[role]++;
       tensors.push({
-        name: ta.name, dtype: ta.dtype, elements, changed: s.changed,
+        name: ta.name, ...where(ta.name), role, dtype: ta.dtype, elements, changed: s.changed,
         relError: relativeError(s.sumSqDiff, s.sumSqA), maxAbs: s.maxAbs, nonFiniteMismatch: s.nonFiniteMismatch,
       });
     } else {
@@ -251,7 +262,7 @@ async function compareReaders(a: Checkpoint, b: Checkpoint, pathA: string, pathB
         for (let i = 0; i < ra.length; i += eb) if (!sameBits(ra, rb, i / eb, eb)) changed++;
         progress(end - start);
       }
-      tensors.push({ name: ta.name, dtype: ta.dtype, elements, changed, relError: null, maxAbs: null, nonFiniteMismatch: 0 });
+      tensors.push({ name: ta.name, ...where(ta.name), role, dtype: ta.dtype, elements, changed, relError: null, maxAbs: null, nonFiniteMismatch: 0 });
     }
   }
   const byRole = Object.fromEntries((['weight', 'exp_avg', 'exp_avg_sq', 'other'] as const).map((r) => [r, {
@@ -314,28 +325,38 @@ function pct(x: number | null): string {
   return `${(100 * x).toPrecision(3)}%`;
 }
 
+/** A tensor as the report names it: a file's own bytes by the file, others with their file when in a folder. */
+export function describeTensor(t: Pick<TensorDiff, 'name' | 'file'>): string {
+  if (t.name.startsWith(FILE_PREFIX)) return printable(t.name.slice(FILE_PREFIX.length));
+  return t.file !== undefined ? `${printable(t.name)} in ${printable(t.file)}` : printable(t.name);
+}
+
 /**
  * The human-readable report.
  * @param r the comparison
  * @param top how many tensors to list, worst first
  */
 export function formatCompare(r: CompareReport, top = 10): string {
-  const lines: string[] = [`${r.a} -> ${r.b}`];
+  const lines: string[] = [`${printable(r.a)} -> ${printable(r.b)}`];
   if (r.identical) {
     lines.push(`identical: all ${r.tensors.length} tensors have the same bits`);
     return `${lines.join('\n')}\n`;
   }
   for (const [label, list] of [['only in A', r.onlyInA], ['only in B', r.onlyInB], ['dtype or shape differs', r.mismatched]] as const) {
-    if (list.length) lines.push(`${label}: ${list.slice(0, top).join(', ')}${list.length > top ? `, ... (${list.length})` : ''}`);
+    if (list.length) lines.push(`${label}: ${list.slice(0, top).map(printable).join(', ')}${list.length > top ? `, ... (${list.length})` : ''}`);
   }
   lines.push('relative error ||a-b||/||a|| of float tensors, by role:');
   for (const [role, v] of Object.entries(r.byRole)) if (v.tensors) lines.push(`  ${role.padEnd(10)} ${pct(v.relError).padStart(8)}  (${v.tensors} tensors)`);
   const raw = r.tensors.filter((t) => t.relError === null);
-  if (raw.length) lines.push(`other tensors and files (compared bit for bit): ${raw.filter((t) => t.changed > 0).length} of ${raw.length} differ`);
+  if (raw.length) {
+    const differ = raw.filter((t) => t.changed > 0);
+    const names = differ.slice(0, top).map(describeTensor).join(', ');
+    lines.push(`other tensors and files (compared bit for bit): ${differ.length} of ${raw.length} differ${differ.length ? `: ${names}${differ.length > top ? ', ...' : ''}` : ''}`);
+  }
   const steps = [...r.steps].sort((x, y) => y.stepRelError - x.stepRelError);
   if (steps.length) {
     const all = steps.map((s) => s.stepRelError).sort((x, y) => x - y);
-    lines.push(`first Adam step m/(sqrt(v)+eps) after resuming: median relative error ${pct(all[all.length >> 1]!)}, worst ${pct(all[all.length - 1]!)} (${steps[0]!.name})`);
+    lines.push(`first Adam step m/(sqrt(v)+eps) after resuming: median relative error ${pct(all[all.length >> 1]!)}, worst ${pct(all[all.length - 1]!)} (${printable(steps[0]!.name)})`);
   }
   const worst = [...r.tensors].filter((t) => t.changed > 0)
     .sort((x, y) => (y.relError ?? -1) - (x.relError ?? -1)).slice(0, top);
@@ -343,10 +364,59 @@ export function formatCompare(r: CompareReport, top = 10): string {
     lines.push(`most changed tensors (of ${r.tensors.filter((t) => t.changed > 0).length} changed):`);
     for (const t of worst) {
       const nf = t.nonFiniteMismatch ? `, ${t.nonFiniteMismatch} non-finite mismatches` : '';
-      lines.push(`  ${pct(t.relError).padStart(8)}  ${t.name} (${t.dtype}, ${((100 * t.changed) / Math.max(1, t.elements)).toFixed(1)}% of ${t.elements} elements changed, max |a-b| ${t.maxAbs === null ? '-' : t.maxAbs.toPrecision(3)}${nf})`);
+      lines.push(`  ${pct(t.relError).padStart(8)}  ${describeTensor(t)} (${t.dtype}, ${((100 * t.changed) / Math.max(1, t.elements)).toFixed(1)}% of ${t.elements} elements changed, max |a-b| ${t.maxAbs === null ? '-' : t.maxAbs.toPrecision(3)}${nf})`);
     }
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** Error limits of `excp compare`: any tensor, or per role. */
+export interface CompareLimits {
+  /** Every tensor (`--max-error`): float tensors by relative error, others must be equal. */
+  all?: number | undefined;
+  /** Weights (`--max-weight-error`). */
+  weight?: number | undefined;
+  /** exp_avg and exp_avg_sq (`--max-moment-error`). */
+  moment?: number | undefined;
+  /** The first Adam step after resuming, per parameter (`--max-step-error`). */
+  step?: number | undefined;
+}
+
+/**
+ * The first limit a comparison exceeds, in words, or null.
+ * @param r the comparison
+ * @param limits the limits given
+ * @returns one line naming the tensor (and its file), its error and the flag; null when every limit holds
+ * @throws ExcpError ERR_MISMATCH when the tensor sets differ (nothing to measure against a limit)
+ */
+export function exceededLimit(r: CompareReport, limits: CompareLimits): string | null {
+  if (r.onlyInA.length || r.onlyInB.length || r.mismatched.length) {
+    throw new ExcpError('ERR_MISMATCH', `compare: the checkpoints do not have the same tensors (${r.onlyInA.length} only in A, ${r.onlyInB.length} only in B, ${r.mismatched.length} of another dtype or shape)`);
+  }
+  const errorOf = (t: TensorDiff): number => (t.nonFiniteMismatch ? Infinity : t.relError ?? (t.changed ? Infinity : 0));
+  const checks: [string, number | undefined, (t: TensorDiff) => boolean][] = [
+    ['--max-weight-error', limits.weight, (t) => t.role === 'weight'],
+    ['--max-moment-error', limits.moment, (t) => t.role === 'exp_avg' || t.role === 'exp_avg_sq'],
+    ['--max-error', limits.all, () => true],
+  ];
+  for (const [flag, limit, applies] of checks) {
+    if (limit === undefined) continue;
+    let worst: TensorDiff | null = null;
+    for (const t of r.tensors) if (applies(t) && errorOf(t) > limit && (!worst || errorOf(t) > errorOf(worst))) worst = t;
+    if (worst) {
+      const e = errorOf(worst);
+      const what = worst.relError === null ? `differs in ${worst.changed} of ${worst.elements} elements (compared bit for bit)` : `has a relative error of ${Number.isFinite(e) ? e.toPrecision(3) : 'inf'}`;
+      const name = worst.name.startsWith(FILE_PREFIX) ? `file ${printable(worst.name.slice(FILE_PREFIX.length))}` : `'${printable(worst.name)}'${worst.file !== undefined ? ` in ${printable(worst.file)}` : ''}`;
+      return `${worst.role === 'other' ? 'tensor ' : `${worst.role} `}${name} ${what}, above ${flag} ${limit}`;
+    }
+  }
+  if (limits.step !== undefined) {
+    const worst = [...r.steps].sort((x, y) => y.stepRelError - x.stepRelError)[0];
+    if (worst && worst.stepRelError > limits.step) {
+      return `the first Adam step of '${printable(worst.name)}' has a relative error of ${worst.stepRelError.toPrecision(3)}, above --max-step-error ${limits.step}`;
+    }
+  }
+  return null;
 }
 
 /**

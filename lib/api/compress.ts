@@ -4,22 +4,33 @@
  * pipelines, to a Writable for the CLI, and as a one-shot buffer helper
  * built from the same stream classes.
  */
-import { tmpdir } from 'node:os';
 import { Duplex, PassThrough, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { concatBytes } from '../core/bytes.js';
+import { DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { type CodecOptions, type LooseOptions, resolveOptions } from '../core/options.js';
-import { spoolToFile } from '../io/spool.js';
-import type { Checkpoint, ContainerHeader } from '../model/checkpoint.js';
+import type { SpillOptions } from '../io/spill.js';
+import { BaseCheck, type BaseVerdict, implausibleBase, unrelatedBase } from '../method/base-check.js';
+import type { Checkpoint, ContainerHeader, TensorInfo } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
-import { planHeader } from '../model/plan.js';
-import { methodNotice } from '../formats/notice.js';
-import { openCheckpoint } from '../formats/registry.js';
+import { planHeader, streamReadOrder } from '../model/plan.js';
+import { FILE_PREFIX, OPTIMIZER_FILE, STATE_PREFIX } from '../formats/folder.js';
+import { checkpointNotices } from '../formats/notice.js';
+import { isDirectory, openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
+import { SafetensorsStream } from '../formats/safetensors-stream.js';
 import { ChunkEncoder } from '../stream/codec.js';
 import { ContainerWriter, type TensorHashes } from '../stream/container.js';
-import { ChunkSource } from '../stream/source.js';
+import { RecordReorder } from '../stream/reorder.js';
+import { type ChunkJob, ChunkSource } from '../stream/source.js';
+
+/**
+ * What to do with a base that does not look like an earlier checkpoint of
+ * the same run (lib/method/base-check.ts): refuse (ERR_BASE_IMPLAUSIBLE),
+ * warn through onNotice and go on, or not look.
+ */
+export type BaseCheckMode = 'refuse' | 'warn' | 'off';
 
 /** Options of compress. */
 export interface CompressOptions extends LooseOptions {
@@ -33,34 +44,64 @@ export interface CompressOptions extends LooseOptions {
   paramMap?: readonly string[] | undefined;
   /** Per-tensor hashes in the footer (default 'auto': left out of small containers, see TensorHashes). */
   tensorHashes?: TensorHashes | undefined;
-  /** Folder for the copy of a checkpoint that comes from a stream (default: the system's temporary folder). */
+  /**
+   * Folder for what waits when the checkpoint comes from a stream (default:
+   * the system's temporary folder): the tensors that arrive before their
+   * partners, beyond {@link STREAM_MEMORY_BYTES} in memory.
+   */
   tmp?: string | undefined;
   /** A distributed checkpoint folder (DCP): compress only this rank's files (and the shared ones); the base is read the same way. */
   rank?: number | undefined;
+  /** The base check (default 'refuse'). */
+  baseCheck?: BaseCheckMode | undefined;
   /**
-   * Called with a one-line notice when a checkpoint folder gets none of the
-   * method (no Adam state that pairs with its weights: every tensor is coded
-   * exactly), saying what was found (lib/formats/notice.ts).
+   * One line about something the user should know: a base check warning,
+   * or what a checkpoint holds when the method cannot be applied to it
+   * (lib/formats/notice.ts).
    */
   onNotice?: ((message: string) => void) | undefined;
+  /** compressTo: called at the end with the sizes in and out. */
+  onStats?: ((stats: CompressStats) => void) | undefined;
 }
+
+/**
+ * Bytes of a streamed checkpoint that may wait in memory for their partners
+ * before they go to a temporary file: a parameter whose weight and moments
+ * are neighbours in the file waits its weight and first moment here.
+ */
+export const STREAM_MEMORY_BYTES = 64 * 1024 * 1024;
 
 /** The container header for a checkpoint against an optional base. */
 export function planFor(current: Checkpoint, base: Checkpoint | null, options: CodecOptions): ContainerHeader {
   return planHeader(current, base ? base.byName : null, options);
 }
 
+/** What compressReadable does besides coding. */
+export interface ReadableExtras {
+  /** The base check of a checkpoint that is read once (a stream): judged when the last chunk has been read. */
+  baseCheck?: BaseCheckMode | undefined;
+  onNotice?: ((message: string) => void) | undefined;
+  /** Where early records wait when the checkpoint is read out of container order. */
+  spill?: SpillOptions | undefined;
+}
+
 /**
  * The compress stages as one Readable of container bytes.
- * @param current the checkpoint (random access)
+ * @param current the checkpoint (random access, or a stream: `sequential`)
  * @param base the base, or null
  * @param options validated options
  * @param threads worker threads, or 'auto' (all cores, none for a small checkpoint)
+ * @param extras the base check of a stream, notices, where early records wait
  */
 export function compressReadable(current: Checkpoint, base: Checkpoint | null, options: CodecOptions, threads: number | 'auto',
-  onProgress?: (done: number, total: number) => void, hashes: TensorHashes = 'auto'): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
+  onProgress?: (done: number, total: number) => void, hashes: TensorHashes = 'auto', extras: ReadableExtras = {}): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
   const header = planFor(current, base, options);
-  const source = new ChunkSource(header, current, base);
+  base?.expect?.(header.entries.filter((e) => e.base).map((e) => header.tensors[e.weight]!.name));
+  // A stream is read in the order its bytes come; its records are put back in container order.
+  const order = current.sequential ? streamReadOrder(header, new Map(current.tensors.map((t) => [t.name, t.begin]))) : undefined;
+  const reordered = order !== undefined && order.some((entry, i) => entry !== i);
+  const check = base && (current.sequential || base.sequential) && (extras.baseCheck ?? 'refuse') !== 'off' ? streamBaseCheck(header, base.path, extras) : {};
+  const source = new ChunkSource(header, current, base, { order, ...check });
   const encoder = new ChunkEncoder(header, { threads });
   const writer = new ContainerWriter(header, hashes);
   if (onProgress) {
@@ -74,48 +115,166 @@ export function compressReadable(current: Checkpoint, base: Checkpoint | null, o
     });
   }
   const out = new PassThrough();
-  const done = pipeline(source, encoder, writer, out).finally(() => encoder.close());
+  const stages = reordered ? [source, encoder, new RecordReorder(header, extras.spill), writer, out] as const : [source, encoder, writer, out] as const;
+  const done = (pipeline as (...s: unknown[]) => Promise<void>)(...stages).finally(() => encoder.close());
   done.catch(() => undefined);
   return { stream: out, header, done };
 }
 
+/** Entries the base check looks at: coded as a lossy residual against the base. */
+function checkedEntries(header: ContainerHeader): number[] {
+  return header.entries.flatMap((e, i) => (e.kind === 'param' && e.base && !e.exactWeight ? [i] : []));
+}
+
+/** The base check of a stream: every chunk's weight and base seen as it is read, judged at the end. */
+function streamBaseCheck(header: ContainerHeader, baseName: string, extras: ReadableExtras): { observe: (job: ChunkJob) => void; finish: () => void } {
+  const checked = new Set(checkedEntries(header));
+  const check = new BaseCheck();
+  return {
+    observe: (job) => {
+      if (!checked.has(job.entry) || !job.input.base) return;
+      const e = header.entries[job.entry]!;
+      const t = header.tensors[e.weight]!;
+      check.add(t.name, e.elements, toFloat32(job.input.weight, t.dtype), toFloat32(job.input.base, t.dtype));
+    },
+    finish: () => judge(check, baseName, extras.baseCheck ?? 'refuse', extras.onNotice),
+  };
+}
+
+function judge(check: BaseCheck, baseName: string, mode: BaseCheckMode, onNotice?: (message: string) => void): void {
+  const verdict = check.verdict();
+  if (verdict.plausible) return;
+  const err = implausibleBase(verdict, baseName);
+  if (mode === 'refuse') throw err;
+  onNotice?.(`warning: ${err.message.replace(/\. Check --base, or give --force.*$/, '')}; compressing anyway (--force)`);
+}
+
+/** Elements sampled per tensor by the base check of a file: 4 runs of 4096, spread over the tensor. */
+const SAMPLE_RUNS = 4;
+const SAMPLE_RUN = 4096;
+
+/** The weights the base check looks at in a planned checkpoint: those of its parameters (coded lossy against a base when the base has them). */
+function paramWeights(header: ContainerHeader): TensorInfo[] {
+  if (header.options.lossless) return [];
+  return header.entries.filter((e) => e.kind === 'param').map((e) => header.tensors[e.weight]!).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, begin: 0, end: 0 }));
+}
+
+/** The weights of a checkpoint folder opened without its moments named: its float model tensors. */
+function folderWeights(folder: Checkpoint): TensorInfo[] {
+  return folder.tensors.filter((t) => LOSSY_DTYPES.has(t.dtype) && !t.name.startsWith(FILE_PREFIX) && !t.name.startsWith(STATE_PREFIX));
+}
+
 /**
- * Container bytes for a checkpoint given as a path or as a byte stream (which
- * is spooled to a temporary file first: the method needs a parameter and its
- * moments together, wherever they sit, so the input must be random access).
+ * The base check of two checkpoints read by random access, before anything
+ * is coded: does the base hold the checkpoint's weights (same name, dtype
+ * and shape), and do they point the same way (a few runs of each)?
+ * @param weights the checkpoint's weights to look at
+ * @returns what was found: the caller says (or refuses) what a base that shares no weight means
+ * @throws ExcpError ERR_BASE_IMPLAUSIBLE in 'refuse' mode
  */
-async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions): AsyncGenerator<Uint8Array> {
+async function checkBase(current: Checkpoint, base: Checkpoint, weights: readonly TensorInfo[], mode: BaseCheckMode, onNotice?: (message: string) => void): Promise<BaseFindings> {
+  const check = new BaseCheck();
+  let shared = 0;
+  let example: { name: string; here: string; there: string | null } | null = null;
+  const describe = (t: TensorInfo): string => `${t.dtype} [${t.shape.join(', ')}]`;
+  for (const w of weights) {
+    const t = current.byName.get(w.name)!;
+    const b = base.byName.get(t.name);
+    if (!b || b.dtype !== t.dtype || b.shape.join() !== t.shape.join()) {
+      example ??= { name: t.name, here: describe(t), there: b ? describe(b) : null };
+      continue;
+    }
+    shared++;
+    const eb = DTYPE_BYTES[t.dtype];
+    const elements = (t.end - t.begin) / eb;
+    const runs = Math.min(SAMPLE_RUNS, Math.ceil(elements / SAMPLE_RUN));
+    for (let r = 0; r < runs; r++) {
+      const start = Math.floor(((elements - Math.min(SAMPLE_RUN, elements)) * r) / Math.max(1, runs - 1));
+      const end = Math.min(elements, start + SAMPLE_RUN);
+      const wb = await current.tensorBytes(t, start * eb, end * eb);
+      const bb = await base.tensorBytes(b, start * eb, end * eb);
+      check.add(t.name, elements, toFloat32(wb, t.dtype), toFloat32(bb, t.dtype));
+    }
+  }
+  judge(check, base.path, mode, onNotice);
+  return { ...check.verdict(), unrelated: shared === 0 && example ? unrelatedBase(base.path, weights.length, example) : null };
+}
+
+/** What checkBase found: the verdict, and the error for a base that shares no weight with the checkpoint. */
+type BaseFindings = BaseVerdict & { unrelated: ExcpError | null };
+
+/** A base that shares no weight is no residual's base: the checkpoint is coded as a keyframe would be. Say so. */
+function noticeUnrelated(findings: BaseFindings, onNotice?: (message: string) => void): void {
+  if (findings.unrelated) onNotice?.(`notice: ${findings.unrelated.message.replace(/^compress: /, '').replace(/\. Check --base, or give --force.*$/, '')}: the checkpoint is coded as a keyframe (exactly), as without --base`);
+}
+
+/**
+ * Container bytes for a checkpoint given as a path or as a byte stream. A
+ * stream is read once, forward: a tensor that comes before its partners
+ * waits (in memory, then in a temporary file in `tmp`) until they come.
+ */
+async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions, stats?: CompressStats): AsyncGenerator<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
-  const spooled = typeof input === 'string' ? null : await spoolToFile(input, options.tmp ?? tmpdir());
+  const spill: SpillOptions = { dir: options.tmp, stage: 'compress', memoryBytes: STREAM_MEMORY_BYTES };
   let base: Checkpoint | null = null;
   let current: Checkpoint | null = null;
   try {
     const rank = options.rank ?? null;
-    base = options.base !== undefined ? await openCheckpoint(options.base, { role: 'base', rank }) : null;
-    current = await openCheckpoint(spooled ? spooled.path : (input as string), { role: 'current', previous: base, paramMap: options.paramMap ?? null, rank }).catch((e: unknown) => {
-      if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
-      throw e;
-    });
-    const { stream, header, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes);
-    const notice = options.onNotice ? methodNotice(current, header) : null;
-    if (notice) options.onNotice!(notice);
-    for await (const chunk of stream) yield chunk as Uint8Array;
+    base = options.base !== undefined ? await openCheckpoint(options.base, { role: 'base', spill, rank }) : null;
+    const mode = options.baseCheck ?? 'refuse';
+    const checked = base !== null && !base.sequential && mode !== 'off' && !codec.lossless;
+    // A folder's moments are matched to its parameters through the base's weights: look at the base first.
+    let folderVerdict: BaseFindings | null = null;
+    if (checked && typeof input === 'string' && (await isDirectory(input))) {
+      const weightsOnly = await openCheckpoint(input, { role: 'base', rank });
+      try {
+        // Without Adam state every tensor is coded exactly, whatever the base.
+        const moments = weightsOnly.files.some((f) => f.path === OPTIMIZER_FILE && f.kind !== 'blob');
+        if (moments) folderVerdict = await checkBase(weightsOnly, base!, folderWeights(weightsOnly), mode, options.onNotice);
+      } finally {
+        await weightsOnly.close();
+      }
+    }
+    current = typeof input === 'string'
+      ? await openCheckpoint(input, { role: 'current', previous: base, paramMap: options.paramMap ?? null, spill, onNotice: options.onNotice, rank }).catch((e: unknown) => {
+        // The param map needs W - W_base: say what is wrong with the base, in one line.
+        if (e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && folderVerdict?.unrelated) throw new ExcpError('ERR_BASE_IMPLAUSIBLE', folderVerdict.unrelated.message.replace(/\. Check --base.*$/, '; the optimizer\'s moments are matched to parameters by how the weights changed since the base: give the previous checkpoint as --base, or --param-map FILE'), { cause: e });
+        if (e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && folderVerdict?.identical) {
+          throw new ExcpError('ERR_BASE_IMPLAUSIBLE', `compress: ${base!.path} holds the same weights as ${input} (the same checkpoint?): the optimizer's moments are matched to parameters by how the weights changed since the base; give the previous checkpoint as --base, or --param-map FILE`, { cause: e });
+        }
+        throw e;
+      })
+      : await SafetensorsStream.open(input, 'stdin', spill);
+    if (folderVerdict) noticeUnrelated(folderVerdict, options.onNotice);
+    if (options.onNotice) for (const line of await checkpointNotices(current, planFor(current, base, codec))) options.onNotice(line);
+    if (checked && !folderVerdict && !current.sequential) noticeUnrelated(await checkBase(current, base!, paramWeights(planFor(current, base, codec)), mode, options.onNotice), options.onNotice);
+    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes,
+      { baseCheck: mode, onNotice: options.onNotice, spill });
+    if (stats) stats.inputBytes = current.dataLength + current.files.reduce((n, f) => n + (f.layout instanceof Uint8Array ? f.layout.length : 0), 0);
+    for await (const chunk of stream) {
+      if (stats) stats.outputBytes += (chunk as Uint8Array).length;
+      yield chunk as Uint8Array;
+    }
     await done;
+    if (current instanceof SafetensorsStream) {
+      await current.end();
+      if (stats) stats.spilledBytes = current.spilledBytes;
+    }
   } finally {
     await current?.close();
     await base?.close();
-    await spooled?.remove();
   }
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, rank: _r, onNotice: _n, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, rank: _r, baseCheck: _c, onNotice: _n, onStats: _s, ...rest } = o;
   return rest;
 }
 
 /**
  * Compress as a Duplex: write safetensors bytes, read container bytes.
- * The input is spooled to a temporary file (bounded memory).
+ * The input is read once, forward; what must wait for its partners waits
+ * in memory up to STREAM_MEMORY_BYTES, then in a temporary file (`tmp`).
  * @param options method options and the base
  * @returns a Duplex for stream.pipeline
  * @throws ExcpError ERR_OUT_OF_RANGE for a bad option, at once
@@ -136,6 +295,8 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
   const codec = resolveOptions(stripRuntime(options));
   const cur = new SafetensorsMemory(current, '<current>');
   const b = base ? new SafetensorsMemory(base, '<base>') : null;
+  const mode = options.baseCheck ?? 'refuse';
+  if (b && mode !== 'off') noticeUnrelated(await checkBase(cur, b, paramWeights(planFor(cur, b, codec)), mode, options.onNotice), options.onNotice);
   const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0, options.onProgress, options.tensorHashes);
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c as Uint8Array);
@@ -143,12 +304,24 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
   return concatBytes(parts);
 }
 
+/** What a compress did. */
+export interface CompressStats {
+  /** Bytes of the checkpoint: its tensors and files, and the safetensors headers. */
+  inputBytes: number;
+  /** Bytes of the container. */
+  outputBytes: number;
+  /** Bytes of a streamed checkpoint that waited on disk for their partners. */
+  spilledBytes: number;
+}
+
 /**
  * Compress a file (or stdin when input is undefined) into a writable.
- * @param input checkpoint path (file or folder), or undefined for stdin
+ * @param input checkpoint path (file, folder or FIFO), or undefined for stdin
  * @param out where the container bytes go (not ended)
  * @param options method options, base, threads, progress
  */
 export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {
-  await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options)), out, { end: false });
+  const stats: CompressStats = { inputBytes: 0, outputBytes: 0, spilledBytes: 0 };
+  await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options, stats)), out, { end: false });
+  options.onStats?.(stats);
 }

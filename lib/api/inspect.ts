@@ -3,6 +3,7 @@
  * built from its header and footer, read by random access), and whether it
  * is intact (every record decoded and checked, nothing written).
  */
+import { printable } from '../core/text.js';
 import type { ContainerHeader } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
 import type { ParamMapInfo } from '../formats/folder.js';
@@ -105,24 +106,24 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
 export function formatInspect(r: InspectReport): string {
   const pct = (x: number | null) => (x === null ? '-' : `${x.toFixed(2)}%`);
   const lines = [
-    `${r.file}: ${r.tool}, ${r.options.weightRule === 'paper' || r.options.weightRule === undefined ? `alpha ${r.options.alpha}` : `${r.options.weightRule} rule, keep ${r.options.keep}`}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
+    `${printable(r.file)}: ${printable(r.tool)}, ${r.options.weightRule === 'paper' || r.options.weightRule === undefined ? `alpha ${r.options.alpha}` : `${r.options.weightRule} rule, keep ${r.options.keep}`}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
     `base fingerprint ${r.baseFingerprint ?? '(none: keyframe)'}, restores to ${r.targetFingerprint}`,
     '',
     ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'entropy bits/param', 'ratio'].join('\t'),
   ];
   const bits = (x: number | null) => (x === null ? '-' : x.toFixed(3));
   for (const e of r.entries) {
-    lines.push([e.name, e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), bits(e.entropyBitsPerParameter), `${e.ratio.toFixed(1)}x`].join('\t'));
+    lines.push([printable(e.name), e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), bits(e.entropyBitsPerParameter), `${e.ratio.toFixed(1)}x`].join('\t'));
   }
   lines.push('', `total: ${r.originalBytes} bytes -> ${r.containerBytes} bytes, ratio ${r.ratio.toFixed(1)}x`);
-  if (r.files) lines.push('', `folder: ${r.files.length} files: ${r.files.map((f) => `${f.path} (${f.kind})`).join(', ')}`);
+  if (r.files) lines.push('', `folder: ${r.files.length} files: ${r.files.map((f) => `${printable(f.path)} (${f.kind})`).join(', ')}`);
   if (r.dcp) lines.push(`distributed checkpoint: rank ${r.dcp.rank}'s files, of ranks ${r.dcp.ranks.join(', ')} (.metadata fingerprint ${r.dcp.metadata})`);
   if (r.paramMap) {
     const m = r.paramMap;
     const methods = new Map<string, number>();
     for (const [, , , method] of m.ids) methods.set(method, (methods.get(method) ?? 0) + 1);
-    lines.push(`param map (${m.file}): ${m.ids.length} ids named, ${m.unmapped.length} unmapped (moments coded exactly), lowest confidence ${m.minConfidence}; by ${[...methods].map(([k, n]) => `${k} ${n}`).join(', ')}`);
-    for (const [id, name, confidence, method] of m.ids) lines.push(`  id ${id}\t${name}\t${confidence}\t${method}`);
+    lines.push(`param map (${printable(m.file)}): ${m.ids.length} ids named, ${m.unmapped.length} unmapped (moments coded exactly), lowest confidence ${m.minConfidence}; by ${[...methods].map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    for (const [id, name, confidence, method] of m.ids) lines.push(`  id ${id}\t${printable(name)}\t${confidence}\t${printable(method)}`);
   }
   if (r.entropyBits !== null && r.symbolBits !== null && r.entropyBits > 0) {
     lines.push(`coded symbols: ${r.symbolBits} bits against an empirical entropy of ${r.entropyBits} bits (+${(100 * (r.symbolBits / r.entropyBits - 1)).toFixed(2)}%)`);
@@ -135,10 +136,11 @@ export function formatInspect(r: InspectReport): string {
  * @param path container file
  * @param base base checkpoint path, when the container needs one
  * @param threads worker threads
+ * @param tmp folder for what waits when the base is a stream
  */
-export async function verifyContainer(path: string, base: string | undefined, threads?: number): Promise<{ chunks: number; base: boolean; target: string }> {
+export async function verifyContainer(path: string, base: string | undefined, threads?: number, tmp?: string): Promise<{ chunks: number; base: boolean; target: string }> {
   const { header, footer } = await readContainerFile(path);
-  await verifyContainerFile(path, { base, threads });
+  await verifyContainerFile(path, { base, threads, tmp });
   const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
   return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
 }

@@ -17,7 +17,12 @@ async function withContainer<T>(path: string, use: (source: ContainerSource) => 
     throw new ExcpError('ERR_IO', `${path}: cannot open (${e.code ?? e.message})`);
   });
   try {
-    const size = (await handle.stat()).size;
+    const info = await handle.stat();
+    if (info.isDirectory()) throw new ExcpError('ERR_INVALID_ARG', `${path}: is a folder, not a container`);
+    if (!info.isFile()) {
+      throw new ExcpError('ERR_INVALID_ARG', `${path}: not a regular file (a pipe?): the container's index is at its end, so this reads it by position; save it to a file first (excp restore reads a pipe)`);
+    }
+    const size = info.size;
     return await use({ size, read: (offset, length) => readExactly(handle, offset, length) });
   } catch (e) {
     if (e instanceof ExcpError && !e.message.startsWith(path)) throw new ExcpError(e.code, `${path}: ${e.message}`, { cause: e });
@@ -58,4 +63,18 @@ export async function containerRank(path: string): Promise<number | undefined> {
   const { header } = await withContainer(path, (source) => readContainerHead(source, OPTIONS));
   const rank = (header.info?.['dcp'] as { rank?: unknown } | undefined)?.rank;
   return Number.isSafeInteger(rank) ? (rank as number) : undefined;
+}
+
+/**
+ * Use a container file's index (header and footer) and its bytes by random
+ * access; the file is closed after.
+ * @param path container file
+ * @param use gets the bytes, the header and the footer
+ * @throws ExcpError naming the file
+ */
+export function withContainerIndex<T>(path: string, use: (source: ContainerSource, header: ContainerHeader, footer: ContainerFooter) => Promise<T>): Promise<T> {
+  return withContainer(path, async (source) => {
+    const { header, footer } = await readContainerIndex(source, OPTIONS);
+    return use(source, header, footer);
+  });
 }

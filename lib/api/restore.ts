@@ -26,11 +26,13 @@ export interface RestoreOptions {
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** A per-rank container of a distributed checkpoint: the base folder is read for this rank's files only. */
   rank?: number | undefined;
+  /** Folder for what waits when the base is a stream (a FIFO): its tensors read out of order. */
+  tmp?: string | undefined;
 }
 
 /** The base opened as a base (a folder's moments stay unnamed: only its weights and files are used). */
 function openBase(options: RestoreOptions): Promise<Checkpoint | null> {
-  return options.base !== undefined ? openCheckpoint(options.base, { role: 'base', rank: options.rank ?? null }) : Promise.resolve(null);
+  return options.base !== undefined ? openCheckpoint(options.base, { role: 'base', rank: options.rank ?? null, spill: { dir: options.tmp, stage: 'restore' } }) : Promise.resolve(null);
 }
 
 /**

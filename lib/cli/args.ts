@@ -13,8 +13,8 @@ export interface CommandLine {
   /** null: no command (`excp`, `excp --help`, `excp --version`). */
   command: Command | null;
   positional: string[];
-  /** Flag values by long name: true for flags, a number or a string otherwise. */
-  values: Map<string, string | number | boolean>;
+  /** Flag values by long name: true for flags, a number or a string otherwise, the list of values for a repeatable option. */
+  values: Map<string, string | number | boolean | string[]>;
 }
 
 /** The chain sub-commands (the first positional after `chain`). */
@@ -52,7 +52,7 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
       throw usage(null, `unknown command '${word}'`);
     }
   }
-  const values = new Map<string, string | number | boolean>();
+  const values = new Map<string, string | number | boolean | string[]>();
   const positional: string[] = [];
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i]!;
@@ -75,7 +75,7 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
     if (command === null ? spec.name !== 'help' && spec.name !== 'debug' : !spec.commands.includes(command)) {
       throw usage(command, `${flag} is not an option of ${command ?? 'excp without a command'}`);
     }
-    if (values.has(spec.name)) throw usage(command, `${flag} is given twice`);
+    if (values.has(spec.name) && !spec.repeatable) throw usage(command, `${flag} is given twice`);
     if (spec.kind === 'flag') {
       if (eq > 0) throw usage(command, `${flag} takes no value`);
       values.set(spec.name, true);
@@ -94,7 +94,13 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
     }
     const text = eq > 0 ? arg.slice(eq + 1) : rest[++i];
     if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec)})`);
-    values.set(spec.name, parseValue(spec, flag, text, command));
+    const value = parseValue(spec, flag, text, command);
+    if (spec.repeatable) {
+      const list = values.get(spec.name);
+      values.set(spec.name, [...(Array.isArray(list) ? list : []), String(value)]);
+    } else {
+      values.set(spec.name, value);
+    }
   }
   for (const name of values.keys()) {
     for (const other of optionNamed(name)?.conflicts ?? []) {

@@ -19,24 +19,31 @@ const DOCS: Record<Command, CommandDoc> = {
     summary: 'compress a checkpoint, as a residual against BASE or as a keyframe',
     details: `IN is a safetensors file (each parameter NAME with NAME.exp_avg and
 NAME.exp_avg_sq) or a PyTorch / Hugging Face checkpoint folder; absent or
-'-': stdin (copied to a temporary file: the method reads a parameter and its
-moments together). BASE is the previous checkpoint as restored (a file, or
-the previous folder). OUT absent or '-': stdout. A PyTorch distributed
-checkpoint folder (.metadata + __R_i.distcp) goes in whole, or with --rank R
-one rank's files into the per-rank folder OUT.`,
+'-': stdin. A pipe (stdin, a FIFO, <(...)) is read once: a tensor that comes
+before its partners waits in memory (64 MiB), then in --tmp DIR. BASE is the
+previous checkpoint as restored (a file, or the previous folder); a base
+that is not an earlier checkpoint of the same run (the cosine of W and
+W_base below 0.2) is refused unless --force. OUT absent or '-': stdout (not
+a terminal unless -o -); on a terminal, a summary line goes to stderr. A
+PyTorch distributed checkpoint folder (.metadata + __R_i.distcp) goes in
+whole, or with --rank R one rank's files into the per-rank folder OUT.`,
   },
   restore: {
-    usage: 'excp restore [IN] [--base BASE] [-o OUT]',
+    usage: 'excp restore [IN] [--base BASE] [-o OUT] [--tensor NAME]... [--with-moments]',
     summary: 'restore a checkpoint from a container',
-    details: `IN absent or '-': stdin. A container of a folder restores to -o DIR. The
-restored bytes are checked against the fingerprint recorded at compression
-before the output is put in place. IN may be a per-rank folder (compress
---rank): every rank restores into -o DIR, or with --rank R that rank's files.`,
+    details: `IN absent or '-': stdin (or a pipe). A container of a folder restores to
+-o DIR. The restored bytes are checked against the fingerprint recorded at
+compression before the output is put in place. With --tensor, only the
+tensors named are restored, into a safetensors file, by reading only their
+records (IN must then be a file); each is checked against its hash when
+the container keeps per-tensor hashes. IN may be a per-rank folder
+(compress --rank): every rank restores into -o DIR, or with --rank R that
+rank's files.`,
   },
   inspect: {
-    usage: 'excp inspect IN [--json]',
+    usage: 'excp inspect IN [--json | --names]',
     summary: 'what a container holds: per entry, kept shares, bits per parameter, ratio',
-    details: 'Reads the header and the footer only.',
+    details: 'Reads the header and the footer only. --names lists every tensor, one a line.',
   },
   verify: {
     usage: 'excp verify IN [--base BASE]',
@@ -44,10 +51,11 @@ before the output is put in place. IN may be a per-rank folder (compress
     details: '',
   },
   compare: {
-    usage: 'excp compare A B [--json] [--top N] [--max-error E]',
+    usage: 'excp compare A B [--json] [--top N] [--max-error E] [--max-weight-error E] [--max-moment-error E] [--max-step-error E]',
     summary: 'per-tensor error of a restored checkpoint B against the original A (files or folders)',
     details: `Prints the relative error ||a-b|| / ||a|| of the weights, of exp_avg and of
-exp_avg_sq, of Adam's first step after resuming, and the most changed tensors.`,
+exp_avg_sq, of Adam's first step after resuming, and the most changed tensors
+(with the file of a folder that holds each).`,
   },
   chain: {
     usage: 'excp chain CHAIN_DIR CKPT... [--keyframe-every K] [--cache DIR | --no-cache] [options]',
@@ -97,6 +105,7 @@ function optionLines(command: Command): string[] {
     if (o.kind !== 'flag' && o.kind !== 'string') extras.push(describeRange(o));
     if (o.default !== undefined && o.kind !== 'flag') extras.push(`default ${formatDefault(o.default)}`);
     if (o.conflicts?.length) extras.push(`not with ${o.conflicts.map((c) => `--${c}`).join(', ')}`);
+    if (o.repeatable) extras.push('repeatable');
     return `  ${flagText(o).padEnd(width)}${o.help}${extras.length ? ` (${extras.join('; ')})` : ''}`;
   });
 }
@@ -106,7 +115,7 @@ const EXIT_LINES = [
   `  ${EXIT.ok}    success`,
   `  ${EXIT.error}    failure: bad or corrupt input, a wrong base, an I/O error (one line on stderr)`,
   `  ${EXIT.usage}    bad usage: an unknown command or option, a bad option value`,
-  `  ${EXIT.differs}    compare: a tensor's error is above --max-error`,
+  `  ${EXIT.differs}    compare: an error is above --max-error, --max-weight-error, --max-moment-error or --max-step-error`,
   `  ${EXIT.brokenPipe}  the reader of stdout went away before the output was complete (as a program killed by SIGPIPE)`,
 ];
 

@@ -6,6 +6,7 @@
  */
 import { TOOL_VERSION } from '../core/constants.js';
 import { toExcpError } from '../core/errors.js';
+import { printable } from '../core/text.js';
 import type { Command } from '../core/options.js';
 import { removeActiveTemps } from '../io/output.js';
 import { type CommandLine, parseCommandLine } from './args.js';
@@ -70,7 +71,8 @@ export function run(argv: readonly string[]): void {
     },
     (e: unknown) => {
       const err = toExcpError(e);
-      process.stderr.write(`excp: ${err.message}\n`);
+      // One line, whatever a tensor or file name in the message holds.
+      process.stderr.write(`excp: ${printable(err.message)}\n`);
       if (debug) process.stderr.write(`${(e as Error).stack ?? ''}\n`);
       process.exitCode = err.code === 'ERR_USAGE' ? EXIT.usage : EXIT.error;
     },

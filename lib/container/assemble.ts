@@ -5,7 +5,7 @@
  * (lib/stream/container.ts) only hands it records and pushes its bytes.
  */
 import { ExcpError } from '../core/errors.js';
-import { Hasher, fingerprintTensors } from '../core/hash.js';
+import { HasherList, fingerprintTensors } from '../core/hash.js';
 import type { EncodedChunk } from '../method/codec.js';
 import type { ContainerFooter, ContainerHeader, FooterEntry } from '../model/checkpoint.js';
 import { digestTensors } from '../model/pack.js';
@@ -41,8 +41,10 @@ export class ContainerAssembler {
   private readonly order: RecordOrder;
   private offset = 0;
   private readonly footerEntries: FooterEntry[];
-  private readonly tensorHashers: Hasher[];
-  private readonly baseHashers: (Hasher | null)[];
+  private readonly tensorHashers: HasherList;
+  private readonly baseHashers: HasherList;
+  /** Tensors with a base hash (a residual's weight), by index. */
+  private readonly hasBase: Uint8Array;
   private started = false;
   private readonly hashes: TensorHashes;
 
@@ -57,8 +59,12 @@ export class ContainerAssembler {
     this.hashes = hashes;
     this.order = new RecordOrder(header);
     this.footerEntries = header.entries.map(() => ({ offsets: [], codedBytes: 0, keptWeights: 0, keptMoments: 0, entropyBits: 0, symbolBits: 0 }));
-    this.tensorHashers = header.tensors.map(() => new Hasher());
-    this.baseHashers = header.tensors.map((t, i) => (header.entries[t.entry]!.base && header.entries[t.entry]!.weight === i ? new Hasher() : null));
+    this.tensorHashers = new HasherList(header.tensors.length);
+    this.baseHashers = new HasherList(header.tensors.length);
+    this.hasBase = new Uint8Array(header.tensors.length);
+    header.tensors.forEach((t, i) => {
+      if (header.entries[t.entry]!.base && header.entries[t.entry]!.weight === i) this.hasBase[i] = 1;
+    });
   }
 
   private out(bytes: Uint8Array, parts: Uint8Array[]): void {
@@ -89,8 +95,8 @@ export class ContainerAssembler {
     fe.keptMoments += rec.stats.keptMoments;
     fe.entropyBits = (fe.entropyBits ?? 0) + (rec.stats.entropyBits ?? 0);
     fe.symbolBits = (fe.symbolBits ?? 0) + (rec.stats.symbolBits ?? 0);
-    digestTensors(this.header.tensors, e).forEach((t, i) => this.tensorHashers[t]!.update(encoder.encode(rec.digests[i]!)));
-    if (rec.baseDigest) this.baseHashers[e.weight]?.update(encoder.encode(rec.baseDigest));
+    digestTensors(this.header.tensors, e).forEach((t, i) => this.tensorHashers.update(t, encoder.encode(rec.digests[i]!)));
+    if (rec.baseDigest && this.hasBase[e.weight]) this.baseHashers.update(e.weight, encoder.encode(rec.baseDigest));
     this.out(bytes, parts);
     return parts;
   }
@@ -104,8 +110,11 @@ export class ContainerAssembler {
     this.start(parts);
     if (!this.order.done) throw new ExcpError('ERR_TRUNCATED', 'container: input ended before every chunk was coded');
     for (const fe of this.footerEntries) fe.entropyBits = Math.round(fe.entropyBits ?? 0);
-    const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.map((h) => h.digest()), this.baseHashers.map((h) => h?.digest() ?? null));
-    const storedHashBytes = 8 * (this.tensorHashers.length + this.baseHashers.filter((h) => h !== null).length);
+    const baseDigests = this.baseHashers.digests();
+    const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.digests(), baseDigests.map((d, i) => (this.hasBase[i] ? d : null)));
+    let bases = 0;
+    for (const b of this.hasBase) bases += b;
+    const storedHashBytes = 8 * (this.tensorHashers.length + bases);
     if (this.hashes === 'auto' && storedHashBytes * HASH_SHARE > this.offset) {
       footer.tensorHashes = null;
       footer.baseHashes = null;

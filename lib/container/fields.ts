@@ -96,7 +96,8 @@ export function readJson(r: ByteReader, what: string): unknown {
 /** A count that must fit in the remaining bytes (each item takes at least `min` bytes). */
 export function readCount(r: ByteReader, min: number, max: number, what: string): number {
   const n = r.varint();
-  if (n > max || n * min > r.remaining) corrupt(`${what} count ${n}`);
+  if (n > max) corrupt(`${what} count ${n} (at most ${max})`);
+  if (n * min > r.remaining) corrupt(`${what} count ${n}`);
   return n;
 }
 

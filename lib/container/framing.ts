@@ -280,8 +280,29 @@ export class ContainerParser {
    * @throws ExcpError ERR_TRUNCATED unless the container was complete
    */
   end(): void {
-    if (this.state !== 'done') {
-      throw new ExcpError('ERR_TRUNCATED', `container: unexpected end of data at byte ${this.consumed + this.buffered} (in ${this.state})`);
+    if (this.state === 'done') return;
+    const at = this.consumed + this.buffered;
+    if (at === 0) throw new ExcpError('ERR_TRUNCATED', 'container: no input (0 bytes), not an .excp container');
+    const missing = this.need - this.buffered;
+    const before = this.state !== 'footer-length' && this.state !== 'footer' && this.state !== 'trailer';
+    throw new ExcpError('ERR_TRUNCATED', `container: truncated: the data stops at byte ${at}, ${missing} bytes short of the end of ${this.part()}${before ? ', and the rest of the records, the footer and the trailer are missing' : ''}`);
+  }
+
+  /** What is being read, in words (for the truncation message). */
+  private part(): string {
+    switch (this.state) {
+      case 'preamble': return 'the preamble';
+      case 'header': return 'the header';
+      case 'record':
+      case 'fields': return 'a record\'s framing';
+      case 'payload': {
+        const rec = this.pendingRecord;
+        if (!rec || !this.header) return 'a record';
+        return `the record of tensor '${this.header.tensors[this.header.entries[rec.entry]!.weight]!.name}' chunk ${rec.chunk} (${rec.length + 4} bytes)`;
+      }
+      case 'footer-length':
+      case 'footer': return 'the footer';
+      default: return 'the trailer';
     }
   }
 }

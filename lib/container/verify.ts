@@ -6,7 +6,7 @@
  */
 import { DTYPE_BYTES } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import { type Hasher, fingerprintTensors } from '../core/hash.js';
+import { type HasherList, fingerprintTensors } from '../core/hash.js';
 import type { DecodedChunk } from '../method/codec.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
 import { packSlices } from '../model/pack.js';
@@ -31,7 +31,7 @@ export interface RestoredRecord {
  * @returns the bytes taken
  * @throws ExcpError ERR_CORRUPT for a chunk before the header or a missing digest
  */
-export function takeRestoredChunk(header: ContainerHeader | null, record: RestoredRecord, hashers: Hasher[],
+export function takeRestoredChunk(header: ContainerHeader | null, record: RestoredRecord, hashers: HasherList,
   place: (tensor: number, bytes: Uint8Array, offset: number) => void): number {
   if (!header) throw new ExcpError('ERR_CORRUPT', 'restore: chunk before header');
   const e = header.entries[record.entry]!;
@@ -41,7 +41,7 @@ export function takeRestoredChunk(header: ContainerHeader | null, record: Restor
     packSlices(header.tensors, e, weight).forEach((m, i) => {
       const digest = digests[i];
       if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
-      hashers[m.tensor]!.update(encoder.encode(digest));
+      hashers.update(m.tensor, encoder.encode(digest));
       place(m.tensor, m.bytes, 0);
     });
     return weight.length;
@@ -55,7 +55,7 @@ export function takeRestoredChunk(header: ContainerHeader | null, record: Restor
     if (t === null || !bytes) return;
     const digest = digests[d++];
     if (digest === undefined) throw new ExcpError('ERR_CORRUPT', 'restore: chunk digest missing');
-    hashers[t]!.update(encoder.encode(digest));
+    hashers.update(t, encoder.encode(digest));
     taken += bytes.length;
     place(t, bytes, record.chunk * header.options.chunkElements * DTYPE_BYTES[header.tensors[t]!.dtype]);
   });

@@ -24,6 +24,7 @@ export const CODES = Object.freeze({
   ERR_FINGERPRINT: 'restored data does not match the fingerprint recorded at compression',
   ERR_BASE_MISSING: 'the container needs a base checkpoint and none was given',
   ERR_BASE_MISMATCH: 'the given base is not the one the container was made against',
+  ERR_BASE_IMPLAUSIBLE: 'the base does not look like an earlier checkpoint of the same run',
   ERR_IMPOSSIBLE_SYMBOL: 'a symbol with zero frequency was coded',
   ERR_UNSAFE_PICKLE: 'a pickle names a global outside the allow-list',
   ERR_BAD_PICKLE: 'a pickle is malformed or uses an unsupported opcode',

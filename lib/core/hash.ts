@@ -134,3 +134,42 @@ export function fingerprintTensors(tensors: ReadonlyArray<{ name: string; dtype:
   for (const t of tensors) h.update(enc.encode(`${t.name}\u0000${t.dtype}\u0000${t.shape.join(',')}\u0000${t.hash}\u0000`));
   return h.digest();
 }
+
+/**
+ * One hasher per tensor, made when its first bytes come: a tensor that gets
+ * none (an empty tensor) costs a slot, not a Hasher, and digests as an empty
+ * Hasher does. Keeps a header of many empty tensors small in memory.
+ */
+export class HasherList {
+  private readonly hashers: (Hasher | undefined)[];
+  private static empty: string | null = null;
+
+  /** @param length the number of tensors */
+  constructor(length: number) {
+    this.hashers = new Array<Hasher | undefined>(length);
+  }
+
+  get length(): number {
+    return this.hashers.length;
+  }
+
+  /** Fold bytes into hasher i. */
+  update(i: number, bytes: Uint8Array): void {
+    let h = this.hashers[i];
+    if (!h) this.hashers[i] = h = new Hasher();
+    h.update(bytes);
+  }
+
+  /** Take hasher i of another list (its state, not a copy). */
+  adopt(from: HasherList, i: number): void {
+    this.hashers[i] = from.hashers[i];
+  }
+
+  /** Every digest, in order. */
+  digests(): string[] {
+    HasherList.empty ??= new Hasher().digest();
+    const out = new Array<string>(this.hashers.length);
+    for (let i = 0; i < out.length; i++) out[i] = this.hashers[i]?.digest() ?? HasherList.empty;
+    return out;
+  }
+}

@@ -81,6 +81,8 @@ export interface OptionSpec {
   readonly commands: readonly Command[];
   /** Flags it cannot be given with (by name). */
   readonly conflicts?: readonly string[];
+  /** May be given more than once (a string option: its values are collected in order). */
+  readonly repeatable?: boolean;
   readonly help: string;
 }
 
@@ -122,6 +124,8 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: 'the previous (restored) checkpoint, file or folder; compress without it makes a keyframe' },
   { name: 'rank', kind: 'integer', min: 0, max: 1_000_000, value: 'R', commands: ['compress', 'restore'],
     help: "distributed checkpoints (DCP): only rank R's __R_*.distcp files; compress writes OUT/rank-R.excp (rank 0 also OUT/ranks.json), restore takes such a folder" },
+  { name: 'tmp', kind: 'string', value: 'DIR', commands: ['compress', 'restore', 'verify'],
+    help: 'folder for what must wait when an input is a pipe (default: $TMPDIR or /tmp)' },
   { name: 'param-map', kind: 'string', value: 'FILE', commands: CODING,
     help: 'checkpoint folders: a JSON list of parameter names in optimizer order' },
   { name: 'keyframe-every', kind: 'integer', min: 1, max: 1_000_000, default: 10, value: 'K', commands: ['chain'],
@@ -136,14 +140,26 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: 'the step to restore, 0-based in the order the checkpoints were given' },
   { name: 'output', short: 'o', kind: 'string', value: 'OUT', commands: ['compress', 'restore', 'chain restore'],
     help: "output file or folder ('-' = stdout); written atomically" },
-  { name: 'force', short: 'f', kind: 'flag', commands: ['compress', 'restore', 'chain restore'], help: 'overwrite an existing output' },
+  { name: 'force', short: 'f', kind: 'flag', commands: ['compress', 'restore', 'chain restore'],
+    help: 'overwrite an existing output; compress: also go on (with a warning) against a base that does not look like an earlier checkpoint of the run' },
+  { name: 'tensor', kind: 'string', value: 'NAME', repeatable: true, commands: ['restore'],
+    help: 'restore only this tensor (repeat for more; excp inspect --names lists them) into a safetensors file, reading only its records' },
+  { name: 'with-moments', kind: 'flag', commands: ['restore'],
+    help: "with --tensor: also restore each weight's exp_avg and exp_avg_sq" },
   { name: 'json', kind: 'flag', commands: ['inspect', 'compare', 'chain ls'], help: 'print JSON' },
+  { name: 'names', kind: 'flag', commands: ['inspect'], help: 'print the tensor names, one a line (what restore --tensor takes)', conflicts: ['json'] },
   { name: 'top', kind: 'integer', min: 0, max: 1_000_000, default: 10, value: 'N', commands: ['compare'], help: 'list the N most changed tensors' },
   { name: 'max-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
-    help: "exit 3 when a tensor's relative error ||a-b|| / ||a|| exceeds E" },
+    help: "exit 3 when any tensor's relative error ||a-b|| / ||a|| exceeds E (a tensor that is not float: when it differs)" },
+  { name: 'max-weight-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when a weight's relative error exceeds E" },
+  { name: 'max-moment-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when an exp_avg's or exp_avg_sq's relative error exceeds E (by design 65-95% after a lossy compress)" },
+  { name: 'max-step-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
+    help: "exit 3 when the relative error of a parameter's first Adam step m/(sqrt(v)+eps) exceeds E" },
   { name: 'threads', kind: 'integer', min: 0, max: 4096, value: 'N', commands: THREADED,
     help: 'worker threads (default: all cores, or none for a small checkpoint, where starting workers costs more than it saves)' },
-  { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line' },
+  { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line (and no summary line after compress)' },
   { name: 'debug', kind: 'flag', commands: COMMANDS, help: 'print the stack trace of an error' },
   { name: 'help', short: 'h', kind: 'flag', commands: COMMANDS, help: 'this help' },
 ] satisfies OptionSpec[]);

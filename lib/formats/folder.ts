@@ -28,6 +28,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
+import { MAX_TENSORS } from '../core/constants.js';
 import { type ParamMapping, mapParams } from './torch/param-map.js';
 import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
@@ -67,6 +68,14 @@ export interface FolderOpenOptions {
   previous?: FolderCheckpoint | null;
   /** Parameter names in optimizer order (overrides inference). */
   explicit?: readonly string[] | null;
+  /**
+   * One line about what was found that the method cannot use (the CLI
+   * prints it on stderr). The folder-level notices (an empty folder, no
+   * optimizer.pt, an old pickle optimizer.pt, DeepSpeed and FSDP layouts)
+   * are made by lib/formats/notice.ts from the opened folder; this is for what
+   * only the reader sees.
+   */
+  onNotice?: ((message: string) => void) | undefined;
 }
 
 /** A checkpoint folder as a {@link Checkpoint} over its virtual tensor table. */
@@ -108,6 +117,7 @@ export class FolderCheckpoint implements Checkpoint {
       let virtual = 0;
       const add = (name: string, dtype: DType, shape: number[], source: Source): void => {
         if (sources.has(name)) throw new ExcpError('ERR_BAD_HEADER', `folder: ${dir}: tensor name '${name}' occurs twice`);
+        if (tensors.length >= MAX_TENSORS) throw new ExcpError('ERR_HEADER_TOO_LARGE', `folder: ${dir} holds more than ${MAX_TENSORS} tensors and files, the most excp reads (its memory grows with the count, about 2 KB a tensor)`);
         const bytes = elementCount(shape, `folder: tensor '${name}'`) * DTYPE_BYTES[dtype];
         tensors.push({ name, dtype, shape, begin: virtual, end: virtual + bytes });
         virtual += bytes;

@@ -13,10 +13,11 @@
  * A new input format is one adapter (and, when its files are of a new
  * shape, one file kind) added to the lists below; nothing else changes.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExcpError } from '../core/errors.js';
+import type { SpillOptions } from '../io/spill.js';
 import { FileKinds } from '../container/kinds.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { blobKind } from './blob.js';
@@ -25,6 +26,7 @@ import { distcpKind } from './dcp/distcp-kind.js';
 import type { FileFormat } from './file-format.js';
 import { FolderCheckpoint } from './folder.js';
 import { SafetensorsFile, SafetensorsMemory } from './safetensors-file.js';
+import { SafetensorsStream } from './safetensors-stream.js';
 import { safetensorsKind } from './safetensors-kind.js';
 import { torchKind } from './torch-kind.js';
 
@@ -58,6 +60,10 @@ export interface OpenOptions {
   paramMap?: readonly string[] | null;
   /** A DCP folder: read only this rank's files (and the shared ones). */
   rank?: number | null;
+  /** A path that is a stream (a FIFO, `<(...)`): where what waits goes. */
+  spill?: SpillOptions | undefined;
+  /** One line about what was found (a folder without optimizer state, ...). */
+  onNotice?: ((message: string) => void) | undefined;
 }
 
 /** An input format: which paths it takes, and how it opens them. */
@@ -98,6 +104,7 @@ const hfFolder: InputFormat = {
     mapMoments: options.role === 'current',
     previous: options.previous instanceof FolderCheckpoint ? options.previous : null,
     explicit: options.paramMap ?? null,
+    onNotice: options.onNotice,
   })),
 };
 
@@ -118,7 +125,12 @@ const INPUTS: readonly InputFormat[] = [dcpFolder, hfFolder, safetensorsFile];
  */
 export async function openCheckpoint(source: string | Uint8Array, options: OpenOptions): Promise<Checkpoint> {
   if (source instanceof Uint8Array) return new SafetensorsMemory(source, options.role === 'base' ? '<base>' : '<current>');
-  const folder = await isDirectory(source);
+  const info = await stat(source).catch(() => null);
+  // A FIFO, a process substitution `<(...)`, /dev/stdin: read once, forward.
+  if (info && (info.isFIFO() || info.isCharacterDevice() || info.isSocket())) {
+    return SafetensorsStream.open(createReadStream(source), source, options.spill);
+  }
+  const folder = info?.isDirectory() ?? false;
   const format = INPUTS.find((f) => f.accepts(source, folder));
   if (!format) throw new ExcpError('ERR_INVALID_ARG', `${source}: not a checkpoint excp can read`);
   return format.open(source, options);

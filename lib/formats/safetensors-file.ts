@@ -12,6 +12,11 @@ import { readExactly } from '../io/read.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { type SafetensorsHeader, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
 
+/** The one file of a safetensors checkpoint: its header bytes are its kind's layout. */
+export function fileOf(header: SafetensorsHeader): CheckpointFile[] {
+  return [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
+}
+
 /**
  * What a safetensors checkpoint is, wherever its bytes are: its tensors
  * from the header, and one file of kind `safetensors` whose layout is the
@@ -28,7 +33,7 @@ abstract class SafetensorsCheckpoint implements Checkpoint {
     this.path = path;
     this.header = header;
     this.byName = new Map(header.tensors.map((t) => [t.name, t]));
-    this.files = [{ kind: 'safetensors', path: null, tensors: header.tensors.map((t) => t.name), layout: header.raw }];
+    this.files = fileOf(header);
   }
 
   get tensors(): readonly TensorInfo[] {

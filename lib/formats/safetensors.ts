@@ -14,6 +14,7 @@
 import { ExcpError } from '../core/errors.js';
 import { otherThanSafetensors } from './sniff.js';
 import { type DType, DTYPE_BYTES, byteSize, isDType } from '../core/dtype.js';
+import { MAX_TENSORS } from '../core/constants.js';
 import type { TensorInfo } from '../model/checkpoint.js';
 
 export type { TensorInfo } from '../model/checkpoint.js';
@@ -88,6 +89,11 @@ export function parseSafetensorsHeader(raw: Uint8Array, dataLength?: number): Sa
     throw new ExcpError('ERR_BAD_HEADER', 'safetensors: header is not valid UTF-8');
   }
   if (!text.startsWith('{')) throw new ExcpError('ERR_BAD_HEADER', 'safetensors: header does not start with "{"');
+  // Refused before JSON.parse builds them: every tensor has one "data_offsets".
+  const listed = countOccurrences(raw.subarray(8, 8 + n), DATA_OFFSETS);
+  if (listed > MAX_TENSORS) {
+    throw new ExcpError('ERR_HEADER_TOO_LARGE', `safetensors: the header lists ${listed} tensors, more than the ${MAX_TENSORS} excp reads (its memory grows with the count, about 2 KB a tensor)`);
+  }
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -117,6 +123,20 @@ export function parseSafetensorsHeader(raw: Uint8Array, dataLength?: number): Sa
       `safetensors: tensors cover ${expected} data bytes but the file has ${dataLength}`);
   }
   return { tensors, metadata, dataOffset: 8 + n, dataLength: expected, raw: raw.subarray(0, 8 + n) };
+}
+
+const DATA_OFFSETS = new TextEncoder().encode('"data_offsets"');
+
+/** How many times `needle` occurs in `bytes`. */
+function countOccurrences(bytes: Uint8Array, needle: Uint8Array): number {
+  let count = 0;
+  const first = needle[0]!;
+  for (let i = bytes.indexOf(first); i >= 0 && i <= bytes.length - needle.length; i = bytes.indexOf(first, i + 1)) {
+    let k = 1;
+    while (k < needle.length && bytes[i + k] === needle[k]) k++;
+    if (k === needle.length) count++;
+  }
+  return count;
 }
 
 function parseMetadata(value: unknown): Record<string, string> {

@@ -180,7 +180,34 @@ export function outputError(e: unknown, target: string, removed: boolean): ExcpE
     const what = removed ? '; nothing was written (the partial output was removed)' : '';
     return new ExcpError('ERR_NO_SPACE', `${target}: ${why}${what}`, { cause: e });
   }
+  if (typeof code === 'string' && !(e instanceof ExcpError)) return new ExcpError('ERR_IO', `${target}: ${fsProblem(code, target, e)}`, { cause: e });
   return toExcpError(e, target);
+}
+
+/**
+ * What a file system error means for an output, in words that name the
+ * user's path, never a temporary file's.
+ * @param code the error's code (ENOENT, ...)
+ * @param target the output the user named
+ * @param e the error (its message, when the code is not one of ours)
+ */
+export function fsProblem(code: string, target: string, e: unknown): string {
+  const folder = dirname(target);
+  switch (code) {
+    case 'ENOENT': return `cannot write: the folder ${folder} does not exist (create it first)`;
+    case 'ENOTDIR': return `cannot write: ${folder} is not a folder`;
+    case 'EACCES':
+    case 'EPERM': return `cannot write: permission denied in ${folder} (choose another output)`;
+    case 'EROFS': return `cannot write: ${folder} is on a read-only file system`;
+    case 'EISDIR': return 'is a folder';
+    case 'EMFILE':
+    case 'ENFILE': return 'cannot write: too many open files';
+    default: {
+      // Node's own message names the path it failed on (a temporary file): keep only what happened.
+      const message = e instanceof Error ? e.message.replace(/,\s*\w+\s+'[^']*'(\s*->\s*'[^']*')?$/, '') : String(e);
+      return `cannot write (${message})`;
+    }
+  }
 }
 
 /**
@@ -240,7 +267,9 @@ export async function writeFolderAtomically(target: string, produce: (temp: stri
   // Not mkdtemp: it makes the folder 0700, and the restored folder should
   // have the permissions any new folder gets (0777 less the umask).
   const temp = join(dirname(target), `.${basename(target)}.excp-tmp-${process.pid}-${Date.now().toString(36)}`);
-  await mkdir(temp, { mode: 0o777 });
+  await mkdir(temp, { mode: 0o777 }).catch((e: unknown) => {
+    throw outputError(e, target, false);
+  });
   try {
     await produce(temp);
     if (existing) {
@@ -253,6 +282,6 @@ export async function writeFolderAtomically(target: string, produce: (temp: stri
     }
   } catch (e) {
     await rm(temp, { recursive: true, force: true });
-    throw e;
+    throw e instanceof ExcpError ? e : outputError(e, target, true);
   }
 }

@@ -98,6 +98,14 @@ export interface Checkpoint {
    */
   tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
   close(): Promise<void>;
+  /**
+   * Set for a checkpoint read forward from a stream: each byte can be read
+   * once, and bytes read out of file order wait in memory or on disk, so
+   * readers should ask in file order where they can.
+   */
+  readonly sequential?: boolean;
+  /** Announce the tensors a reader will ask for (a stream then skips the others). */
+  expect?(names: Iterable<string>): void;
 }
 
 /** A file as the container header stores it: {@link CheckpointFile} with tensor indices. */

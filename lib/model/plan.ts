@@ -8,7 +8,7 @@
  */
 import { type DType, LOSSY_DTYPES, elementCount } from '../core/dtype.js';
 import { TOOL_VERSION } from '../core/constants.js';
-import { packEntries } from './pack.js';
+import { entryTensors, packEntries } from './pack.js';
 import { ExcpError } from '../core/errors.js';
 import type { CodecOptions } from '../core/options.js';
 import type { Checkpoint, ContainerHeader, EntrySpec, FileSpec, Role, TensorSpec } from './checkpoint.js';
@@ -104,4 +104,18 @@ export function planHeader(
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/**
+ * The order in which to read the entries of a checkpoint that can only be
+ * read forward (a stream): by the position of the member that starts last,
+ * so that each entry is read as soon as its last member streams by, and
+ * what waits is only the members that came before their partners.
+ * @param header the planned header
+ * @param begins each tensor's first byte in the checkpoint, by name
+ * @returns entry indices in reading order (the identity when the file is in entry order)
+ */
+export function streamReadOrder(header: Pick<ContainerHeader, 'tensors' | 'entries'>, begins: ReadonlyMap<string, number>): number[] {
+  const last = header.entries.map((e) => Math.max(...entryTensors(e).map((t) => begins.get(header.tensors[t]!.name) ?? 0)));
+  return header.entries.map((_e, i) => i).sort((a, b) => last[a]! - last[b]! || a - b);
 }

@@ -154,6 +154,9 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
     super(async (event: RestoreEvent): Promise<RestoredEvent> => {
       if (event.type === 'header') {
         header = event.header;
+        // A base read from a stream keeps only the tensors that will be asked for.
+        const h = header;
+        base?.expect?.(h.entries.filter((e) => e.base).map((e) => h.tensors[e.weight]!.name));
         const workers = poolSize(header, threads);
         if (workers > 0 && !this.pool) this.pool = new WorkerPool(workers);
         let eb = 1;

@@ -24,7 +24,7 @@ import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import { Hasher } from '../core/hash.js';
+import { HasherList } from '../core/hash.js';
 import { type RestoredRecord, takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
 import type { FilePlacement, Target } from '../formats/file-format.js';
@@ -52,7 +52,7 @@ export class FolderWriter extends Writable {
   private header: ContainerHeader | null = null;
   private footer: ContainerFooter | null = null;
   private targets: (Placed | null)[] = [];
-  private hashers: Hasher[] = [];
+  private hashers = new HasherList(0);
   private readonly fds: number[] = [];
   private unfinished: Unfinished[] = [];
   private restoredBytes = 0;
@@ -97,7 +97,7 @@ export class FolderWriter extends Writable {
     this.header = header;
     const sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
     this.totalBytes = sizes.reduce((a, b) => a + b, 0);
-    this.hashers = header.tensors.map(() => new Hasher());
+    this.hashers = new HasherList(header.tensors.length);
     this.targets = header.tensors.map(() => null);
     // verify only: the header was validated when read, the fingerprints are checked at the end
     if (this.temp === null && this.file === undefined) return;
@@ -155,7 +155,7 @@ export class FolderWriter extends Writable {
       const header = this.header;
       if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
       if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
-      verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
+      verifyFingerprints(header, this.footer, this.hashers.digests());
       for (const u of this.unfinished) u.finish({ fd: u.fd, path: u.rawPath }, u.finalPath);
       for (const fd of this.fds.splice(0)) {
         fsyncSync(fd);

@@ -32,13 +32,28 @@ function tensorInfo(file: Checkpoint, name: string): TensorInfo {
   return info;
 }
 
-/** Readable (object mode) of {@link ChunkJob}s in container order. */
+/** Options of a {@link ChunkSource}. */
+export interface SourceOptions {
+  /** Entry indices in reading order (default: container order). */
+  order?: readonly number[] | undefined;
+  /** Sees every job before it goes on. */
+  observe?: ((job: ChunkJob) => void) | undefined;
+  /** Called after the last job; may throw to fail the stream. */
+  finish?: (() => void) | undefined;
+}
+
+/** Readable (object mode) of {@link ChunkJob}s, in container order unless told otherwise. */
 export class ChunkSource extends Readable {
   private readonly header: ContainerHeader;
   private readonly current: Checkpoint;
   private readonly base: Checkpoint | null;
-  private entry = 0;
+  /** Position in `order` of the entry being read. */
+  private step = 0;
   private chunk = 0;
+  /** Entries in reading order (container order, or a stream's, see streamReadOrder). */
+  private readonly order: readonly number[];
+  private readonly observe: ((job: ChunkJob) => void) | undefined;
+  private readonly finish: (() => void) | undefined;
   private reading = false;
   /** Read buffers, reused chunk after chunk (float32 chunks fit a slot). */
   private readonly recycler: BufferRecycler;
@@ -48,13 +63,20 @@ export class ChunkSource extends Readable {
    * @param header the planned container header
    * @param current the checkpoint being compressed
    * @param base the base checkpoint, or null
+   * @param options `order`: entry indices in reading order (default: container
+   *   order; jobs then come out of container order and need a RecordReorder);
+   *   `observe`: sees every job before it goes on, `finish`: called after the
+   *   last, may throw to fail the stream (the base check of a stream)
    */
-  constructor(header: ContainerHeader, current: Checkpoint, base: Checkpoint | null) {
+  constructor(header: ContainerHeader, current: Checkpoint, base: Checkpoint | null, options: SourceOptions = {}) {
     // One job read ahead: the encoder keeps its own in-flight queue.
     super({ objectMode: true, highWaterMark: 1 });
     this.header = header;
     this.current = current;
     this.base = base;
+    this.order = options.order ?? header.entries.map((_e, i) => i);
+    this.observe = options.observe;
+    this.finish = options.finish;
     this.recycler = new BufferRecycler(Math.max(64, header.options.chunkElements * 4), 64);
     this.release = (buffers) => this.recycler.give(buffers);
   }
@@ -65,6 +87,13 @@ export class ChunkSource extends Readable {
     this.next().then(
       (job) => {
         this.reading = false;
+        try {
+          if (job) this.observe?.(job);
+          else this.finish?.();
+        } catch (err) {
+          this.destroy(err as Error);
+          return;
+        }
         this.push(job);
       },
       (err: unknown) => this.destroy(err as Error),
@@ -73,18 +102,19 @@ export class ChunkSource extends Readable {
 
   private async next(): Promise<ChunkJob | null> {
     const { entries, tensors, options } = this.header;
-    while (this.entry < entries.length) {
-      const e = entries[this.entry]!;
+    while (this.step < this.order.length) {
+      const entry = this.order[this.step]!;
+      const e = entries[entry]!;
       const start = this.chunk * options.chunkElements;
       if (start >= e.elements) {
-        this.entry++;
+        this.step++;
         this.chunk = 0;
         continue;
       }
       const end = Math.min(e.elements, start + options.chunkElements);
       if (e.kind === 'pack') {
         this.chunk++;
-        return { entry: this.entry, chunk: 0, input: { weight: await this.readPack(e), base: null, expAvg: null, expAvgSq: null } };
+        return { entry, chunk: 0, input: { weight: await this.readPack(e), base: null, expAvg: null, expAvgSq: null } };
       }
       let pooled = true;
       const read = async (tensor: number | null, file: Checkpoint | null): Promise<Uint8Array | null> => {
@@ -103,7 +133,7 @@ export class ChunkSource extends Readable {
         read(e.expAvg, this.current),
         read(e.expAvgSq, this.current),
       ]);
-      const job: ChunkJob = { entry: this.entry, chunk: this.chunk, input: { weight: weight!, base, expAvg, expAvgSq } };
+      const job: ChunkJob = { entry, chunk: this.chunk, input: { weight: weight!, base, expAvg, expAvgSq } };
       if (pooled) job.release = this.release;
       this.chunk++;
       return job;

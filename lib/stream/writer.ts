@@ -13,12 +13,12 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import { Hasher } from '../core/hash.js';
+import { HasherList } from '../core/hash.js';
 import { type RestoredRecord, takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
 import { fileFormat } from '../formats/registry.js';
 import type { RestoredEvent } from './codec.js';
-import { SpillStore } from './spill.js';
+import { SpillStore } from '../io/spill.js';
 
 /**
  * Bytes the readable side may hold before spilled data waits for the reader
@@ -42,7 +42,7 @@ export class StreamWriter extends Transform {
   private cursor = 0;
   private cursorOffset = 0;
   private readonly spill = new SpillStore(SPILL_MEMORY);
-  private hashers: Hasher[] = [];
+  private hashers = new HasherList(0);
   private footer: ContainerFooter | null = null;
   private restoredBytes = 0;
   private totalBytes = 0;
@@ -84,7 +84,7 @@ export class StreamWriter extends Transform {
     this.header = header;
     this.sequence = pieces.map((p) => p.piece);
     this.sizes = header.tensors.map((t) => elementCount(t.shape, t.name) * DTYPE_BYTES[t.dtype]);
-    this.hashers = header.tensors.map(() => new Hasher());
+    this.hashers = new HasherList(header.tensors.length);
     this.totalBytes = this.sizes.reduce((a, b) => a + b, 0);
     this.advance();
   }
@@ -163,7 +163,7 @@ export class StreamWriter extends Transform {
       if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
       if (this.cursor < this.sequence.length || this.spill.size > 0) throw new ExcpError('ERR_TRUNCATED', 'restore: the container ended before every tensor was restored');
       if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
-      verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
+      verifyFingerprints(header, this.footer, this.hashers.digests());
       this.spill.dispose();
       callback();
     } catch (err) {

@@ -145,7 +145,8 @@ export function mapParams(input: ParamMapInput): ParamMapping {
     }
   }
   if (ambiguous.length > 0) {
-    const shown = ambiguous.slice(0, 12).join('; ') + (ambiguous.length > 12 ? `; and ${ambiguous.length - 12} more ids` : '');
+    // Two examples: the rest says the same (a whole list made a line of over a thousand characters).
+    const shown = ambiguous.slice(0, 2).join('; ') + (ambiguous.length > 2 ? `; and ${ambiguous.length - 2} more` : '');
     throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: cannot tell apart ${ambiguous.length} param ids: ${shown}; give two consecutive checkpoints or pass the names in optimizer order explicitly`);
   }
   return result;

@@ -9,6 +9,16 @@ import { tmpdir } from 'node:os';
 import { ExcpError } from '../core/errors.js';
 import { join } from 'node:path';
 
+/** Where a SpillStore keeps what does not fit in memory, and what it is for (messages). */
+export interface SpillOptions {
+  /** Bytes kept in memory before spilling to disk (default 16 MiB). */
+  memoryBytes?: number | undefined;
+  /** Folder of the temporary file (default: the system's temporary folder). */
+  dir?: string | undefined;
+  /** The stage, for messages (e.g. `compress`). */
+  stage?: string | undefined;
+}
+
 /** Where a stored value lives; `packed`: the stored bytes are {@link pack}ed, `length` is the original length. */
 type Slot = { memory: Uint8Array; packed: boolean; length: number } | { offset: number; stored: number; packed: boolean; length: number };
 
@@ -18,12 +28,23 @@ export class SpillStore {
   private memoryBytes = 0;
   private readonly memoryLimit: number;
   private fd: number | null = null;
-  private dir: string | null = null;
+  /** The temporary folder while it still exists (where unlinking an open file fails). */
+  private tempDir: string | null = null;
   private fileLength = 0;
+  private readonly folder: string | undefined;
+  private readonly stage: string;
 
-  /** @param memoryLimit bytes kept in memory before spilling to disk */
-  constructor(memoryLimit = 16 * 1024 * 1024) {
-    this.memoryLimit = memoryLimit;
+  /** @param options memory limit (a number: the limit alone), folder of the temporary file, stage for messages */
+  constructor(options: number | SpillOptions = {}) {
+    const o = typeof options === 'number' ? { memoryBytes: options } : options;
+    this.memoryLimit = o.memoryBytes ?? 16 * 1024 * 1024;
+    this.folder = o.dir;
+    this.stage = o.stage ?? 'spill';
+  }
+
+  /** The folder the temporary file goes to. */
+  get dir(): string {
+    return this.folder ?? tmpdir();
   }
 
   /** Bytes written to the temporary file so far. */
@@ -46,20 +67,28 @@ export class SpillStore {
       return;
     }
     if (this.fd === null) {
-      this.dir = mkdtempSync(join(tmpdir(), 'excp-spill-'));
-      this.fd = openSync(join(this.dir, 'spill'), 'w+');
+      try {
+        this.tempDir = mkdtempSync(join(this.dir, 'excp-spill-'));
+        this.fd = openSync(join(this.tempDir, 'spill'), 'w+');
+      } catch (e) {
+        throw this.failure(e);
+      }
       // Unlinked at once (POSIX keeps an open file alive): nothing is left
       // behind however the process ends, SIGKILL included. Where unlinking an
       // open file fails (Windows), dispose() removes it.
       try {
-        rmSync(this.dir, { recursive: true, force: true });
-        this.dir = null;
+        rmSync(this.tempDir, { recursive: true, force: true });
+        this.tempDir = null;
       } catch {
-        // keep this.dir for dispose()
+        // keep this.tempDir for dispose()
       }
     }
     let done = 0;
-    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, this.fileLength + done);
+    try {
+      while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, this.fileLength + done);
+    } catch (e) {
+      throw this.failure(e);
+    }
     this.slots.set(key, { offset: this.fileLength, stored: data.length, packed: packed !== null, length: bytes.length });
     this.fileLength += data.length;
   }
@@ -69,21 +98,43 @@ export class SpillStore {
     return this.slots.has(key);
   }
 
+  /** A spill-file failure as one line that names the folder (and what to do when it is full). */
+  private failure(e: unknown): ExcpError {
+    const code = (e as NodeJS.ErrnoException).code ?? String(e);
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') {
+      return new ExcpError('ERR_NO_SPACE', `${this.stage}: the temporary data in ${this.dir} ran out of space after ${this.fileLength} bytes (${code}); give --tmp DIR a folder with room`, { cause: e });
+    }
+    return new ExcpError('ERR_IO', `${this.stage}: cannot write temporary data in ${this.dir} (${code}); give --tmp DIR a writable folder`, { cause: e });
+  }
+
   /** Remove and return a value, or null when absent. */
   take(key: string): Uint8Array | null {
+    const data = this.get(key);
+    if (data !== null) this.delete(key);
+    return data;
+  }
+
+  /** Forget a value (its disk bytes stay until dispose()). */
+  delete(key: string): void {
+    const slot = this.slots.get(key);
+    if (!slot) return;
+    this.slots.delete(key);
+    if ('memory' in slot) this.memoryBytes -= slot.memory.length;
+  }
+
+  /** A value without removing it, or null when absent. */
+  get(key: string): Uint8Array | null {
     const slot = this.slots.get(key);
     if (!slot) return null;
-    this.slots.delete(key);
     let data: Uint8Array;
     if ('memory' in slot) {
-      this.memoryBytes -= slot.memory.length;
       data = slot.memory;
     } else {
       data = new Uint8Array(slot.stored);
       let done = 0;
       while (done < slot.stored) {
         const n = readSync(this.fd!, data, done, slot.stored - done, slot.offset + done);
-        if (n === 0) throw new ExcpError('ERR_TRUNCATED', `restore: the spill file ended at byte ${slot.offset + done}, before the data written there`);
+        if (n === 0) throw new ExcpError('ERR_TRUNCATED', `${this.stage}: the spill file ended at byte ${slot.offset + done}, before the data written there`);
         done += n;
       }
     }
@@ -97,9 +148,9 @@ export class SpillStore {
   /** Delete the temporary file (idempotent). */
   dispose(): void {
     if (this.fd !== null) closeSync(this.fd);
-    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
+    if (this.tempDir) rmSync(this.tempDir, { recursive: true, force: true });
     this.fd = null;
-    this.dir = null;
+    this.tempDir = null;
     this.slots.clear();
     this.memoryBytes = 0;
   }
