@@ -30,6 +30,10 @@ export interface CompressOptions extends LooseOptions {
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
   paramMap?: readonly string[] | undefined;
+  /** The param map carried from the previous step of a run (a chain passes it: ids are stable within a run). */
+  paramPrior?: ReadonlyMap<number, { name: string; confidence: number }> | null | undefined;
+  /** One-line notices: what was carried as it is and why (an optimizer that is not Adam's, param ids left unmapped). */
+  onNotice?: ((message: string) => void) | undefined;
   /** Per-tensor hashes in the footer (default 'auto': left out of small containers, see TensorHashes). */
   tensorHashes?: TensorHashes | undefined;
   /** Folder for the copy of a checkpoint that comes from a stream (default: the system's temporary folder). */
@@ -82,7 +86,9 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
   let current: Checkpoint | null = null;
   try {
     base = options.base !== undefined ? await openCheckpoint(options.base, { role: 'base' }) : null;
-    current = await openCheckpoint(spooled ? spooled.path : (input as string), { role: 'current', previous: base, paramMap: options.paramMap ?? null }).catch((e: unknown) => {
+    current = await openCheckpoint(spooled ? spooled.path : (input as string), {
+      role: 'current', previous: base, paramMap: options.paramMap ?? null, paramPrior: options.paramPrior ?? null, onNotice: options.onNotice,
+    }).catch((e: unknown) => {
       if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
       throw e;
     });
@@ -97,7 +103,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, paramPrior: _r, onNotice: _n, tensorHashes: _h, tmp: _d, ...rest } = o;
   return rest;
 }
 

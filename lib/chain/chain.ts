@@ -66,6 +66,7 @@ import { CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, isKeyframe, stepF
 import { readContainerFile } from '../api/open.js';
 import { compressTo } from '../api/compress.js';
 import { restoreTo, restoreToFolder } from '../api/restore.js';
+import { priorOf } from '../formats/optimizer-map.js';
 
 export { CHAIN_LOCK } from './lock.js';
 export * from './manifest.js';
@@ -80,8 +81,8 @@ export { restoreChainStep, restoreChainStepToFolder } from './restore.js';
  * @returns the manifest
  * @throws ExcpError ERR_EXISTS when the folder already holds a chain, ERR_CHAIN for mixed kinds or a held lock
  */
-export async function createChain(dir: string, checkpoints: readonly string[], options: ChainOptions = {}): Promise<ChainManifest> {
-  const { keyframeEvery = DEFAULT_KEYFRAME_EVERY, threads: _t, onStep: _s, paramMap, ...codec } = options;
+export async function createChain(dir: string, checkpoints: readonly string[], options: ChainOptions & NoticeOption = {}): Promise<ChainManifest> {
+  const { keyframeEvery = DEFAULT_KEYFRAME_EVERY, threads: _t, onStep: _s, onNotice: _n, paramMap, ...codec } = options;
   if (!Number.isInteger(keyframeEvery) || keyframeEvery < 1) {
     throw new ExcpError('ERR_OUT_OF_RANGE', `options.keyframeEvery must be an integer >= 1, got ${JSON.stringify(keyframeEvery)}`);
   }
@@ -105,7 +106,7 @@ export async function createChain(dir: string, checkpoints: readonly string[], o
     };
     await writeManifest(dir, manifest);
     try {
-      return await appendSteps(dir, checkpoints, { threads: options.threads, onStep: options.onStep });
+      return await appendSteps(dir, checkpoints, { threads: options.threads, onStep: options.onStep, onNotice: options.onNotice });
     } catch (e) {
       // A chain whose first checkpoint failed is no chain: leave the folder free for a retry.
       const now = await readManifest(dir).catch(() => null);
@@ -128,7 +129,7 @@ export async function createChain(dir: string, checkpoints: readonly string[], o
  * @returns the updated manifest
  * @throws ExcpError ERR_CHAIN when the chain is broken, is locked, or holds the other kind
  */
-export async function appendToChain(dir: string, checkpoints: readonly string[], options: Pick<ChainOptions, 'threads' | 'onStep'> = {}): Promise<ChainManifest> {
+export async function appendToChain(dir: string, checkpoints: readonly string[], options: Pick<ChainOptions, 'threads' | 'onStep'> & NoticeOption = {}): Promise<ChainManifest> {
   await readManifest(dir); // not a chain: say so before creating a lock file in it
   return withChainLock(dir, () => appendSteps(dir, checkpoints, options));
 }
@@ -147,8 +148,13 @@ async function removeLeftovers(dir: string, manifest: ChainManifest): Promise<vo
   }
 }
 
+/** One-line notices of the steps' compress (compress's onNotice). */
+export interface NoticeOption {
+  onNotice?: ((message: string) => void) | undefined;
+}
+
 /** appendToChain without the lock (the caller holds it). */
-async function appendSteps(dir: string, checkpoints: readonly string[], options: Pick<ChainOptions, 'threads' | 'onStep'>): Promise<ChainManifest> {
+async function appendSteps(dir: string, checkpoints: readonly string[], options: Pick<ChainOptions, 'threads' | 'onStep'> & NoticeOption): Promise<ChainManifest> {
   const manifest = await readManifest(dir);
   await removeLeftovers(dir, manifest);
   const inputs = await Promise.all(checkpoints.map(checkpointOf));
@@ -171,9 +177,12 @@ async function appendSteps(dir: string, checkpoints: readonly string[], options:
     const last = lastFileName(index, manifest.kind);
     let current: ContainerIndex;
     let lastFingerprint: string | null = null;
+    // The previous step's parameter map (ids are stable within a run): this step confirms it rather than guessing again.
+    const paramPrior = previous ? priorOf((await indexOf(dir, previous)).header.info?.['paramMap']) : null;
     try {
       await writeAtomically(containerPath, (out) => compressTo(checkpoint, out, {
         ...manifest.options, base, threads: options.threads, paramMap: folders ? manifest.paramMap ?? undefined : undefined,
+        paramPrior, onNotice: options.onNotice,
         // Links are checked hash by hash before a replay (checkLink).
         tensorHashes: 'always',
       }), { force: true, inputs: [checkpoint] });

@@ -7,7 +7,7 @@ import { type CommandLine, usage } from './args.js';
 import { codecOptions, num, paramMapOf, positionals, text } from './commands.js';
 import { EXIT } from './exit.js';
 import { checkpointList } from './glob.js';
-import { printOut, toOutput } from './io.js';
+import { notice, printOut, toOutput } from './io.js';
 
 /** Chain checkpoints: globs expanded in step order; a warning when the order given is not numeric. */
 function checkpoints(paths: string[], quiet: boolean): string[] {
@@ -26,7 +26,7 @@ function onStep(line: CommandLine): ((s: { step: number; keyframe: boolean; orig
 async function createCommand(line: CommandLine): Promise<number> {
   const [dir, ...ckpts] = positionals(line, 2, Infinity, 'a chain folder and at least one checkpoint: chain CHAIN_DIR CKPT...');
   await createChain(dir!, checkpoints(ckpts, line.values.has('quiet')), {
-    keyframeEvery: num(line, 'keyframe-every'), threads: num(line, 'threads'), onStep: onStep(line),
+    keyframeEvery: num(line, 'keyframe-every'), threads: num(line, 'threads'), onStep: onStep(line), onNotice: notice,
     paramMap: await paramMapOf(line),
     ...codecOptions(line),
   });
@@ -35,7 +35,7 @@ async function createCommand(line: CommandLine): Promise<number> {
 
 async function appendCommand(line: CommandLine): Promise<number> {
   const [dir, ...ckpts] = positionals(line, 2, Infinity, 'a chain folder and at least one checkpoint: chain append CHAIN_DIR CKPT...');
-  await appendToChain(dir!, checkpoints(ckpts, line.values.has('quiet')), { threads: num(line, 'threads'), onStep: onStep(line) });
+  await appendToChain(dir!, checkpoints(ckpts, line.values.has('quiet')), { threads: num(line, 'threads'), onStep: onStep(line), onNotice: notice });
   return EXIT.ok;
 }
 

@@ -14,7 +14,7 @@ import { formatInspect, inspectContainer, verifyContainer } from '../api/inspect
 import { compareCheckpoints, formatCompare, worstRelativeError } from '../api/compare.js';
 import { type CommandLine, usage } from './args.js';
 import { EXIT } from './exit.js';
-import { printOut, progress, toOutput } from './io.js';
+import { notice, printOut, progress, toOutput } from './io.js';
 
 /** A flag's string value. */
 export function text(line: CommandLine, name: string): string | undefined {
@@ -70,6 +70,7 @@ async function compressCommand(line: CommandLine): Promise<number> {
       base, threads: num(line, 'threads'),
       ...codecOptions(line),
       onProgress: progress(!line.values.has('quiet'), 'compress'),
+      onNotice: notice,
       paramMap,
     });
   });

@@ -57,3 +57,8 @@ export async function toOutput(target: string | undefined, inputs: Array<string 
   }
   await writeAtomically(target, produce, { force, inputs });
 }
+
+/** One-line notices on stderr, as `excp: ...` (never silenced: they say what was not compressed and why). */
+export function notice(message: string): void {
+  process.stderr.write(`excp: ${message}\n`);
+}

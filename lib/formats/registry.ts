@@ -4,7 +4,7 @@
  * - input formats, each one adapter (a file of this folder) that opens a
  *   path as a format-neutral {@link Checkpoint}: a safetensors file
  *   (safetensors-file.ts), a Hugging Face / PyTorch checkpoint folder
- *   (folder.ts);
+ *   (folder.ts), a torch.save file (torch-file.ts);
  * - file kinds, each one file of this folder, that lay a file's tensors out
  *   and rebuild the file at restore: `safetensors`, `blob`, `torch`.
  *
@@ -18,7 +18,9 @@ import type { Checkpoint } from '../model/checkpoint.js';
 import { blobKind } from './blob.js';
 import type { FileFormat } from './file-format.js';
 import { FolderCheckpoint } from './folder.js';
+import type { OptimizerSide } from './optimizer-map.js';
 import { SafetensorsFile, SafetensorsMemory } from './safetensors-file.js';
+import { TorchFileCheckpoint, isTorchSaveFile } from './torch-file.js';
 import { safetensorsKind } from './safetensors-kind.js';
 import { torchKind } from './torch-kind.js';
 
@@ -50,6 +52,16 @@ export interface OpenOptions {
   previous?: Checkpoint | null;
   /** Parameter names in optimizer order (settles a folder's parameter map). */
   paramMap?: readonly string[] | null;
+  /** The parameter map carried from the previous step of a chain (optimizer-map.ts's priorOf). */
+  paramPrior?: ReadonlyMap<number, { name: string; confidence: number }> | null;
+  /** Where one-line notices go (what was carried as it is, and why). */
+  onNotice?: ((message: string) => void) | undefined;
+}
+
+/** The previous checkpoint as the param map's statistics read it, when its format has an optimizer side. */
+function optimizerSide(previous: Checkpoint | null | undefined): OptimizerSide | null {
+  const p = previous as Partial<OptimizerSide> | null | undefined;
+  return p && 'optimizer' in p && typeof p.weight === 'function' && typeof p.readOptimizer === 'function' ? p as OptimizerSide : null;
 }
 
 /** An input format: which paths it takes, and how it opens them. */
@@ -65,8 +77,22 @@ const hfFolder: InputFormat = {
   accepts: (_path, isFolder) => isFolder,
   open: (path, options) => FolderCheckpoint.open(path, {
     mapMoments: options.role === 'current',
-    previous: options.previous instanceof FolderCheckpoint ? options.previous : null,
+    previous: optimizerSide(options.previous),
     explicit: options.paramMap ?? null,
+    prior: options.paramPrior ?? null,
+    onNotice: options.onNotice,
+  }),
+};
+
+const torchSaveFile: InputFormat = {
+  name: 'torch.save file',
+  accepts: (path, isFolder) => !isFolder && isTorchSaveFile(path),
+  open: (path, options) => TorchFileCheckpoint.open(path, {
+    mapMoments: options.role === 'current',
+    previous: optimizerSide(options.previous),
+    explicit: options.paramMap ?? null,
+    prior: options.paramPrior ?? null,
+    onNotice: options.onNotice,
   }),
 };
 
@@ -77,7 +103,7 @@ const safetensorsFile: InputFormat = {
 };
 
 /** Input formats, the first that accepts a path opens it. */
-const INPUTS: readonly InputFormat[] = [hfFolder, safetensorsFile];
+const INPUTS: readonly InputFormat[] = [hfFolder, torchSaveFile, safetensorsFile];
 
 /**
  * Open a checkpoint of any input format.

@@ -16,11 +16,11 @@
 import { writeSync } from 'node:fs';
 import type { ByteReader, ByteWriter } from '../core/bytes.js';
 import { crc32 } from '../core/crc32.js';
-import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
+import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { readIndices, readJson, readString, writeIndices, writeString } from '../container/fields.js';
 import { readExactlySync } from '../io/read.js';
-import type { FileSpec, TensorSpec } from '../model/checkpoint.js';
+import type { CheckpointFile, FileSpec, TensorSpec } from '../model/checkpoint.js';
 import { isByteVector } from './blob.js';
 import type { FileFormat, FilePlacement, Segment } from './file-format.js';
 import { readTorchCheckpoint } from './torch/serialization.js';
@@ -52,6 +52,36 @@ export function skeletonSegments(size: number, ranges: readonly { offset: number
   return segments;
 }
 
+/** A tensor cut out of a torch.save file and coded as a tensor (the rest of the file is its skeleton). */
+export interface Cut {
+  name: string;
+  /** Its first byte in the file. */
+  offset: number;
+  length: number;
+  dtype: DType;
+  shape: number[];
+}
+
+/**
+ * A torch.save file as a file of kind `torch`: the skeleton tensor (the
+ * file's bytes without the cut ranges, which must be sorted and disjoint)
+ * first, then the cut tensors.
+ * @param path the file's path in its folder, or null for a single-file checkpoint
+ * @param skeleton the skeleton tensor's name
+ * @param size the file's size
+ * @param cuts the tensors cut out, sorted by offset
+ * @returns the file, and where the skeleton's bytes are in the file
+ */
+export function torchFile(path: string | null, skeleton: string, size: number, cuts: readonly Cut[]): { file: CheckpointFile; segments: Segment[]; skeletonBytes: number } {
+  const segments = skeletonSegments(size, cuts);
+  const layout: TorchLayout = { size, offsets: cuts.map((c) => c.offset) };
+  return {
+    file: { kind: 'torch', path, tensors: [skeleton, ...cuts.map((c) => c.name)], layout },
+    segments,
+    skeletonBytes: segments.reduce((n, x) => n + x.length, 0),
+  };
+}
+
 function bytesOf(t: TensorSpec): number {
   return elementCount(t.shape, 'container') * DTYPE_BYTES[t.dtype];
 }
@@ -62,6 +92,7 @@ export const torchKind: FileFormat = {
   code: 2,
 
   write(w: ByteWriter, file: FileSpec): void {
+    // An empty path (never a folder file's: validate refuses it) is null: the file of a single-file container.
     writeString(w, file.path ?? '');
     writeIndices(w, file.tensors);
     const layout = file.layout as TorchLayout;
@@ -72,12 +103,12 @@ export const torchKind: FileFormat = {
   read(r: ByteReader) {
     const path = readString(r, 'path');
     const tensors = readIndices(r, 'file tensors');
-    return { file: { kind: 'torch', path, tensors, layout: readJson(r, 'layout') } };
+    return { file: { kind: 'torch', path: path === '' ? null : path, tensors, layout: readJson(r, 'layout') } };
   },
 
   fromJson(value: Record<string, unknown>): FileSpec | null {
     const { path, tensors, layout } = value;
-    if (typeof path !== 'string' || !Array.isArray(tensors)) return null;
+    if ((typeof path !== 'string' && path !== null) || !Array.isArray(tensors)) return null;
     return { kind: 'torch', path, tensors: tensors as number[], layout };
   },
 
