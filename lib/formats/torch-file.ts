@@ -124,7 +124,7 @@ export class TorchFileCheckpoint implements Checkpoint, OptimizerSide {
       const byName = new Map(weights.map((w) => [w.name, w]));
       let paramMap: ParamMapInfo | null = null;
       const names = new Map<number, string>();
-      if (optimizer && options.mapMoments && optimizer.state.state.size > 0) {
+      if (optimizer && model && options.mapMoments && optimizer.state.state.size > 0) {
         const opt = optimizer.state;
         const mapped = mapOptimizer({
           stage: `${path}: ${optimizer.keys.join('/') || 'optimizer'}`, file: basename(path),
