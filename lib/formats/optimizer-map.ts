@@ -184,13 +184,15 @@ export function runStatistics(cur: OptimizerSide & { optimizer: OptimizerState }
     const v = sampled(reader(side, s.expAvgSq));
     return m && v ? adamDirection(m, v, s.step, hyperOf(side.optimizer!, id).hyper) : null;
   };
+  const pairs = new Map<string, [Float64Array, Float64Array] | null>();
   const pair = (name: string): [Float64Array, Float64Array] | null => {
+    if (pairs.has(name)) return pairs.get(name)!;
     const a = cur.weight(name);
     const b = base.weight(name);
-    if (!a || !b || a.dtype !== b.dtype || a.shape.join() !== b.shape.join()) return null;
-    const x = sampled(a);
-    const y = sampled(b);
-    return x && y ? [x, y] : null;
+    const x = a && b && a.dtype === b.dtype && a.shape.join() === b.shape.join() ? sampled(a) : null;
+    const y = x ? sampled(b) : null;
+    pairs.set(name, x && y ? [x, y] : null);
+    return pairs.get(name)!;
   };
   return {
     change: (name) => {

@@ -211,13 +211,20 @@ function uniqueCuts(tensors: readonly TorchTensor[], name: (t: TorchTensor) => s
   return out;
 }
 
-/** Dicts of the tree (to depth 4) with their key paths, shallow first. */
+/**
+ * Dicts of the tree (to depth 4) with their key paths, shallow first. Each
+ * container is visited once (a hostile pickle can share one container
+ * many times over through its memo).
+ */
 function dictsOf(tree: PickleValue): { keys: string[]; value: Map<PickleValue, PickleValue> }[] {
   const out: { keys: string[]; value: Map<PickleValue, PickleValue> }[] = [];
+  const seen = new Set<object>();
   let level: { keys: string[]; value: PickleValue }[] = [{ keys: [], value: tree }];
   for (let depth = 0; depth <= 4 && level.length > 0; depth++) {
     const next: { keys: string[]; value: PickleValue }[] = [];
     for (const { keys, value } of level) {
+      if (typeof value !== 'object' || value === null || seen.has(value)) continue;
+      seen.add(value);
       if (value instanceof Map) {
         out.push({ keys, value });
         for (const [k, v] of value) if (typeof k === 'string' || typeof k === 'number') next.push({ keys: [...keys, String(k)], value: v });

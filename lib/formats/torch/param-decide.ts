@@ -7,7 +7,6 @@
  * applies the decisions, because this is where "settled" is defined.
  */
 import { assignmentZ, hungarian } from './assignment.js';
-import { compareNames } from './param-orders.js';
 import { zOf } from './param-stats.js';
 
 /** Scores of ids x names of one shape with their sample size, or null without data. */
@@ -43,30 +42,39 @@ export interface Decided {
 export function decideOrders(ids: readonly number[], orders: readonly string[][], shapes: ReadonlyMap<string, string>, scoresOf: ScoreSource, minZ: number,
   prior: ReadonlyMap<number, { name: string; confidence: number }>, noData: string): Decided[] {
   const options = ids.map((_, i) => [...new Set(orders.map((o) => o[i]!))]);
-  // Scores per position and name, per shape bucket.
+  // Scores of each position with each name a candidate gives it (only those: not the whole shape bucket).
   const score = ids.map(() => new Map<string, number>());
   const samples = ids.map(() => 0);
-  const byShape = new Map<string, number[]>();
-  ids.forEach((_, i) => {
-    if (options[i]!.length < 2) return;
-    const key = shapes.get(options[i]![0]!)!;
-    byShape.set(key, [...(byShape.get(key) ?? []), i]);
-  });
   let data = true;
-  for (const positions of byShape.values()) {
-    const names = [...new Set(positions.flatMap((i) => options[i]!))].sort(compareNames);
-    const s = scoresOf(positions.map((i) => ids[i]!), names);
+  ids.forEach((id, i) => {
+    if (options[i]!.length < 2 || !data) return;
+    const s = scoresOf([id], options[i]!);
     if (!s) {
       data = false;
-      continue;
+      return;
     }
-    positions.forEach((i, r) => {
-      names.forEach((n, c) => score[i]!.set(n, s.scores[r]![c]!));
-      samples[i] = s.samples[0] ?? 0;
+    options[i]!.forEach((n, c) => score[i]!.set(n, s.scores[0]![c]!));
+    samples[i] = s.samples[0] ?? 0;
+  });
+  const totals = orders.map((o) => o.reduce((t, n, i) => t + (score[i]!.get(n) ?? 0), 0));
+  const best = totals.reduce((b, t, k) => (t > totals[b]! ? k : b), 0);
+  const chosen = orders[best];
+  // Per id: the smallest z of a rival order that names it otherwise (each rival's z computed once).
+  const zs = ids.map(() => Infinity);
+  if (chosen && data) {
+    orders.forEach((o, k) => {
+      if (k === best) return;
+      const changed: number[] = [];
+      const sizes: number[] = [];
+      o.forEach((n, p) => {
+        if (n === chosen[p]) return;
+        changed.push(p);
+        sizes.push(samples[p]!);
+      });
+      const z = zOf(totals[best]! - totals[k]!, sizes);
+      for (const p of changed) zs[p] = Math.min(zs[p]!, z);
     });
   }
-  const totals = orders.map((o) => o.reduce((t, n, i) => t + (score[i]!.get(n) ?? 0), 0));
-  const best = totals.indexOf(Math.max(...totals));
   return ids.map((id, i): Decided => {
     const list = options[i]!;
     if (list.length === 1) {
@@ -74,14 +82,8 @@ export function decideOrders(ids: readonly number[], orders: readonly string[][]
       return { name: list[0]!, confidence: unique ? 1 : 0.9, method: unique ? 'shape' : 'order', options: list, reason: '' };
     }
     if (prior.has(id)) return { name: prior.get(id)!.name, confidence: prior.get(id)!.confidence, method: 'carried', options: list, reason: '' };
-    if (!data || best < 0) return { name: null, confidence: 0, method: 'statistics', options: list, reason: noData };
-    const chosen = orders[best]!;
-    let z = Infinity;
-    orders.forEach((o, k) => {
-      if (o[i] === chosen[i]) return;
-      const changed = o.flatMap((n, p) => (n !== chosen[p] ? [samples[p]!] : []));
-      z = Math.min(z, zOf(totals[best]! - totals[k]!, changed));
-    });
+    if (!data || !chosen) return { name: null, confidence: 0, method: 'statistics', options: list, reason: noData };
+    const z = zs[i]!;
     if (z >= minZ) return { name: chosen[i]!, confidence: statisticsConfidence(z, minZ), method: 'statistics', options: list, reason: '' };
     return { name: null, confidence: 0, method: 'statistics', options: list, reason: `the statistics tell them apart by z ${z.toFixed(1)} only (weights of ${samples[i]} sampled elements)` };
   });
