@@ -230,6 +230,33 @@ test('a mapping carried from the previous step: confirmed, raised by agreeing st
   assert.match(errorOf(() => mapParams({ params, groups, stateShapes, prior: crossed })).message, /fits no order/);
 });
 
+test('evidence adds up over the steps of a run: too weak in one step, enough in a few; never against the data', () => {
+  const params = [{ name: 'a.w', shape: [64] }, { name: 'b.w', shape: [64] }];
+  const groups = [{ params: [0], weightDecay: 0.1 }, { params: [1], weightDecay: 0.1 }, { params: [], weightDecay: 0 }];
+  const stateShapes = new Map<number, number[]>([[0, [64]], [1, [64]]]);
+  // A weak relation: a.w's change follows id 0's direction a little, b.w's id 1's.
+  const weak = (seed: number): ParamMapData => {
+    const rand = uniform(seed);
+    const d = new Map([0, 1].map((id) => [id, Float64Array.from({ length: 64 }, () => rand() - 0.5)]));
+    const c = new Map([['a.w', 0], ['b.w', 1]].map(([n, id]) => [n as string, d.get(id as number)!.map((x) => -0.4 * x + (rand() - 0.5))]));
+    return { change: (n) => c.get(n) ?? null, weight: () => null, direction: (id) => d.get(id) ?? null, decay: () => 0 };
+  };
+  let evidence: ParamMapInput['evidence'] = new Map();
+  const named: number[] = [];
+  for (let step = 0; step < 6; step++) {
+    const result = mapParams({ params, groups, stateShapes, data: weak(100 + step), evidence, smallElements: 64 });
+    for (const [id, name] of result.names) assert.equal(name, id === 0 ? 'a.w' : 'b.w', `step ${step}`);
+    named.push(result.names.size);
+    if (result.names.size === 2) break;
+    assert.deepEqual([...result.evidence.keys()], [0, 1]);
+    assert.equal(result.evidence.get(0)!.steps, step + 1);
+    evidence = result.evidence;
+  }
+  assert.equal(named[0], 0, 'one step is too weak');
+  assert.equal(named.at(-1), 2, `named after ${named.length} steps`);
+  assert.ok(named.length >= 2 && named.length <= 4, `named after ${named.length} steps`);
+});
+
 test('groupOrders: shapes narrow the sibling orders of a whole group; frozen names may be left out; stateless ids match any shape', () => {
   const llama = ['m.embed.w', 'm.layers.0.attn.q', 'm.layers.0.attn.k', 'm.layers.0.attn.v', 'm.layers.0.mlp.up', 'head.w'];
   const shape: Record<string, string> = { 'm.embed.w': '[32,8]', 'head.w': '[32,8]', 'm.layers.0.attn.q': '[8,8]', 'm.layers.0.attn.k': '[4,8]', 'm.layers.0.attn.v': '[4,8]', 'm.layers.0.mlp.up': '[16,8]' };

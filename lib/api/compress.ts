@@ -16,6 +16,7 @@ import { entryRawBytes } from '../model/pack.js';
 import { planHeader } from '../model/plan.js';
 import { openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
+import type { ParamPrior } from '../formats/optimizer-map.js';
 import { ChunkEncoder } from '../stream/codec.js';
 import { ContainerWriter, type TensorHashes } from '../stream/container.js';
 import { ChunkSource } from '../stream/source.js';
@@ -31,7 +32,7 @@ export interface CompressOptions extends LooseOptions {
   /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
   paramMap?: readonly string[] | undefined;
   /** The param map carried from the previous step of a run (a chain passes it: ids are stable within a run). */
-  paramPrior?: ReadonlyMap<number, { name: string; confidence: number }> | null | undefined;
+  paramPrior?: ParamPrior | null | undefined;
   /** One-line notices: what was carried as it is and why (an optimizer that is not Adam's, param ids left unmapped). */
   onNotice?: ((message: string) => void) | undefined;
   /** Per-tensor hashes in the footer (default 'auto': left out of small containers, see TensorHashes). */

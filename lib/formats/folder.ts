@@ -35,7 +35,7 @@ import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
 import { type Cut, torchFile } from './torch-kind.js';
-import { NAMES_FILE, NAMES_PYTHON, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, mapOptimizer } from './optimizer-map.js';
+import { NAMES_FILE, NAMES_PYTHON, type OptimizerSide, type ParamMapInfo, type ParamPrior, STATE_PREFIX, mapOptimizer } from './optimizer-map.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
 import { readExactlySync } from '../io/read.js';
 
@@ -60,7 +60,7 @@ export interface FolderOpenOptions {
   /** Parameter names in optimizer order (--param-map: overrides the names file and inference). */
   explicit?: readonly string[] | null;
   /** The mapping carried from the previous step of a chain. */
-  prior?: ReadonlyMap<number, { name: string; confidence: number }> | null;
+  prior?: ParamPrior | null;
   /** Where one-line notices go (an optimizer.pt that is not Adam's, small ids left unmapped). */
   onNotice?: ((message: string) => void) | undefined;
 }

@@ -15,7 +15,7 @@
  */
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
-import { type NamedShape, type ParamMapData, type ParamMapping, mapParams } from './torch/param-map.js';
+import { type Evidence, type NamedShape, type ParamMapData, type ParamMapping, mapParams } from './torch/param-map.js';
 import { type AdamHyper, adamDirection, samplePlan } from './torch/param-stats.js';
 import type { OptimizerState, TorchTensor } from './torch/serialization.js';
 
@@ -35,6 +35,18 @@ export interface ParamMapInfo {
   minConfidence: number;
   /** Of `unmapped`: the small ids nothing told apart, with their candidate names (absent when none). */
   ambiguous?: [number, string[]][];
+  /**
+   * The statistics so far of ids not named by more than their shape: [id,
+   * steps, [name, summed score] per candidate] (absent when none). A chain
+   * adds the next step's to them (torch/param-map.ts's Evidence).
+   */
+  evidence?: [number, number, [string, number][]][];
+}
+
+/** What a step hands the next step of the same run: its names, and the evidence on the ids it left unnamed. */
+export interface ParamPrior {
+  names: ReadonlyMap<number, { name: string; confidence: number }>;
+  evidence: ReadonlyMap<number, Evidence>;
 }
 
 /** A tensor that can be read by byte range, synchronously. */
@@ -68,7 +80,7 @@ export interface MapRequest {
   /** Names in optimizer order and where they came from, or null. */
   explicit: { names: readonly string[]; method: 'explicit' | 'names-file' } | null;
   /** The mapping carried from the previous step of a chain, or null. */
-  prior: ReadonlyMap<number, { name: string; confidence: number }> | null;
+  prior: ParamPrior | null;
   /** How a user gives the names, for messages (a sentence). */
   recipe: string;
   /** Where one-line notices go. */
@@ -96,7 +108,7 @@ export function mapOptimizer(req: MapRequest): { names: Map<number, string>; inf
       stateShapes: new Map([...opt.state].map(([id, s]) => [id, s.expAvg.shape])),
       ...(explicit ? { explicit: explicit.names, explicitMethod: explicit.method } : {}),
       ...(req.base ? { data: runStatistics(req.current, req.base) } : { keyframe: true }),
-      ...(req.prior ? { prior: req.prior } : {}),
+      ...(req.prior ? { prior: req.prior.names, evidence: req.prior.evidence } : {}),
     });
   } catch (e) {
     if (!(e instanceof ExcpError) || e.code !== 'ERR_PARAM_MAP') throw e;
@@ -113,25 +125,39 @@ export function mapOptimizer(req: MapRequest): { names: Map<number, string>; inf
     unmapped: [...opt.state.keys()].filter((id) => !mapping.names.has(id)),
     minConfidence: Math.min(1, ...ids.map((r) => r[2])),
     ...(mapping.ambiguous.length > 0 ? { ambiguous: mapping.ambiguous.map((a): [number, string[]] => [a.id, a.options]) } : {}),
+    ...(mapping.evidence.size > 0 ? {
+      evidence: [...mapping.evidence].sort((a, b) => a[0] - b[0]).map(([id, e]): [number, number, [string, number][]] =>
+        [id, e.steps, [...e.scores].map(([n, x]): [string, number] => [n, Math.round(x * 1e6) / 1e6])]),
+    } : {}),
   };
   return { names: mapping.names, info };
 }
 
 /**
- * The mapping a container records, as a prior for the next step of the same
- * run: every id named by more than its shape alone.
+ * The mapping a container records, as the prior of the next step of the
+ * same run: every id named by more than its shape alone, and the evidence
+ * on the others.
  * @param info a container's `header.info.paramMap`, or anything else (then null)
  */
-export function priorOf(info: unknown): Map<number, { name: string; confidence: number }> | null {
-  const ids = (info as { ids?: unknown } | null)?.ids;
-  if (!Array.isArray(ids)) return null;
-  const out = new Map<number, { name: string; confidence: number }>();
-  for (const row of ids as unknown[]) {
+export function priorOf(info: unknown): ParamPrior | null {
+  const record = info as { ids?: unknown; evidence?: unknown } | null;
+  if (!record || !Array.isArray(record.ids)) return null;
+  const names = new Map<number, { name: string; confidence: number }>();
+  for (const row of record.ids as unknown[]) {
     if (!Array.isArray(row) || typeof row[0] !== 'number' || typeof row[1] !== 'string' || typeof row[2] !== 'number') continue;
     if (row[3] === 'shape-only' || row[2] <= 0) continue;
-    out.set(row[0], { name: row[1], confidence: row[2] });
+    names.set(row[0], { name: row[1], confidence: row[2] });
   }
-  return out.size > 0 ? out : null;
+  const evidence = new Map<number, Evidence>();
+  for (const row of Array.isArray(record.evidence) ? record.evidence as unknown[] : []) {
+    if (!Array.isArray(row) || typeof row[0] !== 'number' || !Number.isSafeInteger(row[1]) || row[1] < 1 || !Array.isArray(row[2])) continue;
+    const scores = new Map<string, number>();
+    for (const pair of row[2] as unknown[]) {
+      if (Array.isArray(pair) && typeof pair[0] === 'string' && typeof pair[1] === 'number' && Number.isFinite(pair[1])) scores.set(pair[0], pair[1]);
+    }
+    if (!names.has(row[0])) evidence.set(row[0], { steps: row[1] as number, scores });
+  }
+  return names.size > 0 || evidence.size > 0 ? { names, evidence } : null;
 }
 
 /** Elements sampled per tensor by the statistics. */

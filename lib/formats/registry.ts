@@ -18,7 +18,7 @@ import type { Checkpoint } from '../model/checkpoint.js';
 import { blobKind } from './blob.js';
 import type { FileFormat } from './file-format.js';
 import { FolderCheckpoint } from './folder.js';
-import type { OptimizerSide } from './optimizer-map.js';
+import type { OptimizerSide, ParamPrior } from './optimizer-map.js';
 import { SafetensorsFile, SafetensorsMemory } from './safetensors-file.js';
 import { TorchFileCheckpoint, isTorchSaveFile } from './torch-file.js';
 import { safetensorsKind } from './safetensors-kind.js';
@@ -53,7 +53,7 @@ export interface OpenOptions {
   /** Parameter names in optimizer order (settles a folder's parameter map). */
   paramMap?: readonly string[] | null;
   /** The parameter map carried from the previous step of a chain (optimizer-map.ts's priorOf). */
-  paramPrior?: ReadonlyMap<number, { name: string; confidence: number }> | null;
+  paramPrior?: ParamPrior | null;
   /** Where one-line notices go (what was carried as it is, and why). */
   onNotice?: ((message: string) => void) | undefined;
 }

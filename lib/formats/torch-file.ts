@@ -28,7 +28,7 @@ import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount } from '../core/dty
 import { ExcpError } from '../core/errors.js';
 import { readExactlySync } from '../io/read.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
-import { NAMES_PYTHON, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
+import { NAMES_PYTHON, type OptimizerSide, type ParamMapInfo, type ParamPrior, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
 import { type Cut, torchFile } from './torch-kind.js';
 import type { PickleValue } from './torch/pickle.js';
 import { type OptimizerState, type TorchCheckpoint, type TorchTensor, adamStateOf, readTorchCheckpoint } from './torch/serialization.js';
@@ -46,7 +46,7 @@ export interface TorchFileOpenOptions {
   mapMoments: boolean;
   previous?: OptimizerSide | null;
   explicit?: readonly string[] | null;
-  prior?: ReadonlyMap<number, { name: string; confidence: number }> | null;
+  prior?: ParamPrior | null;
   onNotice?: ((message: string) => void) | undefined;
 }
 

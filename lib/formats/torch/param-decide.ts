@@ -85,7 +85,7 @@ export function decideOrders(ids: readonly number[], orders: readonly string[][]
     if (!data || !chosen) return { name: null, confidence: 0, method: 'statistics', options: list, reason: noData };
     const z = zs[i]!;
     if (z >= minZ) return { name: chosen[i]!, confidence: statisticsConfidence(z, minZ), method: 'statistics', options: list, reason: '' };
-    return { name: null, confidence: 0, method: 'statistics', options: list, reason: `the statistics tell them apart by z ${z.toFixed(1)} only (weights of ${samples[i]} sampled elements)` };
+    return { name: null, confidence: 0, method: 'statistics', options: list, reason: `the statistics tell them apart by z ${z.toFixed(1)} only (${sampleText(samples[i]!)})` };
   });
 }
 
@@ -97,11 +97,16 @@ export function decideOrders(ids: readonly number[], orders: readonly string[][]
  */
 export function decideAssignment(ids: readonly number[], names: readonly string[], s: { scores: number[][]; samples: number[] }, minZ: number): Decided[] {
   const assignment = hungarian(s.scores);
-  const zs = assignmentZ(s.scores, assignment, s.samples[0]!);
+  const zs = assignmentZ(s.scores, assignment, Math.min(...s.samples));
   return ids.map((_, i): Decided => {
     const z = zs[i]!;
     return z >= minZ
       ? { name: names[assignment[i]!]!, confidence: statisticsConfidence(z, minZ), method: 'statistics', options: [...names], reason: '' }
-      : { name: null, confidence: 0, method: 'statistics', options: [...names], reason: `the statistics tell them apart by z ${z.toFixed(1)} only (weights of ${s.samples[0]} sampled elements)` };
+      : { name: null, confidence: 0, method: 'statistics', options: [...names], reason: `the statistics tell them apart by z ${z.toFixed(1)} only (${sampleText(Math.min(...s.samples))})` };
   });
+}
+
+/** An (effective) sample size in words. */
+function sampleText(n: number): string {
+  return Number.isInteger(n) ? `weights of ${n} sampled elements` : `several steps' statistics, worth ${n.toFixed(1)} sampled elements of one`;
 }

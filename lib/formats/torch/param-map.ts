@@ -89,6 +89,14 @@ export interface ParamMapInput {
   explicitMethod?: 'explicit' | 'names-file' | 'param-names' | 'fqn';
   /** A mapping carried from the previous step of the run: name and confidence by id. */
   prior?: ReadonlyMap<number, { name: string; confidence: number }>;
+  /**
+   * The statistics of earlier steps of the run for ids they left unnamed:
+   * per id, the number of steps and the summed score of each candidate name.
+   * Added to this step's scores, so evidence too weak in one step can settle
+   * an id over several (the steps' changes are independent, so the null
+   * variance adds up too).
+   */
+  evidence?: ReadonlyMap<number, Evidence>;
   /** Smallest z of the statistics that settles an id (default 5). */
   minZ?: number;
   /** Ambiguous ids of at most this many elements are left unmapped instead of failing (default 1024). */
@@ -103,6 +111,12 @@ export interface ParamMapInput {
    * a moment is listed with: it does not change what is kept or restored.
    */
   keyframe?: boolean;
+}
+
+/** Summed scores of an id's candidate names over `steps` steps. */
+export interface Evidence {
+  steps: number;
+  scores: ReadonlyMap<string, number>;
 }
 
 /** An id left unmapped: its candidate names and why. */
@@ -123,6 +137,8 @@ export interface ParamMapping {
   unmapped: number[];
   /** Small ids left unmapped because nothing told them apart (their moments are coded exactly). */
   ambiguous: AmbiguousId[];
+  /** The statistics so far of every id not named by more than its shape (for the next step). */
+  evidence: Map<number, Evidence>;
 }
 
 const STAGE = 'param-map';
@@ -144,7 +160,7 @@ const DECAY_RULES: readonly ((p: NamedShape) => boolean)[] = [
 export function mapParams(input: ParamMapInput): ParamMapping {
   const byName = new Map(input.params.map((p) => [p.name, p]));
   const order = input.groups.flatMap((g) => [...g.params]);
-  const result: ParamMapping = { names: new Map(), confidence: new Map(), method: new Map(), unmapped: order.filter((id) => !input.stateShapes.has(id)), ambiguous: [] };
+  const result: ParamMapping = { names: new Map(), confidence: new Map(), method: new Map(), unmapped: order.filter((id) => !input.stateShapes.has(id)), ambiguous: [], evidence: new Map() };
   if (input.explicit) return explicitMapping(input, byName, order, result);
   const prior = checkPrior(input, byName);
   const context = new Context(input);
@@ -162,6 +178,10 @@ export function mapParams(input: ParamMapInput): ParamMapping {
     else refused.push(a);
   }
   if (input.keyframe) pairByShape(left, input, result);
+  for (const a of left) {
+    const e = context.evidenceOf(a.id) ?? input.evidence?.get(a.id);
+    if (e) result.evidence.set(a.id, e);
+  }
   if (refused.length > 0) {
     const shown = refused.slice(0, 8).map((a) => `id ${a.id} (${a.options.slice(0, 4).join(' | ')}${a.options.length > 4 ? ` | ${a.options.length - 4} more` : ''}: ${a.reason})`);
     throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: cannot tell apart ${refused.length} param ids: ${shown.join('; ')}${refused.length > 8 ? `; and ${refused.length - 8} more` : ''} (a mapping needs z >= ${minZ})`);
@@ -227,8 +247,36 @@ class Context {
     this.scoresOf = (ids, names) => this.scores(ids, names);
   }
 
-  /** Scores of ids x names of one shape, with sample sizes; null without data. */
+  /** Scores with the earlier steps' evidence added, by id and name (what the next step is given). */
+  private readonly summed = new Map<number, Map<string, number>>();
+
+  /**
+   * Scores of ids x names of one shape, the earlier steps' evidence added,
+   * with an effective sample size per id (the null variance of a score
+   * summed over k steps of n samples is k/(n-1): as one of 1 + (n-1)/k);
+   * null without data.
+   */
   scores(ids: readonly number[], names: readonly string[]): { scores: number[][]; samples: number[] } | null {
+    const s = this.stepScores(ids, names);
+    if (!s) return null;
+    const samples = ids.map((id) => 1 + (s.samples[0]! - 1) / (1 + (this.input.evidence?.get(id)?.steps ?? 0)));
+    const scores = s.scores.map((row, i) => row.map((x, j) => {
+      const total = x + (this.input.evidence?.get(ids[i]!)?.scores.get(names[j]!) ?? 0);
+      const seen = this.summed.get(ids[i]!) ?? new Map<string, number>();
+      this.summed.set(ids[i]!, seen.set(names[j]!, total));
+      return total;
+    }));
+    return { scores, samples };
+  }
+
+  /** The evidence of an id after this step, or null when this step scored nothing for it. */
+  evidenceOf(id: number): Evidence | null {
+    const summed = this.summed.get(id);
+    return summed ? { steps: 1 + (this.input.evidence?.get(id)?.steps ?? 0), scores: summed } : null;
+  }
+
+  /** This step's scores alone. */
+  private stepScores(ids: readonly number[], names: readonly string[]): { scores: number[][]; samples: number[] } | null {
     const data = this.input.data;
     if (!data) return null;
     const change = (n: string): Float64Array | null => {
