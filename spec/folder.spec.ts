@@ -283,13 +283,16 @@ test('CLI: compress DIR --base PREV, inspect shows the param map, restore -o DIR
   assert.match(r.stdout, /shape-only \d+/);
 });
 
-test('an optimizer.pt that is not an Adam state_dict is carried byte for byte', async () => {
+test('an optimizer.pt that is not an Adam state_dict is carried byte for byte, with one notice', async () => {
   const dir = join(work, 'not-adam');
   mkdirSync(dir);
   const src = join(FIXTURES, 'fp32', 'checkpoint-4');
   for (const f of readdirSync(src)) copyFileSync(join(src, f), join(dir, f));
   copyFileSync(join(src, 'scheduler.pt'), join(dir, 'optimizer.pt'));
-  const out = await restoreFolder(await compressFolder(dir, {}));
+  const notices: string[] = [];
+  const out = await restoreFolder(await compressFolder(dir, { onNotice: (m) => notices.push(m) }));
+  assert.equal(notices.length, 1);
+  assert.match(notices[0]!, /not-adam\/optimizer\.pt: .*optimizer state_dict: needs "state" \(dict\) and "param_groups" \(list\): carried byte for byte, its state coded exactly$/);
   for (const f of readdirSync(dir)) assert.deepEqual(bytesOf(out, f), bytesOf(dir, f), f);
 });
 

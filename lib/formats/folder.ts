@@ -35,7 +35,7 @@ import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
 import { type Cut, torchFile } from './torch-kind.js';
-import { NAMES_FILE, NAMES_PYTHON, type OptimizerSide, type ParamMapInfo, type ParamPrior, STATE_PREFIX, mapOptimizer } from './optimizer-map.js';
+import { NAMES_FILE, NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
 import { readExactlySync } from '../io/read.js';
 
@@ -52,18 +52,7 @@ type Source =
   | { fd: number; segments: { at: number; offset: number; length: number }[] };
 
 /** Options of {@link FolderCheckpoint.open}. */
-export interface FolderOpenOptions {
-  /** Name the moments: false for a base folder (all moments stay `__optimizer__/ID/...`). */
-  mapMoments: boolean;
-  /** The previous checkpoint: its weights and optimizer state give the param map's statistics. */
-  previous?: OptimizerSide | null;
-  /** Parameter names in optimizer order (--param-map: overrides the names file and inference). */
-  explicit?: readonly string[] | null;
-  /** The mapping carried from the previous step of a chain. */
-  prior?: ParamPrior | null;
-  /** Where one-line notices go (an optimizer.pt that is not Adam's, small ids left unmapped). */
-  onNotice?: ((message: string) => void) | undefined;
-}
+export type FolderOpenOptions = OptimizerOpenOptions;
 
 /** A checkpoint folder as a {@link Checkpoint} over its virtual tensor table. */
 export class FolderCheckpoint implements Checkpoint, OptimizerSide {
@@ -149,7 +138,7 @@ export class FolderCheckpoint implements Checkpoint, OptimizerSide {
             // Not an Adam state_dict (another optimizer, or no data.pkl): carried as a blob.
             // Anything else, ERR_UNSAFE_PICKLE above all, is refused.
             if (!(e instanceof ExcpError) || (e.code !== 'ERR_BAD_PICKLE' && e.code !== 'ERR_BAD_ZIP')) throw e;
-            options.onNotice?.(`${e.message}: carried byte for byte, its state coded exactly`);
+            options.onNotice?.(`${e.message.startsWith(full) ? '' : `${full}: `}${e.message}: carried byte for byte, its state coded exactly`);
           }
           if (state) optimizer = { path, fd, size, state };
           else pending.push({ path, fd, size });
@@ -232,7 +221,7 @@ export class FolderCheckpoint implements Checkpoint, OptimizerSide {
   }
 
   /** A model weight (a tensor cut from its file), read synchronously: the param map's statistics of the next step. */
-  weight(name: string): { dtype: DType; shape: readonly number[]; read(start: number, end: number): Uint8Array } | null {
+  weight(name: string): TensorReader | null {
     const info = this.byName.get(name);
     const source = this.sources.get(name);
     if (!info || !source || !('offset' in source) || name.startsWith(FILE_PREFIX)) return null;

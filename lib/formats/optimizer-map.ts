@@ -66,6 +66,20 @@ export interface OptimizerSide {
   readOptimizer(offset: number, length: number): Uint8Array;
 }
 
+/** How a format with an optimizer (a folder, a torch.save file) is opened. */
+export interface OptimizerOpenOptions {
+  /** Name the moments: false for a base (all moments stay `__optimizer__/ID/...`). */
+  mapMoments: boolean;
+  /** The previous checkpoint: its weights and optimizer state give the param map's statistics. */
+  previous?: OptimizerSide | null;
+  /** Parameter names in optimizer order (--param-map: overrides everything else). */
+  explicit?: readonly string[] | null;
+  /** The mapping carried from the previous step of a chain. */
+  prior?: ParamPrior | null;
+  /** Where one-line notices go (an optimizer that is not Adam's, small ids left unmapped). */
+  onNotice?: ((message: string) => void) | undefined;
+}
+
 /** What {@link mapOptimizer} needs. */
 export interface MapRequest {
   /** The optimizer's file for messages, e.g. `run/checkpoint-8/optimizer.pt`. */

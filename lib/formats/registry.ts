@@ -18,7 +18,7 @@ import type { Checkpoint } from '../model/checkpoint.js';
 import { blobKind } from './blob.js';
 import type { FileFormat } from './file-format.js';
 import { FolderCheckpoint } from './folder.js';
-import type { OptimizerSide, ParamPrior } from './optimizer-map.js';
+import type { OptimizerOpenOptions, OptimizerSide, ParamPrior } from './optimizer-map.js';
 import { SafetensorsFile, SafetensorsMemory } from './safetensors-file.js';
 import { TorchFileCheckpoint, isTorchSaveFile } from './torch-file.js';
 import { safetensorsKind } from './safetensors-kind.js';
@@ -72,28 +72,27 @@ export interface InputFormat {
   open(path: string, options: OpenOptions): Promise<Checkpoint>;
 }
 
-const hfFolder: InputFormat = {
-  name: 'checkpoint folder',
-  accepts: (_path, isFolder) => isFolder,
-  open: (path, options) => FolderCheckpoint.open(path, {
+/** The open options of a format with an optimizer. */
+function optimizerOptions(options: OpenOptions): OptimizerOpenOptions {
+  return {
     mapMoments: options.role === 'current',
     previous: optimizerSide(options.previous),
     explicit: options.paramMap ?? null,
     prior: options.paramPrior ?? null,
     onNotice: options.onNotice,
-  }),
+  };
+}
+
+const hfFolder: InputFormat = {
+  name: 'checkpoint folder',
+  accepts: (_path, isFolder) => isFolder,
+  open: (path, options) => FolderCheckpoint.open(path, optimizerOptions(options)),
 };
 
 const torchSaveFile: InputFormat = {
   name: 'torch.save file',
   accepts: (path, isFolder) => !isFolder && isTorchSaveFile(path),
-  open: (path, options) => TorchFileCheckpoint.open(path, {
-    mapMoments: options.role === 'current',
-    previous: optimizerSide(options.previous),
-    explicit: options.paramMap ?? null,
-    prior: options.paramPrior ?? null,
-    onNotice: options.onNotice,
-  }),
+  open: (path, options) => TorchFileCheckpoint.open(path, optimizerOptions(options)),
 };
 
 const safetensorsFile: InputFormat = {

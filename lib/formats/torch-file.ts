@@ -28,7 +28,7 @@ import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount } from '../core/dty
 import { ExcpError } from '../core/errors.js';
 import { readExactlySync } from '../io/read.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
-import { NAMES_PYTHON, type OptimizerSide, type ParamMapInfo, type ParamPrior, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
+import { NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
 import { type Cut, torchFile } from './torch-kind.js';
 import type { PickleValue } from './torch/pickle.js';
 import { type OptimizerState, type TorchCheckpoint, type TorchTensor, adamStateOf, readTorchCheckpoint } from './torch/serialization.js';
@@ -39,16 +39,6 @@ export const TORCH_SKELETON = '__file__/torch.save';
 
 /** Keys under which a training loop usually keeps its model state_dict, most likely first. */
 const MODEL_KEYS = ['model', 'state_dict', 'model_state_dict', 'model_state', 'module', 'net', 'network', 'weights'];
-
-/** Options of {@link TorchFileCheckpoint.open} (those of a checkpoint folder). */
-export interface TorchFileOpenOptions {
-  /** Name the moments: false for a base file. */
-  mapMoments: boolean;
-  previous?: OptimizerSide | null;
-  explicit?: readonly string[] | null;
-  prior?: ParamPrior | null;
-  onNotice?: ((message: string) => void) | undefined;
-}
 
 /**
  * Whether a path is a file that starts like a zip archive (torch.save since 1.6).
@@ -107,7 +97,7 @@ export class TorchFileCheckpoint implements Checkpoint, OptimizerSide {
    * @param options what it is for (the checkpoint being compressed names its moments)
    * @throws ExcpError ERR_UNSAFE_PICKLE (a global outside the allow-list), ERR_BAD_ZIP, ERR_BAD_PICKLE, ERR_PARAM_MAP, ERR_IO
    */
-  static async open(path: string, options: TorchFileOpenOptions): Promise<TorchFileCheckpoint> {
+  static async open(path: string, options: OptimizerOpenOptions): Promise<TorchFileCheckpoint> {
     let fd: number;
     try {
       fd = openSync(path, 'r');
