@@ -40,9 +40,11 @@
  * naming the ids, their candidates and why.
  */
 import { ExcpError } from '../../core/errors.js';
-import { type Decided, type ScoreSource, decideAssignment, decideOrders } from './param-decide.js';
+import { type Decided, decideAssignment, decideOrders } from './param-decide.js';
 import { candidateOrders, compareNames, groupOrders } from './param-orders.js';
-import { scoreMatrix } from './param-stats.js';
+import { type Evidence, type ParamMapData, RunStatistics } from './param-stats.js';
+
+export type { Evidence, ParamMapData } from './param-stats.js';
 
 /** A tensor of the model file. */
 export interface NamedShape {
@@ -54,22 +56,6 @@ export interface NamedShape {
 export interface ParamGroupInfo {
   params: readonly number[];
   weightDecay?: number | null;
-}
-
-/**
- * The run's statistics, sampled (param-stats.ts's samplePlan, the same
- * positions for every tensor of a size); a function returns null when it
- * has no data.
- */
-export interface ParamMapData {
-  /** W_cur - W_prev of a named parameter. */
-  change(name: string): Float64Array | null;
-  /** (W_prev + W_cur) / 2 of a named parameter, for the weight-decay term. */
-  weight(name: string): Float64Array | null;
-  /** Adam's update direction of an id, the mean over the base and the current state. */
-  direction(id: number): Float64Array | null;
-  /** The learning rate summed over the interval times the id's weight decay (0: no decay term). */
-  decay(id: number): number;
 }
 
 /** How an id was settled. */
@@ -111,12 +97,6 @@ export interface ParamMapInput {
    * a moment is listed with: it does not change what is kept or restored.
    */
   keyframe?: boolean;
-}
-
-/** Summed scores of an id's candidate names over `steps` steps. */
-export interface Evidence {
-  steps: number;
-  scores: ReadonlyMap<string, number>;
 }
 
 /** An id left unmapped: its candidate names and why. */
@@ -163,7 +143,7 @@ export function mapParams(input: ParamMapInput): ParamMapping {
   const result: ParamMapping = { names: new Map(), confidence: new Map(), method: new Map(), unmapped: order.filter((id) => !input.stateShapes.has(id)), ambiguous: [], evidence: new Map() };
   if (input.explicit) return explicitMapping(input, byName, order, result);
   const prior = checkPrior(input, byName);
-  const context = new Context(input);
+  const context: Context = { input, minZ: input.minZ ?? 5, stats: new RunStatistics(input.data, input.evidence) };
   const split = splitGroups(input);
   const left: AmbiguousId[] = [];
   for (const [g, ids] of split.ids.entries()) {
@@ -179,7 +159,7 @@ export function mapParams(input: ParamMapInput): ParamMapping {
   }
   if (input.keyframe) pairByShape(left, input, result);
   for (const a of left) {
-    const e = context.evidenceOf(a.id) ?? input.evidence?.get(a.id);
+    const e = context.stats.evidenceOf(a.id) ?? input.evidence?.get(a.id);
     if (e) result.evidence.set(a.id, e);
   }
   if (refused.length > 0) {
@@ -229,70 +209,11 @@ function checkPrior(input: ParamMapInput, byName: Map<string, NamedShape>): Map<
   return prior;
 }
 
-/** Sampled data and scores, read once per name and id. */
-class Context {
-  readonly input: ParamMapInput;
-  readonly minZ: number;
-  private readonly changes = new Map<string, Float64Array | null>();
-  private readonly directions = new Map<number, Float64Array | null>();
-
-  /** Why nothing can be decided without scores. */
-  readonly noData: string;
-  readonly scoresOf: ScoreSource;
-
-  constructor(input: ParamMapInput) {
-    this.input = input;
-    this.minZ = input.minZ ?? 5;
-    this.noData = input.data ? 'no weight change or optimizer state to compare' : 'no previous checkpoint to compare with';
-    this.scoresOf = (ids, names) => this.scores(ids, names);
-  }
-
-  /** Scores with the earlier steps' evidence added, by id and name (what the next step is given). */
-  private readonly summed = new Map<number, Map<string, number>>();
-
-  /**
-   * Scores of ids x names of one shape, the earlier steps' evidence added,
-   * with an effective sample size per id (the null variance of a score
-   * summed over k steps of n samples is k/(n-1): as one of 1 + (n-1)/k);
-   * null without data.
-   */
-  scores(ids: readonly number[], names: readonly string[]): { scores: number[][]; samples: number[] } | null {
-    const s = this.stepScores(ids, names);
-    if (!s) return null;
-    const samples = ids.map((id) => 1 + (s.samples[0]! - 1) / (1 + (this.input.evidence?.get(id)?.steps ?? 0)));
-    const scores = s.scores.map((row, i) => row.map((x, j) => {
-      const total = x + (this.input.evidence?.get(ids[i]!)?.scores.get(names[j]!) ?? 0);
-      const seen = this.summed.get(ids[i]!) ?? new Map<string, number>();
-      this.summed.set(ids[i]!, seen.set(names[j]!, total));
-      return total;
-    }));
-    return { scores, samples };
-  }
-
-  /** The evidence of an id after this step, or null when this step scored nothing for it. */
-  evidenceOf(id: number): Evidence | null {
-    const summed = this.summed.get(id);
-    return summed ? { steps: 1 + (this.input.evidence?.get(id)?.steps ?? 0), scores: summed } : null;
-  }
-
-  /** This step's scores alone. */
-  private stepScores(ids: readonly number[], names: readonly string[]): { scores: number[][]; samples: number[] } | null {
-    const data = this.input.data;
-    if (!data) return null;
-    const change = (n: string): Float64Array | null => {
-      if (!this.changes.has(n)) this.changes.set(n, data.change(n));
-      return this.changes.get(n)!;
-    };
-    const direction = (id: number): Float64Array | null => {
-      if (!this.directions.has(id)) this.directions.set(id, data.direction(id));
-      return this.directions.get(id)!;
-    };
-    const decay = ids.map((id) => data.decay(id));
-    return scoreMatrix({
-      directions: ids.map(direction), changes: names.map(change),
-      weights: names.map((n) => (decay.some((d) => d !== 0) ? data.weight(n) : null)), decay,
-    });
-  }
+/** What the settling steps share: the input, the z to clear, the statistics. */
+interface Context {
+  input: ParamMapInput;
+  minZ: number;
+  stats: RunStatistics;
 }
 
 /** Shape counts (multiset) as a map. */
@@ -366,7 +287,7 @@ function settleGroup(allIds: number[], names: NamedShape[], structured: boolean,
   }
   const left: AmbiguousId[] = [];
   const settle = (list: { ids: number[]; orders: string[][] }, narrowed: boolean): void => {
-    const decided = decideOrders(list.ids, list.orders, shapes, context.scoresOf, context.minZ, narrowed ? prior : new Map(), context.noData);
+    const decided = decideOrders(list.ids, list.orders, shapes, context.stats.scoresOf, context.minZ, narrowed ? prior : new Map(), context.stats.noData);
     for (const [i, id] of list.ids.entries()) {
       const d = decided[i]!;
       if (prior.has(id)) continue;
@@ -377,7 +298,7 @@ function settleGroup(allIds: number[], names: NamedShape[], structured: boolean,
   if (candidates) {
     for (const list of candidates) {
       // The data on its own first: a carried name it settles otherwise is a contradiction, the same name a confirmation.
-      if (prior.size > 0) confirmed(list.ids, decideOrders(list.ids, list.orders, shapes, context.scoresOf, context.minZ, new Map(), context.noData), prior, result);
+      if (prior.size > 0) confirmed(list.ids, decideOrders(list.ids, list.orders, shapes, context.stats.scoresOf, context.minZ, new Map(), context.stats.noData), prior, result);
       const narrowed = prior.size > 0 ? list.orders.filter((o) => o.every((n, i) => (prior.get(list.ids[i]!)?.name ?? n) === n)) : list.orders;
       if (prior.size > 0 && narrowed.length === 0) {
         throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: the mapping carried from the previous step fits no order named_parameters() could give ids ${list.ids.filter((id) => prior.has(id)).slice(0, 8).join(', ')}: not the same run?`);
@@ -415,7 +336,7 @@ function confirmed(ids: number[], decided: readonly Decided[], prior: Map<number
 
 /** Without a usable structure: a maximum-weight assignment of one shape's ids to names (carried ids keep theirs). */
 function assignBucket(ids: number[], names: string[], context: Context, prior: Map<number, { name: string; confidence: number }>, result: ParamMapping): AmbiguousId[] {
-  const s = ids.length > 1 || names.length > 1 ? context.scores(ids, names) : null;
+  const s = ids.length > 1 || names.length > 1 ? context.stats.scores(ids, names) : null;
   // The data on its own: a carried id it settles to another name is a contradiction.
   if (prior.size > 0) confirmed(ids, s ? decideAssignment(ids, names, s, context.minZ) : [], prior, result);
   const carried = new Set(ids.filter((id) => prior.has(id)).map((id) => prior.get(id)!.name));
@@ -426,7 +347,7 @@ function assignBucket(ids: number[], names: string[], context: Context, prior: M
     set(result, free[0]!, open[0]!, names.length === 1 ? 1 : 0.9, names.length === 1 ? 'shape' : 'order');
     return [];
   }
-  if (!s) return free.map((id) => ({ id, options: open, reason: context.noData }));
+  if (!s) return free.map((id) => ({ id, options: open, reason: context.stats.noData }));
   const sub = free.map((id) => open.map((n) => s.scores[ids.indexOf(id)]![names.indexOf(n)]!));
   const left: AmbiguousId[] = [];
   decideAssignment(free, open, { scores: sub, samples: s.samples }, context.minZ).forEach((d, i) => {

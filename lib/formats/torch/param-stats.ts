@@ -129,3 +129,97 @@ export function zOf(difference: number, samples: readonly number[]): number {
   const variance = samples.reduce((s, n) => s + 2 / Math.max(1, n - 1), 0);
   return variance > 0 ? difference / Math.sqrt(variance) : 0;
 }
+
+/**
+ * The run's statistics, sampled ({@link samplePlan}, the same
+ * positions for every tensor of a size); a function returns null when it
+ * has no data.
+ */
+export interface ParamMapData {
+  /** W_cur - W_prev of a named parameter. */
+  change(name: string): Float64Array | null;
+  /** (W_prev + W_cur) / 2 of a named parameter, for the weight-decay term. */
+  weight(name: string): Float64Array | null;
+  /** Adam's update direction of an id, the mean over the base and the current state. */
+  direction(id: number): Float64Array | null;
+  /** The learning rate summed over the interval times the id's weight decay (0: no decay term). */
+  decay(id: number): number;
+}
+
+/** Summed scores of an id's candidate names over `steps` steps. */
+export interface Evidence {
+  steps: number;
+  scores: ReadonlyMap<string, number>;
+}
+
+/**
+ * The statistics of one step, read once per name and id, with the earlier
+ * steps' evidence added: what param-map.ts scores candidates with.
+ */
+export class RunStatistics {
+  private readonly data: ParamMapData | undefined;
+  private readonly evidence: ReadonlyMap<number, Evidence> | undefined;
+  private readonly changes = new Map<string, Float64Array | null>();
+  private readonly directions = new Map<number, Float64Array | null>();
+  /** Scores with the earlier steps' evidence added, by id and name (what the next step is given). */
+  private readonly summed = new Map<number, Map<string, number>>();
+  /** Why nothing can be decided without scores. */
+  readonly noData: string;
+  /** {@link scores}, as a function. */
+  readonly scoresOf: (ids: readonly number[], names: readonly string[]) => { scores: number[][]; samples: number[] } | null;
+
+  /**
+   * @param data this step's samples, or undefined (no previous checkpoint)
+   * @param evidence the earlier steps' summed scores
+   */
+  constructor(data: ParamMapData | undefined, evidence: ReadonlyMap<number, Evidence> | undefined) {
+    this.data = data;
+    this.evidence = evidence;
+    this.noData = data ? 'no weight change or optimizer state to compare' : 'no previous checkpoint to compare with';
+    this.scoresOf = (ids, names) => this.scores(ids, names);
+  }
+
+  /**
+   * Scores of ids x names of one shape, the earlier steps' evidence added,
+   * with an effective sample size per id (the null variance of a score
+   * summed over k steps of n samples is k/(n-1): as one of 1 + (n-1)/k);
+   * null without data.
+   */
+  scores(ids: readonly number[], names: readonly string[]): { scores: number[][]; samples: number[] } | null {
+    const s = this.stepScores(ids, names);
+    if (!s) return null;
+    const samples = ids.map((id) => 1 + (s.samples[0]! - 1) / (1 + (this.evidence?.get(id)?.steps ?? 0)));
+    const scores = s.scores.map((row, i) => row.map((x, j) => {
+      const total = x + (this.evidence?.get(ids[i]!)?.scores.get(names[j]!) ?? 0);
+      const seen = this.summed.get(ids[i]!) ?? new Map<string, number>();
+      this.summed.set(ids[i]!, seen.set(names[j]!, total));
+      return total;
+    }));
+    return { scores, samples };
+  }
+
+  /** The evidence of an id after this step, or null when this step scored nothing for it. */
+  evidenceOf(id: number): Evidence | null {
+    const summed = this.summed.get(id);
+    return summed ? { steps: 1 + (this.evidence?.get(id)?.steps ?? 0), scores: summed } : null;
+  }
+
+  /** This step's scores alone. */
+  private stepScores(ids: readonly number[], names: readonly string[]): { scores: number[][]; samples: number[] } | null {
+    const data = this.data;
+    if (!data) return null;
+    const change = (n: string): Float64Array | null => {
+      if (!this.changes.has(n)) this.changes.set(n, data.change(n));
+      return this.changes.get(n)!;
+    };
+    const direction = (id: number): Float64Array | null => {
+      if (!this.directions.has(id)) this.directions.set(id, data.direction(id));
+      return this.directions.get(id)!;
+    };
+    const decay = ids.map((id) => data.decay(id));
+    return scoreMatrix({
+      directions: ids.map(direction), changes: names.map(change),
+      weights: names.map((n) => (decay.some((d) => d !== 0) ? data.weight(n) : null)), decay,
+    });
+  }
+}
