@@ -29,13 +29,13 @@
 import { openSync, closeSync, fstatSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount } from '../core/dtype.js';
+import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
 import { type Cut, torchFile } from './torch-kind.js';
-import { NAMES_FILE, NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
+import { NAMES_FILE, NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
 import { readExactlySync } from '../io/read.js';
 
@@ -175,21 +175,7 @@ export class FolderCheckpoint implements Checkpoint, OptimizerSide {
           mapped.names.forEach((name, id) => names.set(id, name));
           paramMap = mapped.info;
         }
-        const byName = new Map(model.map((m) => [m.name, m]));
-        const cuts: Cut[] = [];
-        for (const [id, s] of opt.state.state) {
-          const name = names.get(id);
-          const paired = name !== undefined && byName.get(name)!.shape.join() === s.expAvg.shape.join() && LOSSY_DTYPES.has(s.expAvg.dtype);
-          for (const [t, key] of [[s.expAvg, 'exp_avg'], [s.expAvgSq, 'exp_avg_sq']] as const) {
-            const tname = paired ? `${name}.${key}` : `${STATE_PREFIX}${id}/${key}`;
-            if (byName.has(tname)) throw new ExcpError('ERR_BAD_HEADER', `folder: model tensor '${tname}' collides with an optimizer moment name`);
-            cuts.push({ name: tname, offset: t.byteOffset, length: t.byteLength, dtype: t.dtype, shape: t.shape });
-          }
-        }
-        cuts.sort((a, b) => a.offset - b.offset);
-        for (let i = 1; i < cuts.length; i++) {
-          if (cuts[i]!.offset < cuts[i - 1]!.offset + cuts[i - 1]!.length) throw new ExcpError('ERR_SHAPE', `folder: ${OPTIMIZER_FILE}: moments '${cuts[i - 1]!.name}' and '${cuts[i]!.name}' share bytes`);
-        }
+        const cuts = momentCuts(opt.state, names, new Map(model.map((m) => [m.name, m])), `folder: ${join(dir, opt.path)}`);
         files.push(addSkeleton(add, opt, cuts));
         for (const c of cuts) add(c.name, c.dtype, c.shape, { fd: opt.fd, offset: c.offset });
       }

@@ -18,6 +18,7 @@ import { ExcpError } from '../core/errors.js';
 import { type Evidence, type NamedShape, type ParamMapData, type ParamMapping, mapParams } from './torch/param-map.js';
 import { type AdamHyper, adamDirection, samplePlan } from './torch/param-stats.js';
 import type { OptimizerState, TorchTensor } from './torch/serialization.js';
+import type { Cut } from './torch-kind.js';
 
 /** The names file a training run writes beside optimizer.pt: parameter names in optimizer order. */
 export const NAMES_FILE = 'optimizer_param_names.json';
@@ -172,6 +173,33 @@ export function priorOf(info: unknown): ParamPrior | null {
     if (!names.has(row[0])) evidence.set(row[0], { steps: row[1] as number, scores });
   }
   return names.size > 0 || evidence.size > 0 ? { names, evidence } : null;
+}
+
+/**
+ * The moments of an Adam state cut out of their file: `NAME.exp_avg` /
+ * `NAME.exp_avg_sq` for an id named NAME (a weight of the moments' shape and
+ * a float dtype), else `__optimizer__/ID/...` (coded exactly). Sorted by
+ * offset.
+ * @param weights the model's weights by name
+ * @param stage the file, for messages
+ * @throws ExcpError ERR_BAD_HEADER (a moment name a weight already has), ERR_SHAPE (moments sharing bytes)
+ */
+export function momentCuts(state: OptimizerState, names: ReadonlyMap<number, string>, weights: ReadonlyMap<string, { shape: readonly number[] }>, stage: string): Cut[] {
+  const cuts: Cut[] = [];
+  for (const [id, s] of state.state) {
+    const name = names.get(id);
+    const paired = name !== undefined && weights.get(name)?.shape.join() === s.expAvg.shape.join() && LOSSY_DTYPES.has(s.expAvg.dtype);
+    for (const [t, key] of [[s.expAvg, 'exp_avg'], [s.expAvgSq, 'exp_avg_sq']] as const) {
+      const tname = paired ? `${name}.${key}` : `${STATE_PREFIX}${id}/${key}`;
+      if (weights.has(tname)) throw new ExcpError('ERR_BAD_HEADER', `${stage}: model tensor '${tname}' collides with an optimizer moment name`);
+      cuts.push({ name: tname, offset: t.byteOffset, length: t.byteLength, dtype: t.dtype, shape: t.shape });
+    }
+  }
+  cuts.sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < cuts.length; i++) {
+    if (cuts[i]!.offset < cuts[i - 1]!.offset + cuts[i - 1]!.length) throw new ExcpError('ERR_SHAPE', `${stage}: moments '${cuts[i - 1]!.name}' and '${cuts[i]!.name}' share bytes`);
+  }
+  return cuts;
 }
 
 /** Elements sampled per tensor by the statistics. */

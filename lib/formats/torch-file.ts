@@ -28,7 +28,7 @@ import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount } from '../core/dty
 import { ExcpError } from '../core/errors.js';
 import { readExactlySync } from '../io/read.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
-import { NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer } from './optimizer-map.js';
+import { NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type Cut, torchFile } from './torch-kind.js';
 import type { PickleValue } from './torch/pickle.js';
 import { type OptimizerState, type TorchCheckpoint, type TorchTensor, adamStateOf, readTorchCheckpoint } from './torch/serialization.js';
@@ -129,17 +129,8 @@ export class TorchFileCheckpoint implements Checkpoint, OptimizerSide {
         mapped.names.forEach((name, id) => names.set(id, name));
         paramMap = mapped.info;
       }
-      const cuts: Cut[] = [...weights];
-      for (const [id, s] of optimizer?.state.state ?? []) {
-        const name = names.get(id);
-        const paired = name !== undefined && byName.get(name)?.shape.join() === s.expAvg.shape.join() && LOSSY_DTYPES.has(s.expAvg.dtype);
-        for (const [t, key] of [[s.expAvg, 'exp_avg'], [s.expAvgSq, 'exp_avg_sq']] as const) {
-          const tname = paired ? `${name}.${key}` : `${STATE_PREFIX}${id}/${key}`;
-          if (byName.has(tname)) throw new ExcpError('ERR_BAD_HEADER', `torch: ${path}: model tensor '${tname}' collides with an optimizer moment name`);
-          cuts.push({ name: tname, offset: t.byteOffset, length: t.byteLength, dtype: t.dtype, shape: t.shape });
-        }
-      }
-      cuts.sort((a, b) => a.offset - b.offset);
+      const moments = optimizer ? momentCuts(optimizer.state, names, byName, `torch: ${path}`) : [];
+      const cuts = [...weights, ...moments].sort((a, b) => a.offset - b.offset);
       for (let i = 1; i < cuts.length; i++) {
         if (cuts[i]!.offset < cuts[i - 1]!.offset + cuts[i - 1]!.length) {
           throw new ExcpError('ERR_SHAPE', `torch: ${path}: tensors '${cuts[i - 1]!.name}' and '${cuts[i]!.name}' share bytes`);
