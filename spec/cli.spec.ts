@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomCheckpointPair, sameBytes } from './helpers.js';
+import { writeZip } from './support/zip-writer.js';
 import { restoreBuffer } from '../lib/api/restore.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -106,9 +107,12 @@ describe('excp command line', () => {
   it('the wrong kind of file: says what it is and what to do instead', () => {
     const torch = join(root, 'spec', 'fixtures', 'torch');
     const target = join(dir, 'never.excp');
-    const zip = run(['compress', join(torch, 'bin', 'checkpoint-8', 'pytorch_model.bin'), '-o', target]);
+    // A zip that is not a torch.save file (torch.save files are an input format of their own).
+    const notTorch = join(dir, 'plain.zip');
+    writeFileSync(notTorch, writeZip([{ name: 'docs/readme.txt', data: new TextEncoder().encode('hello') }]));
+    const zip = run(['compress', notTorch, '-o', target]);
     assert.equal(zip.status, 1);
-    assert.match(zip.stderr, /not a safetensors file: it is a zip file \(PyTorch's torch\.save format.*compress the folder\n$/);
+    assert.match(zip.stderr, /^excp: \S*plain\.zip: torch: no docs\/data\.pkl entry \(not a torch\.save file, or the legacy pre-1\.6 format\)\n$/);
     const pickle = run(['compress', join(torch, 'malicious', 'os_system.pkl'), '-o', target]);
     assert.match(pickle.stderr, /not a safetensors file: it is a Python pickle .*never loads\n$/);
     const model = join(torch, 'fp32', 'checkpoint-8', 'model.safetensors');

@@ -20,6 +20,7 @@ import { checkpointNotices } from '../formats/notice.js';
 import { isDirectory, openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
 import { SafetensorsStream } from '../formats/safetensors-stream.js';
+import type { ParamPrior } from '../formats/optimizer-map.js';
 import { ChunkEncoder } from '../stream/codec.js';
 import { ContainerWriter, type TensorHashes } from '../stream/container.js';
 import { RecordReorder } from '../stream/reorder.js';
@@ -42,6 +43,8 @@ export interface CompressOptions extends LooseOptions {
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
   paramMap?: readonly string[] | undefined;
+  /** The param map carried from the previous step of a run (a chain passes it: ids are stable within a run). */
+  paramPrior?: ParamPrior | null | undefined;
   /** Per-tensor hashes in the footer (default 'auto': left out of small containers, see TensorHashes). */
   tensorHashes?: TensorHashes | undefined;
   /**
@@ -56,8 +59,9 @@ export interface CompressOptions extends LooseOptions {
   baseCheck?: BaseCheckMode | undefined;
   /**
    * One line about something the user should know: a base check warning,
-   * or what a checkpoint holds when the method cannot be applied to it
-   * (lib/formats/notice.ts).
+   * what a checkpoint holds when the method cannot be applied to it
+   * (lib/formats/notice.ts), what was carried as it is and why (an
+   * optimizer that is not Adam's, param ids left unmapped).
    */
   onNotice?: ((message: string) => void) | undefined;
   /** compressTo: called at the end with the sizes in and out. */
@@ -203,6 +207,21 @@ async function checkBase(current: Checkpoint, base: Checkpoint, weights: readonl
 /** What checkBase found: the verdict, and the error for a base that shares no weight with the checkpoint. */
 type BaseFindings = BaseVerdict & { unrelated: ExcpError | null };
 
+/**
+ * A folder's moments are matched to its parameters by how the weights
+ * changed since the base. When that left ids unnamed and the base shares no
+ * weight with the checkpoint, or is the checkpoint itself, the base is the
+ * cause and most likely a mistake: refuse, saying so, rather than code
+ * those moments exactly with a notice that blames the names.
+ */
+function refuseUnmappable(findings: BaseFindings, current: Checkpoint, baseName: string, input: string): void {
+  const map = current.info?.['paramMap'] as { ambiguous?: unknown[] } | undefined;
+  if (!map?.ambiguous?.length) return;
+  const how = 'the optimizer\'s moments are matched to parameters by how the weights changed since the base: give the previous checkpoint as --base, or --param-map FILE';
+  if (findings.unrelated) throw new ExcpError('ERR_BASE_IMPLAUSIBLE', findings.unrelated.message.replace(/\. Check --base.*$/, `; ${how}`));
+  if (findings.identical) throw new ExcpError('ERR_BASE_IMPLAUSIBLE', `compress: ${baseName} holds the same weights as ${input} (the same checkpoint?): ${how}`);
+}
+
 /** A base that shares no weight is no residual's base: the checkpoint is coded as a keyframe would be. Say so. */
 function noticeUnrelated(findings: BaseFindings, onNotice?: (message: string) => void): void {
   if (findings.unrelated) onNotice?.(`notice: ${findings.unrelated.message.replace(/^compress: /, '').replace(/\. Check --base, or give --force.*$/, '')}: the checkpoint is coded as a keyframe (exactly), as without --base`);
@@ -235,8 +254,10 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
         await weightsOnly.close();
       }
     }
+    // The reader's notices go out with the verdict on the whole checkpoint (checkpointNotices), one line per thing.
+    const details: string[] = [];
     current = typeof input === 'string'
-      ? await openCheckpoint(input, { role: 'current', previous: base, paramMap: options.paramMap ?? null, spill, onNotice: options.onNotice, rank }).catch((e: unknown) => {
+      ? await openCheckpoint(input, { role: 'current', previous: base, paramMap: options.paramMap ?? null, paramPrior: options.paramPrior ?? null, spill, onNotice: (m) => details.push(m), rank }).catch((e: unknown) => {
         // The param map needs W - W_base: say what is wrong with the base, in one line.
         if (e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && folderVerdict?.unrelated) throw new ExcpError('ERR_BASE_IMPLAUSIBLE', folderVerdict.unrelated.message.replace(/\. Check --base.*$/, '; the optimizer\'s moments are matched to parameters by how the weights changed since the base: give the previous checkpoint as --base, or --param-map FILE'), { cause: e });
         if (e instanceof ExcpError && e.code === 'ERR_PARAM_MAP' && folderVerdict?.identical) {
@@ -245,8 +266,9 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
         throw e;
       })
       : await SafetensorsStream.open(input, 'stdin', spill);
+    if (folderVerdict && mode === 'refuse') refuseUnmappable(folderVerdict, current, base!.path, input as string);
     if (folderVerdict) noticeUnrelated(folderVerdict, options.onNotice);
-    if (options.onNotice) for (const line of await checkpointNotices(current, planFor(current, base, codec))) options.onNotice(line);
+    if (options.onNotice) for (const line of await checkpointNotices(current, planFor(current, base, codec), details)) options.onNotice(line);
     if (checked && !folderVerdict && !current.sequential) noticeUnrelated(await checkBase(current, base!, paramWeights(planFor(current, base, codec)), mode, options.onNotice), options.onNotice);
     const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes,
       { baseCheck: mode, onNotice: options.onNotice, spill });
@@ -267,7 +289,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, rank: _r, baseCheck: _c, onNotice: _n, onStats: _s, ...rest } = o;
+  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, paramPrior: _q, tensorHashes: _h, tmp: _d, rank: _r, baseCheck: _c, onNotice: _n, onStats: _s, ...rest } = o;
   return rest;
 }
 

@@ -6,7 +6,7 @@
 import { printable } from '../core/text.js';
 import type { ContainerHeader } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
-import type { ParamMapInfo } from '../formats/folder.js';
+import type { ParamMapInfo } from '../formats/optimizer-map.js';
 import type { DcpRankInfo } from '../formats/dcp/checkpoint.js';
 import { dcpInfoOf } from './ranks.js';
 import { readContainerFile } from './open.js';
@@ -124,6 +124,7 @@ export function formatInspect(r: InspectReport): string {
     for (const [, , , method] of m.ids) methods.set(method, (methods.get(method) ?? 0) + 1);
     lines.push(`param map (${printable(m.file)}): ${m.ids.length} ids named, ${m.unmapped.length} unmapped (moments coded exactly), lowest confidence ${m.minConfidence}; by ${[...methods].map(([k, n]) => `${k} ${n}`).join(', ')}`);
     for (const [id, name, confidence, method] of m.ids) lines.push(`  id ${id}\t${printable(name)}\t${confidence}\t${printable(method)}`);
+    for (const [id, options] of m.ambiguous ?? []) lines.push(`  id ${id}\tunmapped: nothing told apart ${options.map(printable).join(' | ')}`);
   }
   if (r.entropyBits !== null && r.symbolBits !== null && r.entropyBits > 0) {
     lines.push(`coded symbols: ${r.symbolBits} bits against an empirical entropy of ${r.entropyBits} bits (+${(100 * (r.symbolBits / r.entropyBits - 1)).toFixed(2)}%)`);

@@ -80,6 +80,7 @@ import { CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, stepCoding, stepF
 import { compressTo } from '../api/compress.js';
 import { readContainerFile } from '../api/open.js';
 import { restoreTo, restoreToFolder } from '../api/restore.js';
+import { priorOf } from '../formats/optimizer-map.js';
 
 export { CHAIN_LOCK } from './lock.js';
 export * from './manifest.js';
@@ -98,7 +99,7 @@ export { restoreChainStep, restoreChainStepToFolder } from './restore.js';
  * @throws ExcpError ERR_EXISTS when the folder already holds a chain, ERR_CHAIN for mixed kinds, the same checkpoint twice, another model or a held lock
  */
 export async function createChain(dir: string, checkpoints: readonly string[], options: ChainOptions = {}): Promise<ChainManifest> {
-  const { keyframeEvery = DEFAULT_KEYFRAME_EVERY, threads, onStep, paramMap, cache, wait, ...codec } = options;
+  const { keyframeEvery = DEFAULT_KEYFRAME_EVERY, threads, onStep, onNotice, paramMap, cache, wait, ...codec } = options;
   if (!Number.isInteger(keyframeEvery) || keyframeEvery < 1) {
     throw new ExcpError('ERR_OUT_OF_RANGE', `options.keyframeEvery must be an integer >= 1, got ${JSON.stringify(keyframeEvery)}`);
   }
@@ -122,7 +123,7 @@ export async function createChain(dir: string, checkpoints: readonly string[], o
         throw new ExcpError('ERR_EXISTS', `chain: ${dir} already holds a chain (use 'excp chain append')`);
       }
       try {
-        await appendSteps(dir, manifest, checkpoints, { threads, onStep }, false);
+        await appendSteps(dir, manifest, checkpoints, { threads, onStep, onNotice }, false);
         await writeManifest(dir, manifest);
         return manifest;
       } catch (e) {
@@ -168,7 +169,7 @@ export async function appendToChain(dir: string, checkpoints: readonly string[],
  * @param persist rewrite chain.json after every step (an append; a create writes it once at the end)
  */
 async function appendSteps(dir: string, manifest: ChainManifest, checkpoints: readonly string[],
-  options: Pick<ChainOptions, 'threads' | 'onStep' | 'cache'>, persist: boolean): Promise<void> {
+  options: Pick<ChainOptions, 'threads' | 'onStep' | 'cache' | 'onNotice'>, persist: boolean): Promise<void> {
   const spot = cacheSpot(dir, cacheSetting(dir, options.cache, manifest.cache));
   await removeLeftovers(dir, manifest, spot, !persist);
   const inputs = await Promise.all(checkpoints.map(checkpointOf));
@@ -192,7 +193,7 @@ async function appendSteps(dir: string, manifest: ChainManifest, checkpoints: re
         checkSameModel(previousIndex.header.tensors, await tensorTableOf(input.path), { previous: `step ${index - 1} (${previous.source})`, current: input.path });
       }
       const base = coding.keyframe ? undefined : await ensureLast(dir, manifest, spot, { threads: options.threads, written, persist });
-      const made = await codeStep(dir, manifest, { index, path: input.path, keyframe: coding.keyframe, base, spot, previousIndex }, { ...coding.options, threads: options.threads });
+      const made = await codeStep(dir, manifest, { index, path: input.path, keyframe: coding.keyframe, base, spot, previousIndex }, { ...coding.options, threads: options.threads, onNotice: options.onNotice });
       const entry: ChainStep = {
         step: index, file, source: basename(input.path), keyframe: coding.keyframe, base: coding.keyframe ? null : index - 1,
         originalBytes: input.bytes, containerBytes: made.containerBytes,
@@ -241,15 +242,18 @@ interface StepJob {
  * that the container decodes). Nothing of a refused step stays behind.
  * @param codec the codec options of stepCoding, and threads
  */
-async function codeStep(dir: string, manifest: ChainManifest, job: StepJob, codec: ChainManifest['options'] & { threads?: number | undefined }):
+async function codeStep(dir: string, manifest: ChainManifest, job: StepJob,
+  codec: ChainManifest['options'] & { threads?: number | undefined; onNotice?: ((message: string) => void) | undefined }):
   Promise<{ index: ContainerIndex; containerBytes: number; last: string; lastFingerprint: string | null }> {
   const folders = manifest.kind === 'folder';
   const file = stepFileName(job.index);
   const containerPath = join(dir, file);
   const last = join(job.spot.dir, lastFileName(job.index, manifest.kind, job.spot.prefix));
+  // The previous step's parameter map (ids are stable within a run): this step confirms it rather than guessing again.
+  const paramPrior = job.previousIndex ? priorOf(job.previousIndex.header.info?.['paramMap']) : null;
   try {
     await writeAtomically(containerPath, (out) => compressTo(job.path, out, {
-      ...codec, base: job.base, paramMap: folders ? manifest.paramMap ?? undefined : undefined,
+      ...codec, base: job.base, paramMap: folders ? manifest.paramMap ?? undefined : undefined, paramPrior,
       // Links are checked hash by hash before a replay (checkLink).
       tensorHashes: 'always',
     }), { force: true, inputs: [job.path] });

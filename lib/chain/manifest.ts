@@ -96,10 +96,12 @@ export interface ChainOptions extends LooseOptions {
   cache?: string | null | undefined;
   /** Seconds to wait for a chain another process holds (Infinity: no limit); absent: fail at once. */
   wait?: number | undefined;
+  /** One-line notices of the steps' compress (compress's onNotice). */
+  onNotice?: ((message: string) => void) | undefined;
 }
 
 /** What an append takes of {@link ChainOptions}: the coding is fixed at creation. */
-export type AppendOptions = Pick<ChainOptions, 'threads' | 'onStep' | 'cache' | 'wait'>;
+export type AppendOptions = Pick<ChainOptions, 'threads' | 'onStep' | 'cache' | 'wait' | 'onNotice'>;
 
 /** What the fs operations need of a container: its footer, the tensor list and (folders) the file list. */
 export interface ContainerIndex {

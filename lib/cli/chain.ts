@@ -7,7 +7,7 @@ import { type CommandLine, usage } from './args.js';
 import { codecOptions, num, paramMapOf, positionals, text } from './commands.js';
 import { EXIT } from './exit.js';
 import { checkpointList } from './glob.js';
-import { printOut, toOutput } from './io.js';
+import { notice, printOut, toOutput } from './io.js';
 
 /** Chain checkpoints: globs expanded in step order; a warning when the order given is not numeric. */
 function checkpoints(paths: string[], quiet: boolean): string[] {
@@ -31,7 +31,7 @@ function cacheOf(line: CommandLine): string | null | undefined {
 async function createCommand(line: CommandLine): Promise<number> {
   const [dir, ...ckpts] = positionals(line, 2, Infinity, 'a chain folder and at least one checkpoint: chain CHAIN_DIR CKPT...');
   await createChain(dir!, checkpoints(ckpts, line.values.has('quiet')), {
-    keyframeEvery: num(line, 'keyframe-every'), threads: num(line, 'threads'), onStep: onStep(line),
+    keyframeEvery: num(line, 'keyframe-every'), threads: num(line, 'threads'), onStep: onStep(line), onNotice: notice,
     paramMap: await paramMapOf(line), cache: cacheOf(line), wait: num(line, 'wait'),
     ...codecOptions(line),
   });
@@ -41,7 +41,7 @@ async function createCommand(line: CommandLine): Promise<number> {
 async function appendCommand(line: CommandLine): Promise<number> {
   const [dir, ...ckpts] = positionals(line, 2, Infinity, 'a chain folder and at least one checkpoint: chain append CHAIN_DIR CKPT...');
   await appendToChain(dir!, checkpoints(ckpts, line.values.has('quiet')), {
-    threads: num(line, 'threads'), onStep: onStep(line), cache: cacheOf(line), wait: num(line, 'wait'),
+    threads: num(line, 'threads'), onStep: onStep(line), onNotice: notice, cache: cacheOf(line), wait: num(line, 'wait'),
   });
   return EXIT.ok;
 }

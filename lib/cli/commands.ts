@@ -21,12 +21,7 @@ import { formatInspect, inspectContainer, verifyContainer } from '../api/inspect
 import { compareCheckpoints, exceededLimit, formatCompare } from '../api/compare.js';
 import { type CommandLine, usage } from './args.js';
 import { EXIT } from './exit.js';
-import { printOut, progress, summary, toOutput, toStdout } from './io.js';
-
-/** A notice or warning of the library: one line on stderr. */
-export function notice(message: string): void {
-  process.stderr.write(`excp: ${printable(message)}\n`);
-}
+import { notice, printOut, progress, summary, toOutput, toStdout } from './io.js';
 
 /** A flag's string value. */
 export function text(line: CommandLine, name: string): string | undefined {

@@ -104,3 +104,12 @@ export async function toOutput(target: string | undefined, inputs: Array<string 
   }
   await writeAtomically(target, produce, { force, inputs });
 }
+
+/**
+ * A notice or warning of the library on stderr, one line as `excp: ...`,
+ * control characters escaped (never silenced by --quiet: it says what was
+ * not compressed as asked, and why).
+ */
+export function notice(message: string): void {
+  process.stderr.write(`excp: ${printable(message)}\n`);
+}

@@ -39,6 +39,14 @@ export interface FilePlacement {
    * there). Absent: the written file is final.
    */
   finish?: (raw: { fd: number; path: string }, finalPath: string) => void;
+  /**
+   * The last step for a file that is fixed in place instead (a torch.save
+   * zip, whose CRC fields must follow its restored storages): called after
+   * every byte was written and the fingerprints checked, with the written
+   * file open for reading and writing; `what` names it in messages. Unlike
+   * `finish`, it also serves a single-file container restored to a file.
+   */
+  patch?: (fd: number, what: string) => void;
 }
 
 /** A file kind: its container records and its restore. */

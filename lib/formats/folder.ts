@@ -11,49 +11,41 @@
  *  - from `optimizer.pt` (Adam/AdamW, read with the restricted unpickler, never
  *    executed): each param id's `exp_avg` / `exp_avg_sq`, named
  *    `NAME.exp_avg` / `NAME.exp_avg_sq` when the id maps to model parameter
- *    NAME (lib/param-map.ts), else `__optimizer__/ID/exp_avg` (coded exactly);
+ *    NAME (optimizer-map.ts: the names file `optimizer_param_names.json`
+ *    beside it when there is one, else inferred), else
+ *    `__optimizer__/ID/exp_avg` (coded exactly);
  *    plus the *skeleton*: the file's bytes with those moment ranges cut out
  *    (zip records, data.pkl, step tensors, ...), as a U8 tensor
  *    `__file__/optimizer.pt`;
  *  - every other file (scheduler.pt, rng_state.pth, trainer_state.json,
- *    training_args.bin, the shard index, ...) as a U8 tensor `__file__/PATH`,
- *    carried byte-exactly. These files are never unpickled.
+ *    training_args.bin, the shard index, the names file, an optimizer.pt
+ *    that is not Adam's, ...) as a U8 tensor `__file__/PATH`, carried
+ *    byte-exactly. These files are never unpickled.
  *
  * The skeleton does not depend on the param map (every exp_avg/exp_avg_sq
  * range is cut), so a base folder opened without a map lines up with it and
  * the exact coder's base mode can use it.
  */
 import { openSync, closeSync, fstatSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from '../core/dtype.js';
+import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { MAX_TENSORS } from '../core/constants.js';
-import { type ParamMapping, mapParams } from './torch/param-map.js';
 import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
-import { type TorchLayout, skeletonSegments } from './torch-kind.js';
+import { type Cut, torchFile } from './torch-kind.js';
+import { NAMES_FILE, NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
 import { readExactlySync } from '../io/read.js';
 
+export { STATE_PREFIX, type ParamMapInfo } from './optimizer-map.js';
+
 /** Prefix of the virtual tensors that hold whole files (or a torch.save file's skeleton). */
 export const FILE_PREFIX = '__file__/';
-/** Prefix of optimizer moments whose param id has no parameter name. */
-export const STATE_PREFIX = '__optimizer__/';
 /** The optimizer file of a Trainer checkpoint. */
 export const OPTIMIZER_FILE = 'optimizer.pt';
-
-/** The param map as stored in `header.info.paramMap` and shown by inspect. */
-export interface ParamMapInfo {
-  /** The optimizer file, e.g. `optimizer.pt`. */
-  file: string;
-  /** [id, name, confidence 0..1, method] per mapped id, in id order. */
-  ids: [number, string, number, string][];
-  /** Ids with state whose moments are coded exactly under `__optimizer__/ID/...`. */
-  unmapped: number[];
-  minConfidence: number;
-}
 
 /** Where a virtual tensor's bytes are. */
 type Source =
@@ -61,25 +53,10 @@ type Source =
   | { fd: number; segments: { at: number; offset: number; length: number }[] };
 
 /** Options of {@link FolderCheckpoint.open}. */
-export interface FolderOpenOptions {
-  /** Name the moments: false for a base folder (all moments stay `__optimizer__/ID/...`). */
-  mapMoments: boolean;
-  /** Previous folder: its weights give W_cur - W_prev for the param-map correlation test. */
-  previous?: FolderCheckpoint | null;
-  /** Parameter names in optimizer order (overrides inference). */
-  explicit?: readonly string[] | null;
-  /**
-   * One line about what was found that the method cannot use (the CLI
-   * prints it on stderr). The folder-level notices (an empty folder, no
-   * optimizer.pt, an old pickle optimizer.pt, DeepSpeed and FSDP layouts)
-   * are made by lib/formats/notice.ts from the opened folder; this is for what
-   * only the reader sees.
-   */
-  onNotice?: ((message: string) => void) | undefined;
-}
+export type FolderOpenOptions = OptimizerOpenOptions;
 
 /** A checkpoint folder as a {@link Checkpoint} over its virtual tensor table. */
-export class FolderCheckpoint implements Checkpoint {
+export class FolderCheckpoint implements Checkpoint, OptimizerSide {
   readonly path: string;
   readonly tensors: TensorInfo[];
   readonly dataLength: number;
@@ -87,12 +64,18 @@ export class FolderCheckpoint implements Checkpoint {
   readonly files: CheckpointFile[];
   readonly paramMap: ParamMapInfo | null;
   readonly info: Record<string, unknown> | null;
+  /** The Adam state of optimizer.pt, or null. */
+  readonly optimizer: OptimizerState | null;
+  private readonly optimizerFd: number;
   /** Where each virtual tensor's bytes are (internal). */
   readonly sources: ReadonlyMap<string, Source>;
   private readonly fds: number[];
 
-  private constructor(path: string, tensors: TensorInfo[], files: CheckpointFile[], sources: Map<string, Source>, fds: number[], paramMap: ParamMapInfo | null) {
+  private constructor(path: string, tensors: TensorInfo[], files: CheckpointFile[], sources: Map<string, Source>, fds: number[], paramMap: ParamMapInfo | null,
+    optimizer: { fd: number; state: OptimizerState } | null) {
     this.path = path;
+    this.optimizer = optimizer?.state ?? null;
+    this.optimizerFd = optimizer?.fd ?? -1;
     this.tensors = tensors;
     this.dataLength = tensors.reduce((s, t) => s + t.end - t.begin, 0);
     this.info = paramMap ? { paramMap } : null;
@@ -157,6 +140,7 @@ export class FolderCheckpoint implements Checkpoint {
             // Not an Adam state_dict (another optimizer, or no data.pkl): carried as a blob.
             // Anything else, ERR_UNSAFE_PICKLE above all, is refused.
             if (!(e instanceof ExcpError) || (e.code !== 'ERR_BAD_PICKLE' && e.code !== 'ERR_BAD_ZIP')) throw e;
+            options.onNotice?.(`${e.message.startsWith(full) ? '' : `${full}: `}${e.message}: carried byte for byte, its state coded exactly`);
           }
           if (state) optimizer = { path, fd, size, state };
           else pending.push({ path, fd, size });
@@ -168,40 +152,34 @@ export class FolderCheckpoint implements Checkpoint {
       let paramMap: ParamMapInfo | null = null;
       if (optimizer) {
         const names = new Map<number, string>();
-        if (options.mapMoments && optimizer.state.state.size > 0) {
-          let mapping: ParamMapping;
-          try {
-            mapping = mapOptimizer(optimizer.state, optimizer.fd, model, options);
-          } catch (e) {
-            if (!(e instanceof ExcpError) || e.code !== 'ERR_PARAM_MAP') throw e;
-            const hint = options.explicit ? '' : options.previous ? ' (or pass --param-map FILE)' : ' (pass --base PREV_DIR, the previous checkpoint folder, or --param-map FILE)';
-            throw new ExcpError('ERR_PARAM_MAP', `${join(dir, optimizer.path)}: ${e.message}${hint}`);
-          }
-          mapping.names.forEach((name, id) => names.set(id, name));
-          paramMap = {
-            file: optimizer.path,
-            ids: [...mapping.names].sort((a, b) => a[0] - b[0]).map(([id, name]) => [id, name, round(mapping.confidence.get(id) ?? 0), mapping.method.get(id) ?? '']),
-            unmapped: [...optimizer.state.state.keys()].filter((id) => !mapping.names.has(id)),
-            minConfidence: round(Math.min(1, ...mapping.confidence.values())),
-          };
+        const opt = optimizer;
+        if (options.mapMoments && opt.state.state.size > 0) {
+          const byName = new Map(model.map((m) => [m.name, m]));
+          const given = options.explicit ? { names: options.explicit, method: 'explicit' as const }
+            : paths.includes(NAMES_FILE) ? { names: await readNamesFile(join(dir, NAMES_FILE)), method: 'names-file' as const } : null;
+          const mapped = mapOptimizer({
+            stage: join(dir, opt.path), file: opt.path,
+            params: model.map((m) => ({ name: m.name, shape: m.shape })),
+            current: {
+              optimizer: opt.state,
+              weight: (name) => {
+                const m = byName.get(name);
+                return m ? { dtype: m.dtype, shape: m.shape, read: (start, end) => readAt(m.fd, m.offset + start, end - start) } : null;
+              },
+              readOptimizer: (o, l) => readAt(opt.fd, o, l),
+            },
+            base: options.previous ?? null,
+            explicit: given,
+            prior: options.prior ?? null,
+            recipe: `To give the names, write ${NAMES_FILE} into each checkpoint folder (examples/python/excp_callback.py does it on every Trainer save), or run once where model and optimizer exist: ${NAMES_PYTHON.replace('PATH', `"${NAMES_FILE}"`)} and pass --param-map ${NAMES_FILE}`,
+            onNotice: options.onNotice,
+          });
+          mapped.names.forEach((name, id) => names.set(id, name));
+          paramMap = mapped.info;
         }
-        const byName = new Map(model.map((m) => [m.name, m]));
-        const cuts: Cut[] = [];
-        for (const [id, s] of optimizer.state.state) {
-          const name = names.get(id);
-          const paired = name !== undefined && byName.get(name)!.shape.join() === s.expAvg.shape.join() && LOSSY_DTYPES.has(s.expAvg.dtype);
-          for (const [t, key] of [[s.expAvg, 'exp_avg'], [s.expAvgSq, 'exp_avg_sq']] as const) {
-            const tname = paired ? `${name}.${key}` : `${STATE_PREFIX}${id}/${key}`;
-            if (byName.has(tname)) throw new ExcpError('ERR_BAD_HEADER', `folder: model tensor '${tname}' collides with an optimizer moment name`);
-            cuts.push({ name: tname, offset: t.byteOffset, length: t.byteLength, dtype: t.dtype, shape: t.shape });
-          }
-        }
-        cuts.sort((a, b) => a.offset - b.offset);
-        for (let i = 1; i < cuts.length; i++) {
-          if (cuts[i]!.offset < cuts[i - 1]!.offset + cuts[i - 1]!.length) throw new ExcpError('ERR_SHAPE', `folder: ${OPTIMIZER_FILE}: moments '${cuts[i - 1]!.name}' and '${cuts[i]!.name}' share bytes`);
-        }
-        files.push(addSkeleton(add, optimizer, cuts));
-        for (const c of cuts) add(c.name, c.dtype, c.shape, { fd: optimizer.fd, offset: c.offset });
+        const cuts = momentCuts(opt.state, names, new Map(model.map((m) => [m.name, m])), `folder: ${join(dir, opt.path)}`);
+        files.push(addSkeleton(add, opt, cuts));
+        for (const c of cuts) add(c.name, c.dtype, c.shape, { fd: opt.fd, offset: c.offset });
       }
       // Weight files: their tensors are model tensors (added above), the rest of the file a skeleton.
       for (const w of weightFiles) files.push(addSkeleton(add, w, w.cuts));
@@ -209,7 +187,7 @@ export class FolderCheckpoint implements Checkpoint {
         add(`${FILE_PREFIX}${p.path}`, 'U8', [p.size], { fd: p.fd, offset: 0 });
         files.push({ kind: 'blob', path: p.path, tensors: [`${FILE_PREFIX}${p.path}`], layout: null });
       }
-      return new FolderCheckpoint(dir, tensors, files, sources, fds, paramMap);
+      return new FolderCheckpoint(dir, tensors, files, sources, fds, paramMap, optimizer);
     } catch (e) {
       for (const fd of fds) closeSync(fd);
       throw e;
@@ -230,58 +208,22 @@ export class FolderCheckpoint implements Checkpoint {
     return out;
   }
 
+  /** A model weight (a tensor cut from its file), read synchronously: the param map's statistics of the next step. */
+  weight(name: string): TensorReader | null {
+    const info = this.byName.get(name);
+    const source = this.sources.get(name);
+    if (!info || !source || !('offset' in source) || name.startsWith(FILE_PREFIX)) return null;
+    return { dtype: info.dtype, shape: info.shape, read: (start, end) => readAt(source.fd, source.offset + start, end - start) };
+  }
+
+  /** Bytes of optimizer.pt. */
+  readOptimizer(offset: number, length: number): Uint8Array {
+    return readAt(this.optimizerFd, offset, length);
+  }
+
   async close(): Promise<void> {
     for (const fd of this.fds.splice(0)) closeSync(fd);
   }
-}
-
-function round(x: number): number {
-  return Math.round(x * 1000) / 1000;
-}
-
-/** Run the param map for an optimizer state against the model tensors. */
-function mapOptimizer(opt: OptimizerState, optFd: number, model: { name: string; shape: number[]; dtype: DType; fd: number; offset: number }[],
-  options: FolderOpenOptions): ParamMapping {
-  const prev = options.previous ?? null;
-  const byName = new Map(model.map((m) => [m.name, m]));
-  const floats = (fd: number, offset: number, dtype: DType, shape: number[]): Float32Array | null => {
-    if (!LOSSY_DTYPES.has(dtype)) return null;
-    return toFloat32(readAt(fd, offset, elementCount(shape, 'param-map') * DTYPE_BYTES[dtype]), dtype);
-  };
-  const data = prev ? {
-    delta: (name: string): Float32Array | null => {
-      const cur = byName.get(name);
-      const before = prev.byName.get(name);
-      const src = prev.sources.get(name);
-      if (!cur || !before || !src || !('offset' in src) || before.dtype !== cur.dtype || before.shape.join() !== cur.shape.join()) return null;
-      const a = floats(cur.fd, cur.offset, cur.dtype, cur.shape);
-      const b = floats(src.fd, src.offset, before.dtype, before.shape);
-      if (!a || !b) return null;
-      for (let i = 0; i < a.length; i++) a[i] = a[i]! - b[i]!;
-      return a;
-    },
-    expAvg: (id: number): Float32Array | null => {
-      const t = opt.state.get(id)?.expAvg;
-      return t ? floats(optFd, t.byteOffset, t.dtype, t.shape) : null;
-    },
-  } : undefined;
-  return mapParams({
-    params: model.map((m) => ({ name: m.name, shape: m.shape })),
-    groups: opt.paramGroups.map((g) => ({ params: g.params, weightDecay: g.weightDecay })),
-    stateShapes: new Map([...opt.state].map(([id, s]) => [id, s.expAvg.shape])),
-    ...(data ? { data } : {}),
-    ...(options.explicit ? { explicit: options.explicit } : {}),
-    ...(prev || options.explicit ? {} : { keyframe: true }),
-  });
-}
-
-/** A tensor cut out of a torch.save file (the rest of the file is its skeleton). */
-interface Cut {
-  name: string;
-  offset: number;
-  length: number;
-  dtype: DType;
-  shape: number[];
 }
 
 /**
@@ -328,11 +270,9 @@ function readTorchWeights(full: string, fd: number, size: number): Cut[] | null 
  */
 function addSkeleton(add: (name: string, dtype: DType, shape: number[], source: Source) => void,
   file: { path: string; fd: number; size: number }, cuts: readonly Cut[]): CheckpointFile {
-  const segments = skeletonSegments(file.size, cuts);
-  const skeleton = `${FILE_PREFIX}${file.path}`;
-  add(skeleton, 'U8', [segments.reduce((n, s) => n + s.length, 0)], { fd: file.fd, segments });
-  const layout: TorchLayout = { size: file.size, offsets: cuts.map((c) => c.offset) };
-  return { kind: 'torch', path: file.path, tensors: [skeleton, ...cuts.map((c) => c.name)], layout };
+  const skeleton = torchFile(file.path, `${FILE_PREFIX}${file.path}`, file.size, cuts);
+  add(`${FILE_PREFIX}${file.path}`, 'U8', [skeleton.skeletonBytes], { fd: file.fd, segments: skeleton.segments });
+  return skeleton.file;
 }
 
 /** Read exactly `length` bytes at `offset` of an open file. */
@@ -364,7 +304,11 @@ export async function listFiles(dir: string): Promise<string[]> {
 
 /** Read a --param-map file: a JSON list of parameter names in optimizer order. */
 export async function readParamMapFile(path: string): Promise<string[]> {
-  const { readFile } = await import('node:fs/promises');
+  return readNamesFile(path, 'param-map');
+}
+
+/** Read a names file (--param-map, or optimizer_param_names.json): a JSON list of parameter names in optimizer order. */
+async function readNamesFile(path: string, stage = 'names file'): Promise<string[]> {
   const text = await readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
     throw new ExcpError('ERR_IO', `${path}: cannot read (${e.code ?? e.message})`);
   });
@@ -372,8 +316,8 @@ export async function readParamMapFile(path: string): Promise<string[]> {
   try {
     list = JSON.parse(text);
   } catch {
-    throw new ExcpError('ERR_PARAM_MAP', `param-map: ${path} is not JSON`);
+    throw new ExcpError('ERR_PARAM_MAP', `${stage}: ${path} is not JSON`);
   }
-  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) throw new ExcpError('ERR_PARAM_MAP', `param-map: ${path} must hold a JSON list of parameter names`);
+  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) throw new ExcpError('ERR_PARAM_MAP', `${stage}: ${path} must hold a JSON list of parameter names`);
   return list as string[];
 }

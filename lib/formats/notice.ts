@@ -34,28 +34,38 @@ function sample(paths: readonly string[]): string {
   return tops.length <= 2 ? tops.join(', ') : `${tops.slice(0, 2).join(', ')} and ${tops.length - 2} more`;
 }
 
+/** How a reader's notice about a file it carried as bytes ends (lib/formats/folder.ts, torch-file.ts). */
+const CARRIED = ': carried byte for byte, its state coded exactly';
+
 /**
- * The notices for a checkpoint about to be compressed: none when the method
- * applies to it (some parameter is paired with its moments) or exact coding
- * was asked for (`lossless`).
+ * The notices for a checkpoint about to be compressed, one line per thing
+ * to know. When the method applies (some parameter is paired with its
+ * moments), the reader's own notices (`details`: a second optimizer carried,
+ * small ids left unmapped); when it does not, one line that says so and
+ * why, taking the reader's reason where it has one; none when exact coding
+ * was asked for (`lossless`), since then nothing is lost to explain.
  * @param checkpoint the opened checkpoint
  * @param header its planned container header
- * @returns lines `notice: PATH ...`
+ * @param details what the reader said while opening it (its onNotice lines)
+ * @returns the lines
  */
-export async function checkpointNotices(checkpoint: Checkpoint, header: Pick<ContainerHeader, 'entries' | 'tensors' | 'options'>): Promise<string[]> {
+export async function checkpointNotices(checkpoint: Checkpoint, header: Pick<ContainerHeader, 'entries' | 'tensors' | 'options'>,
+  details: readonly string[] = []): Promise<string[]> {
+  if (header.options.lossless) return [];
   const paired = header.entries.some((e) => e.kind === 'param' || (e.kind === 'pack' && e.members!.some((m) => header.tensors[m]!.role !== 'plain')));
-  if (header.options.lossless || paired) return [];
+  if (paired) return [...details];
   const files = checkpoint.files;
   if (files.length === 1 && files[0]!.path === null) {
+    if (details.length > 0) return [...details];
     if (checkpoint.tensors.length === 0) return [];
     return [`notice: ${checkpoint.path}: no tensor has its Adam moments (NAME.exp_avg and NAME.exp_avg_sq): every tensor is coded exactly, which the method cannot shrink much`];
   }
   if (files.length === 0) return [`notice: ${checkpoint.path} is an empty folder: the container holds no files (is the path right?)`];
-  return [`notice: ${checkpoint.path}: the method was not applied, every tensor is coded exactly: found ${await whatWasFound(checkpoint, header)}`];
+  return [`notice: ${checkpoint.path}: the method was not applied, every tensor is coded exactly: found ${await whatWasFound(checkpoint, header, details)}`];
 }
 
 /** What a folder that gets none of the method holds, in words. */
-async function whatWasFound(checkpoint: Checkpoint, header: Pick<ContainerHeader, 'tensors'>): Promise<string> {
+async function whatWasFound(checkpoint: Checkpoint, header: Pick<ContainerHeader, 'tensors'>, details: readonly string[]): Promise<string> {
   const files = checkpoint.files;
   const paths = files.map((f) => f.path ?? '');
   const blobs = files.filter((f) => f.kind === 'blob').map((f) => f.path ?? '');
@@ -80,7 +90,10 @@ async function whatWasFound(checkpoint: Checkpoint, header: Pick<ContainerHeader
     const info = checkpoint.byName.get(`${FILE_PREFIX}${optimizer}`);
     const head = info && info.end - info.begin >= 4 ? await checkpoint.tensorBytes(info, 0, 4) : new Uint8Array(0);
     if (!startsLikeZip(head)) return `an ${optimizer} in torch's old (non-zip) pickle format (save it again with torch 1.6 or later)`;
-    return `an ${optimizer} that is not an Adam/AdamW state_dict`;
+    // The reader's reason: `PATH: why: carried byte for byte, ...`.
+    const why = details.find((d) => d.endsWith(CARRIED) && d.includes(optimizer));
+    const reason = why?.slice(0, -CARRIED.length).replace(/^.*?optimizer\.pt: /, '');
+    return `an ${optimizer} that is not an Adam/AdamW state_dict${reason ? ` (${reason})` : ''}`;
   }
   const pickled = blobs.filter((p) => PICKLED.test(p) && !TRAINER_EXTRAS.test(p));
   if (pickled.length > 0) {

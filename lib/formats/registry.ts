@@ -5,7 +5,7 @@
  *   path as a format-neutral {@link Checkpoint}: a safetensors file
  *   (safetensors-file.ts), a PyTorch distributed checkpoint folder
  *   (dcp/checkpoint.ts), a Hugging Face / PyTorch checkpoint folder
- *   (folder.ts);
+ *   (folder.ts), a torch.save file (torch-file.ts);
  * - file kinds, each one file of this folder, that lay a file's tensors out
  *   and rebuild the file at restore: `safetensors`, `blob`, `torch`,
  *   `distcp` (dcp/distcp-kind.ts).
@@ -25,8 +25,10 @@ import { DcpCheckpoint, METADATA_FILE } from './dcp/checkpoint.js';
 import { distcpKind } from './dcp/distcp-kind.js';
 import type { FileFormat } from './file-format.js';
 import { FolderCheckpoint } from './folder.js';
+import type { OptimizerOpenOptions, OptimizerSide, ParamPrior } from './optimizer-map.js';
 import { SafetensorsFile, SafetensorsMemory } from './safetensors-file.js';
 import { SafetensorsStream } from './safetensors-stream.js';
+import { TorchFileCheckpoint, isTorchSaveFile } from './torch-file.js';
 import { safetensorsKind } from './safetensors-kind.js';
 import { torchKind } from './torch-kind.js';
 
@@ -64,6 +66,14 @@ export interface OpenOptions {
   spill?: SpillOptions | undefined;
   /** One line about what was found (a folder without optimizer state, ...). */
   onNotice?: ((message: string) => void) | undefined;
+  /** The parameter map carried from the previous step of a chain (optimizer-map.ts's priorOf). */
+  paramPrior?: ParamPrior | null;
+}
+
+/** The previous checkpoint as the param map's statistics read it, when its format has an optimizer side. */
+function optimizerSide(previous: Checkpoint | null | undefined): OptimizerSide | null {
+  const p = previous as Partial<OptimizerSide> | null | undefined;
+  return p && 'optimizer' in p && typeof p.weight === 'function' && typeof p.readOptimizer === 'function' ? p as OptimizerSide : null;
 }
 
 /** An input format: which paths it takes, and how it opens them. */
@@ -97,15 +107,27 @@ function noRank(path: string, options: OpenOptions, what: string): void {
   }
 }
 
+/** The open options of a format with an optimizer. */
+function optimizerOptions(options: OpenOptions): OptimizerOpenOptions {
+  return {
+    mapMoments: options.role === 'current',
+    previous: optimizerSide(options.previous),
+    explicit: options.paramMap ?? null,
+    prior: options.paramPrior ?? null,
+    onNotice: options.onNotice,
+  };
+}
+
 const hfFolder: InputFormat = {
   name: 'checkpoint folder',
   accepts: (_path, isFolder) => isFolder,
-  open: (path, options) => (noRank(path, options, 'a checkpoint folder without .metadata'), FolderCheckpoint.open(path, {
-    mapMoments: options.role === 'current',
-    previous: options.previous instanceof FolderCheckpoint ? options.previous : null,
-    explicit: options.paramMap ?? null,
-    onNotice: options.onNotice,
-  })),
+  open: (path, options) => (noRank(path, options, 'a checkpoint folder without .metadata'), FolderCheckpoint.open(path, optimizerOptions(options))),
+};
+
+const torchSaveFile: InputFormat = {
+  name: 'torch.save file',
+  accepts: (path, isFolder) => !isFolder && isTorchSaveFile(path),
+  open: (path, options) => (noRank(path, options, 'a torch.save file'), TorchFileCheckpoint.open(path, optimizerOptions(options))),
 };
 
 const safetensorsFile: InputFormat = {
@@ -115,7 +137,7 @@ const safetensorsFile: InputFormat = {
 };
 
 /** Input formats, the first that accepts a path opens it. */
-const INPUTS: readonly InputFormat[] = [dcpFolder, hfFolder, safetensorsFile];
+const INPUTS: readonly InputFormat[] = [dcpFolder, hfFolder, torchSaveFile, safetensorsFile];
 
 /**
  * Open a checkpoint of any input format.

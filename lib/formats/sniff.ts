@@ -19,7 +19,7 @@ function startsWith(head: Uint8Array, bytes: ArrayLike<number>): boolean {
  */
 export function otherThanSafetensors(head: Uint8Array): string | null {
   if (startsLikeZip(head)) {
-    return 'it is a zip file (PyTorch\'s torch.save format, as pytorch_model.bin and optimizer.pt); excp reads those inside a checkpoint folder: compress the folder';
+    return 'it is a zip file (PyTorch\'s torch.save format): compress it by its path (excp compress FILE), or the checkpoint folder that holds it';
   }
   if (startsWith(head, MAGIC)) return 'it is an .excp container: restore it with excp restore';
   const protocol = head[1] ?? 0;

@@ -7,21 +7,25 @@
  * Header record: path, tensor indices (the skeleton first, then the cut
  * tensors), and the layout as JSON: `{"size": file bytes, "offsets": each
  * cut tensor's byte offset}`. At restore the skeleton's bytes fill the gaps
- * between the tensors, and the zip CRC fields of the storages that hold
- * restored (possibly lossy) tensors are recomputed
- * (lib/formats/torch/serialization.ts); every other byte is carried through.
+ * between the tensors, and then the zip CRC fields of the storages that hold
+ * restored (possibly lossy) tensors are recomputed in place (the `patch`
+ * step); every other byte is carried through. The file is a folder's
+ * (optimizer.pt, pytorch_model.bin) or, path null, a single torch.save
+ * file (lib/formats/torch-file.ts).
  */
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import type { ByteReader, ByteWriter } from '../core/bytes.js';
 import { crc32 } from '../core/crc32.js';
-import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
+import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { readIndices, readJson, readString, writeIndices, writeString } from '../container/fields.js';
 import { readExactlySync } from '../io/read.js';
-import type { FileSpec, TensorSpec } from '../model/checkpoint.js';
+import type { CheckpointFile, FileSpec, TensorSpec } from '../model/checkpoint.js';
 import { isByteVector } from './blob.js';
 import type { FileFormat, FilePlacement, Segment } from './file-format.js';
-import { type TorchStorage, readTorchCheckpoint, rewriteTorchCheckpoint } from './torch/serialization.js';
+import { readTorchCheckpoint } from './torch/serialization.js';
+import type { ZipEntry } from './torch/zip.js';
+import { patchZipCrcs } from './torch/zip-rewrite.js';
 
 /** A torch file's layout: its size and the byte offset of each cut tensor (after the skeleton in `tensors`). */
 export interface TorchLayout {
@@ -48,6 +52,36 @@ export function skeletonSegments(size: number, ranges: readonly { offset: number
   return segments;
 }
 
+/** A tensor cut out of a torch.save file and coded as a tensor (the rest of the file is its skeleton). */
+export interface Cut {
+  name: string;
+  /** Its first byte in the file. */
+  offset: number;
+  length: number;
+  dtype: DType;
+  shape: number[];
+}
+
+/**
+ * A torch.save file as a file of kind `torch`: the skeleton tensor (the
+ * file's bytes without the cut ranges, which must be sorted and disjoint)
+ * first, then the cut tensors.
+ * @param path the file's path in its folder, or null for a single-file checkpoint
+ * @param skeleton the skeleton tensor's name
+ * @param size the file's size
+ * @param cuts the tensors cut out, sorted by offset
+ * @returns the file, and where the skeleton's bytes are in the file
+ */
+export function torchFile(path: string | null, skeleton: string, size: number, cuts: readonly Cut[]): { file: CheckpointFile; segments: Segment[]; skeletonBytes: number } {
+  const segments = skeletonSegments(size, cuts);
+  const layout: TorchLayout = { size, offsets: cuts.map((c) => c.offset) };
+  return {
+    file: { kind: 'torch', path, tensors: [skeleton, ...cuts.map((c) => c.name)], layout },
+    segments,
+    skeletonBytes: segments.reduce((n, x) => n + x.length, 0),
+  };
+}
+
 function bytesOf(t: TensorSpec): number {
   return elementCount(t.shape, 'container') * DTYPE_BYTES[t.dtype];
 }
@@ -58,6 +92,7 @@ export const torchKind: FileFormat = {
   code: 2,
 
   write(w: ByteWriter, file: FileSpec): void {
+    // An empty path (never a folder file's: validate refuses it) is null: the file of a single-file container.
     writeString(w, file.path ?? '');
     writeIndices(w, file.tensors);
     const layout = file.layout as TorchLayout;
@@ -68,12 +103,12 @@ export const torchKind: FileFormat = {
   read(r: ByteReader) {
     const path = readString(r, 'path');
     const tensors = readIndices(r, 'file tensors');
-    return { file: { kind: 'torch', path, tensors, layout: readJson(r, 'layout') } };
+    return { file: { kind: 'torch', path: path === '' ? null : path, tensors, layout: readJson(r, 'layout') } };
   },
 
   fromJson(value: Record<string, unknown>): FileSpec | null {
     const { path, tensors, layout } = value;
-    if (typeof path !== 'string' || !Array.isArray(tensors)) return null;
+    if ((typeof path !== 'string' && path !== null) || !Array.isArray(tensors)) return null;
     return { kind: 'torch', path, tensors: tensors as number[], layout };
   },
 
@@ -104,7 +139,7 @@ export const torchKind: FileFormat = {
         { tensor: file.tensors[0]!, target: { segments: skeletonSegments(layout.size, ranges) } },
         ...ranges.map((r) => ({ tensor: r.tensor, target: { offset: r.offset } })),
       ],
-      finish: (raw, finalPath) => fixTorchFile(raw, finalPath, layout.size, ranges),
+      patch: (fd, what) => patchTorchFile(fd, what, layout.size, ranges),
     };
   },
 
@@ -114,47 +149,34 @@ export const torchKind: FileFormat = {
 };
 
 /**
- * A torch.save file with recomputed CRCs for the storages that hold restored
- * tensors (moments or weights); every other byte as written. When every such
- * storage still has its recorded CRC (exact tensors: a keyframe's weights,
- * --lossless), the raw file is the original file and is renamed into place
- * instead of copied (a pytorch_model.bin can be most of a checkpoint).
+ * Fix a restored torch.save file in place: the CRC fields of the storages
+ * that hold restored tensors (moments or weights) get the CRC of their
+ * restored bytes; every other byte stays as written. A file torch wrote
+ * with `set_crc32_options(False)` records CRC 0 for every entry and keeps
+ * it (torch.load checks no CRC, and a real CRC would change bytes the
+ * original did not have). Exact tensors (a keyframe's weights, --lossless)
+ * keep their CRCs, and nothing is written.
  */
-function fixTorchFile(raw: { fd: number; path: string }, finalPath: string, size: number, ranges: readonly { offset: number; length: number }[]): void {
-  const readAt = (offset: number, length: number): Uint8Array => readExactlySync(raw.fd, offset, length, `restore: ${finalPath}`);
+function patchTorchFile(fd: number, what: string, size: number, ranges: readonly { offset: number; length: number }[]): void {
+  const readAt = (offset: number, length: number): Uint8Array => readExactlySync(fd, offset, length, `restore: ${what}`);
   const checkpoint = readTorchCheckpoint(size, readAt);
-  const replacements = new Map<string, () => Iterable<Uint8Array>>();
+  if (checkpoint.directory.entries.every((e) => e.crc32 === 0 || e.size === 0)) return;
   const storages = [...checkpoint.storages.values()];
   const step = 4 * 1024 * 1024;
-  const chunksOf = (s: TorchStorage) => function* (): Iterable<Uint8Array> {
-    for (let at = 0; at < s.entry.size; at += step) yield readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at));
-  };
+  const crcs = new Map<ZipEntry, number>();
   const checked = new Set<string>();
   for (const r of ranges) {
     if (r.length === 0) continue;
     const s = storages.find((x) => r.offset >= x.entry.dataOffset && r.offset + r.length <= x.entry.dataOffset + x.entry.size);
-    if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${finalPath}: tensor bytes at ${r.offset} lie outside every storage`);
+    if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${what}: tensor bytes at ${r.offset} lie outside every storage`);
     if (checked.has(s.key)) continue;
     checked.add(s.key);
     let crc = 0;
-    for (const chunk of chunksOf(s)()) crc = crc32(chunk, crc);
-    if (crc !== s.entry.crc32) replacements.set(s.key, chunksOf(s));
+    for (let at = 0; at < s.entry.size; at += step) crc = crc32(readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at)), crc);
+    if (crc !== s.entry.crc32) crcs.set(s.entry, crc);
   }
-  if (replacements.size === 0) {
-    fsyncSync(raw.fd);
-    renameSync(raw.path, finalPath);
-    return;
-  }
-  const out = openSync(finalPath, 'wx');
-  try {
-    let position = 0;
-    for (const chunk of rewriteTorchCheckpoint(checkpoint, readAt, replacements)) {
-      let done = 0;
-      while (done < chunk.length) done += writeSync(out, chunk, done, chunk.length - done, position + done);
-      position += chunk.length;
-    }
-    fsyncSync(out);
-  } finally {
-    closeSync(out);
-  }
+  patchZipCrcs(crcs, (offset, bytes) => {
+    let done = 0;
+    while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, offset + done);
+  });
 }

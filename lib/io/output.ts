@@ -55,7 +55,8 @@ export async function writeAtomically(target: string, produce: (out: Writable, f
   }
   await removeStaleTemps(target);
   const temp = join(dirname(target), `${tempPrefix(target)}${process.pid}-${Date.now().toString(36)}`);
-  const handle = await open(temp, 'wx').catch((e: unknown) => {
+  // Read and write: a producer may fix what it wrote in place (a torch.save file's CRCs).
+  const handle = await open(temp, 'wx+').catch((e: unknown) => {
     throw outputError(e, target, false);
   });
   activeTemps.add(temp);

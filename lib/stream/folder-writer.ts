@@ -10,9 +10,10 @@
  * memory, whatever the order.
  *
  * Everything is written into a temporary folder beside the target. At the
- * end the fingerprints are checked, each file with a finishing step (a
+ * end the fingerprints are checked, each file with a fixing step (a
  * torch.save zip, whose CRC fields must follow its restored storages) is
- * finished from its raw file, and the caller renames the folder into place
+ * patched in place, each file with a finishing step is finished from its
+ * raw file, and the caller renames the folder into place
  * (lib/io/output.ts). On error the temporary folder is removed.
  *
  * It is a Writable (object mode), not a Transform: it produces files, not a
@@ -55,6 +56,8 @@ export class FolderWriter extends Writable {
   private hashers = new HasherList(0);
   private readonly fds: number[] = [];
   private unfinished: Unfinished[] = [];
+  /** Files fixed in place at the end (FilePlacement.patch). */
+  private patches: { fd: number; what: string; patch: NonNullable<FilePlacement['patch']> }[] = [];
   private restoredBytes = 0;
   private totalBytes = 0;
   private readonly onProgress: ((done: number, total: number) => void) | undefined;
@@ -106,12 +109,16 @@ export class FolderWriter extends Writable {
       const placement = fileFormat(f.kind).place(f, header.tensors);
       let fd: number;
       if (this.file !== undefined) {
-        if (placement.finish) throw new ExcpError('ERR_USAGE', `restore: a ${f.kind} file is restored into a folder`);
+        if (placement.finish && !placement.patch) throw new ExcpError('ERR_USAGE', `restore: a ${f.kind} file is restored into a folder`);
         fd = this.file;
+        if (placement.patch) this.patches.push({ fd, what: 'the restored file', patch: placement.patch });
       } else {
         const path = f.path!;
         if (path.includes('/')) await mkdir(join(this.temp!, dirname(path)), { recursive: true });
-        if (placement.finish) {
+        if (placement.patch) {
+          fd = this.open(path);
+          this.patches.push({ fd, what: path, patch: placement.patch });
+        } else if (placement.finish) {
           // Written raw beside its final name, finished at the end.
           const rawPath = join(dirname(path), `.${basename(path)}.excp-raw`);
           fd = this.open(rawPath);
@@ -156,6 +163,7 @@ export class FolderWriter extends Writable {
       if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
       if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
       verifyFingerprints(header, this.footer, this.hashers.digests());
+      for (const p of this.patches) p.patch(p.fd, p.what);
       for (const u of this.unfinished) u.finish({ fd: u.fd, path: u.rawPath }, u.finalPath);
       for (const fd of this.fds.splice(0)) {
         fsyncSync(fd);

@@ -7,8 +7,8 @@
  * entry (a weight with its moments) while the file lists tensors in its own
  * order; what cannot be written yet waits in a SpillStore (memory, then a
  * temporary file), so memory stays bounded. A file kind with a finishing
- * step (a torch.save zip, whose CRCs follow its data) cannot be streamed:
- * such a container is restored to a file.
+ * or fixing step (a torch.save zip, whose CRCs follow its data) cannot be
+ * streamed: such a container is restored to a file.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
@@ -73,7 +73,9 @@ export class StreamWriter extends Transform {
       throw new ExcpError('ERR_BAD_HEADER', 'restore: this container holds a checkpoint folder; restore it to a folder with -o DIR');
     }
     const placement = fileFormat(file.kind).place(file, header.tensors);
-    if (placement.finish) throw new ExcpError('ERR_USAGE', `restore: a ${file.kind} file cannot be written to a pipe; restore it to a file with -o FILE`);
+    if (placement.finish || placement.patch) {
+      throw new ExcpError('ERR_USAGE', `restore: a ${file.kind} file cannot be written to a pipe (its zip CRCs are fixed after its data is written); restore it to a file with -o FILE`);
+    }
     const pieces: { offset: number; piece: number | Uint8Array }[] = placement.fixed.map((f) => ({ offset: f.offset, piece: f.bytes }));
     for (const { tensor, target } of placement.targets) {
       if (!('offset' in target)) throw new ExcpError('ERR_USAGE', `restore: a ${file.kind} file cannot be written to a pipe; restore it to a file with -o FILE`);

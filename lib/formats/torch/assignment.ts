@@ -4,6 +4,7 @@
  * module structure narrows the candidates. Apart because it is a general
  * algorithm on a score matrix and reads best without the mapping around it.
  */
+import { zOf } from './param-stats.js';
 
 /** Maximum-weight assignment of rows to distinct columns (rows <= columns), O(n^2 m). */
 export function hungarian(score: number[][]): number[] {
@@ -57,16 +58,23 @@ export function hungarian(score: number[][]): number[] {
   return rowToCol;
 }
 
-/** Per row: how much the assignment loses, per changed row, by the best swap with another row or a move to a free column. */
-export function swapMargins(score: number[][], assignment: number[]): number[] {
+/**
+ * Per row: how firmly it holds its column, as the smallest z (param-stats.ts)
+ * of what the assignment loses by a swap with another row (two positions
+ * change) or a move to a free column (one position changes).
+ * @param score the score matrix
+ * @param assignment column per row, from {@link hungarian}
+ * @param samples sample size behind every score
+ */
+export function assignmentZ(score: number[][], assignment: number[], samples: number): number[] {
   const taken = new Set(assignment);
   const free = (score[0] ?? []).map((_, j) => j).filter((j) => !taken.has(j));
   return assignment.map((ci, i) => {
-    let margin = Infinity;
+    let z = Infinity;
     assignment.forEach((cj, j) => {
-      if (j !== i) margin = Math.min(margin, (score[i]![ci]! + score[j]![cj]! - score[i]![cj]! - score[j]![ci]!) / 2);
+      if (j !== i) z = Math.min(z, zOf(score[i]![ci]! + score[j]![cj]! - score[i]![cj]! - score[j]![ci]!, [samples, samples]));
     });
-    for (const f of free) margin = Math.min(margin, score[i]![ci]! - score[i]![f]!);
-    return margin;
+    for (const f of free) z = Math.min(z, zOf(score[i]![ci]! - score[i]![f]!, [samples]));
+    return z;
   });
 }

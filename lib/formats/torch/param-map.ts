@@ -4,9 +4,12 @@
  * `optimizer.state_dict()` keys its state by integer id: the position of the
  * parameter in the param groups, concatenated. Hugging Face Trainer builds
  * two groups from `model.named_parameters()` (module definition order): the
- * weights that get weight decay, then the rest (biases and norm weights).
- * model.safetensors lists names alphabetically and says nothing about
- * definition order, so the mapping has to be inferred:
+ * weights that get weight decay, then the rest (biases and norm weights);
+ * tied weights appear once, frozen ones not at all. model.safetensors lists
+ * names alphabetically and says nothing about definition order, so unless
+ * the names are given (`explicit`: --param-map, the callback's
+ * optimizer_param_names.json, the state's own `param_names` or FQN keys,
+ * read by the adapters) the mapping is inferred:
  *
  *  1. Groups: names are split into decay / no-decay by Trainer's rules (by
  *     name, by rank); the first rule whose shape counts match the groups wins.
@@ -15,24 +18,33 @@
  *     (a module's own parameters, then its submodules in registration order;
  *     ModuleList items in index order). The unknowns are the sibling orders,
  *     one per module *template* (the path with indices replaced by `#`, so
- *     every `layers.#` block shares one order). Candidate orders of a bucket
- *     of same-shape names come from enumerating those sibling permutations;
- *     a bucket whose names differ only by indices has exactly one.
- *  4. Data: AdamW moves W against m, so with two consecutive checkpoints the
- *     right pairing maximises corr(W_cur - W_prev, -m). Candidate orders are
- *     scored by the summed correlation (every layer votes for the same
- *     sibling order, so a weak per-tensor signal still decides); without a
- *     usable structure, a maximum-weight assignment (Hungarian) is used.
+ *     every `layers.#` block shares one order). The candidate orders of a
+ *     whole group are those whose shapes match its ids' shapes position by
+ *     position (param-orders.ts); an id every candidate names alike is settled.
+ *  4. Statistics: the weight change between two checkpoints against Adam's
+ *     update direction of both optimizer states (param-stats.ts). Candidate
+ *     orders are scored by their summed correlations (every layer votes for
+ *     the same sibling order); without a usable structure, a maximum-weight
+ *     assignment per shape (Hungarian). An id is settled when every rival
+ *     naming it otherwise loses by a z of at least `minZ` (param-decide.ts).
  *
- * What stays ambiguous throws ERR_PARAM_MAP naming the ids; pass the names
- * in optimizer order (`explicit`) to settle it.
+ * A mapping carried from the previous step of a run (`prior`: ids are
+ * stable within a run) is checked, not trusted blindly: its names must fit
+ * the shapes and the structure, and the statistics must not settle any of
+ * its ids otherwise; then it names those ids and narrows the rest.
  *
- * Step 3's candidate orders are in param-orders.ts, step 4's assignment in
- * assignment.ts.
+ * What stays ambiguous: in a keyframe (no previous checkpoint, weights coded
+ * exactly) it is paired by shape, which changes nothing that is kept; ids of
+ * at most `smallElements` elements are left unmapped (their moments coded
+ * exactly: never a guess, and small); anything else throws ERR_PARAM_MAP
+ * naming the ids, their candidates and why.
  */
 import { ExcpError } from '../../core/errors.js';
-import { hungarian, swapMargins } from './assignment.js';
-import { candidateOrders, compareNames } from './param-orders.js';
+import { type Decided, decideAssignment, decideOrders } from './param-decide.js';
+import { candidateOrders, compareNames, groupOrders } from './param-orders.js';
+import { type Evidence, type ParamMapData, RunStatistics } from './param-stats.js';
+
+export type { Evidence, ParamMapData } from './param-stats.js';
 
 /** A tensor of the model file. */
 export interface NamedShape {
@@ -46,13 +58,8 @@ export interface ParamGroupInfo {
   weightDecay?: number | null;
 }
 
-/** Values for the correlation test; a function may return null when it has no data. */
-export interface ParamMapData {
-  /** W_cur - W_prev of a named parameter, as float32. */
-  delta(name: string): Float32Array | null;
-  /** Adam's exp_avg of a param id, as float32. */
-  expAvg(id: number): Float32Array | null;
-}
+/** How an id was settled. */
+export type ParamMapMethod = 'explicit' | 'names-file' | 'param-names' | 'fqn' | 'carried' | 'shape' | 'order' | 'statistics' | 'shape-only';
 
 /** Input of {@link mapParams}. */
 export interface ParamMapInput {
@@ -64,11 +71,23 @@ export interface ParamMapInput {
   data?: ParamMapData;
   /** Names in optimizer order (id i -> explicit[i]); overrides inference. */
   explicit?: readonly string[];
-  /** Smallest per-id score margin accepted from data (default 0.05). */
-  minMargin?: number;
-  /** Elements sampled per tensor for correlations (default 4096). */
-  sampleSize?: number;
-  /** Most candidate orders enumerated per bucket (default 40320). */
+  /** Where `explicit` came from (default 'explicit': --param-map). */
+  explicitMethod?: 'explicit' | 'names-file' | 'param-names' | 'fqn';
+  /** A mapping carried from the previous step of the run: name and confidence by id. */
+  prior?: ReadonlyMap<number, { name: string; confidence: number }>;
+  /**
+   * The statistics of earlier steps of the run for ids they left unnamed:
+   * per id, the number of steps and the summed score of each candidate name.
+   * Added to this step's scores, so evidence too weak in one step can settle
+   * an id over several (the steps' changes are independent, so the null
+   * variance adds up too).
+   */
+  evidence?: ReadonlyMap<number, Evidence>;
+  /** Smallest z of the statistics that settles an id (default 5). */
+  minZ?: number;
+  /** Ambiguous ids of at most this many elements are left unmapped instead of failing (default 1024). */
+  smallElements?: number;
+  /** Most candidate orders listed per group or bucket (default 40320). */
   maxCandidates?: number;
   /**
    * A keyframe (no previous checkpoint): ids that stay ambiguous are paired
@@ -80,22 +99,31 @@ export interface ParamMapInput {
   keyframe?: boolean;
 }
 
-/** How an id was settled. */
-export type ParamMapMethod = 'explicit' | 'shape' | 'order' | 'correlation' | 'shape-only';
+/** An id left unmapped: its candidate names and why. */
+export interface AmbiguousId {
+  id: number;
+  options: string[];
+  reason: string;
+}
 
 /** Result of {@link mapParams}. */
 export interface ParamMapping {
-  /** Parameter name by id, for every id with state. */
+  /** Parameter name by id. */
   names: Map<number, string>;
-  /** 0..1 per id: 1 = certain (explicit, unique shape), 0.9 = structure alone, else from the data margin. */
+  /** 0..1 per id: 1 = given or unique shape, 0.9 = structure alone, 0.5..1 from the statistics' z, 0 = shape-only pairing. */
   confidence: Map<number, number>;
   method: Map<number, ParamMapMethod>;
   /** Ids in the groups without state (never stepped): nothing to map. */
   unmapped: number[];
+  /** Small ids left unmapped because nothing told them apart (their moments are coded exactly). */
+  ambiguous: AmbiguousId[];
+  /** The statistics so far of every id not named by more than its shape (for the next step). */
+  evidence: Map<number, Evidence>;
 }
 
 const STAGE = 'param-map';
 const shapeKey = (s: readonly number[]): string => `[${s.join(',')}]`;
+const elementsOf = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
 /** Trainer's decay rules, tried in order: by name (transformers >= 4.46 patterns), then by rank. */
 const NORM = /(^|[._])(bias|layernorm|layer_norm|rmsnorm|norm\d*|ln(_\w+|\d+)?)($|[._])/i;
@@ -112,62 +140,80 @@ const DECAY_RULES: readonly ((p: NamedShape) => boolean)[] = [
 export function mapParams(input: ParamMapInput): ParamMapping {
   const byName = new Map(input.params.map((p) => [p.name, p]));
   const order = input.groups.flatMap((g) => [...g.params]);
-  const result: ParamMapping = { names: new Map(), confidence: new Map(), method: new Map(), unmapped: order.filter((id) => !input.stateShapes.has(id)) };
+  const result: ParamMapping = { names: new Map(), confidence: new Map(), method: new Map(), unmapped: order.filter((id) => !input.stateShapes.has(id)), ambiguous: [], evidence: new Map() };
   if (input.explicit) return explicitMapping(input, byName, order, result);
+  const prior = checkPrior(input, byName);
+  const context: Context = { input, minZ: input.minZ ?? 5, stats: new RunStatistics(input.data, input.evidence) };
   const split = splitGroups(input);
-  const ambiguous: string[] = [];
+  const left: AmbiguousId[] = [];
   for (const [g, ids] of split.ids.entries()) {
-    const buckets = new Map<string, { ids: number[]; names: string[] }>();
-    for (const id of ids) {
-      const key = shapeKey(input.stateShapes.get(id)!);
-      if (!buckets.has(key)) buckets.set(key, { ids: [], names: [] });
-      buckets.get(key)!.ids.push(id);
-    }
-    for (const p of split.names[g]!) buckets.get(shapeKey(p.shape))?.names.push(p.name);
-    for (const [key, bucket] of buckets) {
-      bucket.names.sort(compareNames);
-      if (bucket.names.length < bucket.ids.length) {
-        throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: id(s) ${bucket.ids.join(', ')} have shape ${key} but only ${bucket.names.length} parameter(s) do: ${bucket.names.join(', ') || 'none'}`);
-      }
-      const left = settleBucket(bucket.ids, bucket.names, input, result, split.structured);
-      if (left.length > 0 && input.keyframe) {
-        const used = new Set(result.names.values());
-        const free = bucket.names.filter((n) => !used.has(n));
-        for (const id of bucket.ids) {
-          if (result.names.has(id)) continue;
-          result.names.set(id, free.shift()!);
-          result.confidence.set(id, 0);
-          result.method.set(id, 'shape-only');
-        }
-      } else {
-        ambiguous.push(...left);
-      }
-    }
+    left.push(...settleGroup(ids, split.names[g]!, split.structured, context, prior, result));
   }
-  if (ambiguous.length > 0) {
-    // Two examples: the rest says the same (a whole list made a line of over a thousand characters).
-    const shown = ambiguous.slice(0, 2).join('; ') + (ambiguous.length > 2 ? `; and ${ambiguous.length - 2} more` : '');
-    throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: cannot tell apart ${ambiguous.length} param ids: ${shown}; give two consecutive checkpoints or pass the names in optimizer order explicitly`);
+  const minZ = input.minZ ?? 5;
+  const smallElements = input.smallElements ?? 1024;
+  const refused: AmbiguousId[] = [];
+  for (const a of left) {
+    if (input.keyframe) continue;
+    if (elementsOf(input.stateShapes.get(a.id)!) <= smallElements) result.ambiguous.push(a);
+    else refused.push(a);
+  }
+  if (input.keyframe) pairByShape(left, input, result);
+  for (const a of left) {
+    const e = context.stats.evidenceOf(a.id) ?? input.evidence?.get(a.id);
+    if (e) result.evidence.set(a.id, e);
+  }
+  if (refused.length > 0) {
+    const shown = refused.slice(0, 8).map((a) => `id ${a.id} (${a.options.slice(0, 4).join(' | ')}${a.options.length > 4 ? ` | ${a.options.length - 4} more` : ''}: ${a.reason})`);
+    throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: cannot tell apart ${refused.length} param ids: ${shown.join('; ')}${refused.length > 8 ? `; and ${refused.length - 8} more` : ''} (a mapping needs z >= ${minZ})`);
   }
   return result;
 }
 
 function explicitMapping(input: ParamMapInput, byName: Map<string, NamedShape>, order: number[], result: ParamMapping): ParamMapping {
   const names = input.explicit!;
-  if (names.length !== order.length) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: ${names.length} explicit names for ${order.length} optimizer params`);
-  if (new Set(names).size !== names.length) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: explicit names repeat a name`);
+  const method = input.explicitMethod ?? 'explicit';
+  if (names.length !== order.length) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: ${names.length} names (${method}) for ${order.length} optimizer params`);
+  if (new Set(names).size !== names.length) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: the names (${method}) repeat a name`);
   order.forEach((id, i) => {
     const name = names[i]!;
     const p = byName.get(name);
-    if (!p) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: explicit name ${JSON.stringify(name)} (id ${id}) is not a model parameter`);
     const shape = input.stateShapes.get(id);
+    if (!p) {
+      // A parameter the model file does not hold (a tied weight saved once under its other name): unmapped.
+      if (shape && method === 'explicit') throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: explicit name ${JSON.stringify(name)} (id ${id}) is not a model parameter`);
+      return;
+    }
     if (!shape) return;
-    if (shapeKey(shape) !== shapeKey(p.shape)) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: id ${id} has shape ${shapeKey(shape)}, ${name} has ${shapeKey(p.shape)}`);
+    if (shapeKey(shape) !== shapeKey(p.shape)) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: id ${id} has shape ${shapeKey(shape)}, ${name} has ${shapeKey(p.shape)} (${method})`);
     result.names.set(id, name);
     result.confidence.set(id, 1);
-    result.method.set(id, 'explicit');
+    result.method.set(id, method);
   });
   return result;
+}
+
+/** The prior, checked against the model: every carried name exists and has its id's shape. */
+function checkPrior(input: ParamMapInput, byName: Map<string, NamedShape>): Map<number, { name: string; confidence: number }> {
+  const prior = new Map<number, { name: string; confidence: number }>();
+  const used = new Set<string>();
+  for (const [id, p] of input.prior ?? []) {
+    const shape = input.stateShapes.get(id);
+    const named = byName.get(p.name);
+    if (!shape) continue;
+    if (!named || shapeKey(named.shape) !== shapeKey(shape) || used.has(p.name)) {
+      throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: the mapping carried from the previous step names id ${id} ${JSON.stringify(p.name)}, which ${named ? (used.has(p.name) ? 'it names twice' : `has shape ${shapeKey(named.shape)}, the id ${shapeKey(shape)}`) : 'the model does not hold'}: not the same run?`);
+    }
+    used.add(p.name);
+    prior.set(id, p);
+  }
+  return prior;
+}
+
+/** What the settling steps share: the input, the z to clear, the statistics. */
+interface Context {
+  input: ParamMapInput;
+  minZ: number;
+  stats: RunStatistics;
 }
 
 /** Shape counts (multiset) as a map. */
@@ -179,11 +225,12 @@ function shapeCounts(shapes: Iterable<readonly number[]>): Map<string, number> {
 
 /** Assign candidate names to groups: by a decay rule when the groups are Trainer's two, else all names to each group. */
 function splitGroups(input: ParamMapInput): { ids: number[][]; names: NamedShape[][]; structured: boolean } {
-  const ids = input.groups.map((g) => g.params.filter((id) => input.stateShapes.has(id)));
+  const ids = input.groups.map((g) => [...g.params]);
+  const stated = ids.map((list) => list.filter((id) => input.stateShapes.has(id)));
   const wd = input.groups.map((g) => g.weightDecay ?? null);
   if (input.groups.length === 2 && wd[0] !== null && wd[1] !== null && (wd[0]! > 0) !== (wd[1]! > 0)) {
     const decayGroup = wd[0]! > 0 ? 0 : 1;
-    const want = ids.map((list) => shapeCounts(list.map((id) => input.stateShapes.get(id)!)));
+    const want = stated.map((list) => shapeCounts(list.map((id) => input.stateShapes.get(id)!)));
     const covers = (have: Map<string, number>, need: Map<string, number>, exact: boolean): boolean =>
       [...need].every(([k, n]) => (exact ? have.get(k) === n : (have.get(k) ?? 0) >= n)) && (!exact || have.size === need.size);
     for (const exact of [true, false]) {
@@ -200,108 +247,124 @@ function splitGroups(input: ParamMapInput): { ids: number[][]; names: NamedShape
   return { ids: [ids.flat()], names: [[...input.params]], structured: false };
 }
 
-/** Settle one (group, shape) bucket; returns descriptions of ambiguous ids. */
-function settleBucket(ids: number[], names: string[], input: ParamMapInput, result: ParamMapping, structured: boolean): string[] {
-  const set = (id: number, name: string, confidence: number, method: ParamMapMethod): void => {
-    result.names.set(id, name);
-    result.confidence.set(id, Math.max(0, Math.min(1, confidence)));
-    result.method.set(id, method);
+/**
+ * Settle the ids of one group (ids without state keep their place in the
+ * structure but are not mapped); returns the ids left ambiguous.
+ */
+function settleGroup(allIds: number[], names: NamedShape[], structured: boolean, context: Context, prior: Map<number, { name: string; confidence: number }>,
+  result: ParamMapping): AmbiguousId[] {
+  const input = context.input;
+  const ids = allIds.filter((id) => input.stateShapes.has(id));
+  const buckets = new Map<string, { ids: number[]; names: string[] }>();
+  for (const id of ids) {
+    const key = shapeKey(input.stateShapes.get(id)!);
+    if (!buckets.has(key)) buckets.set(key, { ids: [], names: [] });
+    buckets.get(key)!.ids.push(id);
+  }
+  for (const p of names) buckets.get(shapeKey(p.shape))?.names.push(p.name);
+  for (const [key, bucket] of buckets) {
+    bucket.names.sort(compareNames);
+    if (bucket.names.length < bucket.ids.length) {
+      throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: id(s) ${bucket.ids.join(', ')} have shape ${key} but only ${bucket.names.length} parameter(s) do: ${bucket.names.join(', ') || 'none'}`);
+    }
+  }
+  // Candidates for the whole group (stateless ids match any name), else per bucket.
+  const max = input.maxCandidates ?? 40320;
+  const shapes = new Map(names.map((p) => [p.name, shapeKey(p.shape)]));
+  let candidates: { ids: number[]; orders: string[][] }[] | null = null;
+  if (structured) {
+    const whole = groupOrders(names.map((p) => ({ name: p.name, shape: shapes.get(p.name)! })), allIds.map((id) => {
+      const s = input.stateShapes.get(id);
+      return s ? shapeKey(s) : null;
+    }), max);
+    if (whole && whole.length > 0) {
+      const keep = allIds.map((id) => input.stateShapes.has(id));
+      candidates = [{ ids, orders: whole.map((o) => o.filter((_, i) => keep[i])) }];
+    } else if (!whole) {
+      candidates = [...buckets.values()].map((b) => ({ ids: b.ids, orders: b.names.length === b.ids.length ? candidateOrders(b.names, max) ?? [] : [] }));
+      if (candidates.some((c) => c.orders.length === 0)) candidates = null;
+    }
+  }
+  const left: AmbiguousId[] = [];
+  const settle = (list: { ids: number[]; orders: string[][] }, narrowed: boolean): void => {
+    const decided = decideOrders(list.ids, list.orders, shapes, context.stats.scoresOf, context.minZ, narrowed ? prior : new Map(), context.stats.noData);
+    for (const [i, id] of list.ids.entries()) {
+      const d = decided[i]!;
+      if (prior.has(id)) continue;
+      if (d.name !== null) set(result, id, d.name, d.confidence, d.method);
+      else left.push({ id, options: d.options, reason: d.reason });
+    }
   };
-  if (ids.length === 1 && names.length === 1) {
-    set(ids[0]!, names[0]!, 1, 'shape');
-    return [];
-  }
-  const minMargin = input.minMargin ?? 0.05;
-  const candidates = structured && names.length === ids.length ? candidateOrders(names, input.maxCandidates ?? 40320) : null;
-  const scores = input.data ? scoreMatrix(ids, names, input.data, input.sampleSize ?? 4096) : null;
-  const describe = (id: number, options: Iterable<string>): string => {
-    const list = [...new Set(options)];
-    return `id ${id} (${list.slice(0, 6).join(' | ')}${list.length > 6 ? ` | ${list.length - 6} more` : ''})`;
-  };
-  if (candidates && candidates.length === 1) {
-    candidates[0]!.forEach((name, i) => set(ids[i]!, name, 0.9, 'order'));
-    return [];
-  }
-  if (!scores) {
-    // Structure alone: ids whose name is the same in every candidate are settled.
-    if (!candidates) return ids.map((id) => describe(id, names));
-    const out: string[] = [];
-    ids.forEach((id, i) => {
-      const options = candidates.map((c) => c[i]!);
-      if (options.every((n) => n === options[0])) set(id, options[0]!, 0.9, 'order');
-      else out.push(describe(id, options));
-    });
-    return out;
-  }
-  const index = new Map(names.map((n, j) => [n, j]));
-  let assignment: number[];
-  let margins: number[];
   if (candidates) {
-    const cols = candidates.map((c) => c.map((n) => index.get(n)!));
-    const totals = cols.map((c) => c.reduce((s, j, i) => s + scores[i]![j]!, 0));
-    const best = totals.indexOf(Math.max(...totals));
-    assignment = cols[best]!;
-    // Per id: the best rival order that names it differently, and by how much it loses per changed position.
-    margins = ids.map((_, i) => {
-      let margin = Infinity;
-      cols.forEach((c, k) => {
-        if (c[i] === assignment[i]) return;
-        const changed = c.reduce((n, j, p) => n + (j !== assignment[p] ? 1 : 0), 0);
-        margin = Math.min(margin, (totals[best]! - totals[k]!) / changed);
-      });
-      return margin;
-    });
+    for (const list of candidates) {
+      // The data on its own first: a carried name it settles otherwise is a contradiction, the same name a confirmation.
+      if (prior.size > 0) confirmed(list.ids, decideOrders(list.ids, list.orders, shapes, context.stats.scoresOf, context.minZ, new Map(), context.stats.noData), prior, result);
+      const narrowed = prior.size > 0 ? list.orders.filter((o) => o.every((n, i) => (prior.get(list.ids[i]!)?.name ?? n) === n)) : list.orders;
+      if (prior.size > 0 && narrowed.length === 0) {
+        throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: the mapping carried from the previous step fits no order named_parameters() could give ids ${list.ids.filter((id) => prior.has(id)).slice(0, 8).join(', ')}: not the same run?`);
+      }
+      settle({ ids: list.ids, orders: narrowed }, true);
+    }
   } else {
-    assignment = hungarian(scores);
-    margins = swapMargins(scores, assignment);
+    for (const bucket of buckets.values()) left.push(...assignBucket(bucket.ids, bucket.names, context, prior, result));
   }
-  const out: string[] = [];
+  return left;
+}
+
+function set(result: ParamMapping, id: number, name: string, confidence: number, method: ParamMapMethod): void {
+  result.names.set(id, name);
+  result.confidence.set(id, Math.round(Math.max(0, Math.min(1, confidence)) * 1000) / 1000);
+  result.method.set(id, method);
+}
+
+/**
+ * The carried ids, against what the data of this step settles on its own:
+ * another name is a contradiction (thrown), the same name raises the
+ * carried confidence to the statistics' own. Sets every carried id.
+ */
+function confirmed(ids: number[], decided: readonly Decided[], prior: Map<number, { name: string; confidence: number }>, result: ParamMapping): void {
+  const bad: string[] = [];
   ids.forEach((id, i) => {
-    const name = names[assignment[i]!]!;
-    if (margins[i]! >= minMargin) set(id, name, 0.5 + margins[i]!, 'correlation');
-    else out.push(describe(id, names.filter((_, j) => scores[i]![j]! >= scores[i]![assignment[i]!]! - minMargin)));
+    const p = prior.get(id);
+    const d = decided[i] ?? { name: null, confidence: 0, method: 'shape-only', options: [], reason: '' };
+    if (!p) return;
+    if (d.name !== null && d.name !== p.name && d.method === 'statistics') bad.push(`id ${id}: carried ${p.name}, the statistics say ${d.name} (confidence ${d.confidence.toFixed(3)})`);
+    set(result, id, p.name, Math.max(p.confidence, d.name === p.name ? d.confidence : 0), 'carried');
   });
-  return out;
+  if (bad.length > 0) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: the mapping carried from the previous step disagrees with this step's statistics: ${bad.slice(0, 6).join('; ')}`);
 }
 
-/** Pearson correlation of dW with -m for every (id, name) pair, on a fixed sample of positions; NaN (no movement) scores 0. */
-function scoreMatrix(ids: number[], names: string[], data: ParamMapData, sampleSize: number): number[][] | null {
-  const sample = (v: Float32Array | null): Float64Array | null => {
-    if (!v) return null;
-    const n = Math.min(v.length, sampleSize);
-    const out = new Float64Array(n);
-    for (let i = 0; i < n; i++) out[i] = v[Math.floor((i * v.length) / n)]!;
-    return out;
-  };
-  const m = ids.map((id) => sample(data.expAvg(id)));
-  const d = names.map((name) => sample(data.delta(name)));
-  if (m.some((x) => !x) || d.some((x) => !x)) return null;
-  return m.map((mi) => d.map((dj) => {
-    if (mi!.length !== dj!.length) throw new ExcpError('ERR_PARAM_MAP', `${STAGE}: data lengths ${mi!.length} and ${dj!.length} differ within a shape bucket`);
-    const c = -pearson(mi!, dj!);
-    return Number.isFinite(c) ? c : 0;
-  }));
+/** Without a usable structure: a maximum-weight assignment of one shape's ids to names (carried ids keep theirs). */
+function assignBucket(ids: number[], names: string[], context: Context, prior: Map<number, { name: string; confidence: number }>, result: ParamMapping): AmbiguousId[] {
+  const s = ids.length > 1 || names.length > 1 ? context.stats.scores(ids, names) : null;
+  // The data on its own: a carried id it settles to another name is a contradiction.
+  if (prior.size > 0) confirmed(ids, s ? decideAssignment(ids, names, s, context.minZ) : [], prior, result);
+  const carried = new Set(ids.filter((id) => prior.has(id)).map((id) => prior.get(id)!.name));
+  const free = ids.filter((id) => !prior.has(id));
+  const open = names.filter((n) => !carried.has(n));
+  if (free.length === 0) return [];
+  if (free.length === 1 && open.length === 1) {
+    set(result, free[0]!, open[0]!, names.length === 1 ? 1 : 0.9, names.length === 1 ? 'shape' : 'order');
+    return [];
+  }
+  if (!s) return free.map((id) => ({ id, options: open, reason: context.stats.noData }));
+  const sub = free.map((id) => open.map((n) => s.scores[ids.indexOf(id)]![names.indexOf(n)]!));
+  const left: AmbiguousId[] = [];
+  decideAssignment(free, open, { scores: sub, samples: s.samples }, context.minZ).forEach((d, i) => {
+    if (d.name !== null) set(result, free[i]!, d.name, d.confidence, 'statistics');
+    else left.push({ id: free[i]!, options: open, reason: d.reason });
+  });
+  return left;
 }
 
-function pearson(a: Float64Array, b: Float64Array): number {
-  const n = a.length;
-  let sa = 0;
-  let sb = 0;
-  for (let i = 0; i < n; i++) {
-    sa += a[i]!;
-    sb += b[i]!;
+/** A keyframe: the ambiguous ids take the remaining names of their shape in name order, confidence 0. */
+function pairByShape(left: AmbiguousId[], input: ParamMapInput, result: ParamMapping): void {
+  const used = new Set(result.names.values());
+  for (const a of left) {
+    const shape = shapeKey(input.stateShapes.get(a.id)!);
+    const name = [...a.options, ...input.params.filter((p) => shapeKey(p.shape) === shape).map((p) => p.name).sort(compareNames)].find((n) => !used.has(n));
+    if (name === undefined) continue;
+    used.add(name);
+    set(result, a.id, name, 0, 'shape-only');
   }
-  const ma = sa / n;
-  const mb = sb / n;
-  let cov = 0;
-  let va = 0;
-  let vb = 0;
-  for (let i = 0; i < n; i++) {
-    const x = a[i]! - ma;
-    const y = b[i]! - mb;
-    cov += x * y;
-    va += x * x;
-    vb += y * y;
-  }
-  return cov / Math.sqrt(va * vb);
 }

@@ -15,19 +15,29 @@ export interface PickleGlobal {
   readonly qualifiedName: string;
 }
 
-/** A persistent storage reference: `('storage', torch.FloatStorage, key, location, numel)`. */
+/**
+ * A persistent storage reference: `('storage', torch.FloatStorage, key, location, numel)`;
+ * torch 2.x writes `torch.storage.UntypedStorage` for the dtypes that have no
+ * typed storage class (float8, uint16-64): a byte storage, numel in bytes.
+ */
 export interface StorageRef {
   readonly kind: 'storage';
   /** Storage key: the zip entry is `<archive>/data/<key>`. */
   readonly key: string;
+  /** Element type (U8 for an untyped storage). */
   readonly dtype: DType;
   /** Device it was saved from, e.g. `cpu` or `cuda:0`. */
   readonly location: string;
-  /** Elements in the storage. */
+  /** Elements in the storage (bytes for an untyped storage). */
   readonly numel: number;
 }
 
-/** A tensor: a view `(offset, shape, stride)` into a storage, as `_rebuild_tensor_v2` describes it. */
+/**
+ * A tensor: a view `(offset, shape, stride)` into a storage, as
+ * `_rebuild_tensor_v2` describes it, or `_rebuild_tensor_v3` (torch 2.x, the
+ * dtype given apart, over an untyped storage). Offset and strides count
+ * elements of the tensor's dtype.
+ */
 export interface TensorRef {
   readonly kind: 'tensor';
   readonly storage: StorageRef;
@@ -66,11 +76,27 @@ export type PickleValue =
   | Set<PickleValue>
   | PickleGlobal | StorageRef | TensorRef | NdArrayRef | PickleObject;
 
-/** Torch storage classes and the dtype of their elements. */
+/** Torch storage classes and the dtype of their elements (an untyped storage counts bytes). */
 export const STORAGE_DTYPES: Readonly<Record<string, DType>> = Object.freeze({
   'torch.DoubleStorage': 'F64', 'torch.FloatStorage': 'F32', 'torch.HalfStorage': 'F16', 'torch.BFloat16Storage': 'BF16',
   'torch.LongStorage': 'I64', 'torch.IntStorage': 'I32', 'torch.ShortStorage': 'I16', 'torch.CharStorage': 'I8',
-  'torch.ByteStorage': 'U8', 'torch.BoolStorage': 'BOOL',
+  'torch.ByteStorage': 'U8', 'torch.BoolStorage': 'BOOL', 'torch.storage.UntypedStorage': 'U8',
+});
+
+/**
+ * torch dtype objects (the last argument of `_rebuild_tensor_v3`) and the
+ * element type excp reads them as; null: a dtype torch may write that excp
+ * has no element type for (complex, the fnuz float8 variants, ...). Such a
+ * global is inert and allowed, but a tensor of it is refused as
+ * ERR_BAD_PICKLE, so the file is carried as bytes where a caller can.
+ */
+export const TORCH_DTYPES: Readonly<Record<string, DType | null>> = Object.freeze({
+  'torch.float64': 'F64', 'torch.float32': 'F32', 'torch.float16': 'F16', 'torch.bfloat16': 'BF16',
+  'torch.int64': 'I64', 'torch.int32': 'I32', 'torch.int16': 'I16', 'torch.int8': 'I8',
+  'torch.uint64': 'U64', 'torch.uint32': 'U32', 'torch.uint16': 'U16', 'torch.uint8': 'U8', 'torch.bool': 'BOOL',
+  'torch.float8_e4m3fn': 'F8_E4M3', 'torch.float8_e5m2': 'F8_E5M2',
+  'torch.float8_e4m3fnuz': null, 'torch.float8_e5m2fnuz': null, 'torch.float8_e8m0fnu': null, 'torch.float4_e2m1fn_x2': null,
+  'torch.complex32': null, 'torch.complex64': null, 'torch.complex128': null,
 });
 
 /**
@@ -82,10 +108,10 @@ export const STORAGE_DTYPES: Readonly<Record<string, DType>> = Object.freeze({
 export const DEFAULT_ALLOWED_GLOBALS: ReadonlySet<string> = new Set([
   ...Object.keys(STORAGE_DTYPES),
   'collections.OrderedDict',
-  'torch._utils._rebuild_tensor', 'torch._utils._rebuild_tensor_v2',
+  'torch._utils._rebuild_tensor', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_tensor_v3',
   'torch._utils._rebuild_parameter', 'torch._utils._rebuild_parameter_with_state',
   'torch.Size', 'torch.device',
-  ...['float64', 'float32', 'float16', 'bfloat16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool'].map((t) => `torch.${t}`),
+  ...Object.keys(TORCH_DTYPES),
   'builtins.set', 'builtins.frozenset',
   '_codecs.encode',
   'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct', 'numpy.ndarray', 'numpy.dtype',
@@ -124,13 +150,22 @@ export function persistent(pid: PickleValue, fail: (what: string) => never): Sto
   return Object.freeze({ kind: 'storage', key, dtype: STORAGE_DTYPES[type.qualifiedName]!, location, numel } as const);
 }
 
-function tensor(args: PickleValue[], fail: (what: string) => never): TensorRef {
+/** `_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`; v3 adds the dtype (`v3`: true). */
+function tensor(args: PickleValue[], fail: (what: string) => never, v3 = false): TensorRef {
   const [storage, offset, shape, stride, requiresGrad] = args;
   if (typeof storage !== 'object' || storage === null || !('kind' in storage) || storage.kind !== 'storage') return fail('tensor without a storage');
   if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) return fail('tensor storage offset is not a non-negative integer');
   if (!isIntList(shape) || !isIntList(stride) || shape.length !== stride.length) return fail('tensor shape/stride are not matching integer tuples');
+  let dtype = (storage as StorageRef).dtype;
+  if (v3) {
+    const d = args[6];
+    if (d === undefined || !isGlobal(d) || !(d.qualifiedName in TORCH_DTYPES)) return fail('_rebuild_tensor_v3 without a torch dtype');
+    const known = TORCH_DTYPES[d.qualifiedName];
+    if (!known) return fail(`tensors of ${d.qualifiedName} are not supported`);
+    dtype = known;
+  }
   return Object.freeze({
-    kind: 'tensor', storage: storage as StorageRef, storageKey: (storage as StorageRef).key, dtype: (storage as StorageRef).dtype,
+    kind: 'tensor', storage: storage as StorageRef, storageKey: (storage as StorageRef).key, dtype,
     storageOffset: offset, shape: [...shape], stride: [...stride], requiresGrad: requiresGrad === true,
   } as const);
 }
@@ -152,6 +187,8 @@ export function reduce(fn: PickleValue, args: PickleValue, fail: (what: string) 
     }
     case 'torch._utils._rebuild_tensor_v2': case 'torch._utils._rebuild_tensor':
       return tensor(args, fail);
+    case 'torch._utils._rebuild_tensor_v3':
+      return tensor(args, fail, true);
     case 'torch._utils._rebuild_parameter': case 'torch._utils._rebuild_parameter_with_state': {
       const [data, requiresGrad] = args;
       if (typeof data !== 'object' || data === null || !('kind' in data) || data.kind !== 'tensor') return fail('parameter without a tensor');

@@ -112,7 +112,8 @@ function readCheckpoint(size: number, readAt: ReadAt, options: TorchReadOptions)
     if (e.size > limit) fail('ERR_BAD_ZIP', `${e.name} is ${e.size} bytes, more than the ${limit} expected`);
     const bytes = readAt(e.dataOffset, e.size);
     if (bytes.length !== e.size) throw new ExcpError('ERR_TRUNCATED', `${STAGE}: ${e.name} read returned ${bytes.length} of ${e.size} bytes`);
-    if (crc32(bytes) !== e.crc32) fail('ERR_CRC', `${e.name} CRC ${crc32(bytes)} differs from the recorded ${e.crc32}`);
+    // CRC 0: torch 2.x with set_crc32_options(False) records none.
+    if (e.crc32 !== 0 && crc32(bytes) !== e.crc32) fail('ERR_CRC', `${e.name} CRC ${crc32(bytes)} differs from the recorded ${e.crc32}`);
     return bytes;
   };
   const byteorder = readEntry('byteorder', 16);
@@ -150,15 +151,19 @@ function readCheckpoint(size: number, readAt: ReadAt, options: TorchReadOptions)
 function describe(path: string[], t: TensorRef, storage: TorchStorage): TorchTensor {
   const where = path.join('/');
   const numel = elementCount(t.shape, `${STAGE}: tensor ${where}`);
+  const elementBytes = DTYPE_BYTES[t.dtype];
+  // In elements of the tensor's dtype: an untyped storage (v3 tensors) counts bytes.
+  const room = Math.floor(storage.entry.size / elementBytes);
+  if (storage.dtype !== t.dtype && storage.dtype !== 'U8') fail('ERR_BAD_PICKLE', `tensor ${where} of ${t.dtype} over a ${storage.dtype} storage`);
   // The view must stay inside its storage: offset + sum((size-1) * stride) < numel.
   if (numel > 0) {
     let last = t.storageOffset;
     for (let i = 0; i < t.shape.length; i++) last += (t.shape[i]! - 1) * t.stride[i]!;
-    if (!Number.isSafeInteger(last) || last >= storage.numel) {
-      fail('ERR_SHAPE', `tensor ${where} [${t.shape.join(', ')}] stride [${t.stride.join(', ')}] offset ${t.storageOffset} overruns storage ${storage.key} of ${storage.numel} elements`);
+    if (!Number.isSafeInteger(last) || last >= room) {
+      fail('ERR_SHAPE', `tensor ${where} [${t.shape.join(', ')}] stride [${t.stride.join(', ')}] offset ${t.storageOffset} overruns storage ${storage.key} of ${room} ${t.dtype} elements`);
     }
-  } else if (t.storageOffset > storage.numel) {
-    fail('ERR_SHAPE', `tensor ${where} offset ${t.storageOffset} is past storage ${storage.key} of ${storage.numel} elements`);
+  } else if (t.storageOffset > room) {
+    fail('ERR_SHAPE', `tensor ${where} offset ${t.storageOffset} is past storage ${storage.key} of ${room} ${t.dtype} elements`);
   }
   let contiguous = true;
   let expected = 1;
@@ -166,7 +171,6 @@ function describe(path: string[], t: TensorRef, storage: TorchStorage): TorchTen
     if (t.shape[i] !== 1 && t.stride[i] !== expected) contiguous = false;
     expected *= t.shape[i]!;
   }
-  const elementBytes = DTYPE_BYTES[t.dtype];
   return {
     path: where, keys: path, dtype: t.dtype, shape: [...t.shape], stride: [...t.stride], storageOffset: t.storageOffset, storageKey: storage.key,
     entryName: storage.entry.name, contiguous,
@@ -212,6 +216,7 @@ function keyString(k: PickleValue, depth = 0): string {
 
 /** Adam/AdamW state of one parameter. */
 export interface AdamParamState {
+  /** The param id: its position in the param groups, concatenated (for FQN-keyed state too). */
   id: number;
   expAvg: TorchTensor;
   expAvgSq: TorchTensor;
@@ -237,6 +242,14 @@ export interface OptimizerState {
   /** State by param id, in id order. */
   state: Map<number, AdamParamState>;
   paramGroups: OptimizerParamGroup[];
+  /**
+   * Parameter names the file itself records, by id, and where from: `fqn`
+   * (state keyed by name, as torch.distributed.checkpoint's
+   * get_optimizer_state_dict writes it) or `param-names` (each group's
+   * `param_names`, torch >= 2.6 when the optimizer was built from
+   * named_parameters()); null when it records none.
+   */
+  names: { byId: Map<number, string>; source: 'fqn' | 'param-names' } | null;
 }
 
 /**
@@ -245,53 +258,88 @@ export interface OptimizerState {
  */
 export function readOptimizerState(size: number, readAt: ReadAt, options: TorchReadOptions = {}): OptimizerState {
   const checkpoint = readTorchCheckpoint(size, readAt, options);
-  const root = checkpoint.tree;
-  const structure = (what: string): never => fail('ERR_BAD_PICKLE', `optimizer state_dict: ${what}`);
-  if (!(root instanceof Map)) structure('the pickle is not a dict');
-  const rootMap = root as Map<PickleValue, PickleValue>;
-  const stateMap = rootMap.get('state');
-  const groups = rootMap.get('param_groups');
-  if (!(stateMap instanceof Map) || !Array.isArray(groups)) structure('needs "state" (dict) and "param_groups" (list)');
+  return adamStateOf(checkpoint, [], readAt);
+}
+
+/**
+ * The Adam/AdamW state_dict at `keys` of a read torch.save file (`[]`: the
+ * whole pickle; `['optimizer']`, `['optimizer_states', '0']`: a nested one).
+ * Param groups list integer ids, or names (FQN-keyed state, whose ids are
+ * then the names' positions in the groups).
+ * @throws ExcpError ERR_BAD_PICKLE naming what is not an Adam state_dict, ERR_SHAPE, ERR_DTYPE
+ */
+export function adamStateOf(checkpoint: TorchCheckpoint, keys: readonly string[], readAt: ReadAt): OptimizerState {
+  const structure = (what: string): never => fail('ERR_BAD_PICKLE', `optimizer state_dict${keys.length ? ` at ${keys.join('/')}` : ''}: ${what}`);
+  let root: PickleValue = checkpoint.tree;
+  for (const k of keys) {
+    root = root instanceof Map ? [...root].find(([key]) => keyString(key) === k)?.[1] ?? null : Array.isArray(root) ? root[Number(k)] ?? null : null;
+  }
+  if (!(root instanceof Map)) return structure('the pickle is not a dict');
+  const stateMap = root.get('state');
+  const groups = root.get('param_groups');
+  if (!(stateMap instanceof Map) || !Array.isArray(groups)) return structure('needs "state" (dict) and "param_groups" (list)');
   const byPath = new Map(checkpoint.tensors.map((t) => [t.keys.join('\0'), t]));
   const paramGroups: OptimizerParamGroup[] = [];
-  const owner = new Map<number, number>();
-  for (const [g, group] of (groups as PickleValue[]).entries()) {
-    if (!(group instanceof Map)) structure(`param group ${g} is not a dict`);
-    const params = (group as Map<PickleValue, PickleValue>).get('params');
-    if (!Array.isArray(params) || !params.every((p) => typeof p === 'number' && Number.isSafeInteger(p) && p >= 0)) structure(`param group ${g} has no integer "params" list`);
-    for (const id of params as number[]) {
-      if (owner.has(id)) structure(`param id ${id} is in groups ${owner.get(id)} and ${g}`);
-      owner.set(id, g);
+  // Param key (an id, or a name) -> [id, group].
+  const owner = new Map<number | string, [number, number]>();
+  const byId = new Map<number, string>();
+  let source: 'fqn' | 'param-names' | null = null;
+  for (const [g, group] of groups.entries()) {
+    if (!(group instanceof Map)) return structure(`param group ${g} is not a dict`);
+    const params = group.get('params');
+    const ints = Array.isArray(params) && params.every((p) => typeof p === 'number' && Number.isSafeInteger(p) && p >= 0);
+    const fqns = Array.isArray(params) && params.length > 0 && params.every((p) => typeof p === 'string');
+    if (!ints && !fqns) return structure(`param group ${g} has no "params" list of integer ids or names`);
+    const ids: number[] = [];
+    for (const p of params as (number | string)[]) {
+      if (owner.has(p)) return structure(`param ${JSON.stringify(p)} is in groups ${owner.get(p)![1]} and ${g}`);
+      const id = typeof p === 'number' ? p : owner.size;
+      owner.set(p, [id, g]);
+      ids.push(id);
+      if (typeof p === 'string') byId.set(id, p);
+    }
+    if (fqns) source = 'fqn';
+    const names = group.get('param_names');
+    if (ints && Array.isArray(names) && names.length === ids.length && names.every((n) => typeof n === 'string')) {
+      ids.forEach((id, i) => byId.set(id, names[i] as string));
+      source ??= 'param-names';
     }
     const opts = new Map<string, PickleValue>();
-    for (const [k, v] of group as Map<PickleValue, PickleValue>) if (k !== 'params') opts.set(String(k), v);
+    for (const [k, v] of group) if (k !== 'params') opts.set(String(k), v);
     const wd = opts.get('weight_decay');
-    paramGroups.push({ params: [...(params as number[])], options: opts, weightDecay: typeof wd === 'number' ? wd : null });
+    paramGroups.push({ params: ids, options: opts, weightDecay: typeof wd === 'number' ? wd : null });
   }
+  if (new Set([...owner.keys()].map((k) => typeof k)).size > 1) return structure('param groups mix ids and names');
   const state = new Map<number, AdamParamState>();
-  const ids = [...(stateMap as Map<PickleValue, PickleValue>).keys()];
-  for (const id of ids) {
-    if (typeof id !== 'number' || !Number.isSafeInteger(id)) structure(`state key ${String(id)} is not an integer`);
-    if (!owner.has(id as number)) structure(`state ${String(id)} belongs to no param group`);
-    const s = (stateMap as Map<PickleValue, PickleValue>).get(id);
-    if (!(s instanceof Map)) structure(`state ${String(id)} is not a dict`);
-    const tensor = (key: string): TorchTensor | null => byPath.get(['state', String(id), key].join('\0')) ?? null;
+  for (const [key, s] of stateMap) {
+    if (typeof key !== 'number' && typeof key !== 'string') return structure(`state key ${keyString(key)} is neither an id nor a name`);
+    const own = owner.get(key);
+    if (!own) return structure(`state ${JSON.stringify(key)} belongs to no param group`);
+    const id = own[0];
+    if (!(s instanceof Map)) return structure(`state ${JSON.stringify(key)} is not a dict`);
+    const tensor = (name: string): TorchTensor | null => byPath.get([...keys, 'state', String(key), name].join('\0')) ?? null;
     const expAvg = tensor('exp_avg');
     const expAvgSq = tensor('exp_avg_sq');
-    if (!expAvg || !expAvgSq) structure(`state ${String(id)} has no exp_avg/exp_avg_sq tensors (not Adam?)`);
-    for (const t of [expAvg!, expAvgSq!]) {
+    if (!expAvg || !expAvgSq) {
+      const held = [...s.keys()].map((k) => keyString(k)).join(', ');
+      return structure(`state ${JSON.stringify(key)} holds ${held || 'nothing'}, no exp_avg/exp_avg_sq tensors (not Adam/AdamW)`);
+    }
+    for (const t of [expAvg, expAvgSq]) {
       if (!t.contiguous) fail('ERR_SHAPE', `${t.path} is not contiguous`);
     }
-    if (expAvg!.shape.join() !== expAvgSq!.shape.join()) fail('ERR_SHAPE', `state ${String(id)}: exp_avg [${expAvg!.shape}] and exp_avg_sq [${expAvgSq!.shape}] differ`);
+    if (expAvg.shape.join() !== expAvgSq.shape.join()) fail('ERR_SHAPE', `state ${JSON.stringify(key)}: exp_avg [${expAvg.shape}] and exp_avg_sq [${expAvgSq.shape}] differ`);
     const stepTensor = tensor('step');
-    const rawStep = (s as Map<PickleValue, PickleValue>).get('step');
+    const rawStep = s.get('step');
     let step: number;
     if (stepTensor) step = readScalar(stepTensor, readAt);
     else if (typeof rawStep === 'number') step = rawStep;
-    else structure(`state ${String(id)} has no step`);
-    state.set(id as number, { id: id as number, expAvg: expAvg!, expAvgSq: expAvgSq!, maxExpAvgSq: tensor('max_exp_avg_sq'), step: step!, stepTensor });
+    else return structure(`state ${JSON.stringify(key)} has no step`);
+    state.set(id, { id, expAvg, expAvgSq, maxExpAvgSq: tensor('max_exp_avg_sq'), step, stepTensor });
   }
-  return { checkpoint, state: new Map([...state].sort((a, b) => a[0] - b[0])), paramGroups };
+  return {
+    checkpoint, state: new Map([...state].sort((a, b) => a[0] - b[0])), paramGroups,
+    names: source ? { byId, source } : null,
+  };
 }
 
 /** Value of a one-element tensor. */

@@ -60,7 +60,7 @@ export function* rewriteZip(
     let length = 0;
     if (headerHoldsCrc) {
       for (const c of chunks) crc = crc32(c, crc);
-      new DataView(header.buffer).setUint32(14, crc, true);
+      new DataView(header.buffer).setUint32(crcFields(e).local! - e.headerOffset, crc, true);
     }
     yield header;
     let running = 0;
@@ -74,10 +74,9 @@ export function* rewriteZip(
     crc = running;
     newCrc.set(e, crc);
     if (e.descriptorLength > 0) {
-      const d = readChecked(size, readAt, e.dataOffset + e.size, e.descriptorLength, `${e.name} data descriptor`).slice();
-      const view = new DataView(d.buffer);
-      // Signed descriptors are 16 or 24 bytes, unsigned ones 12 or 20.
-      view.setUint32(e.descriptorLength === 16 || e.descriptorLength === 24 ? 4 : 0, crc, true);
+      const at = e.dataOffset + e.size;
+      const d = readChecked(size, readAt, at, e.descriptorLength, `${e.name} data descriptor`).slice();
+      new DataView(d.buffer).setUint32(crcFields(e).descriptor! - at, crc, true);
       yield d;
     }
     cursor = e.dataOffset + e.size + e.descriptorLength;
@@ -86,7 +85,36 @@ export function* rewriteZip(
   yield* copy(cursor, cdOffset);
   const cd = readChecked(size, readAt, cdOffset, directory.centralDirectorySize, 'central directory').slice();
   const cdView = new DataView(cd.buffer);
-  for (const [e, crc] of newCrc) cdView.setUint32(e.centralOffset - cdOffset + 16, crc, true);
+  for (const [e, crc] of newCrc) cdView.setUint32(crcFields(e).central - cdOffset, crc, true);
   yield cd;
   yield* copy(cdOffset + directory.centralDirectorySize, size);
+}
+
+/**
+ * Where an entry's CRC-32 is recorded, as absolute file offsets of 4-byte
+ * fields: the central directory header always; the data descriptor when
+ * there is one (signed descriptors are 16 or 24 bytes, unsigned ones 12 or
+ * 20); else the local header.
+ * @param e an entry of {@link readZipDirectory}
+ */
+export function crcFields(e: ZipEntry): { local: number | null; descriptor: number | null; central: number } {
+  const descriptor = e.descriptorLength > 0 ? e.dataOffset + e.size + (e.descriptorLength === 16 || e.descriptorLength === 24 ? 4 : 0) : null;
+  return { local: descriptor === null ? e.headerOffset + 14 : null, descriptor, central: e.centralOffset + 16 };
+}
+
+/**
+ * Give entries of a written archive new CRCs in place: the 4-byte fields
+ * {@link crcFields} names, nothing else. Restore writes a torch.save file's
+ * bytes where they belong (restored storages included) and then fixes the
+ * CRCs of the storages that changed, without a copy of the file.
+ * @param crcs new CRC by entry
+ * @param writeAt writes bytes at an absolute offset
+ */
+export function patchZipCrcs(crcs: ReadonlyMap<ZipEntry, number>, writeAt: (offset: number, bytes: Uint8Array) => void): void {
+  const field = new Uint8Array(4);
+  for (const [e, crc] of crcs) {
+    new DataView(field.buffer).setUint32(0, crc, true);
+    const at = crcFields(e);
+    for (const offset of [at.local, at.descriptor, at.central]) if (offset !== null) writeAt(offset, field);
+  }
 }

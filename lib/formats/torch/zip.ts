@@ -16,7 +16,13 @@
  *    then an "FB" field padded with 'Z' so that the data starts on a 64-byte
  *    boundary (torch's reader may mmap storages in place);
  *  - data descriptor "PK\x07\x08", CRC, sizes as 4 bytes each (8 bytes each
- *    when the local header has a zip64 field);
+ *    when the local header has a zip64 field; torch 2.x: from the 4 GiB
+ *    record on, whose followers carry an 8-byte local zip64 field holding
+ *    their own header offset, so the descriptor's form is found by trying
+ *    each against the central directory, never read off the local field);
+ *  - torch 2.x also: the padding aligns data to `.storage_alignment` (64 by
+ *    default, any power of two configured), and with
+ *    `set_crc32_options(False)` every CRC field is 0 (see serialization.ts);
  *  - central directory with version 0, no padding field; then always a zip64
  *    end record (made by 0x031E, needs 45), its locator, and the classic end
  *    record with counts and offsets clamped to 0xFFFF / 0xFFFFFFFF.
@@ -260,20 +266,7 @@ export function readZipDirectory(size: number, readAt: ReadAt, options: ZipReadO
     if (dataOffset + entrySize > cdOffset) throw bad(`${name}: data ${dataOffset} + ${entrySize} runs into the central directory at ${cdOffset}`);
     let descriptorLength = 0;
     if (flags & 8) {
-      // Descriptor: optional signature, CRC, then 4- or 8-byte sizes (8 when the local header has a zip64 field).
-      const localExtra = readChecked(size, readAt, headerOffset + 30 + localNameLength, localExtraLength, `${name} local extra`);
-      const wide = hasZip64Field(localExtra);
-      const room = Math.min(24, cdOffset - dataOffset - entrySize);
-      const d = new ByteReader(readChecked(size, readAt, dataOffset + entrySize, room, `${name} data descriptor`), 'zip');
-      const signed = d.remaining >= 4 && d.view.getUint32(0, true) === DESCRIPTOR_SIG;
-      if (signed) d.offset += 4;
-      const dCrc = d.u32();
-      const dCompressed = wide ? d.u64() : d.u32();
-      const dSize = wide ? d.u64() : d.u32();
-      if (dCrc !== crc || dCompressed !== compressed || dSize !== entrySize) {
-        throw bad(`${name}: data descriptor (crc ${dCrc}, size ${dSize}) differs from the central directory (crc ${crc}, size ${entrySize})`);
-      }
-      descriptorLength = d.offset;
+      descriptorLength = readDescriptor(size, readAt, { name, dataOffset, size: entrySize, crc, room: cdOffset - dataOffset - entrySize });
     }
     entries.push({ name, headerOffset, dataOffset, size: entrySize, crc32: crc, flags, descriptorLength, centralOffset });
   }
@@ -287,14 +280,36 @@ export function readZipDirectory(size: number, readAt: ReadAt, options: ZipReadO
   return { entries, centralDirectoryOffset: cdOffset, centralDirectorySize: cdSize, size };
 }
 
-function hasZip64Field(extra: Uint8Array): boolean {
-  const r = new ByteReader(extra, 'zip');
-  while (r.remaining >= 4) {
-    const id = r.u16();
-    const len = r.u16();
-    if (id === 1) return true;
-    if (len > r.remaining) return false;
-    r.offset += len;
+/**
+ * The data descriptor after an entry's data, checked against the central
+ * directory; returns its length. Four forms exist: an optional signature
+ * (`PK\x07\x08`), the CRC, then both sizes as 4 or as 8 bytes: 12, 16, 20
+ * or 24 bytes. Which one is not told by the local header: torch 2.x writes
+ * 8-byte sizes for the 4 GiB record and for every record after it, while
+ * those later records' local zip64 field holds the local header's own
+ * offset, not sizes (zip64/LAYOUT.txt of the torch2 fixtures); and a record
+ * whose data merely crosses 4 GiB has no zip64 field at all. So each form is
+ * tried against the central directory's CRC and size; at most one can match
+ * (a 4-byte reading of 8-byte sizes gives a size and then 0, an 8-byte
+ * reading of 4-byte sizes runs into the next record's signature).
+ * @throws ExcpError ERR_BAD_ZIP when no form matches
+ */
+function readDescriptor(size: number, readAt: ReadAt, e: { name: string; dataOffset: number; size: number; crc: number; room: number }): number {
+  const d = readChecked(size, readAt, e.dataOffset + e.size, Math.min(24, e.room), `${e.name} data descriptor`);
+  const view = new DataView(d.buffer, d.byteOffset, d.byteLength);
+  const signed = d.length >= 4 && view.getUint32(0, true) === DESCRIPTOR_SIG;
+  const seen: string[] = [];
+  for (const start of signed ? [4, 0] : [0]) {
+    for (const wide of [true, false]) {
+      const length = start + 4 + (wide ? 16 : 8);
+      if (length > d.length) continue;
+      const crc = view.getUint32(start, true);
+      const sizes = wide
+        ? [Number(view.getBigUint64(start + 4, true)), Number(view.getBigUint64(start + 12, true))]
+        : [view.getUint32(start + 4, true), view.getUint32(start + 8, true)];
+      if (crc === e.crc && sizes[0] === e.size && sizes[1] === e.size) return length;
+      seen.push(`crc ${crc}, size ${sizes[1]}`);
+    }
   }
-  return false;
+  throw bad(`${e.name}: data descriptor (${seen[0] ?? 'missing'}) differs from the central directory (crc ${e.crc}, size ${e.size})`);
 }
