@@ -70,9 +70,9 @@ describe('excp chain: disk, cache, all-or-nothing create, refusals, --wait', { c
   });
   after(() => rmSync(work, { recursive: true, force: true }));
 
-  it('the kept last step in the chain folder is counted: chain ls reports every byte on disk and the run ratio', async () => {
+  it('the kept last step in the chain folder (--cache on the chain folder) is counted: chain ls reports every byte on disk and the run ratio', async () => {
     const dir = join(work, 'default.chain');
-    const made = await excp(['chain', dir, ...ckpts.slice(0, 4), '--keyframe-every', '3', ...Q]);
+    const made = await excp(['chain', dir, ...ckpts.slice(0, 4), '--keyframe-every', '3', '--cache', dir, ...Q]);
     assert.equal(made.status, 0, made.stderr);
     const manifest = await readManifest(dir);
     assert.equal(manifest.cache, '.');
@@ -191,7 +191,7 @@ describe('excp chain: disk, cache, all-or-nothing create, refusals, --wait', { c
     assert.equal(model.status, 1);
     assert.match(model.stderr, /^excp: chain: \S+other-model\.safetensors is another model than step 1 \(ckpt-1\.safetensors\): tensor '[^']+' is F32 \[[\d, ]+\] in it, F32 \[[\d, ]+\] in the chain \(a chain holds one model; start a new chain for another\)\n$/);
     assert.equal((await readManifest(dir)).steps.length, 2, 'nothing appended');
-    assert.deepEqual(readdirSync(dir).sort(), ['.last-000001.safetensors', 'chain.json', 'step-000000.excp', 'step-000001.excp']);
+    assert.deepEqual(readdirSync(dir).sort(), ['chain.json', 'step-000000.excp', 'step-000001.excp'], 'no restored step kept by default');
   });
 
   it('a held lock fails at once naming --wait; --wait SECONDS gives up after them; --wait alone waits until it is free', async () => {

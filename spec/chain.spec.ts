@@ -75,7 +75,7 @@ describe('excp chain', { concurrency: false }, () => {
 
   it('compresses a run, appends, and restores every step exactly as the by-hand replay', async () => {
     const dir = join(work, 'run');
-    const created = await createChain(dir, checkpoints.slice(0, STEPS - 2), { keyframeEvery: 4, threads: 0 });
+    const created = await createChain(dir, checkpoints.slice(0, STEPS - 2), { keyframeEvery: 4, threads: 0, cache: dir });
     assert.equal(created.steps.length, STEPS - 2);
     // Append through the library, then through the command line.
     await appendToChain(dir, [checkpoints[STEPS - 2]!], { threads: 0 });
@@ -163,7 +163,7 @@ describe('excp chain', { concurrency: false }, () => {
 
   it('rebuilds the kept last checkpoint when it is missing, and refuses bad usage', async () => {
     const dir = join(work, 'short');
-    await createChain(dir, checkpoints.slice(0, 3), { keyframeEvery: 10, threads: 0 });
+    await createChain(dir, checkpoints.slice(0, 3), { keyframeEvery: 10, threads: 0, cache: dir });
     const first = await readManifest(dir);
     unlinkSync(join(dir, first.last!));
     await appendToChain(dir, [checkpoints[3]!], { threads: 0 });
@@ -267,7 +267,7 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
     it(`${run}: a folder chain restores every step exactly as the by-hand restoreToFolder replay`, async () => {
       const { c4, c8, map } = runs[run]!;
       const dir = join(work, `${run}-chain`);
-      await createChain(dir, [c4, c8], { keyframeEvery: 10, threads: 0, paramMap: map });
+      await createChain(dir, [c4, c8], { keyframeEvery: 10, threads: 0, paramMap: map, cache: dir });
       // A third step through append: a residual against the restored step 1.
       const manifest = await appendToChain(dir, [variant(c4, 1)], { threads: 0 });
       assert.equal(manifest.kind, 'folder');
@@ -387,7 +387,7 @@ describe('excp chain over checkpoint folders, and the chain lock', { concurrency
   it('the lock: a held lock is a clear ERR_CHAIN, a stale lock is taken over, concurrent appends do not race', async () => {
     const { c4, c8, map } = runs['bf16']!;
     const dir = join(work, 'locked');
-    await createChain(dir, [c4], { keyframeEvery: 10, threads: 0, paramMap: map });
+    await createChain(dir, [c4], { keyframeEvery: 10, threads: 0, paramMap: map, cache: dir });
     const lock = join(dir, CHAIN_LOCK);
     // Held by a live process (a child we started and kill afterwards).
     const holder = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' });

@@ -4,7 +4,8 @@
  * symbol streams used the range coder before format 2's rANS), and
  * spec/fixtures/format2/ folder containers made at commit 76b6094 (format 2
  * before packs and lz variant 2), and spec/fixtures/format2/final/ containers
- * as format 2 was last written (commit bbaef7c), each with the SHA-256 of what
+ * as format 2 was last written (commit bbaef7c), spec/fixtures/format3/ as
+ * format 3 was written (commit 9177032, before the drift gain), each with the SHA-256 of what
  * that version restored them to.
  */
 import { test } from 'node:test';
@@ -125,6 +126,44 @@ test('format 2 file container (the tiny synthetic pair), as format 2 was last wr
     assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 2);
     const restored = await restoreBuffer(container, new Uint8Array(readFileSync(join(work, 'a.safetensors'))), { threads: 0 });
     assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo['']);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
+const format3 = new URL('./fixtures/format3/', import.meta.url);
+const expected3 = JSON.parse(readFileSync(new URL('expected.json', format3), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
+
+for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
+  test(`format 3 folder container ${name} (method 2 without the drift gain) restores to the files that version gave`, async () => {
+    const want = expected3[name] as { base: string | null; restoresTo: Record<string, string> };
+    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+    try {
+      const out = join(work, 'out');
+      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, format3));
+      const container = fileURLToPath(new URL(name, format3));
+      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, 3);
+      await restoreToFolder(container, out, { base, threads: 0 });
+      const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
+      assert.deepEqual(got, want.restoresTo);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+}
+
+test('format 3 file container (the tiny synthetic pair) restores to the bytes that version gave, in the calling thread and on workers', async () => {
+  const want = expected3['tiny-residual.excp'] as { restoresTo: Record<string, string> };
+  const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+  try {
+    const p = PRESETS['tiny']!;
+    await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), join(work, 'a.safetensors'), join(work, 'b.safetensors'), { seed: 7 });
+    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', format3)));
+    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 3);
+    for (const threads of [0, 2]) {
+      const restored = await restoreBuffer(container, new Uint8Array(readFileSync(join(work, 'a.safetensors'))), { threads });
+      assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo[''], `threads ${threads}`);
+    }
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -125,8 +125,8 @@ test('lz variant 2: hand-built rep1..rep3 and short reps before the start are ER
   }
 });
 
-/** The options of a body storing the difference {lossless: true, chunkElements: 1024}, read as version 3 (the reference: format 3's defaults). */
-const OPTIONS = { alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log', updateError: 0.72, keyframe: 'lossy' } as const;
+/** The options of a body storing the difference {lossless: true, chunkElements: 1024}, read as version 4 (the reference: format 4's defaults). */
+const OPTIONS = { alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log', updateError: 0.577, keyframe: 'lossy' } as const;
 /** The same difference read as version 2 (format 2's reference: its defaults). */
 const OPTIONS_V2 = { alpha: 5e-5, weightRule: 'magnitude', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log' } as const;
 
@@ -135,7 +135,7 @@ function u64le(n: number): number[] {
   return [n & 255, (n >>> 8) & 255, (n >>> 16) & 255, n >>> 24, 0, 0, 0, 0];
 }
 
-test('header v2 and v3: hand-built stored body decodes to the in-memory header', () => {
+test('header v2, v3 and v4: hand-built stored body decodes to the in-memory header', () => {
   const json57 = '{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}';
   // A safetensors header: its length as 8 little-endian bytes, then the JSON.
   const raw = String.fromCharCode(json57.length) + '\0'.repeat(7) + json57;
@@ -160,15 +160,16 @@ test('header v2 and v3: hand-built stored body decodes to the in-memory header',
   const h = decodeHeader(bytes, FILE_KINDS);
   // The same body read as version 2: only the options' reference differs.
   assert.deepEqual(decodeHeader(bytes, FILE_KINDS, 2).options, OPTIONS_V2);
+  assert.deepEqual(decodeHeader(bytes, FILE_KINDS, 3).options, { ...OPTIONS, updateError: 0.72 });
   assert.deepEqual(h, {
     tool: 'excp test', options: OPTIONS,
     tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], role: 'plain', entry: 0 }],
     entries: [{ kind: 'plain', weight: 0, expAvg: null, expAvgSq: null, exactWeight: true, exactMoments: false, base: false, elements: 6 }],
     files: [{ kind: 'safetensors', path: null, tensors: [0], layout: new TextEncoder().encode(raw) }],
   });
-  // The writer's own bytes decode to the same header, and the preamble says version 3.
+  // The writer's own bytes decode to the same header, and the preamble says version 4.
   const head = encodeHead(h, FILE_KINDS);
-  assert.deepEqual(readPreambleInfo(head.subarray(0, 16)), { version: 3, length: head.length - 20 });
+  assert.deepEqual(readPreambleInfo(head.subarray(0, 16)), { version: 4, length: head.length - 20 });
   assert.deepEqual(decodeHeader(head.subarray(16), FILE_KINDS), h);
   // Unknown body encodings and trailing bytes are refused.
   const bad = bytes.slice();

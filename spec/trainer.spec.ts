@@ -76,7 +76,7 @@ describe('Trainer runs: the parameter map against the callback\'s names', () => 
   it('a chain carries the map: a step without the names file confirms the previous step\'s', async () => {
     const run = 'llama-gqa';
     const chain = join(work, 'chain');
-    await createChain(chain, [join(TRAINER, run, 'checkpoint-4'), withoutNames(run, 'checkpoint-8')], { threads: 0 });
+    await createChain(chain, [join(TRAINER, run, 'checkpoint-4'), withoutNames(run, 'checkpoint-8')], { threads: 0, cache: chain });
     const manifest = await readManifest(chain);
     const truth = truthOf(run, 'checkpoint-8');
     const first = (await inspectContainer(join(chain, manifest.steps[0]!.file))).paramMap!;

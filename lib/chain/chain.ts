@@ -76,7 +76,7 @@ import { chainDiskFiles, checkKinds, checkpointOf, folderFingerprint, indexOf, r
 import { checkNotHeld, checkSameModel } from './identity.js';
 import { summarizeChain, type ChainSummary } from './report.js';
 import { chainError } from './restore.js';
-import { CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_KEYFRAME_EVERY, stepCoding, stepFileName, lastFileName, checkLink, type AppendOptions, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex } from './manifest.js';
+import { CHAIN_FORMAT, CHAIN_MANIFEST, DEFAULT_CACHE, DEFAULT_KEYFRAME_EVERY, stepCoding, stepFileName, lastFileName, checkLink, type AppendOptions, type ChainStep, type ChainManifest, type ChainOptions, type ContainerIndex } from './manifest.js';
 import { compressTo } from '../api/compress.js';
 import { readContainerFile } from '../api/open.js';
 import { restoreTo, restoreToFolder } from '../api/restore.js';
@@ -115,7 +115,7 @@ export async function createChain(dir: string, checkpoints: readonly string[], o
   await mkdir(dir, { recursive: true });
   const manifest: ChainManifest = {
     format: CHAIN_FORMAT, tool: `excp ${TOOL_VERSION}`, kind, keyframeEvery, options: resolved,
-    paramMap: paramMap ? [...paramMap] : null, steps: [], cache: cacheSetting(dir, cache, '.'), last: null, lastFingerprint: null,
+    paramMap: paramMap ? [...paramMap] : null, steps: [], cache: cacheSetting(dir, cache, DEFAULT_CACHE), last: null, lastFingerprint: null,
   };
   try {
     return await withChainLock(dir, async () => {

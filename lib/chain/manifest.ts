@@ -17,7 +17,15 @@ export const CHAIN_FORMAT = 'excp-chain/1';
 /** Manifest file name inside a chain folder. */
 export const CHAIN_MANIFEST = 'chain.json';
 /** Default distance between keyframes. */
-export const DEFAULT_KEYFRAME_EVERY = 10;
+export const DEFAULT_KEYFRAME_EVERY = 20;
+
+/**
+ * Where a new chain keeps its restored last step: nowhere (null). A kept
+ * step is a full uncompressed checkpoint; counted on disk, as it must be,
+ * it alone holds a 20-checkpoint run under 20x. An append replays from the
+ * last keyframe instead (--cache DIR keeps it, for faster appends).
+ */
+export const DEFAULT_CACHE: string | null = null;
 
 /** What a chain holds: safetensors files, or checkpoint folders. */
 export type ChainKind = 'file' | 'folder';

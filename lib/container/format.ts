@@ -295,6 +295,8 @@ export function layoutOf(header: ContainerHeader, entry: number): ChunkLayout {
     ...(header.format === 1 ? { legacySymbols: true } : {}),
     // Method 2 places chunks in the weight's matrix: from format 3 on.
     ...(header.format === undefined || header.format >= 3 ? { columns: columnsOf(t[e.weight]!.shape) } : {}),
+    // Format 4 added m's drift gain to method 2's factored moments.
+    ...(header.format === 3 ? { driftless: true } : {}),
     ...(e.kind === 'pack' ? { pieces: digestTensors(t, e).map((m) => byteSize(t[m]!.dtype, t[m]!.shape, 'pack')) } : {}),
   };
 }

@@ -30,6 +30,10 @@ const REFERENCE_OPTIONS: Readonly<Record<number, Readonly<Record<string, unknown
     alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: false, chunkElements: 1048576, vFill: 'mean', vDomain: 'log',
     updateError: 0.72, keyframe: 'lossy',
   }),
+  4: Object.freeze({
+    alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: false, chunkElements: 1048576, vFill: 'mean', vDomain: 'log',
+    updateError: 0.577, keyframe: 'lossy',
+  }),
 });
 
 function referenceOf(version: number): Readonly<Record<string, unknown>> {

@@ -7,7 +7,7 @@ export const MAGIC = Uint8Array.from([0x89, 0x45, 0x58, 0x43, 0x50, 0x0d, 0x0a, 
 /** Last 4 bytes of every container. */
 export const END_MAGIC = Uint8Array.from([0x50, 0x43, 0x58, 0x45]);
 /** Container format version this code writes (it reads 1 to 3). */
-export const FORMAT_VERSION = 3;
+export const FORMAT_VERSION = 4;
 /** Package version, written into containers. */
 export const TOOL_VERSION = '0.1.0';
 

@@ -86,7 +86,7 @@ export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number,
   const mb = layout.momentDtype ? DTYPE_BYTES[layout.momentDtype] : 1;
   // Method 2 streams are read only where the header places the chunk (format 3 on).
   const grid = layout.columns && position && n > 0 ? chunkGrid(position.start, n, layout.columns) : null;
-  const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null, layout.legacySymbols === true, grid);
+  const code = decodePayload(payload, n, { weight: DTYPE_BYTES[layout.weightDtype], moments: mb }, layout.momentDtype !== null, layout.legacySymbols === true, grid, layout.driftless === true);
   if (Boolean(code.baseDigest) !== layout.base) throw new ExcpError('ERR_CORRUPT', `restore: tensor '${what}': base flag disagrees with the header`);
   if (layout.base) {
     if (!base) throw new ExcpError('ERR_BASE_MISSING', `restore: tensor '${what}' was compressed against a base; pass --base`);

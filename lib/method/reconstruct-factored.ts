@@ -28,6 +28,7 @@ const SLOT_DITHER = 1;
 const SLOT_W = 2;
 const SLOT_M = 3;
 const SLOT_V = 4;
+const SLOT_RESIDUAL = 5;
 const work = new Scratch();
 
 /**
@@ -74,34 +75,45 @@ export function elementSteps(step: number, clip: number, vHat: Float32Array | nu
 }
 
 /**
- * The restored weight of a dithered residual: base + (k + 1/2 - u) * step_i,
- * the base's own bits where the step is 0; then the exceptions.
+ * The restored residual of a dithered weight, dW^ = (k + 1/2 - u) * step_i
+ * (all 0 when the step is 0): what restoreDithered adds to the base, and
+ * what m's drift multiplies.
  * @param d the dithered weight
- * @param base the base bytes
- * @param dtype the weight's dtype
  * @param baseDigest the chunk's base digest (the dither's seed)
  * @param position where the chunk is
  * @param vHat v^ (for the per-element step), or null
+ * @param out receives dW^ (its length is the chunk's)
+ */
+export function ditheredResidual(d: DitheredWeight, baseDigest: string | null, position: ChunkPosition, vHat: Float32Array | null, out: Float32Array): Float32Array {
+  const n = out.length;
+  if (!(d.step > 0)) return out.fill(0);
+  if (d.clip > 0 && !vHat) throw new ExcpError('ERR_CORRUPT', 'codec: a scaled dithered weight without factored moments');
+  const steps = elementSteps(d.step, d.clip, vHat, work.f32(SLOT_DITHER, n));
+  const u = fillDither(ditherSeed(baseDigest, position.entry, position.chunk), out);
+  for (let i = 0; i < n; i++) {
+    const k = symbolIndex(d.symbols[i]!);
+    out[i] = Math.fround(Math.fround(Math.fround(k + 0.5) - u[i]!) * steps[i]!);
+  }
+  return out;
+}
+
+/**
+ * The restored weight of a dithered residual: base + dW^, the base's own
+ * bits where the step is 0; then the exceptions.
+ * @param d the dithered weight
+ * @param base the base bytes
+ * @param dtype the weight's dtype
+ * @param residual dW^ of the chunk (ditheredResidual)
  * @param scratch whether the result may live in this module's scratch (the encoder only hashes it)
  */
-export function restoreDithered(d: DitheredWeight, base: Uint8Array, dtype: DType, baseDigest: string | null, position: ChunkPosition,
-  vHat: Float32Array | null, scratch: boolean): Uint8Array {
+export function restoreDithered(d: DitheredWeight, base: Uint8Array, dtype: DType, residual: Float32Array, scratch: boolean): Uint8Array {
   const n = d.symbols.length;
   const eb = DTYPE_BYTES[dtype];
   if (base.length !== n * eb) throw new ExcpError('ERR_CORRUPT', `codec: ${base.length} base bytes for ${n} elements`);
   const direct = dtype === 'F32' && !scratch;
   const out = direct ? new Float32Array(n) : work.f32(SLOT_W, n);
   toFloat32(base, dtype, out);
-  if (d.step > 0) {
-    if (d.clip > 0 && !vHat) throw new ExcpError('ERR_CORRUPT', 'codec: a scaled dithered weight without factored moments');
-    const steps = elementSteps(d.step, d.clip, vHat, work.f32(SLOT_DITHER, n));
-    // The offsets go where the steps were read: one scratch array less.
-    const u = fillDither(ditherSeed(baseDigest, position.entry, position.chunk), new Float32Array(n));
-    for (let i = 0; i < n; i++) {
-      const k = symbolIndex(d.symbols[i]!);
-      out[i] = out[i]! + Math.fround(Math.fround(Math.fround(k + 0.5) - u[i]!) * steps[i]!);
-    }
-  }
+  if (d.step > 0) for (let i = 0; i < n; i++) out[i] = out[i]! + residual[i]!;
   const bytes = dtype === 'F32' ? new Uint8Array(out.buffer, out.byteOffset, n * 4) : fromFloat32(out, dtype);
   applyExceptions(bytes, d.exceptions, eb);
   return bytes;
@@ -112,20 +124,24 @@ export function restoreDithered(d: DitheredWeight, base: Uint8Array, dtype: DTyp
  * @param f the factored moments
  * @param vHat v^ of the chunk
  * @param moved the weight's symbols (m is coded where they are nonzero), or null for an exact weight (m coded everywhere)
+ * @param residual dW^ of a dithered weight (ditheredResidual), or null for an exact weight
  * @param dtype the moments' dtype
  * @param scratch whether the results may live in scratch
  */
-export function restoreFactored(f: FactoredMoments, vHat: Float32Array, moved: Uint8Array | null, dtype: DType, scratch: boolean): { m: Uint8Array; v: Uint8Array } {
+export function restoreFactored(f: FactoredMoments, vHat: Float32Array, moved: Uint8Array | null, residual: Float32Array | null, dtype: DType,
+  scratch: boolean): { m: Uint8Array; v: Uint8Array } {
   const n = vHat.length;
   const mb = DTYPE_BYTES[dtype];
   const direct = dtype === 'F32' && !scratch;
   const m = direct ? new Float32Array(n) : work.f32(SLOT_M, n).fill(0);
   const { centers, symbols } = f.step;
+  const drift = residual ? f.drift : 0;
   let t = 0;
   for (let i = 0; i < n; i++) {
-    if (moved && moved[i] === 0) continue;
-    const s = symbols[t++]!;
-    if (s !== 0) m[i] = Math.fround(centers[s - 1]! * Math.fround(Math.sqrt(vHat[i]!)));
+    const root = Math.fround(Math.sqrt(vHat[i]!));
+    const s = moved && moved[i] === 0 ? 0 : symbols[t++]!;
+    if (s !== 0) m[i] = Math.fround(centers[s - 1]! * root);
+    else if (drift !== 0) m[i] = Math.fround(drift * Math.fround(residual![i]! * root));
   }
   if (t !== symbols.length) throw new ExcpError('ERR_CORRUPT', `codec: ${symbols.length} step symbols for ${t} positions`);
   const v = direct ? new Float32Array(vHat) : work.f32(SLOT_V, n);
@@ -135,6 +151,11 @@ export function restoreFactored(f: FactoredMoments, vHat: Float32Array, moved: U
   applyExceptions(mBytes, f.mExceptions, mb);
   applyExceptions(vBytes, f.vExceptions, mb);
   return { m: mBytes, v: vBytes };
+}
+
+/** A scratch array for dW^ (ditheredResidual). */
+export function residualScratch(n: number): Float32Array {
+  return work.f32(SLOT_RESIDUAL, n);
 }
 
 /** A scratch array for v^ (the encoder and the decoder compute it first). */

@@ -13,7 +13,7 @@ import { decodeExact } from '../coding/exact.js';
 import { dequantizeNested, dequantizeStream } from './quantize.js';
 import type { ChunkCode, Exceptions } from './payload/payload.js';
 import type { QuantizedStream } from './quantize.js';
-import { type ChunkPosition, factoredV, restoreDithered, restoreFactored, vHatScratch } from './reconstruct-factored.js';
+import { type ChunkPosition, ditheredResidual, factoredV, residualScratch, restoreDithered, restoreFactored, vHatScratch } from './reconstruct-factored.js';
 
 export type { ChunkPosition } from './reconstruct-factored.js';
 
@@ -53,6 +53,8 @@ export interface ChunkLayout {
    * 2's factored v (lib/method/rank1.ts). Format 3 and later.
    */
   columns?: number;
+  /** A format 3 container: method 2's factored moments have no drift gain (m is 0 where the step stream leaves it). */
+  driftless?: boolean;
   /**
    * A pack (lib/pack.ts): byte lengths of its non-empty members, in order.
    * The weight's digest is then one per member, so a member's tensor hash
@@ -187,12 +189,16 @@ function reconstructMethod2(
   const vHat = m && 'factored' in m ? factoredV(m.factored, n, layout.columns, position.start, vHatScratch(n)) : null;
   let weight: Uint8Array;
   let moved: Uint8Array | null = null;
+  let residual: Float32Array | null = null;
   if ('exact' in code.weight) {
     weight = exactWeight ?? decodeExactStream(code.weight.exact, wd, n * DTYPE_BYTES[wd], base);
   } else if ('dithered' in code.weight) {
     if (!base) throw new ExcpError('ERR_CORRUPT', 'codec: a dithered weight without its base');
-    weight = restoreDithered(code.weight.dithered, base, wd, code.baseDigest, position, vHat, scratch);
-    moved = code.weight.dithered.symbols;
+    const d = code.weight.dithered;
+    if (d.symbols.length !== n) throw new ExcpError('ERR_CORRUPT', `codec: ${d.symbols.length} weight symbols for ${n} elements`);
+    residual = ditheredResidual(d, code.baseDigest, position, vHat, residualScratch(n));
+    weight = restoreDithered(d, base, wd, residual, scratch);
+    moved = d.symbols;
   } else {
     throw new ExcpError('ERR_CORRUPT', 'codec: a method 1 weight with method 2 moments');
   }
@@ -203,7 +209,7 @@ function reconstructMethod2(
       expAvg = exactM ?? decodeExactStream(m.exactM, md, n * DTYPE_BYTES[md], null);
       expAvgSq = exactV ?? decodeExactStream(m.exactV, md, n * DTYPE_BYTES[md], null);
     } else if ('factored' in m) {
-      const restored = restoreFactored(m.factored, vHat!, moved, md, scratch);
+      const restored = restoreFactored(m.factored, vHat!, moved, residual, md, scratch);
       expAvg = restored.m;
       expAvgSq = restored.v;
     } else {

@@ -37,6 +37,12 @@ export interface FactoredMoments {
    * whose weight index is not 0 (every position for an exact weight).
    */
   step: QuantizedStream;
+  /**
+   * m where the step stream leaves it 0: drift * (dW^ * sqrt(v^)), the
+   * restored residual in Adam's units times one least-squares gain per
+   * chunk (0 for an exact weight). Format 3 and later.
+   */
+  drift: number;
   mExceptions: Exceptions;
   vExceptions: Exceptions;
 }
@@ -116,6 +122,7 @@ export function writeFactored(w: ByteWriter, f: FactoredMoments, contexts: Uint8
   writeBlob(w, encodeExact(new Uint8Array(f.rows.buffer, f.rows.byteOffset, f.rows.byteLength), 'F32'));
   writeBlob(w, encodeExact(new Uint8Array(f.cols.buffer, f.cols.byteOffset, f.cols.byteLength), 'F32'));
   writeStream(w, f.step, contexts, contexts ? MOVE_CLASSES : 0, cost);
+  w.f32(f.drift);
   writeExceptions(w, f.mExceptions);
   writeExceptions(w, f.vExceptions);
 }
@@ -126,7 +133,7 @@ export function writeFactored(w: ByteWriter, f: FactoredMoments, contexts: Uint8
  * @param count positions the m stream codes
  * @param contexts its contexts (moveContexts), or undefined for an exact weight
  */
-export function readFactored(r: ByteReader, n: number, grid: { rows: number; cols: number }, count: number, contexts: Uint8Array | undefined, elementBytes: number): FactoredMoments {
+export function readFactored(r: ByteReader, n: number, grid: { rows: number; cols: number }, count: number, contexts: Uint8Array | undefined, elementBytes: number, driftless = false): FactoredMoments {
   const factors = (k: number, what: string): Float32Array => {
     const bytes = decodeCorrupt(() => decodeExact(readBlob(r), 'F32', 4 * k));
     const out = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + 4 * k));
@@ -136,5 +143,8 @@ export function readFactored(r: ByteReader, n: number, grid: { rows: number; col
   const rows = factors(grid.rows, 'v row');
   const cols = factors(grid.cols, 'v column');
   const step = readStream(r, count, contexts, contexts ? MOVE_CLASSES : 0, false);
-  return { rows, cols, step, mExceptions: readExceptions(r, n, elementBytes), vExceptions: readExceptions(r, n, elementBytes) };
+  // Format 3 wrote no drift gain: m is then 0 wherever the step stream leaves it.
+  const drift = driftless ? 0 : r.f32();
+  if (!Number.isFinite(drift)) throw new ExcpError('ERR_CORRUPT', `payload: m drift ${drift}`);
+  return { rows, cols, step, drift, mExceptions: readExceptions(r, n, elementBytes), vExceptions: readExceptions(r, n, elementBytes) };
 }

@@ -111,18 +111,19 @@ export function encodePayload(code: ChunkCode, n: number, cost?: SymbolCost, hin
  * @param hasMoments whether the entry has moments (must agree with the flags)
  * @param legacySymbols a format 1 container (range-coded symbols)
  * @param grid the chunk's row and column counts (rank1.ts chunkGrid), for method 2's factored v; null before format 3
+ * @param driftless a format 3 container (factored moments without the drift gain)
  * @returns the chunk's streams
  * @throws ExcpError ERR_CORRUPT
  */
 export function decodePayload(payload: Uint8Array, n: number, elementBytes: { weight: number; moments: number }, hasMoments: boolean, legacySymbols = false,
-  grid: { rows: number; cols: number } | null = null): ChunkCode {
+  grid: { rows: number; cols: number } | null = null, driftless = false): ChunkCode {
   const r = new ByteReader(payload, 'payload');
   const flags = r.u8();
   const known = grid ? 31 : 15;
   if (flags & ~known) throw new ExcpError('ERR_CORRUPT', `payload: unknown flags 0x${flags.toString(16)}`);
   if (Boolean(flags & FLAG_MOMENTS) !== hasMoments) throw new ExcpError('ERR_CORRUPT', 'payload: moment flag disagrees with the header');
   const baseDigest = flags & FLAG_BASE ? readDigest(r) : null;
-  if (flags & FLAG_METHOD2) return decodeMethod2(r, flags, baseDigest, n, elementBytes, grid!);
+  if (flags & FLAG_METHOD2) return decodeMethod2(r, flags, baseDigest, n, elementBytes, grid!, driftless);
   let weight: WeightCode;
   let wFull: Uint8Array | null = null;
   if (flags & FLAG_WEIGHT_EXACT) {
@@ -171,7 +172,7 @@ function encodeMethod2(w: ByteWriter, code: ChunkCode, cost: SymbolCost | undefi
 }
 
 function decodeMethod2(r: ByteReader, flags: number, baseDigest: string | null, n: number, elementBytes: { weight: number; moments: number },
-  grid: { rows: number; cols: number }): ChunkCode {
+  grid: { rows: number; cols: number }, driftless: boolean): ChunkCode {
   let weight: WeightCode;
   let contexts: Uint8Array | undefined;
   if (flags & FLAG_WEIGHT_EXACT) {
@@ -185,7 +186,7 @@ function decodeMethod2(r: ByteReader, flags: number, baseDigest: string | null, 
   if (flags & FLAG_MOMENTS_EXACT) {
     moments = { exactM: readBlob(r), exactV: readBlob(r) };
   } else if (flags & FLAG_MOMENTS) {
-    moments = { factored: readFactored(r, n, grid, contexts ? contexts.length : n, contexts, elementBytes.moments) };
+    moments = { factored: readFactored(r, n, grid, contexts ? contexts.length : n, contexts, elementBytes.moments, driftless) };
   }
   if (r.remaining !== 0) throw new ExcpError('ERR_CORRUPT', `payload: ${r.remaining} unexpected bytes after the last stream`);
   return { baseDigest, weight, moments };
