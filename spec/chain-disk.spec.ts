@@ -121,7 +121,7 @@ describe('excp chain: disk, cache, all-or-nothing create, refusals, --wait', { c
     const noneLs = await ls(none);
     assert.equal(noneLs.json.summary.disk.total, bytesUnder(none));
     assert.equal(noneLs.json.summary.disk.cache, 0);
-    assert.match(noneLs.text, /\+ kept last step 0 \(none: --no-cache, an append replays from the last keyframe\) \+/);
+    assert.match(noneLs.text, /\+ kept last step 0 \(none kept: an append replays from the last keyframe; --cache DIR keeps one\) \+/);
 
     // Appends: step 3 is a keyframe, step 4 a residual (--no-cache rebuilds step 3 by replay first).
     for (const dir of [outside, none]) {

@@ -103,7 +103,7 @@ function stepLine(what: string, f: StepFigures): string {
 }
 
 function cacheText(manifest: ChainManifest, d: DiskFigures): string {
-  if (manifest.cache === null && d.cache === 0) return 'kept last step 0 (none: --no-cache, an append replays from the last keyframe)';
+  if (manifest.cache === null && d.cache === 0) return 'kept last step 0 (none kept: an append replays from the last keyframe; --cache DIR keeps one)';
   const where = manifest.cache === '.' || manifest.cache === null ? ' in the chain folder' : '';
   if (d.cache === 0) return `kept last step 0 (${d.cachePath ?? 'none'}${where}: missing, the next append rebuilds it)`;
   return `kept last step ${d.cache} (${d.cachePath}${where})`;
