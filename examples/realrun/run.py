@@ -226,7 +226,8 @@ def torch_loop(a, codec, work):
                         C.save_ck(base, os.path.join(a.dump, "base-%d.safetensors" % k))
                 t0 = time.time()
                 if hasattr(codec, "set_context"):
-                    codec.set_context(step=k, warm=k <= a.warmup, lr=lr)
+                    codec.set_context(step=k, warm=k <= a.warmup, lr=C.lr_at(k, a.lr, a.steps, a.warmup, a.schedule),
+                                      beta1=a.beta1, beta2=a.beta2, eps=1e-8)
                 restored, info = codec.file(ck, base, k, work)
                 rec["codec_s"] = round(time.time() - t0, 2)
                 rec.update(info)
@@ -369,7 +370,8 @@ def trainer_loop(a, codec, work):
                 restored, _, _ = read_folder(dst, names)
             else:
                 if hasattr(codec, "set_context"):
-                    codec.set_context(step=k, warm=k <= a.warmup, lr=rec["lr"])
+                    codec.set_context(step=k, warm=k <= a.warmup, lr=C.lr_at(k, a.lr, a.steps, a.warmup, a.schedule),
+                                      beta1=a.beta1, beta2=a.beta2, eps=1e-8)
                 restored, info = codec.file(ck, read_folder(base, names)[0] if base else None, k, work)
             rec["codec_s"] = round(time.time() - t0, 2)
             rec.update(info)

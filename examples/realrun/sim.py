@@ -61,6 +61,11 @@ DEFAULTS = dict(w="topk", keep=0.3, wbits=2, wstep=None, wdz=1.0, wtarget=None,
 
 PRESETS = {
     "defaults": {},
+    # the recommended design (FINDINGS.md): unbiased (subtractive-dither) uniform
+    # quantisation of dW with a v-weighted step, Adam's v restored from a rank-1
+    # (row x column) estimate, m kept where large and dW coded nonzero, a finer
+    # step for the first residual
+    "f1": dict(w="sd", wstep=2.5, wvexp=0.25, wvclip=2, vfill="rank1", vkeep=False, first=dict(wstep=1.0)),
     "paper": dict(w="paper", alpha=5e-5, wbits=4, mbits=4, vbits=4, vfill="zero", vlinear=True),
 }
 
@@ -242,6 +247,15 @@ class Sim:
             target = w + np.float32(p["ef"]) * self.err[name]
         else:
             target = w
+        if wb is not None and p.get("mflush"):
+            # fold the momentum's future effect into the weights: the steps the
+            # old m would still have made, lr * sum_s beta1^s * m^ / (sqrt(v^) + eps)
+            cx = self.ctx
+            t = cx["step"]
+            mh = m.astype(np.float64) / (1 - cx["beta1"] ** t)
+            vh = v.astype(np.float64) / (1 - cx["beta2"] ** t)
+            fl = p["mflush"] * cx["lr"] * cx["beta1"] / (1 - cx["beta1"]) * mh / (np.sqrt(vh) + cx["eps"])
+            target = (target - fl).astype(np.float32)
         rw = np.empty_like(w)
         rm = np.empty_like(m)
         rv = np.empty_like(v)
@@ -272,13 +286,68 @@ class Sim:
             dw_hat = None
         else:
             dw = (w - wb).astype(np.float32)
-            dw_hat, wsym, wb_bits, wside = self.code_dw(dw, v, p)
+            scale = None
+            if p.get("wvexp"):
+                # per-element step ~ (v^ / mean v^)^-wvexp, v^ the rank-1 estimate the decoder has
+                if cols and n % cols == 0 and n // cols > 1:
+                    vh = rank1(v.astype(np.float64).reshape(-1, cols)).ravel()
+                else:
+                    vh = np.full(n, float(v.astype(np.float64).mean()))
+                mv = vh.mean()
+                scale = (np.maximum(vh, 1e-30) / mv) ** p["wvexp"] if mv > 0 else np.ones(n)
+                if p.get("wvclip"):
+                    scale = np.clip(scale, 1 / p["wvclip"], p["wvclip"])
+            if scale is not None:
+                dw_hat, wsym, wb_bits, wside = self.code_dw((dw * scale).astype(np.float32), v, p)
+                dw_hat = (dw_hat / scale).astype(np.float32)
+            else:
+                dw_hat, wsym, wb_bits, wside = self.code_dw(dw, v, p)
             bits["w"] = wb_bits
             side += wside
             rw = (wb + dw_hat).astype(np.float32)
             if w_dtype != torch.float32:
                 rw = torch.from_numpy(rw).to(w_dtype).float().numpy()
-            kept = dw_hat != 0
+            kept = wsym != 0
+        # ---- m coded as Adam's step u = m / sqrt(v^): v first
+        if p["m"] == "udz":
+            vmask = np.zeros(n, bool) if p["v"] == "joint" else None
+            rv, vbits, vside = self.code_v(v, vmask, vb, p, cols)
+            sv = np.sqrt(rv.astype(np.float64)) + 1e-8
+            rec, idx, stored = deadzone((m / sv).astype(np.float64), p["mstep"], p["mdz"])
+            rm = (rec * sv).astype(np.float32)
+            ctx = None if wsym is None else np.minimum(wsym, 7)
+            bits["m"] = entropy_bits(idx, ctx)
+            bits["v"] = vbits
+            side += vside + 8 * (OVERHEAD["stream"] * n_models(idx, ctx) + OVERHEAD["center"] * stored)
+            bits["side"] = side
+            return rw, rm, rv, bits
+        # ---- m selected and coded as Adam's step u = m / sqrt(v^) (v^: the rank-1 estimate)
+        if p["m"] == "u":
+            rv, vbits, vside = self.code_v(v, np.zeros(n, bool), vb, p, cols)
+            sv = np.sqrt(rv.astype(np.float64)) + 1e-12
+            u = m / sv
+            au = np.abs(u)
+            tau = p["mtau"] * au.mean()
+            mk = au > tau
+            if wsym is not None and p.get("mjoint", True):
+                mk &= kept
+            rm = np.zeros(n, np.float32)
+            sym = np.zeros(n, np.int64)
+            if mk.any():
+                rec, s_, c = quantize_kmeans(u[mk], p["mbits"])
+                rm[mk] = (rec * sv[mk]).astype(np.float32)
+                sym[mk] = s_
+                side += 8 * OVERHEAD["center"] * c.size
+            if wsym is not None and p.get("mjoint", True):
+                bits["m"] = entropy_bits(sym[kept], np.minimum(wsym[kept], 7))
+                side += 8 * OVERHEAD["stream"] * n_models(sym[kept], np.minimum(wsym[kept], 7))
+            else:
+                bits["m"] = entropy_bits(sym)
+                side += 8 * OVERHEAD["stream"]
+            bits["v"] = vbits
+            side += vside
+            bits["side"] = side
+            return rw, rm, rv, bits
         # ---- m
         mode = p["m"]
         absm = np.abs(m)
@@ -314,18 +383,24 @@ class Sim:
             ctx = None if wsym is None else np.minimum(np.abs(wsym), 3)
             bits["m"] = entropy_bits(idx, ctx)
             side += 8 * (OVERHEAD["stream"] * n_models(idx, ctx) + OVERHEAD["center"] * stored)
-        if p["mpred"] and dw_hat is not None:
-            # pruned m predicted from the decoded residual: c * dW^ (one float per chunk)
-            pr = ~mk
-            x = dw_hat[pr].astype(np.float64)
-            den = (x * x).sum()
-            c = (x * m[pr]).sum() / den if den > 0 else 0.0
-            rm[pr] = (c * dw_hat[pr]).astype(np.float32)
-            side += 32
         # ---- v
-        rv, vbits, vside = self.code_v(v, mk if mode != "dz" else (mk & (np.abs(m) > ro)), vb, p, cols)
+        vmask = mk if mode != "dz" else (mk & (np.abs(m) > ro))
+        if p.get("vkeep") is False:
+            vmask = np.zeros(n, bool)  # no v values coded: the fill (rank-1) everywhere
+        rv, vbits, vside = self.code_v(v, vmask, vb, p, cols)
         bits["v"] = vbits
         side += vside
+        if p["mpred"] and dw_hat is not None:
+            # pruned m predicted from the decoded residual: c * dW^ (mpred true) or
+            # c * dW^ * sqrt(v^) (mpred "v"); c by least squares per chunk, one float
+            pr = ~mk
+            x = dw_hat[pr].astype(np.float64)
+            if p["mpred"] == "v":
+                x = x * np.sqrt(rv[pr].astype(np.float64))
+            den = (x * x).sum()
+            c = (x * m[pr]).sum() / den if den > 0 else 0.0
+            rm[pr] = (c * x * p.get("mpredgain", 1.0)).astype(np.float32)
+            side += 32
         bits["side"] = side
         return rw, rm, rv, bits
 
@@ -381,6 +456,35 @@ class Sim:
             sym = np.sign(idx) * np.minimum(np.abs(idx), 3)  # context for m: sign and size class
             sym = np.where(idx != 0, np.abs(sym) + (idx < 0) * 3, 0)
             return rec, sym, entropy_bits(idx), 8 * (OVERHEAD["stream"] + OVERHEAD["center"] * st + 4)
+        if mode == "sd":
+            # subtractive dither: q = delta * round(dW / delta + u) - u * delta, u uniform in
+            # [-1/2, 1/2) from a deterministic generator: error uniform, independent of dW
+            rms = float(np.sqrt((dw.astype(np.float64) ** 2).mean()))
+            if rms == 0:
+                return np.zeros(n, np.float32), np.zeros(n, np.int64), 0.0, 8 * OVERHEAD["stream"]
+            delta = p["wstep"] * rms
+            self._chunk_seq = getattr(self, "_chunk_seq", 0) + 1
+            u = np.random.default_rng([54321, self.calls, self._chunk_seq]).random(n) - 0.5
+            idx = np.round(dw / delta + u).astype(np.int64)
+            rec = ((idx - u) * delta).astype(np.float32)
+            sym = np.where(idx != 0, np.minimum(np.abs(idx), 3) + (idx < 0) * 3, 0)
+            return rec, sym, entropy_bits(idx), 8 * (OVERHEAD["stream"] + 4)
+        if mode == "sr":
+            # unbiased: stochastic rounding to a uniform grid of step wstep * rms,
+            # with a deterministic per-position dither (E[dW^] = dW)
+            rms = float(np.sqrt((dw.astype(np.float64) ** 2).mean()))
+            if rms == 0:
+                return np.zeros(n, np.float32), np.zeros(n, np.int64), 0.0, 8 * OVERHEAD["stream"]
+            delta = p["wstep"] * rms
+            # a deterministic dither, new at every checkpoint (the TS codec would
+            # seed it from the base fingerprint and the chunk index)
+            self._chunk_seq = getattr(self, "_chunk_seq", 0) + 1
+            u = np.random.default_rng([12345, self.calls, self._chunk_seq]).random(n)
+            q = np.floor(np.abs(dw) / delta + u).astype(np.int64)
+            idx = np.sign(dw).astype(np.int64) * q
+            rec = (idx * delta).astype(np.float32)
+            sym = np.where(idx != 0, np.minimum(np.abs(idx), 3) + (idx < 0) * 3, 0)
+            return rec, sym, entropy_bits(idx), 8 * (OVERHEAD["stream"] + 4)
         raise ValueError(mode)
 
     def code_v(self, v, mk, vb, p, cols):
