@@ -66,6 +66,17 @@ PRESETS = {
     # (row x column) estimate, m kept where large and dW coded nonzero, a finer
     # step for the first residual
     "f1": dict(w="sd", wstep=2.5, wvexp=0.25, wvclip=2, vfill="rank1", vkeep=False, first=dict(wstep=1.0)),
+    # f1 with m kept where |m| / sqrt(v^) > 2 mean (Adam's step, not |m|, selects)
+    "f2": dict(w="sd", wstep=2.5, wvexp=0.25, wvclip=2, vfill="rank1", vkeep=False, first=dict(wstep=1.0),
+               m="u", mtau=2.0),
+    # the recommendation: f2 without the v-weighted step (except for the first
+    # residual), step 2 rms
+    "f3": dict(w="sd", wstep=2.0, vfill="rank1", vkeep=False, m="u", mtau=2.0,
+               first=dict(wstep=1.0, wvexp=0.25, wvclip=2)),
+    # f3 + the pruned m predicted from the decoded residual: c dW^ sqrt(v^), c by
+    # least squares per chunk (one float): the recommendation
+    "f4": dict(w="sd", wstep=2.0, vfill="rank1", vkeep=False, m="u", mtau=2.0, mpred="v",
+               first=dict(wstep=1.0, wvexp=0.25, wvclip=2)),
     "paper": dict(w="paper", alpha=5e-5, wbits=4, mbits=4, vbits=4, vfill="zero", vlinear=True),
 }
 
@@ -204,8 +215,9 @@ class Sim:
         import common as C
         if self.calls == 0:
             self._kf = base is None
-        # the first residual: against the initialisation, or the one after the keyframe
-        first = base is not None and (self.calls == 0 or (self.calls == 1 and self._kf))
+        # the first residual: against the initialisation (and, with
+        # "first_after_keyframe", the one after a keyframe: runs before 21:45 did that)
+        first = base is not None and (self.calls == 0 or (self.calls == 1 and self._kf and self.p.get("first_after_keyframe")))
         warm = bool(getattr(self, "ctx", {}).get("warm"))
         self.calls += 1
         out = {}
@@ -338,6 +350,14 @@ class Sim:
                 rm[mk] = (rec * sv[mk]).astype(np.float32)
                 sym[mk] = s_
                 side += 8 * OVERHEAD["center"] * c.size
+            if p["mpred"] and dw_hat is not None:
+                # pruned m predicted as c * dW^ * sqrt(v^), c by least squares per chunk
+                pr = ~mk
+                x = dw_hat[pr].astype(np.float64) * sv[pr]
+                den = (x * x).sum()
+                c = (x * m[pr]).sum() / den if den > 0 else 0.0
+                rm[pr] = (c * x).astype(np.float32)
+                side += 32
             if wsym is not None and p.get("mjoint", True):
                 bits["m"] = entropy_bits(sym[kept], np.minimum(wsym[kept], 7))
                 side += 8 * OVERHEAD["stream"] * n_models(sym[kept], np.minimum(wsym[kept], 7))
