@@ -9,6 +9,14 @@ import assert from 'node:assert/strict';
 import { type ChunkLayout, decodeChunk, encodeChunk } from '../lib/method/codec.js';
 import { resolveOptions } from '../lib/core/options.js';
 import { Prng } from './support/prng.js';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PRESETS, neoxParams, writeSyntheticPair } from '../examples/synthetic.js';
+import { compressBuffer } from '../lib/api/compress.js';
+import { restoreBuffer } from '../lib/api/restore.js';
+import { formatInspect, inspectContainer } from '../lib/api/inspect.js';
+import { parseSafetensors } from '../lib/formats/safetensors.js';
 
 const COLUMNS = 64;
 const layout: ChunkLayout = { weightDtype: 'F32', momentDtype: 'F32', exactWeight: false, exactMoments: false, base: true, columns: COLUMNS };
@@ -35,13 +43,13 @@ function chunk(seed: number, n: number, gain: number, noise: number): { base: Fl
   return { base, cur, m, v };
 }
 
-function roundTrip(c: ReturnType<typeof chunk>, options = resolveOptions({})): { w: Float32Array; m: Float32Array; payload: number } {
+function roundTrip(c: ReturnType<typeof chunk>, options = resolveOptions({})): { w: Float32Array; m: Float32Array; v: Float32Array; payload: number; errors: number[] } {
   const position = { entry: 0, chunk: 0, start: 0 };
   const input = { weight: bytes(c.cur), base: bytes(c.base), expAvg: bytes(c.m), expAvgSq: bytes(c.v) };
   const encoded = encodeChunk(layout, input, options, position);
   const decoded = decodeChunk(layout, encoded.payload, c.cur.length, bytes(c.base), 't', position);
   assert.deepEqual(decoded.digests, encoded.digests, 'the encoder fingerprints what restore makes');
-  return { w: floats(decoded.weight), m: floats(decoded.expAvg!), payload: encoded.payload.length };
+  return { w: floats(decoded.weight), m: floats(decoded.expAvg!), v: floats(decoded.expAvgSq!), payload: encoded.payload.length, errors: encoded.stats.errors! };
 }
 
 function relativeError(got: Float32Array, want: Float32Array): number {
@@ -81,5 +89,56 @@ describe('method 2', () => {
     assert.ok(eFollows < 0.6, `m error ${eFollows} where m follows the update`);
     assert.ok(eNoise > 0.8, `m error ${eNoise} where m is noise (nothing to predict)`);
     assert.ok(Math.abs(follows.payload - unrelated.payload) < 0.2 * unrelated.payload, `${follows.payload} vs ${unrelated.payload} bytes`);
+  });
+
+  it('the encoder measures the errors of what restore gives (what excp inspect reports)', () => {
+    const c = chunk(4, 64 * 256, 2e3, 3e-4);
+    for (const updateError of [0.3, 0.577, 1]) {
+      const r = roundTrip(c, resolveOptions({ updateError }));
+      const [eW, rW, eM, rM, eV, rV] = r.errors;
+      const update = c.cur.map((x, i) => x - c.base[i]!);
+      const restoredUpdate = r.w.map((x, i) => x - c.base[i]!);
+      const close = (a: number, b: number, what: string) => assert.ok(Math.abs(a - b) < 1e-3 * b + 1e-12, `${what}: ${a} vs ${b}`);
+      close(Math.sqrt(eW! / rW!), relativeError(restoredUpdate, update), 'weight update');
+      close(Math.sqrt(eM! / rM!), relativeError(r.m, c.m), 'm');
+      close(Math.sqrt(eV! / rV!), relativeError(r.v, c.v), 'v');
+      // The step follows the budget: the error of the update grows with it (finer where v is large, so not equal to it).
+      assert.ok(Math.sqrt(eW! / rW!) > 0.8 * updateError && Math.sqrt(eW! / rW!) < 1.6 * updateError, `update error ${Math.sqrt(eW! / rW!)} at budget ${updateError}`);
+    }
+  });
+});
+
+describe('excp inspect: relative error of each stream', () => {
+  it('reports per tensor what the restored container lost, to within the footer\'s 2%, with the budget', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'excp-inspect-errors-'));
+    try {
+      const p = PRESETS['tiny']!;
+      const [a, b] = [join(work, 'a.safetensors'), join(work, 'b.safetensors')];
+      await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), a, b, { seed: 3 });
+      const [base, cur] = [new Uint8Array(readFileSync(a)), new Uint8Array(readFileSync(b))];
+      const container = await compressBuffer(cur, base, { threads: 0 });
+      writeFileSync(join(work, 'b.excp'), container);
+      const report = await inspectContainer(join(work, 'b.excp'));
+      const restored = parseSafetensors(await restoreBuffer(container, base, { threads: 0 }));
+      const [orig, prev] = [parseSafetensors(cur), parseSafetensors(base)];
+      const f32 = (t: { data: Uint8Array }) => new Float32Array(t.data.slice().buffer);
+      const tensor = (set: typeof orig, name: string) => f32(set.tensors.find((t) => t.name === name)!);
+      let checked = 0;
+      for (const e of report.entries.filter((x) => x.mode === 'residual')) {
+        assert.ok(e.errors, `${e.name} has recorded errors`);
+        const w = tensor(orig, e.name);
+        const update = w.map((x, i) => x - tensor(prev, e.name)[i]!);
+        const restoredUpdate = tensor(restored, e.name).map((x, i) => x - tensor(prev, e.name)[i]!);
+        const want = { weight: relativeError(restoredUpdate, update), m: relativeError(tensor(restored, `${e.name}.exp_avg`), tensor(orig, `${e.name}.exp_avg`)), v: relativeError(tensor(restored, `${e.name}.exp_avg_sq`), tensor(orig, `${e.name}.exp_avg_sq`)) };
+        for (const k of ['weight', 'm', 'v'] as const) assert.ok(Math.abs(e.errors[k] / want[k] - 1) < 0.025, `${e.name} ${k}: inspect ${e.errors[k]}, measured ${want[k]}`);
+        checked++;
+      }
+      assert.ok(checked > 5);
+      const text = formatInspect(report);
+      assert.match(text, /^\S+: excp \S+, update-error 0\.577, keyframe lossy, m: beta 2, bits 2$/m);
+      assert.match(text, /^relative error, \d+ residual tensors \(parameter-weighted rms, range\): weight update 0\.\d+ \(0\.\d+ to 0\.\d+\), budget 0\.577; m \d\.\d+ \(/m);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });

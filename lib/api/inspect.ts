@@ -3,6 +3,7 @@
  * built from its header and footer, read by random access), and whether it
  * is intact (every record decoded and checked, nothing written).
  */
+import { describeMethod } from '../core/options.js';
 import { printable } from '../core/text.js';
 import type { ContainerHeader } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
@@ -38,6 +39,13 @@ export interface InspectEntry {
   entropyBitsPerParameter: number | null;
   /** Coded symbol streams (tables included), bits per parameter (null when not recorded). */
   symbolBitsPerParameter: number | null;
+  /**
+   * Relative errors of the restored streams as the encoder measured them
+   * (method 2's lossy entries, format 4 on; null otherwise): the weight's
+   * against its update for a residual (budget: options.updateError), against
+   * the weight for a keyframe; m and v against themselves.
+   */
+  errors: { weight: number; m: number; v: number } | null;
 }
 
 /** The inspect report. */
@@ -88,6 +96,7 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
       keptMomentsPercent: e.kind === 'param' && !e.exactMoments && e.elements ? (100 * f.keptMoments) / e.elements : null,
       entropyBitsPerParameter: f.entropyBits !== undefined && e.elements ? f.entropyBits / e.elements : null,
       symbolBitsPerParameter: f.symbolBits !== undefined && e.elements ? f.symbolBits / e.elements : null,
+      errors: f.errors ?? null,
     };
   });
   const recorded = footer.entries.every((f) => f.entropyBits !== undefined && f.symbolBits !== undefined);
@@ -106,16 +115,19 @@ export async function inspectContainer(path: string): Promise<InspectReport> {
 export function formatInspect(r: InspectReport): string {
   const pct = (x: number | null) => (x === null ? '-' : `${x.toFixed(2)}%`);
   const lines = [
-    `${printable(r.file)}: ${printable(r.tool)}, ${r.options.weightRule === 'paper' || r.options.weightRule === undefined ? `alpha ${r.options.alpha}` : `${r.options.weightRule} rule, keep ${r.options.keep}`}, beta ${r.options.beta}, bits ${r.options.bits}${r.options.lossless ? ', lossless' : ''}`,
+    `${printable(r.file)}: ${printable(r.tool)}, ${describeMethod(r.options)}`,
     `base fingerprint ${r.baseFingerprint ?? '(none: keyframe)'}, restores to ${r.targetFingerprint}`,
     '',
-    ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'entropy bits/param', 'ratio'].join('\t'),
+    ['tensor', 'mode', 'params', 'kept dW', 'kept m,v', 'bits/param', 'entropy bits/param', 'ratio', 'W err', 'm err', 'v err'].join('\t'),
   ];
   const bits = (x: number | null) => (x === null ? '-' : x.toFixed(3));
+  const err = (x: number | undefined) => (x === undefined ? '-' : x.toPrecision(2));
   for (const e of r.entries) {
-    lines.push([printable(e.name), e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), bits(e.entropyBitsPerParameter), `${e.ratio.toFixed(1)}x`].join('\t'));
+    lines.push([printable(e.name), e.mode, e.parameters, pct(e.keptWeightsPercent), pct(e.keptMomentsPercent), e.bitsPerParameter.toFixed(3), bits(e.entropyBitsPerParameter), `${e.ratio.toFixed(1)}x`,
+      err(e.errors?.weight), err(e.errors?.m), err(e.errors?.v)].join('\t'));
   }
   lines.push('', `total: ${r.originalBytes} bytes -> ${r.containerBytes} bytes, ratio ${r.ratio.toFixed(1)}x`);
+  lines.push(...errorLines(r));
   if (r.files) lines.push('', `folder: ${r.files.length} files: ${r.files.map((f) => `${printable(f.path)} (${f.kind})`).join(', ')}`);
   if (r.dcp) lines.push(`distributed checkpoint: rank ${r.dcp.rank}'s files, of ranks ${r.dcp.ranks.join(', ')} (.metadata fingerprint ${r.dcp.metadata})`);
   if (r.paramMap) {
@@ -144,4 +156,25 @@ export async function verifyContainer(path: string, base: string | undefined, th
   await verifyContainerFile(path, { base, threads, tmp });
   const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
   return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
+}
+
+/**
+ * One line per kind of lossy entry (residual, keyframe): the range of each
+ * stream's relative error over the tensors, and its parameter-weighted rms.
+ */
+function errorLines(r: InspectReport): string[] {
+  const out: string[] = [];
+  for (const mode of ['residual', 'keyframe']) {
+    const rows = r.entries.filter((e) => e.mode === mode && e.errors !== null);
+    if (!rows.length) continue;
+    const params = rows.reduce((s, e) => s + e.parameters, 0);
+    const stream = (k: 'weight' | 'm' | 'v'): string => {
+      const xs = rows.map((e) => e.errors![k]);
+      const rms = Math.sqrt(rows.reduce((s, e) => s + e.parameters * e.errors![k] ** 2, 0) / params);
+      return `${rms.toPrecision(2)} (${Math.min(...xs).toPrecision(2)} to ${Math.max(...xs).toPrecision(2)})`;
+    };
+    const w = mode === 'residual' ? `weight update ${stream('weight')}${r.options.updateError !== undefined ? `, budget ${r.options.updateError}` : ''}` : `weight ${stream('weight')}`;
+    out.push(`relative error, ${rows.length} ${mode} tensors (parameter-weighted rms, range): ${w}; m ${stream('m')}; v ${stream('v')}`);
+  }
+  return out;
 }

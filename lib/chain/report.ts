@@ -3,6 +3,7 @@
  * kind of step, and for the whole run against every byte it takes on disk)
  * and their text. files.ts lists the files ({@link DiskFile}).
  */
+import { describeMethod } from '../core/options.js';
 import type { ChainManifest } from './manifest.js';
 
 /** What a file of a chain is for. */
@@ -125,7 +126,7 @@ export function formatChain(manifest: ChainManifest, summary: ChainSummary): str
   const what = manifest.kind === 'folder' ? '; checkpoint folders' : '';
   const d = summary.disk;
   const others = d.otherFiles.length ? ` (${d.otherFiles.slice(0, 3).join(', ')}${d.otherFiles.length > 3 ? ', ...' : ''})` : '';
-  lines.push('', `${manifest.steps.length} steps, keyframe every ${manifest.keyframeEvery}; ${o.lossless ? 'lossless' : `${o.weightRule === 'paper' ? `paper rule, alpha ${o.alpha}` : `${o.weightRule} rule, keep ${o.keep}`}, beta ${o.beta}, bits ${o.bits}`}${what}`,
+  lines.push('', `${manifest.steps.length} steps, keyframe every ${manifest.keyframeEvery}; ${describeMethod(o)}${what}`,
     stepLine('keyframes', summary.keyframes),
     stepLine('residuals', summary.residuals),
     `on disk: ${d.total} bytes = containers ${d.containers} + chain.json ${d.manifest} + ${cacheText(manifest, d)} + other ${d.other}${others}`,

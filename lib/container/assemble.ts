@@ -6,7 +6,7 @@
  */
 import { ExcpError } from '../core/errors.js';
 import { HasherList, fingerprintTensors } from '../core/hash.js';
-import type { EncodedChunk } from '../method/codec.js';
+import { type EncodedChunk, type ErrorSums, relativeError } from '../method/codec.js';
 import type { ContainerFooter, ContainerHeader, FooterEntry } from '../model/checkpoint.js';
 import { digestTensors } from '../model/pack.js';
 import { encodeHead, encodeRecord, encodeTail } from './format.js';
@@ -41,6 +41,8 @@ export class ContainerAssembler {
   private readonly order: RecordOrder;
   private offset = 0;
   private readonly footerEntries: FooterEntry[];
+  /** Per entry, the sums of its chunks' ChunkStats.errors (none for entries without them). */
+  private readonly errorSums: (ErrorSums | undefined)[] = [];
   private readonly tensorHashers: HasherList;
   private readonly baseHashers: HasherList;
   /** Tensors with a base hash (a residual's weight), by index. */
@@ -95,6 +97,10 @@ export class ContainerAssembler {
     fe.keptMoments += rec.stats.keptMoments;
     fe.entropyBits = (fe.entropyBits ?? 0) + (rec.stats.entropyBits ?? 0);
     fe.symbolBits = (fe.symbolBits ?? 0) + (rec.stats.symbolBits ?? 0);
+    if (rec.stats.errors) {
+      const sums: ErrorSums = (this.errorSums[rec.entry] ??= [0, 0, 0, 0, 0, 0]);
+      rec.stats.errors.forEach((x, k) => (sums[k] = sums[k]! + x));
+    }
     digestTensors(this.header.tensors, e).forEach((t, i) => this.tensorHashers.update(t, encoder.encode(rec.digests[i]!)));
     if (rec.baseDigest && this.hasBase[e.weight]) this.baseHashers.update(e.weight, encoder.encode(rec.baseDigest));
     this.out(bytes, parts);
@@ -110,6 +116,9 @@ export class ContainerAssembler {
     this.start(parts);
     if (!this.order.done) throw new ExcpError('ERR_TRUNCATED', 'container: input ended before every chunk was coded');
     for (const fe of this.footerEntries) fe.entropyBits = Math.round(fe.entropyBits ?? 0);
+    this.errorSums.forEach((s, i) => {
+      if (s) this.footerEntries[i]!.errors = { weight: relativeError(s[0], s[1]), m: relativeError(s[2], s[3]), v: relativeError(s[4], s[5]) };
+    });
     const baseDigests = this.baseHashers.digests();
     const footer = buildFooter(this.header, this.footerEntries, this.tensorHashers.digests(), baseDigests.map((d, i) => (this.hasBase[i] ? d : null)));
     let bases = 0;

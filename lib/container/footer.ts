@@ -34,6 +34,21 @@ function readHash(r: ByteReader): string {
 const NO_HASHES = 8;
 
 /** A count stored as a varint: safe non-negative integers only (fractions are rounded). */
+/**
+ * A relative error in one byte: 0 is 0, k = 1..255 is 2^((k - 1) / 16 - 14)
+ * (1/16 of an octave apart, 6e-5 to 3.7; larger, and infinite, is 255).
+ */
+export function errorCode(x: number): number {
+  if (!(x > 0)) return 0;
+  if (!Number.isFinite(x)) return 255;
+  return Math.min(255, Math.max(1, Math.round(16 * (Math.log2(x) + 14)) + 1));
+}
+
+/** The relative error a byte of errorCode stands for. */
+export function errorValue(k: number): number {
+  return k === 0 ? 0 : 2 ** ((k - 1) / 16 - 14);
+}
+
 const asCount = (x: number): number => (Number.isFinite(x) && x > 0 ? Math.min(Number.MAX_SAFE_INTEGER, Math.round(x)) : 0);
 
 /**
@@ -53,7 +68,7 @@ export function encodeFooterBody(footer: ContainerFooter, header: ContainerHeade
     const spec = header.entries[i];
     const elements = spec?.elements ?? 0;
     const moments = spec?.kind === 'param' ? 2 * elements : 0;
-    w.u8((e.entropyBits !== undefined ? 1 : 0) | (e.symbolBits !== undefined ? 2 : 0));
+    w.u8((e.entropyBits !== undefined ? 1 : 0) | (e.symbolBits !== undefined ? 2 : 0) | (e.errors ? 4 : 0));
     w.varint(e.offsets.length);
     let previous = 0;
     e.offsets.forEach((o, k) => {
@@ -66,6 +81,7 @@ export function encodeFooterBody(footer: ContainerFooter, header: ContainerHeade
     w.varint(zigzag(moments - e.keptMoments));
     if (e.entropyBits !== undefined) w.varint(asCount(e.entropyBits));
     if (e.symbolBits !== undefined) w.varint(asCount(e.symbolBits));
+    if (e.errors) for (const x of [e.errors.weight, e.errors.m, e.errors.v]) w.u8(errorCode(x));
   });
   if (hashes) {
     for (const h of hashes.tensor) writeHash(w, h);
@@ -93,7 +109,7 @@ export function decodeFooterBody(body: Uint8Array, header: ContainerHeader): Con
   let expected = 0;
   header.entries.forEach((spec) => {
     const present = r.u8();
-    if (present > 3) corrupt(`footer entry flags ${present}`);
+    if (present > 7) corrupt(`footer entry flags ${present}`);
     const count = readCount(r, 1, Number.MAX_SAFE_INTEGER, 'offset');
     const offsets: number[] = [];
     for (let k = 0; k < count; k++) {
@@ -110,6 +126,7 @@ export function decodeFooterBody(body: Uint8Array, header: ContainerHeader): Con
     };
     if (present & 1) entry.entropyBits = r.varint();
     if (present & 2) entry.symbolBits = r.varint();
+    if (present & 4) entry.errors = { weight: errorValue(r.u8()), m: errorValue(r.u8()), v: errorValue(r.u8()) };
     entries.push(entry);
   });
   if (flags & NO_HASHES) {

@@ -115,7 +115,7 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: 'clustering domain of v (log keeps relative precision; linear is the paper)' },
   { name: 'update-error', field: 'updateError', kind: 'number', min: 0, above: true, max: 4, default: 0.577, value: 'E', commands: CODING,
     conflicts: ['alpha', 'keep', 'paper'],
-    help: 'the fidelity knob: relative error of each weight update, ||dW^ - dW|| / ||dW|| (smaller: larger files, closer to the original)' },
+    help: 'the fidelity knob: relative error of each weight update, ||dW^ - dW|| / ||dW||, that sets the step of its quantiser (finer where v is large: the measured error, shown by excp inspect, is 1-1.3x E); smaller: larger files, closer to the original' },
   { name: 'keyframe', field: 'keyframe', kind: 'choice', choices: ['lossy', 'exact'], default: 'lossy', value: 'MODE', commands: CODING,
     help: "a keyframe's fp32 weights: rounded to bf16's precision, or exact" },
   { name: 'paper', kind: 'flag', commands: CODING, conflicts: ['keep', 'rule', 'update-error'],
@@ -241,3 +241,14 @@ export function resolveOptions(partial: LooseOptions = {}): CodecOptions {
 
 /** The paper's exact behaviour (for comparisons): the alpha formula, 4 bits, zero-filled pruned v, linear v codebook. */
 export const PAPER_OPTIONS: Readonly<Partial<CodecOptions>> = Object.freeze({ weightRule: 'paper', bits: 4, vFill: 'zero', vDomain: 'linear', keyframe: 'exact' });
+
+/**
+ * The method and its settings in one phrase, as inspect and chain ls say them.
+ * @param o resolved options
+ */
+export function describeMethod(o: CodecOptions): string {
+  if (o.lossless) return 'lossless';
+  if (o.weightRule === 'dither') return `update-error ${o.updateError}, keyframe ${o.keyframe}, m: beta ${o.beta}, bits ${o.bits}`;
+  const rule = o.weightRule === 'paper' || o.weightRule === undefined ? `alpha ${o.alpha}` : `${o.weightRule} rule, keep ${o.keep}`;
+  return `${rule}, beta ${o.beta}, bits ${o.bits}`;
+}

@@ -27,7 +27,8 @@ import {
   reconstructChunk, reconstructInto, restoredDigests,
 } from './reconstruct.js';
 
-export type { ChunkInput, ChunkLayout, ChunkPosition, ChunkStats, DecodedChunk, EncodedChunk, RestoredChunk } from './reconstruct.js';
+export type { ChunkInput, ChunkLayout, ChunkPosition, ChunkStats, DecodedChunk, EncodedChunk, ErrorSums, RestoredChunk } from './reconstruct.js';
+export { relativeError } from './reconstruct.js';
 
 /**
  * Code one chunk.

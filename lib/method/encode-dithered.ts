@@ -37,7 +37,7 @@ import { type ChunkCode, encodePayload } from './payload/payload.js';
 import { type DitheredWeight, MAX_INDEX, indexSymbol } from './payload/factored.js';
 import { quantizeGathered } from './quantize.js';
 import { rank1Estimate, rank1Factors } from './rank1.js';
-import { type ChunkInput, type ChunkLayout, type ChunkPosition, type EncodedChunk, pickExceptions, reconstructInto, restoredDigests } from './reconstruct.js';
+import { type ChunkInput, type ChunkLayout, type ChunkPosition, type EncodedChunk, errorSums, pickExceptions, reconstructInto, restoredDigests } from './reconstruct.js';
 import { ditheredResidual, elementSteps, residualScratch } from './reconstruct-factored.js';
 import type { SymbolCost } from './payload/streams.js';
 
@@ -146,7 +146,9 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
     movedCount = 0;
     for (let i = 0; i < n; i++) movedCount += +(moved[i] !== 0);
   }
-  return { payload, digests, baseDigest, stats: { elements: n, keptWeights: movedCount, keptMoments: kept, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits } };
+  // Measured after the digests: errorSums reads restored bytes that may sit in the reconstruct's scratch.
+  const errors = errorSums(wd, md!, input, restored, n);
+  return { payload, digests, baseDigest, stats: { elements: n, keptWeights: movedCount, keptMoments: kept, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits, errors } };
 }
 
 /**

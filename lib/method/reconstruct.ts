@@ -34,6 +34,8 @@ export interface ChunkStats {
   entropyBits?: number;
   /** Bits of the chunk's coded symbol streams, tables included (lossy chunks; 0 otherwise). */
   symbolBits?: number;
+  /** Method 2's lossy chunks: how far the restored streams are from the originals (errorSums). */
+  errors?: ErrorSums;
 }
 
 /** What the chunk codec must know about an entry. */
@@ -265,4 +267,71 @@ function decodeExactStream(coded: Uint8Array, dtype: DType, byteLength: number, 
     if (!base && e instanceof ExcpError && e.code === 'ERR_BASE_MISSING') throw new ExcpError('ERR_CORRUPT', `codec: ${e.message}`);
     throw e;
   }
+}
+
+/*
+ * How far a chunk's restored streams are from the originals, measured by the
+ * encoder (which has both) and kept in the container's footer, so that
+ * `excp inspect` can say what a container lost without the original.
+ *
+ * Sums of squares, so that chunks add up to a tensor: for the weight, the
+ * error against the update W - W_base of a residual (what --update-error
+ * budgets) or against W itself for a keyframe; for m and v, against m and v.
+ * Positions where either value is not finite are left out (they are
+ * exceptions, restored bit for bit).
+ */
+
+/** Elements converted at a time: small buffers, whatever the chunk size. */
+const BLOCK = 4096;
+
+/** Per stream (weight, m, v): the sum of squared errors and the sum of squares it is relative to. */
+export type ErrorSums = [errW: number, refW: number, errM: number, refM: number, errV: number, refV: number];
+
+const bufA = new Float32Array(BLOCK);
+const bufB = new Float32Array(BLOCK);
+const bufC = new Float32Array(BLOCK);
+
+/** Sum of (b - a)^2 and of (a - ref)^2 (ref: zero when null) over n elements of one dtype. */
+function sums(a: Uint8Array, b: Uint8Array, ref: Uint8Array | null, dtype: DType, n: number): [number, number] {
+  const eb = DTYPE_BYTES[dtype];
+  let err = 0;
+  let total = 0;
+  for (let start = 0; start < n; start += BLOCK) {
+    const k = Math.min(BLOCK, n - start);
+    const at = (bytes: Uint8Array, out: Float32Array) => toFloat32(bytes.subarray(start * eb, (start + k) * eb), dtype, out.subarray(0, k));
+    const x = at(a, bufA);
+    const y = at(b, bufB);
+    const r = ref ? at(ref, bufC) : null;
+    for (let i = 0; i < k; i++) {
+      const o = x[i]!;
+      const d = y[i]! - o;
+      const u = r ? o - r[i]! : o;
+      // Inf - Inf and NaN fail this test: such positions are exceptions, restored exactly.
+      if (d - d !== 0 || u - u !== 0) continue;
+      err += d * d;
+      total += u * u;
+    }
+  }
+  return [err, total];
+}
+
+/**
+ * The error sums of a lossy chunk.
+ * @param weightDtype dtype of the weight (and of the base)
+ * @param momentDtype dtype of both moments
+ * @param input the original chunk (base null for a keyframe)
+ * @param restored what restore gives for it
+ * @param n elements
+ */
+export function errorSums(weightDtype: DType, momentDtype: DType, input: ChunkInput, restored: RestoredChunk, n: number): ErrorSums {
+  const w = sums(input.weight, restored.weight, input.base, weightDtype, n);
+  const m = input.expAvg && restored.expAvg ? sums(input.expAvg, restored.expAvg, null, momentDtype, n) : [0, 0];
+  const v = input.expAvgSq && restored.expAvgSq ? sums(input.expAvgSq, restored.expAvgSq, null, momentDtype, n) : [0, 0];
+  return [w[0], w[1], m[0]!, m[1]!, v[0]!, v[1]!];
+}
+
+/** A relative error from its sums: sqrt(err / ref); 0 when nothing was lost, Infinity when the reference is 0 but the error is not. */
+export function relativeError(err: number, ref: number): number {
+  if (err === 0) return 0;
+  return ref > 0 ? Math.sqrt(err / ref) : Infinity;
 }

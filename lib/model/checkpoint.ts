@@ -140,6 +140,12 @@ export interface FooterEntry {
   entropyBits?: number;
   /** Bits of the entry's coded symbol streams, tables included (absent in older files). */
   symbolBits?: number;
+  /**
+   * Method 2's lossy entries (format 4 on): relative error of the restored
+   * weight (of its update, for a residual; of the weight, for a keyframe),
+   * m and v, as the encoder measured them; stored to about 2%.
+   */
+  errors?: { weight: number; m: number; v: number };
 }
 
 /** The footer: index and fingerprints. */
