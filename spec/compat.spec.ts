@@ -5,7 +5,8 @@
  * spec/fixtures/format2/ folder containers made at commit 76b6094 (format 2
  * before packs and lz variant 2), and spec/fixtures/format2/final/ containers
  * as format 2 was last written (commit bbaef7c), spec/fixtures/format3/ as
- * format 3 was written (commit 9177032, before the drift gain), each with the SHA-256 of what
+ * format 3 was written (commit 9177032, before the drift gain), spec/fixtures/format4/
+ * as format 4 is written (commit 4c913f7), each with the SHA-256 of what
  * that version restored them to.
  */
 import { test } from 'node:test';
@@ -24,6 +25,8 @@ import { decodePayload } from '../lib/method/payload/payload.js';
 import { ContainerReader } from '../lib/stream/container.js';
 import type { RestoreEvent } from '../lib/stream/codec.js';
 import { restoreBuffer, restoreToFolder } from '../lib/api/restore.js';
+import { compressBuffer, compressTo } from '../lib/api/compress.js';
+import { FORMAT_VERSION } from '../lib/core/constants.js';
 
 const dir = new URL('./fixtures/v1/', import.meta.url);
 const expected = JSON.parse(readFileSync(new URL('expected.json', dir), 'utf8')) as Record<string, { restoresTo: string; bytes: number; base: string | null } | string>;
@@ -163,6 +166,53 @@ test('format 3 file container (the tiny synthetic pair) restores to the bytes th
     for (const threads of [0, 2]) {
       const restored = await restoreBuffer(container, new Uint8Array(readFileSync(join(work, 'a.safetensors'))), { threads });
       assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo[''], `threads ${threads}`);
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
+const format4 = new URL('./fixtures/format4/', import.meta.url);
+const expected4 = JSON.parse(readFileSync(new URL('expected.json', format4), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
+
+for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
+  test(`format 4 folder container ${name} restores to the files that version gave; the writer still writes these bytes`, async () => {
+    const want = expected4[name] as { base: string | null; restoresTo: Record<string, string> };
+    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+    try {
+      const out = join(work, 'out');
+      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, format4));
+      const container = fileURLToPath(new URL(name, format4));
+      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, 4);
+      await restoreToFolder(container, out, { base, threads: 0 });
+      const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
+      assert.deepEqual(got, want.restoresTo);
+      if (FORMAT_VERSION === 4) {
+        const current = fileURLToPath(new URL(name === 'fp32-ckpt4-keyframe.excp' ? '../torch/fp32/checkpoint-4' : '../torch/fp32/checkpoint-8', format4));
+        const parts: Buffer[] = [];
+        await compressTo(current, new Writable({ write(c: Buffer, _e, cb) { parts.push(c); cb(); } }), { base, threads: 0, onNotice: () => {} });
+        assert.ok(Buffer.concat(parts).equals(readFileSync(container)), 'format 4 is still written byte for byte as pinned');
+      }
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+}
+
+test('format 4 file container (the tiny synthetic pair) restores to the bytes that version gave, and is still written as pinned', async () => {
+  const want = expected4['tiny-residual.excp'] as { restoresTo: Record<string, string> };
+  const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
+  try {
+    const p = PRESETS['tiny']!;
+    await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), join(work, 'a.safetensors'), join(work, 'b.safetensors'), { seed: 7 });
+    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', format4)));
+    const base = new Uint8Array(readFileSync(join(work, 'a.safetensors')));
+    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 4);
+    const restored = await restoreBuffer(container, base, { threads: 0 });
+    assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo['']);
+    if (FORMAT_VERSION === 4) {
+      const again = await compressBuffer(new Uint8Array(readFileSync(join(work, 'b.safetensors'))), base, { threads: 0 });
+      assert.ok(Buffer.from(again).equals(Buffer.from(container)), 'format 4 is still written byte for byte as pinned');
     }
   } finally {
     rmSync(work, { recursive: true, force: true });
