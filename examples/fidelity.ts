@@ -6,10 +6,12 @@
  * validation-loss gap, and writes an SVG chart.
  *
  *   npx tsx examples/fidelity.ts                       # defaults: 1m params, 300 steps, every 50
- *   npx tsx examples/fidelity.ts --keep 0.3 --bits 2 --beta 2 --every 50 --steps 300 --params 1m
- *   npx tsx examples/fidelity.ts --rule saliency       # weight rule: magnitude (default), saliency, paper
+ *   npx tsx examples/fidelity.ts --update-error 0.4    # method 2's fidelity knob (default 0.577)
+ *   npx tsx examples/fidelity.ts --keyframe exact      # exact fp32 keyframe weights (default: rounded to bf16)
+ *   npx tsx examples/fidelity.ts --keep 0.3 --bits 2   # method 1, pruning (the defaults before container format 3)
+ *   npx tsx examples/fidelity.ts --rule saliency       # weight rule: dither (default), magnitude, saliency, paper
  *   npx tsx examples/fidelity.ts --alpha 1e-3          # the paper's alpha rule (an explicit alpha selects it)
- *   npx tsx examples/fidelity.ts --paper               # the paper's settings: alpha rule, 4 bits, zero v fill, linear v
+ *   npx tsx examples/fidelity.ts --paper               # the paper's settings (PAPER_OPTIONS): alpha rule, 4 bits, zero v fill, linear v, exact keyframe
  *   npx tsx examples/fidelity.ts --sweep               # ratio against final loss gap over settings
  *   npx tsx examples/fidelity.ts --codec none          # harness check: identity codec, gap must be 0
  *
@@ -23,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { renderFidelityChart } from './train/chart.js';
 import { type CheckpointCodec, type CheckpointRow, type CodecSettings, type EvalPoint, type ExperimentOptions, type RunCurve, excpCodec, identityCodec, runBaseline, runCompressed, summarise } from './train/experiment.js';
 import type { TrainerOptions } from './train/trainer.js';
+import { PAPER_OPTIONS } from '../lib/core/options.js';
 
 function pct(x: number): string {
   return Number.isNaN(x) ? '   -  ' : `${(100 * x).toFixed(2).padStart(6)}%`;
@@ -44,18 +47,21 @@ const HEADER = [
 ].join(' ');
 
 /**
- * Settings tried by --sweep. The paper's alpha (5e-5) sits far below this
- * model's sqrt(mean v) (~3e-4 to 4e-3 at lr 2e-3), so its factor
- * alpha/sqrt(mean v) is ~0.01-0.2 and ~93% of residuals survive; alpha 1e-3
- * keeps ~22%. The library default keeps a fixed share (30%) by magnitude
- * and codes with 2 bits. So: the paper's rule, then the share kept against
- * bits, the saliency rule, and the paper's v handling at the defaults.
+ * Settings tried by --sweep: the defaults (method 2), its fidelity knob
+ * --update-error on both sides of the default 0.577, exact keyframes, then
+ * method 1 as it was the default before container format 3 (keep 0.3, 2
+ * bits, exact keyframes) and the paper's settings.
  */
-const PAPER: CodecSettings = { weightRule: 'paper', bits: 4, vFill: 'zero', vDomain: 'linear' };
-const SWEEP: CodecSettings[] = [
-  {}, { ...PAPER }, { ...PAPER, alpha: 1e-3 }, { ...PAPER, alpha: 1e-2 },
-  { keep: 0.2, bits: 4 }, { keep: 0.3, bits: 3 }, { keep: 0.2 }, { keep: 0.4 },
-  { weightRule: 'saliency' }, { vFill: 'zero', vDomain: 'linear' },
+const PAPER: CodecSettings = { ...PAPER_OPTIONS } as CodecSettings;
+const SWEEP: [string, CodecSettings][] = [
+  ['library defaults', {}],
+  ['updateError=0.3', { updateError: 0.3 }],
+  ['updateError=0.4', { updateError: 0.4 }],
+  ['updateError=0.72', { updateError: 0.72 }],
+  ['updateError=1', { updateError: 1 }],
+  ['keyframe=exact', { keyframe: 'exact' }],
+  ['method 1, old defaults: keep=0.3 bits=2 keyframe=exact', { keep: 0.3, bits: 2, keyframe: 'exact' }],
+  ['paper (PAPER_OPTIONS)', PAPER],
 ];
 
 function describeSettings(s: CodecSettings): string {
@@ -68,6 +74,7 @@ async function main(): Promise<void> {
     options: {
       alpha: { type: 'string' }, beta: { type: 'string' }, bits: { type: 'string' },
       rule: { type: 'string' }, keep: { type: 'string' }, paper: { type: 'boolean', default: false },
+      'update-error': { type: 'string' }, keyframe: { type: 'string' },
       every: { type: 'string', default: '50' }, steps: { type: 'string', default: '300' }, params: { type: 'string', default: '1m' },
       batch: { type: 'string' }, lr: { type: 'string' }, seed: { type: 'string' }, 'eval-samples': { type: 'string' },
       sweep: { type: 'boolean', default: false }, svg: { type: 'string', default: 'runs/fidelity.svg' },
@@ -89,7 +96,8 @@ async function main(): Promise<void> {
   if (seed !== undefined) trainer.seed = seed;
   const evalSamples = num('eval-samples', values['eval-samples']);
   if (evalSamples !== undefined) trainer.evalSamples = evalSamples;
-  const settings: CodecSettings = {};
+  // --paper: the paper's method throughout (the library's PAPER_OPTIONS); flags given with it override.
+  const settings: CodecSettings = values.paper ? { ...PAPER } : {};
   const alpha = num('alpha', values.alpha);
   if (alpha !== undefined) settings.alpha = alpha;
   const beta = num('beta', values.beta);
@@ -97,16 +105,16 @@ async function main(): Promise<void> {
   const bits = num('bits', values.bits);
   if (bits !== undefined) settings.bits = bits;
   if (values.rule !== undefined) {
-    if (values.rule !== 'paper' && values.rule !== 'magnitude' && values.rule !== 'saliency') throw new Error(`fidelity: --rule '${values.rule}' is not paper, magnitude or saliency`);
+    if (values.rule !== 'dither' && values.rule !== 'paper' && values.rule !== 'magnitude' && values.rule !== 'saliency') throw new Error(`fidelity: --rule '${values.rule}' is not dither, paper, magnitude or saliency`);
     settings.weightRule = values.rule;
   }
   const keep = num('keep', values.keep);
   if (keep !== undefined) settings.keep = keep;
-  // --paper: the paper's method throughout (alpha formula, zero-filled pruned v, linear v codebook).
-  if (values.paper) {
-    settings.vFill = 'zero';
-    settings.vDomain = 'linear';
-    if (values.rule === undefined) settings.weightRule = 'paper';
+  const updateError = num('update-error', values['update-error']);
+  if (updateError !== undefined) settings.updateError = updateError;
+  if (values.keyframe !== undefined) {
+    if (values.keyframe !== 'lossy' && values.keyframe !== 'exact') throw new Error(`fidelity: --keyframe '${values.keyframe}' is not lossy or exact`);
+    settings.keyframe = values.keyframe;
   }
   const experiment: ExperimentOptions = { trainer, steps: num('steps', values.steps)!, every: num('every', values.every)! };
   const codecFor = (s: CodecSettings): CheckpointCodec => (values.codec === 'none' ? identityCodec : excpCodec(s));
@@ -117,13 +125,15 @@ async function main(): Promise<void> {
 
   if (values.sweep) {
     console.log('\nsweep: aggregate ratio over residual checkpoints against final validation-loss gap');
-    console.log(`${'settings'.padEnd(62)} keyframe  residual  mean ratio  W kept   final val     gap`);
-    for (const s of SWEEP.map((x) => ({ ...x, ...settings }))) {
+    console.log(`${'settings'.padEnd(62)} keyframe  residual  mean ratio  W kept  W relerr  final val     gap`);
+    for (const [label, x] of SWEEP) {
+      const s = { ...x, ...settings };
       const run = await runCompressed(experiment, codecFor(s));
       const sum = summarise(baseline, run);
       const residual = run.checkpoints.filter((r) => r.kind === 'residual');
-      const kept = residual.reduce((t, r) => t + r.weightsKept, 0) / residual.length;
-      console.log(`${describeSettings(s).padEnd(62)} ${sum.keyframeRatio.toFixed(1).padStart(8)}x ${sum.residualRatio.toFixed(1).padStart(8)}x ${sum.meanResidualRatio.toFixed(1).padStart(10)}x ${pct(kept)} ${sum.compressedValidation.toFixed(4).padStart(11)} ${pct(sum.finalGap)}`);
+      const mean = (f: (r: CheckpointRow) => number) => residual.reduce((t, r) => t + f(r), 0) / residual.length;
+      const name = Object.keys(settings).length ? `${label} + ${describeSettings(settings)}` : label;
+      console.log(`${name.padEnd(62)} ${sum.keyframeRatio.toFixed(1).padStart(8)}x ${sum.residualRatio.toFixed(1).padStart(8)}x ${sum.meanResidualRatio.toFixed(1).padStart(10)}x ${pct(mean((r) => r.weightsKept))} ${mean((r) => r.weightError).toExponential(2).padStart(9)} ${sum.compressedValidation.toFixed(4).padStart(10)} ${pct(sum.finalGap)}`);
     }
     return;
   }

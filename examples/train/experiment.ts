@@ -19,10 +19,14 @@ export interface CodecSettings {
   alpha?: number;
   beta?: number;
   bits?: number;
-  weightRule?: 'paper' | 'magnitude' | 'saliency';
+  weightRule?: 'dither' | 'paper' | 'magnitude' | 'saliency';
   keep?: number;
   vFill?: 'mean' | 'zero';
   vDomain?: 'log' | 'linear';
+  /** Method 2 (rule `dither`): relative error of each weight update. */
+  updateError?: number;
+  /** A keyframe's fp32 weights: rounded to bf16's precision (`lossy`) or `exact`. */
+  keyframe?: 'lossy' | 'exact';
   /** Code everything exactly: the loop must then reproduce the baseline bit for bit. */
   lossless?: boolean;
 }
