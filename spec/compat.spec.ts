@@ -98,123 +98,67 @@ for (const name of ['bf16-ckpt8-lossless.excp', 'fp32-ckpt8-vs-4.excp']) {
   });
 }
 
-const final2 = new URL('./fixtures/format2/final/', import.meta.url);
-const expectedFinal = JSON.parse(readFileSync(new URL('expected.json', final2), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
 
-for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
-  test(`format 2 folder container ${name}, as format 2 was last written, restores to the files that version gave`, async () => {
-    const want = expectedFinal[name] as { base: string | null; restoresTo: Record<string, string> };
-    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
-    try {
-      const out = join(work, 'out');
-      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, final2));
-      const container = fileURLToPath(new URL(name, final2));
-      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, 2);
-      await restoreToFolder(container, out, { base, threads: 0 });
-      const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
-      assert.deepEqual(got, want.restoresTo);
-    } finally {
-      rmSync(work, { recursive: true, force: true });
-    }
-  });
-}
+/**
+ * The same three containers of each later format: the fp32 fixture folder
+ * (a residual and a keyframe) and the tiny synthetic pair, each with the
+ * SHA-256 of what the version that wrote them restored. The format being
+ * written must also still be written byte for byte.
+ */
+const GENERATIONS = [
+  { dir: new URL('./fixtures/format2/final/', import.meta.url), version: 2, what: 'as format 2 was last written (commit bbaef7c)' },
+  { dir: new URL('./fixtures/format3/', import.meta.url), version: 3, what: 'format 3 (commit 9177032: method 2 without the drift gain)' },
+  { dir: new URL('./fixtures/format4/', import.meta.url), version: 4, what: 'format 4 (commit 4c913f7)' },
+];
 
-test('format 2 file container (the tiny synthetic pair), as format 2 was last written, restores to the bytes that version gave', async () => {
-  const want = expectedFinal['tiny-residual.excp'] as { restoresTo: Record<string, string> };
+type Want = { base: string | null; restoresTo: Record<string, string> };
+
+async function inWork<T>(use: (work: string) => Promise<T>): Promise<T> {
   const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
   try {
-    const p = PRESETS['tiny']!;
-    await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), join(work, 'a.safetensors'), join(work, 'b.safetensors'), { seed: 7 });
-    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', final2)));
-    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 2);
-    const restored = await restoreBuffer(container, new Uint8Array(readFileSync(join(work, 'a.safetensors'))), { threads: 0 });
-    assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo['']);
+    return await use(work);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
-});
-
-const format3 = new URL('./fixtures/format3/', import.meta.url);
-const expected3 = JSON.parse(readFileSync(new URL('expected.json', format3), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
-
-for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
-  test(`format 3 folder container ${name} (method 2 without the drift gain) restores to the files that version gave`, async () => {
-    const want = expected3[name] as { base: string | null; restoresTo: Record<string, string> };
-    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
-    try {
-      const out = join(work, 'out');
-      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, format3));
-      const container = fileURLToPath(new URL(name, format3));
-      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, 3);
-      await restoreToFolder(container, out, { base, threads: 0 });
-      const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
-      assert.deepEqual(got, want.restoresTo);
-    } finally {
-      rmSync(work, { recursive: true, force: true });
-    }
-  });
 }
 
-test('format 3 file container (the tiny synthetic pair) restores to the bytes that version gave, in the calling thread and on workers', async () => {
-  const want = expected3['tiny-residual.excp'] as { restoresTo: Record<string, string> };
-  const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
-  try {
-    const p = PRESETS['tiny']!;
-    await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), join(work, 'a.safetensors'), join(work, 'b.safetensors'), { seed: 7 });
-    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', format3)));
-    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 3);
-    for (const threads of [0, 2]) {
-      const restored = await restoreBuffer(container, new Uint8Array(readFileSync(join(work, 'a.safetensors'))), { threads });
-      assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo[''], `threads ${threads}`);
-    }
-  } finally {
-    rmSync(work, { recursive: true, force: true });
-  }
-});
+for (const { dir, version, what } of GENERATIONS) {
+  const expectedOf = JSON.parse(readFileSync(new URL('expected.json', dir), 'utf8')) as Record<string, Want | string>;
+  const pinned = version === FORMAT_VERSION;
 
-const format4 = new URL('./fixtures/format4/', import.meta.url);
-const expected4 = JSON.parse(readFileSync(new URL('expected.json', format4), 'utf8')) as Record<string, { base: string | null; restoresTo: Record<string, string> } | string>;
-
-for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
-  test(`format 4 folder container ${name} restores to the files that version gave; the writer still writes these bytes`, async () => {
-    const want = expected4[name] as { base: string | null; restoresTo: Record<string, string> };
-    const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
-    try {
+  for (const name of ['fp32-ckpt8-vs-4.excp', 'fp32-ckpt4-keyframe.excp']) {
+    test(`format ${version} folder container ${name}, ${what}, restores to the files that version gave${pinned ? '; the writer still writes these bytes' : ''}`, () => inWork(async (work) => {
+      const want = expectedOf[name] as Want;
       const out = join(work, 'out');
-      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, format4));
-      const container = fileURLToPath(new URL(name, format4));
-      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, 4);
+      const base = want.base === null ? undefined : fileURLToPath(new URL(want.base, dir));
+      const container = fileURLToPath(new URL(name, dir));
+      assert.equal(readPreambleInfo(new Uint8Array(readFileSync(container)).subarray(0, 16)).version, version);
       await restoreToFolder(container, out, { base, threads: 0 });
       const got = Object.fromEntries(readdirSync(out).sort().map((f) => [f, createHash('sha256').update(readFileSync(join(out, f))).digest('hex')]));
       assert.deepEqual(got, want.restoresTo);
-      if (FORMAT_VERSION === 4) {
-        const current = fileURLToPath(new URL(name === 'fp32-ckpt4-keyframe.excp' ? '../torch/fp32/checkpoint-4' : '../torch/fp32/checkpoint-8', format4));
+      if (pinned) {
+        const current = fileURLToPath(new URL(`../torch/fp32/${name === 'fp32-ckpt4-keyframe.excp' ? 'checkpoint-4' : 'checkpoint-8'}`, dir));
         const parts: Buffer[] = [];
         await compressTo(current, new Writable({ write(c: Buffer, _e, cb) { parts.push(c); cb(); } }), { base, threads: 0, onNotice: () => {} });
-        assert.ok(Buffer.concat(parts).equals(readFileSync(container)), 'format 4 is still written byte for byte as pinned');
+        assert.ok(Buffer.concat(parts).equals(readFileSync(container)), `format ${version} is still written byte for byte as pinned`);
       }
-    } finally {
-      rmSync(work, { recursive: true, force: true });
-    }
-  });
-}
+    }));
+  }
 
-test('format 4 file container (the tiny synthetic pair) restores to the bytes that version gave, and is still written as pinned', async () => {
-  const want = expected4['tiny-residual.excp'] as { restoresTo: Record<string, string> };
-  const work = mkdtempSync(join(tmpdir(), 'excp-compat-'));
-  try {
+  test(`format ${version} file container (the tiny synthetic pair), ${what}, restores to the bytes that version gave, in the calling thread and on workers${pinned ? '; still written as pinned' : ''}`, () => inWork(async (work) => {
+    const want = expectedOf['tiny-residual.excp'] as Want;
     const p = PRESETS['tiny']!;
     await writeSyntheticPair(neoxParams(p.d, p.layers, p.vocab), join(work, 'a.safetensors'), join(work, 'b.safetensors'), { seed: 7 });
-    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', format4)));
+    const container = new Uint8Array(readFileSync(new URL('tiny-residual.excp', dir)));
     const base = new Uint8Array(readFileSync(join(work, 'a.safetensors')));
-    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, 4);
-    const restored = await restoreBuffer(container, base, { threads: 0 });
-    assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo['']);
-    if (FORMAT_VERSION === 4) {
-      const again = await compressBuffer(new Uint8Array(readFileSync(join(work, 'b.safetensors'))), base, { threads: 0 });
-      assert.ok(Buffer.from(again).equals(Buffer.from(container)), 'format 4 is still written byte for byte as pinned');
+    assert.equal(readPreambleInfo(container.subarray(0, 16)).version, version);
+    for (const threads of [0, 2]) {
+      const restored = await restoreBuffer(container, base, { threads });
+      assert.equal(createHash('sha256').update(restored).digest('hex'), want.restoresTo[''], `threads ${threads}`);
     }
-  } finally {
-    rmSync(work, { recursive: true, force: true });
-  }
-});
+    if (pinned) {
+      const again = await compressBuffer(new Uint8Array(readFileSync(join(work, 'b.safetensors'))), base, { threads: 0 });
+      assert.ok(Buffer.from(again).equals(Buffer.from(container)), `format ${version} is still written byte for byte as pinned`);
+    }
+  }));
+}

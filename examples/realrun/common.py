@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -18,19 +19,20 @@ from torch.nn import functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
-FROZEN_CLI = "/work/excp-frozen-dist/lib/cli.js"
 
 
 # ---------------------------------------------------------------- excp CLI
 
 def excp_command(explicit=None):
-    """The excp command line: --excp, else $EXCP, else <repo>/dist/lib/cli.js,
-    else the frozen build."""
+    """The excp command line: --excp, else $EXCP, else <repo>/dist/lib/cli.js
+    (built by npm ci). To compare versions, point --excp at another build."""
     cmd = explicit or os.environ.get("EXCP")
     if cmd:
         return shlex.split(cmd)
     local = os.path.join(REPO, "dist", "lib", "cli.js")
-    return ["node", local if os.path.exists(local) else FROZEN_CLI]
+    if not os.path.exists(local):
+        sys.exit("excp is not built: run npm ci (or npm run build) in %s, or pass --excp" % REPO)
+    return ["node", local]
 
 
 def run_excp(cmd, args, capture=False):

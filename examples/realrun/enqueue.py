@@ -13,7 +13,7 @@ sep = argv.index("--")
 opts, args = argv[:sep], argv[sep + 1:]
 name = opts[0]
 front = "--front" in opts
-cmd = shlex.join(["/work/venv/bin/python", "examples/realrun/run.py"] + args + ["--out", "runs/res/%s.json" % name])
+cmd = shlex.join([sys.executable, "examples/realrun/run.py"] + args + ["--out", "runs/res/%s.json" % name])
 q = os.path.join(repo, "runs", "queue.txt")
 with open(q + ".lock", "a") as lk:
     fcntl.flock(lk, fcntl.LOCK_EX)

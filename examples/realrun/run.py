@@ -63,7 +63,7 @@ def parse(argv=None):
     ap.add_argument("--codec", default="none")
     ap.add_argument("--excp-args", default="")
     ap.add_argument("--sim-args", default="", help="JSON object passed to the sim codec")
-    ap.add_argument("--excp", default=None, help="excp command (default: $EXCP, else node <repo>/dist/lib/cli.js, else the frozen build)")
+    ap.add_argument("--excp", default=None, help="excp command (default: $EXCP, else node <repo>/dist/lib/cli.js)")
     ap.add_argument("--first", default="keyframe", choices=["keyframe", "init"],
                     help="first checkpoint: a keyframe (no base), or a residual against the saved initialisation")
     ap.add_argument("--lossy-streams", default="w,m,v")

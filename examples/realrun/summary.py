@@ -2,6 +2,7 @@
 
   python examples/realrun/summary.py runs/res/*.json [--md OUT.md] [--svg OUT.svg --curves a.json,b.json]
   python examples/realrun/summary.py runs/res/*.json --group   # mean +- sd over seeds of the same cell
+  (files may be gzipped: examples/realrun/results/*.json.gz)
 
 The table: codec and options, seeds, ratio per residual (sum raw / sum
 container over the residual checkpoints, keyframes excluded), the final
@@ -10,6 +11,7 @@ largest and the first val-loss jump at a restore (% of the in-loop run's own
 val loss just before compression), and the mean relative errors.
 """
 import argparse
+import gzip
 import json
 import math
 import os
@@ -20,7 +22,8 @@ def load(paths):
     out = []
     for p in paths:
         try:
-            with open(p) as f:
+            # results/ keeps them gzipped
+            with (gzip.open(p, "rt") if p.endswith(".gz") else open(p)) as f:
                 r = json.load(f)
         except (OSError, ValueError):
             continue
