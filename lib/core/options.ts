@@ -119,7 +119,7 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
   { name: 'keyframe', field: 'keyframe', kind: 'choice', choices: ['lossy', 'exact'], default: 'lossy', value: 'MODE', commands: CODING,
     help: "a keyframe's fp32 weights: rounded to bf16's precision, or exact" },
   { name: 'paper', kind: 'flag', commands: CODING, conflicts: ['keep', 'rule', 'update-error'],
-    help: "the paper's choices: its weight rule (alpha 5e-5), 4 bits, pruned v restores as 0, linear v codebook" },
+    help: "the paper's choices (method 1): its weight rule (alpha 5e-5), 4 bits, pruned v restores as 0, linear v codebook, exact keyframes" },
   { name: 'base', kind: 'string', value: 'BASE', commands: ['compress', 'restore', 'verify'],
     help: 'the previous (restored) checkpoint, file or folder; compress without it makes a keyframe' },
   { name: 'rank', kind: 'integer', min: 0, max: 1_000_000, value: 'R', commands: ['compress', 'restore'],
@@ -210,10 +210,12 @@ export function valueFits(spec: OptionSpec, value: unknown): boolean {
 const METHOD_ROWS = OPTIONS.filter((o): o is OptionSpec & { field: keyof CodecOptions } => o.field !== undefined);
 
 /**
- * The method's defaults, from the table. The default weight rule keeps a
- * fixed share of dW (30%) whatever the gradient scale, and codes with 2 bits
- * (3 centers); beta is the paper's; alpha is the paper's, used only by its
- * rule. README, "Fidelity".
+ * The method's defaults, from the table: method 2 (weightRule 'dither'),
+ * the weight update restored without bias at a relative error of
+ * updateError, m kept as Adam's step where it is above beta times its mean
+ * with 2 bits (3 centers), lossy keyframes. keep, alpha, vFill and vDomain
+ * are method 1's, used only when it is asked for. README, "Fidelity on
+ * real PyTorch runs".
  */
 export const DEFAULT_OPTIONS: Readonly<CodecOptions> = Object.freeze(
   Object.fromEntries(METHOD_ROWS.map((o) => [o.field, o.default])) as unknown as CodecOptions,
