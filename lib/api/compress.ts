@@ -17,6 +17,7 @@ import { planHeader } from '../model/plan.js';
 import { openCheckpoint } from '../formats/registry.js';
 import { SafetensorsMemory } from '../formats/safetensors-file.js';
 import { ChunkEncoder } from '../stream/codec.js';
+import { resolveResources } from '../pool/budget.js';
 import { ContainerWriter, type TensorHashes } from '../stream/container.js';
 import { ChunkSource } from '../stream/source.js';
 
@@ -24,8 +25,13 @@ import { ChunkSource } from '../stream/source.js';
 export interface CompressOptions extends LooseOptions {
   /** Base checkpoint: a path, or the file's bytes. Absent: a keyframe. */
   base?: string | Uint8Array | undefined;
-  /** Worker threads (default: all cores; 0 = in the calling thread). */
-  threads?: number | undefined;
+  /**
+   * Worker threads: 'auto' (the default: all cores the memory budget feeds,
+   * none for a small checkpoint), 0 (the calling thread) or 1 to 4 per core.
+   */
+  threads?: number | 'auto' | undefined;
+  /** Memory budget for everything in flight: bytes, or a size like '256M' or '1G' (default 256M). */
+  memory?: number | string | undefined;
   /** Called as chunks are coded, with input bytes done and total. */
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
@@ -46,13 +52,18 @@ export function planFor(current: Checkpoint, base: Checkpoint | null, options: C
  * @param current the checkpoint (random access)
  * @param base the base, or null
  * @param options validated options
- * @param threads worker threads, or 'auto' (all cores, none for a small checkpoint)
+ * @param threads worker threads, or 'auto' (all cores the budget feeds, none for a small checkpoint)
+ * @param onProgress called with checkpoint bytes coded and in all
+ * @param hashes per-tensor hashes in the footer
+ * @param memory the memory budget (bytes or a size; default 256M)
+ * @returns the bytes, the header, and `done`: settles once every stage ended and the workers stopped
+ *   (destroy the stream and await it before closing the checkpoints: the workers read their files)
  */
 export function compressReadable(current: Checkpoint, base: Checkpoint | null, options: CodecOptions, threads: number | 'auto',
-  onProgress?: (done: number, total: number) => void, hashes: TensorHashes = 'auto'): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
+  onProgress?: (done: number, total: number) => void, hashes: TensorHashes = 'auto', memory?: number | string): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
   const header = planFor(current, base, options);
   const source = new ChunkSource(header, current, base);
-  const encoder = new ChunkEncoder(header, { threads });
+  const encoder = new ChunkEncoder(header, { threads, memory, bytesOnMain: !source.positional });
   const writer = new ContainerWriter(header, hashes);
   if (onProgress) {
     // Progress in checkpoint bytes: an entry's chunk covers its elements in every member tensor.
@@ -77,6 +88,7 @@ export function compressReadable(current: Checkpoint, base: Checkpoint | null, o
  */
 async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions): AsyncGenerator<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
+  const { threads } = resolveResources(options);
   const spooled = typeof input === 'string' ? null : await spoolToFile(input, options.tmp ?? tmpdir());
   let base: Checkpoint | null = null;
   let current: Checkpoint | null = null;
@@ -86,9 +98,15 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
       if (spooled && e instanceof ExcpError) throw new ExcpError(e.code, e.message.replace(spooled.path, '<input>'));
       throw e;
     });
-    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes);
-    for await (const chunk of stream) yield chunk as Uint8Array;
-    await done;
+    const { stream, done } = compressReadable(current, base, codec, threads, options.onProgress, options.tensorHashes, options.memory);
+    try {
+      for await (const chunk of stream) yield chunk as Uint8Array;
+      await done;
+    } finally {
+      // Stopped early (an error downstream): the workers must stop reading before the files close.
+      stream.destroy();
+      await done.catch(() => undefined);
+    }
   } finally {
     await current?.close();
     await base?.close();
@@ -97,7 +115,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, ...rest } = o;
+  const { base: _b, threads: _t, memory: _y, onProgress: _p, paramMap: _m, tensorHashes: _h, tmp: _d, ...rest } = o;
   return rest;
 }
 
@@ -106,10 +124,12 @@ function stripRuntime(o: CompressOptions): LooseOptions {
  * The input is spooled to a temporary file (bounded memory).
  * @param options method options and the base
  * @returns a Duplex for stream.pipeline
- * @throws ExcpError ERR_OUT_OF_RANGE for a bad option, at once
+ * @throws ExcpError ERR_OUT_OF_RANGE for a bad option (threads and memory included), at once
  */
 export function compress(options: CompressOptions = {}): Duplex {
-  resolveOptions(stripRuntime(options)); // bad options throw here, not later inside the stream
+  // Bad options throw here, not later inside the stream.
+  resolveOptions(stripRuntime(options));
+  resolveResources(options);
   return Duplex.from((source: AsyncIterable<Uint8Array>) => compressedBytes(source, options));
 }
 
@@ -122,9 +142,10 @@ export function compress(options: CompressOptions = {}): Duplex {
  */
 export async function compressBuffer(current: Uint8Array, base?: Uint8Array, options: Omit<CompressOptions, 'base'> = {}): Promise<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
+  const { threads } = resolveResources(options, 0);
   const cur = new SafetensorsMemory(current, '<current>');
   const b = base ? new SafetensorsMemory(base, '<base>') : null;
-  const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0, options.onProgress, options.tensorHashes);
+  const { stream, done } = compressReadable(cur, b, codec, threads, options.onProgress, options.tensorHashes, options.memory);
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c as Uint8Array);
   await done;
@@ -135,8 +156,11 @@ export async function compressBuffer(current: Uint8Array, base?: Uint8Array, opt
  * Compress a file (or stdin when input is undefined) into a writable.
  * @param input checkpoint path (file or folder), or undefined for stdin
  * @param out where the container bytes go (not ended)
- * @param options method options, base, threads, progress
+ * @param options method options, base, threads, memory, progress
+ * @throws ExcpError ERR_OUT_OF_RANGE for a bad option, before anything is read
  */
 export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {
+  resolveOptions(stripRuntime(options));
+  resolveResources(options);
   await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options)), out, { end: false });
 }

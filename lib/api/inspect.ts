@@ -128,11 +128,12 @@ export function formatInspect(r: InspectReport): string {
  * Check every CRC, the base, and the restored fingerprint without writing anything.
  * @param path container file
  * @param base base checkpoint path, when the container needs one
- * @param threads worker threads
+ * @param threads worker threads (default 'auto')
+ * @param memory memory budget (default 256M)
  */
-export async function verifyContainer(path: string, base: string | undefined, threads?: number): Promise<{ chunks: number; base: boolean; target: string }> {
+export async function verifyContainer(path: string, base: string | undefined, threads?: number | 'auto', memory?: number | string): Promise<{ chunks: number; base: boolean; target: string }> {
   const { header, footer } = await readContainerFile(path);
-  await verifyContainerFile(path, { base, threads });
+  await verifyContainerFile(path, { base, threads, memory });
   const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
   return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
 }

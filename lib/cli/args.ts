@@ -5,8 +5,9 @@
  * missing or bad value and conflicting flags are usage errors (exit 2) that
  * name the flag, never a field of the library.
  */
+import { availableParallelism } from 'node:os';
 import { ExcpError } from '../core/errors.js';
-import { COMMANDS, type Command, OPTIONS, type OptionSpec, describeRange, optionNamed, valueFits } from '../core/options.js';
+import { COMMANDS, type Command, OPTIONS, type OptionSpec, describeRange, optionNamed, parseSize, valueFits } from '../core/options.js';
 
 /** A parsed command line. */
 export interface CommandLine {
@@ -82,7 +83,7 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
       continue;
     }
     const text = eq > 0 ? arg.slice(eq + 1) : rest[++i];
-    if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec)})`);
+    if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec, availableParallelism())})`);
     values.set(spec.name, parseValue(spec, flag, text, command));
   }
   for (const name of values.keys()) {
@@ -93,11 +94,20 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
   return { command, positional, values };
 }
 
+/**
+ * A flag's value as its row types it: a number (a size in bytes), one of
+ * the row's words (`auto`), or the text.
+ */
 function parseValue(spec: OptionSpec, flag: string, text: string, command: Command | null): string | number {
   let value: string | number = text;
-  if (spec.kind === 'number' || spec.kind === 'integer') {
+  if (spec.words?.includes(text)) {
+    value = text;
+  } else if (spec.kind === 'number' || spec.kind === 'integer') {
     value = text.trim() === '' ? NaN : Number(text);
+  } else if (spec.kind === 'size') {
+    value = parseSize(text);
   }
-  if (!valueFits(spec, value)) throw usage(command, `${flag} must be ${describeRange(spec)}, got '${text}'`);
+  const cores = availableParallelism();
+  if (!valueFits(spec, value, cores)) throw usage(command, `${flag} must be ${describeRange(spec, cores)}, got '${text}'`);
   return value;
 }

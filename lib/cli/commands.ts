@@ -67,7 +67,7 @@ async function compressCommand(line: CommandLine): Promise<number> {
   const paramMap = await paramMapOf(line);
   await toOutput(text(line, 'output'), [input, base], line.values.has('force'), async (out) => {
     await compressTo(input, out, {
-      base, threads: num(line, 'threads'),
+      base, threads: num(line, 'threads'), memory: num(line, 'memory'),
       ...codecOptions(line),
       onProgress: progress(!line.values.has('quiet'), 'compress'),
       paramMap,
@@ -80,7 +80,7 @@ async function restoreCommand(line: CommandLine): Promise<number> {
   const given = inputOf(line);
   const target = text(line, 'output');
   const base = text(line, 'base');
-  const options = { base, threads: num(line, 'threads'), onProgress: progress(!line.values.has('quiet'), 'restore') };
+  const options = { base, threads: num(line, 'threads'), memory: num(line, 'memory'), onProgress: progress(!line.values.has('quiet'), 'restore') };
   if (target === undefined || target === '-') {
     await restoreTo(given, process.stdout, options);
     return EXIT.ok;
@@ -108,7 +108,7 @@ async function inspectCommand(line: CommandLine): Promise<number> {
 
 async function verifyCommand(line: CommandLine): Promise<number> {
   const [input] = positionals(line, 1, 1, 'a container file: verify IN');
-  const result = await verifyContainer(input!, text(line, 'base'), num(line, 'threads'));
+  const result = await verifyContainer(input!, text(line, 'base'), num(line, 'threads'), num(line, 'memory'));
   await printOut(`${input}: ok (${result.chunks} chunks checked${result.base ? ', base fingerprint matches' : ''}; restores to fingerprint ${result.target})\n`);
   return EXIT.ok;
 }

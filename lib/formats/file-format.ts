@@ -11,7 +11,7 @@
  * (lib/stream/writer.ts).
  */
 import type { FileKind } from '../container/kinds.js';
-import type { FileSpec, TensorSpec } from '../model/checkpoint.js';
+import type { FileRange, FileSpec, TensorSpec } from '../model/checkpoint.js';
 
 /** A run of a skeleton tensor's bytes: [at, at + length) of the tensor goes to [offset, offset + length) of the file. */
 export interface Segment {
@@ -35,10 +35,19 @@ export interface FilePlacement {
    * The last step, after every byte was written and the fingerprints
    * checked, for a file that is not final as written (a torch.save zip,
    * whose CRC fields must follow its restored storages): the file was
-   * written as `raw`, and this writes `finalPath` from it (or renames it
-   * there). Absent: the written file is final.
+   * written as `raw`, and this makes `finalPath` from it (patching it in
+   * place and renaming it there). Absent: the written file is final.
    */
-  finish?: (raw: { fd: number; path: string }, finalPath: string) => void;
+  finish?: (raw: { fd: number; path: string }, finalPath: string, tools: FinishTools) => Promise<void> | void;
+}
+
+/** What the restore writer lends a finishing step: work spread over its threads. */
+export interface FinishTools {
+  /**
+   * The CRC-32 of the concatenation of file ranges, computed by a worker
+   * (calls run in parallel, up to the restore's threads).
+   */
+  crc32(ranges: readonly FileRange[]): Promise<number>;
 }
 
 /** A file kind: its container records and its restore. */

@@ -30,7 +30,7 @@ import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount, toFloat32 } from '
 import { ExcpError } from '../core/errors.js';
 import { type ParamMapping, mapParams } from './torch/param-map.js';
 import { isSafeRelativePath } from '../container/validate.js';
-import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
+import type { Checkpoint, CheckpointFile, FileRange, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
 import { type TorchLayout, skeletonSegments } from './torch-kind.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
@@ -218,6 +218,20 @@ export class FolderCheckpoint implements Checkpoint {
       if (from < to) out.set(readAt(source.fd, s.offset + from - s.at, to - from), from - start);
     }
     return out;
+  }
+
+  /** The file ranges of bytes [start, end) of a virtual tensor (see {@link Checkpoint.tensorRanges}). */
+  tensorRanges(info: TensorInfo, start: number, end: number): FileRange[] {
+    const source = this.sources.get(info.name);
+    if (!source) throw new ExcpError('ERR_BAD_HEADER', `folder: ${this.path}: no tensor '${info.name}'`);
+    if ('offset' in source) return [{ fd: source.fd, position: source.offset + start, length: end - start }];
+    const ranges: FileRange[] = [];
+    for (const s of source.segments) {
+      const from = Math.max(start, s.at);
+      const to = Math.min(end, s.at + s.length);
+      if (from < to) ranges.push({ fd: source.fd, position: s.offset + from - s.at, length: to - from });
+    }
+    return ranges;
   }
 
   async close(): Promise<void> {

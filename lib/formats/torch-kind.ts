@@ -11,17 +11,17 @@
  * restored (possibly lossy) tensors are recomputed
  * (lib/formats/torch/serialization.ts); every other byte is carried through.
  */
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import { fsyncSync, renameSync, writeSync } from 'node:fs';
 import type { ByteReader, ByteWriter } from '../core/bytes.js';
-import { crc32 } from '../core/crc32.js';
 import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { readIndices, readJson, readString, writeIndices, writeString } from '../container/fields.js';
 import { readExactlySync } from '../io/read.js';
 import type { FileSpec, TensorSpec } from '../model/checkpoint.js';
 import { isByteVector } from './blob.js';
-import type { FileFormat, FilePlacement, Segment } from './file-format.js';
-import { type TorchStorage, readTorchCheckpoint, rewriteTorchCheckpoint } from './torch/serialization.js';
+import type { FileFormat, FilePlacement, FinishTools, Segment } from './file-format.js';
+import { type TorchStorage, readTorchCheckpoint } from './torch/serialization.js';
+import { zipCrcPatches } from './torch/zip-rewrite.js';
 
 /** A torch file's layout: its size and the byte offset of each cut tensor (after the skeleton in `tensors`). */
 export interface TorchLayout {
@@ -104,7 +104,7 @@ export const torchKind: FileFormat = {
         { tensor: file.tensors[0]!, target: { segments: skeletonSegments(layout.size, ranges) } },
         ...ranges.map((r) => ({ tensor: r.tensor, target: { offset: r.offset } })),
       ],
-      finish: (raw, finalPath) => fixTorchFile(raw, finalPath, layout.size, ranges),
+      finish: (raw, finalPath, tools) => fixTorchFile(raw, finalPath, layout.size, ranges, tools),
     };
   },
 
@@ -115,46 +115,36 @@ export const torchKind: FileFormat = {
 
 /**
  * A torch.save file with recomputed CRCs for the storages that hold restored
- * tensors (moments or weights); every other byte as written. When every such
- * storage still has its recorded CRC (exact tensors: a keyframe's weights,
- * --lossless), the raw file is the original file and is renamed into place
- * instead of copied (a pytorch_model.bin can be most of a checkpoint).
+ * tensors (moments or weights); every other byte as written. The raw file
+ * already holds every byte of the final file but those CRC fields, so they
+ * are patched in place (the zip rewrite's bytes, lib/formats/torch/zip-rewrite.ts)
+ * and the file renamed into place: no copy. The storages' CRCs are computed
+ * by the restore's workers, one job per storage, in parallel; when every
+ * such storage still has its recorded CRC (exact tensors: a keyframe's
+ * weights, --lossless), nothing is patched.
  */
-function fixTorchFile(raw: { fd: number; path: string }, finalPath: string, size: number, ranges: readonly { offset: number; length: number }[]): void {
+async function fixTorchFile(raw: { fd: number; path: string }, finalPath: string, size: number,
+  ranges: readonly { offset: number; length: number }[], tools: FinishTools): Promise<void> {
   const readAt = (offset: number, length: number): Uint8Array => readExactlySync(raw.fd, offset, length, `restore: ${finalPath}`);
   const checkpoint = readTorchCheckpoint(size, readAt);
-  const replacements = new Map<string, () => Iterable<Uint8Array>>();
   const storages = [...checkpoint.storages.values()];
-  const step = 4 * 1024 * 1024;
-  const chunksOf = (s: TorchStorage) => function* (): Iterable<Uint8Array> {
-    for (let at = 0; at < s.entry.size; at += step) yield readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at));
-  };
-  const checked = new Set<string>();
+  const touched = new Map<string, TorchStorage>();
   for (const r of ranges) {
     if (r.length === 0) continue;
     const s = storages.find((x) => r.offset >= x.entry.dataOffset && r.offset + r.length <= x.entry.dataOffset + x.entry.size);
     if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${finalPath}: tensor bytes at ${r.offset} lie outside every storage`);
-    if (checked.has(s.key)) continue;
-    checked.add(s.key);
-    let crc = 0;
-    for (const chunk of chunksOf(s)()) crc = crc32(chunk, crc);
-    if (crc !== s.entry.crc32) replacements.set(s.key, chunksOf(s));
+    touched.set(s.key, s);
   }
-  if (replacements.size === 0) {
-    fsyncSync(raw.fd);
-    renameSync(raw.path, finalPath);
-    return;
+  const list = [...touched.values()];
+  const crcs = await Promise.all(list.map((s) => tools.crc32([{ fd: raw.fd, position: s.entry.dataOffset, length: s.entry.size }])));
+  const changed = new Map<string, number>();
+  list.forEach((s, i) => {
+    if (crcs[i] !== s.entry.crc32) changed.set(s.entry.name, crcs[i]!);
+  });
+  for (const patch of zipCrcPatches(checkpoint.directory, changed)) {
+    let done = 0;
+    while (done < patch.bytes.length) done += writeSync(raw.fd, patch.bytes, done, patch.bytes.length - done, patch.offset + done);
   }
-  const out = openSync(finalPath, 'wx');
-  try {
-    let position = 0;
-    for (const chunk of rewriteTorchCheckpoint(checkpoint, readAt, replacements)) {
-      let done = 0;
-      while (done < chunk.length) done += writeSync(out, chunk, done, chunk.length - done, position + done);
-      position += chunk.length;
-    }
-    fsyncSync(out);
-  } finally {
-    closeSync(out);
-  }
+  fsyncSync(raw.fd);
+  renameSync(raw.path, finalPath);
 }

@@ -1,14 +1,16 @@
 /**
- * Worker thread entry: runs the chunk codec for the pool. The codec is pure,
- * so a worker only unpacks a message, calls it and posts the result back,
- * transferring (not copying) the large buffers.
+ * Worker thread entry: runs the pool's jobs (lib/pool/jobs.ts). A worker
+ * unpacks a message, runs the job and posts the result back, transferring
+ * (not copying) the large buffers, with its thread's CPU time so far
+ * (lib/pool/cpu.ts).
  */
 import { parentPort } from 'node:worker_threads';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { decodeChunk, encodeChunk } from '../method/codec.js';
 import { ExcpError } from '../core/errors.js';
-import { type WorkerRequest, type WorkerResponse, inputBuffers } from './pool.js';
+import { threadCpuSeconds } from './cpu.js';
+import { type JobResult, runJob } from './jobs.js';
+import type { WorkerRequest, WorkerResponse } from './pool.js';
 
 /*
  * A worker's JS heap stays tiny while every chunk brings megabytes of
@@ -18,7 +20,8 @@ import { type WorkerRequest, type WorkerResponse, inputBuffers } from './pool.js
  * a heap of a few MB, against tens of milliseconds of coding) frees their
  * backing stores at once; a minor GC freed less, as the chunk's arrays are
  * often promoted while it is being coded. (The large inputs go back to the
- * main thread with the answer, so what is left is the decoded symbols.)
+ * main thread with the answer, or are read into this thread's reused
+ * buffers, so what is left is the decoded symbols.)
  *
  * The gc function comes from a context created while --expose-gc is on; the
  * flag is process-wide (V8 flags are shared by all isolates), so it is
@@ -39,31 +42,37 @@ function internalGc(): ((options?: { type: 'minor' | 'major' }) => void) | undef
 }
 const collect = internalGc();
 
+/** The buffers of a result that go back to the main thread. */
+function resultBuffers(result: JobResult): ArrayBuffer[] {
+  if (result.kind === 'encode') return [result.record.buffer as ArrayBuffer];
+  if (result.kind === 'decode') {
+    const { weight, expAvg, expAvgSq } = result.decoded;
+    return [weight, expAvg, expAvgSq].filter((b) => b !== null && b.length > 0).map((b) => b!.buffer as ArrayBuffer);
+  }
+  return [];
+}
+
+/** The buffers the main thread sent with a request (returned for reuse, see BufferRecycler). */
+function requestBuffers(request: WorkerRequest): ArrayBuffer[] {
+  const job = request.job;
+  const views = job.kind === 'encode' ? (job.input ? [job.input.weight, job.input.base, job.input.expAvg, job.input.expAvgSq] : [])
+    : job.kind === 'decode' ? [job.payload, job.base] : [];
+  return [...new Set(views.filter((v) => v !== null).map((v) => v!.buffer as ArrayBuffer))];
+}
+
 parentPort?.on('message', (request: WorkerRequest) => {
   let response: WorkerResponse;
-  const transfer: ArrayBuffer[] = [];
+  let transfer: ArrayBuffer[] = [];
   try {
-    if (request.kind === 'encode') {
-      const result = encodeChunk(request.layout, request.input, request.options);
-      transfer.push(result.payload.buffer as ArrayBuffer);
-      // The input buffers go back for reuse (see BufferRecycler).
-      const inputs = inputBuffers(request.input).filter((b) => b !== result.payload.buffer);
-      transfer.push(...inputs);
-      response = { id: request.id, encoded: result, inputs };
-    } else {
-      const result = decodeChunk(request.layout, request.payload, request.count, request.base, request.what);
-      const outputs = [result.weight, result.expAvg, result.expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer);
-      transfer.push(...outputs);
-      // The payload and base buffers go back too (the base for reuse, see BufferRecycler).
-      const inputs = [...new Set([request.payload, request.base].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))]
-        .filter((b) => !outputs.includes(b));
-      transfer.push(...inputs);
-      response = { id: request.id, decoded: result, inputs };
-    }
+    const result = runJob(request.job);
+    const outputs = resultBuffers(result);
+    const inputs = requestBuffers(request).filter((b) => !outputs.includes(b));
+    transfer = [...new Set([...outputs, ...inputs])];
+    response = { id: request.id, result, inputs, cpu: threadCpuSeconds() };
   } catch (e) {
     const err = e instanceof ExcpError ? e : new ExcpError('ERR_CORRUPT', `codec: ${(e as Error).message}`);
-    response = { id: request.id, error: { code: err.code, message: err.message } };
+    response = { id: request.id, error: { code: err.code, message: err.message }, cpu: threadCpuSeconds() };
   }
-  parentPort!.postMessage(response, [...new Set(transfer)]);
+  parentPort!.postMessage(response, transfer);
   collect?.({ type: 'major' });
 });

@@ -90,3 +90,41 @@ export function* rewriteZip(
   yield cd;
   yield* copy(cdOffset + directory.centralDirectorySize, size);
 }
+
+/** Bytes to write at an offset of an archive. */
+export interface ZipPatch {
+  offset: number;
+  bytes: Uint8Array;
+}
+
+/**
+ * The CRC fields to change, in place, so that an archive whose entries'
+ * data were replaced (same sizes) reads as {@link rewriteZip} would have
+ * written it: for each entry given, its data descriptor's CRC (the local
+ * header's when there is no descriptor) and its central directory CRC.
+ * Every other byte is as it is: patching these into a copy of the archive
+ * whose data were replaced gives exactly rewriteZip's output, without
+ * copying the file (restore writes an optimizer.pt of gigabytes in place).
+ * @param directory from {@link readZipDirectory}
+ * @param crcs the new CRC of each replaced entry, by name
+ * @returns the patches, 4 bytes each
+ * @throws ExcpError ERR_INVALID_ARG for an unknown entry
+ */
+export function zipCrcPatches(directory: ZipDirectory, crcs: ReadonlyMap<string, number>): ZipPatch[] {
+  const byName = new Map(directory.entries.map((e) => [e.name, e]));
+  const patches: ZipPatch[] = [];
+  const u32 = (offset: number, value: number): void => {
+    const bytes = new Uint8Array(4);
+    new DataView(bytes.buffer).setUint32(0, value >>> 0, true);
+    patches.push({ offset, bytes });
+  };
+  for (const [name, crc] of crcs) {
+    const e = byName.get(name);
+    if (!e) throw new ExcpError('ERR_INVALID_ARG', `zip: no entry ${JSON.stringify(name)} to patch`);
+    if ((e.flags & 8) === 0) u32(e.headerOffset + 14, crc);
+    // Signed descriptors are 16 or 24 bytes, unsigned ones 12 or 20 (as in rewriteZip).
+    if (e.descriptorLength > 0) u32(e.dataOffset + e.size + (e.descriptorLength === 16 || e.descriptorLength === 24 ? 4 : 0), crc);
+    u32(e.centralOffset + 16, crc);
+  }
+  return patches.sort((a, b) => a.offset - b.offset);
+}
