@@ -121,9 +121,9 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
   { name: 'max-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
     help: "exit 3 when a tensor's relative error ||a-b|| / ||a|| exceeds E" },
   { name: 'threads', kind: 'integer', min: 0, max: 4, perCore: true, words: ['auto'], default: 'auto', value: 'N', commands: THREADED,
-    help: "worker threads; 'auto': all cores that --memory feeds, none for a small checkpoint (where starting workers costs more than it saves); 0: none" },
+    help: "worker threads: 'auto' (all cores that --memory feeds; none for a small checkpoint), or a count (0: none, all in the main thread)" },
   { name: 'memory', kind: 'size', min: 64 * MIB, max: 2 ** 50, default: '256M', value: 'SIZE', commands: ['compress', 'restore', 'verify'],
-    help: 'memory budget for everything in flight (chunks in workers, buffers, spill): SIZE in bytes or with K, M, G, T (binary); threads it cannot feed wait' },
+    help: 'memory budget for everything in flight (chunks in workers, buffers, spill); workers it cannot feed are not started (one always is)' },
   { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line' },
   { name: 'debug', kind: 'flag', commands: COMMANDS, help: 'print the stack trace of an error' },
   { name: 'help', short: 'h', kind: 'flag', commands: COMMANDS, help: 'this help' },
@@ -155,7 +155,7 @@ export function describeRange(spec: OptionSpec, cores?: number): string {
   if (spec.kind === 'string') return 'a string';
   if (spec.kind === 'choice') return (spec.choices ?? []).map((c) => `'${c}'`).join(', ').replace(/, ([^,]*)$/, ' or $1');
   const words = (spec.words ?? []).map((w) => ` or '${w}'`).join('');
-  if (spec.kind === 'size') return `a size from ${formatSize(spec.min ?? 0)} to ${formatSize(spec.max ?? Number.MAX_SAFE_INTEGER)} (bytes, or a number with K, M, G or T)`;
+  if (spec.kind === 'size') return `a size from ${formatSize(spec.min ?? 0)} to ${formatSize(spec.max ?? Number.MAX_SAFE_INTEGER)} (bytes, or with K, M, G, T or P)`;
   const what = spec.kind === 'integer' ? 'an integer' : 'a number';
   const { min, above } = spec;
   const max = limitOf(spec, cores);
@@ -190,16 +190,16 @@ export function valueFits(spec: OptionSpec, value: unknown, cores?: number): boo
   }
 }
 
-const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 };
 
 /**
  * A size as a user writes it: bytes (`268435456`), or a number with a binary
- * unit K, M, G or T, optionally followed by B or iB (`256M`, `1.5G`, `512KiB`).
+ * unit K, M, G, T or P, optionally followed by B or iB (`256M`, `1.5G`, `512KiB`).
  * @param text the size
  * @returns whole bytes (rounded down), or NaN when the text is not a size
  */
 export function parseSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(text);
   if (!m) return NaN;
   return Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!);
 }
@@ -209,7 +209,7 @@ export function parseSize(text: string): number {
  * @param bytes the size
  */
 export function formatSize(bytes: number): string {
-  for (const unit of ['T', 'G', 'M', 'K']) {
+  for (const unit of ['P', 'T', 'G', 'M', 'K']) {
     const scale = SIZE_UNITS[unit.toLowerCase()]!;
     if (bytes >= scale && bytes % scale === 0) return `${bytes / scale}${unit}`;
   }

@@ -8,9 +8,9 @@
  * the codec's working arrays, what it restores). Those costs were measured
  * (peak RSS against the worker count, examples/bench.ts and the numbers in
  * README "Threads and memory") and are taken a little high. A chunk's cost
- * depends on the container: the largest chunk of any entry, coded exactly
- * (a keyframe: the exact coder works on byte planes, about four times the
- * chunk) or lossy (about twice). Workers the budget does not feed are not
+ * depends on the container: the largest chunk of any entry, its weight
+ * coded exactly (a keyframe: the exact coder works on byte planes, about
+ * six times the chunk) or lossy (two to three times). Workers the budget does not feed are not
  * started: their chunks wait for a free worker instead of taking memory.
  * One worker always runs, whatever the budget.
  */
@@ -61,18 +61,55 @@ export function resolveResources(options: { threads?: unknown; memory?: unknown 
 
 const MB = 1024 * 1024;
 
-/**
- * Resident memory of the main thread before any chunk: Node itself, the
- * modules, stream and pipe buffers, the spill store's memory (measured: 45
- * to 60 MB; a folder's header and file table add a little).
+/*
+ * The cost model, fitted to peak RSS measured against the worker count on
+ * the 160m pair (1.9 GB, chunks of 2^20 elements; 1, 2, 4 and 8 workers),
+ * each constant rounded up so that every measured peak stays under the
+ * estimate (README "Threads and memory" has the table):
+ *
+ *   run                       measured RSS (MB) at 1 / 2 / 4 / 8 workers   estimate
+ *   residual compress         132 / 185 / 268 / 432                        148 / 209 / 332 / 578
+ *   keyframe compress         173 / 289 / 437 / 679                        226 / 324 / 520 / 912
+ *   residual restore, file    142 / 175 / 240 / 400                        156 / 225 / 364 / 642
+ *   keyframe restore, file    190 / 231 / 310 / 425                        196 / 264 / 400 / 672
+ *   residual restore, pipe    246 / 291 / 347 / 546                        269 / 363 / 550 / 924
+ *
+ * So the default 256M feeds two workers for residuals and one for
+ * keyframes or a pipe at the default chunk size; 1G feeds 8 to 15.
  */
-export const MAIN_BYTES = 72 * MB;
-/** A worker's isolate with the codec loaded, before its first chunk (measured: 17 MB). */
-export const WORKER_BYTES = 24 * MB;
-/** Working memory per byte of chunk input while a chunk is coded exactly (byte planes, models, output). */
-const EXACT_FACTOR = 4.5;
-/** Working memory per byte of chunk input while a chunk is coded lossy (residual, selection, gathers). */
-const LOSSY_FACTOR = 2.5;
+
+/**
+ * Resident memory of the main thread before any chunk: Node itself and the
+ * modules (54 MB measured), stream buffers, the header and footer, what the
+ * garbage collector has not taken back yet.
+ */
+export const MAIN_BYTES = 80 * MB;
+/** A worker's isolate with the codec loaded, before its first chunk (17 MB measured). */
+export const WORKER_BYTES = 20 * MB;
+/**
+ * Working memory per byte of chunk input (its tensors and its base) while a
+ * chunk is coded, the chunk's own bytes included: exactly (byte planes,
+ * candidate codings, the output) or lossy (residual, selection, gathers,
+ * symbols), and the same while it is decoded.
+ */
+const ENCODE_FACTOR = { exact: 5.5, lossy: 2.5 };
+const DECODE_FACTOR = { exact: 3, lossy: 3 };
+/** A lossy chunk's payload against its bytes (about 1/20 in practice; an exact one is taken as large as its bytes). */
+const LOSSY_PAYLOAD = 1 / 8;
+/**
+ * Payloads the main thread holds besides one per chunk in flight: the
+ * container being parsed or assembled, the stream buffers on either side,
+ * the read buffers not yet collected.
+ */
+const PAYLOAD_COPIES = 4;
+/**
+ * A restore into a pipe: the writer's spill memory and the bytes it holds
+ * for the reader, and the garbage of what it already wrote (the main
+ * thread allocates and drops a chunk's bytes at the rate they leave).
+ */
+const PIPE_BYTES = 64 * MB;
+/** A restore into a pipe holds each restored chunk on the main thread this many times over (in flight, then buffered by the writer). */
+const PIPE_COPIES = 2;
 
 /** Elements of the container per worker started by 'auto' (see {@link autoWorkers}). */
 const ELEMENTS_PER_WORKER = 16 * 1024 * 1024;
@@ -81,33 +118,45 @@ function chunkElements(header: ContainerHeader, e: EntrySpec): number {
   return e.kind === 'pack' ? e.elements : Math.min(e.elements, header.options.chunkElements);
 }
 
-/** Bytes of one chunk of an entry as read (its tensors and its base), and its working memory. */
-function chunkCost(header: ContainerHeader, e: EntrySpec): { bytes: number; working: number } {
+/** What one chunk of an entry costs: its bytes as read (tensors and base), restored (tensors), its payload, and whether its weight is coded exactly. */
+interface ChunkCost {
+  bytes: number;
+  restored: number;
+  payload: number;
+  exact: boolean;
+}
+
+function chunkCost(header: ContainerHeader, e: EntrySpec): ChunkCost {
   const t = header.tensors;
   const n = chunkElements(header, e);
-  let bytes: number;
+  let restored: number;
+  let base = 0;
   if (e.kind === 'pack') {
-    bytes = entryRawBytes(t, e);
+    restored = entryRawBytes(t, e);
   } else {
     const wb = DTYPE_BYTES[t[e.weight]!.dtype];
     const mb = e.expAvg !== null ? DTYPE_BYTES[t[e.expAvg]!.dtype] : 0;
-    bytes = n * (wb * (e.base ? 2 : 1) + 2 * mb);
+    restored = n * (wb + 2 * mb);
+    base = e.base ? n * wb : 0;
   }
-  const exact = e.exactWeight && (e.exactMoments || e.expAvg === null);
-  return { bytes, working: bytes * (exact ? EXACT_FACTOR : LOSSY_FACTOR) };
+  // An exact weight (a keyframe, a plain tensor) dominates: the exact coder's working set is several times the lossy path's.
+  const exact = e.exactWeight;
+  return { bytes: restored + base, restored, payload: exact ? restored : Math.ceil(restored * LOSSY_PAYLOAD), exact };
 }
 
-/** The largest chunk of a container: its bytes and its working memory. */
-function largestChunk(header: ContainerHeader): { bytes: number; working: number } {
-  let bytes = 0;
-  let working = 0;
+/** The costs of a container's chunks that the plan needs: the largest of each over its entries. */
+function largest(header: ContainerHeader, direction: 'compress' | 'restore'): { working: number; payload: number; restored: number; bytes: number } {
+  const out = { working: 0, payload: 0, restored: 0, bytes: 0 };
   for (const e of header.entries) {
     if (e.elements === 0) continue;
     const c = chunkCost(header, e);
-    bytes = Math.max(bytes, c.bytes);
-    working = Math.max(working, c.working);
+    const factor = (direction === 'compress' ? ENCODE_FACTOR : DECODE_FACTOR)[c.exact ? 'exact' : 'lossy'];
+    out.working = Math.max(out.working, c.bytes * factor);
+    out.payload = Math.max(out.payload, c.payload);
+    out.restored = Math.max(out.restored, c.restored);
+    out.bytes = Math.max(out.bytes, c.bytes);
   }
-  return { bytes, working };
+  return out;
 }
 
 function totalElements(header: ContainerHeader): number {
@@ -143,26 +192,30 @@ export interface WorkPlan {
   estimate: number;
 }
 
+/** Where a run's chunk bytes go besides the workers. */
+export interface PlanOptions {
+  /** Each chunk's bytes are read on the main thread and handed to a worker (a checkpoint in memory). */
+  readOnMain?: boolean;
+  /** Restore: the restored bytes come back to the main thread (a pipe) instead of being written by the workers. */
+  restoredOnMain?: boolean;
+}
+
 /**
- * How many workers a budget feeds.
+ * How many workers a budget feeds (see the cost model above).
  * @param header the container header (its entries' chunk sizes and modes)
  * @param resources threads and memory
  * @param direction compress or restore
- * @param viaMain whether each chunk's bytes also pass through the main thread
- *   (read there, or restored into a pipe): then every chunk in flight costs
- *   its bytes there too
+ * @param where what passes through the main thread
  * @returns workers, chunks in flight and the estimate
  */
-export function planWork(header: ContainerHeader, resources: Resources, direction: 'compress' | 'restore', viaMain: boolean): WorkPlan {
+export function planWork(header: ContainerHeader, resources: Resources, direction: 'compress' | 'restore', where: PlanOptions = {}): WorkPlan {
   const wanted = resources.threads === 'auto' ? autoWorkers(header, direction) : resources.threads;
-  const chunk = largestChunk(header);
-  // Restore holds the restored bytes (about the chunk's bytes) besides what compress needs.
-  const working = chunk.working + (direction === 'restore' ? chunk.bytes : 0);
-  const onMain = viaMain ? chunk.bytes : 0;
-  if (wanted === 0) return { workers: 0, inFlight: 1, estimate: MAIN_BYTES + working + onMain };
-  const perWorker = WORKER_BYTES + working + onMain;
-  // One chunk in flight beyond the workers (scheduled ahead) costs its bytes on the main thread when they pass there.
-  const fed = Math.floor((resources.memory - MAIN_BYTES - onMain) / perWorker);
-  const workers = Math.max(1, Math.min(wanted, fed));
-  return { workers, inFlight: workers + 1, estimate: MAIN_BYTES + onMain + workers * perWorker };
+  const chunk = largest(header, direction);
+  // Per chunk in flight on the main thread: its payload (the record coded, or the record to decode), its bytes when read there, its restored bytes when they come back.
+  const onMain = chunk.payload + (where.readOnMain ? chunk.bytes : 0) + (where.restoredOnMain ? PIPE_COPIES * chunk.restored : 0);
+  const fixed = MAIN_BYTES + PAYLOAD_COPIES * chunk.payload + (where.restoredOnMain ? PIPE_BYTES + onMain : 0);
+  if (wanted === 0) return { workers: 0, inFlight: 1, estimate: fixed + onMain + chunk.working };
+  const perWorker = WORKER_BYTES + chunk.working + onMain;
+  const workers = Math.max(1, Math.min(wanted, Math.floor((resources.memory - fixed) / perWorker)));
+  return { workers, inFlight: workers + 1, estimate: fixed + workers * perWorker };
 }

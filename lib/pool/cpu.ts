@@ -53,14 +53,17 @@ export function threadCpuSeconds(): number | null {
 let closedWorkerSeconds = 0;
 /** Pools still open: their workers' latest totals. */
 const openPools = new Set<{ workerCpuSeconds(): number }>();
+/** The most workers one pool of this process started. */
+let mostWorkers = 0;
 
 /**
  * Track a pool's workers until it closes.
- * @param pool reports its workers' CPU seconds so far
+ * @param pool reports its workers' CPU seconds so far, and its size
  * @returns call when the pool has closed (adds its final total)
  */
-export function trackWorkerCpu(pool: { workerCpuSeconds(): number }): () => void {
+export function trackWorkerCpu(pool: { workerCpuSeconds(): number; readonly size: number }): () => void {
   openPools.add(pool);
+  mostWorkers = Math.max(mostWorkers, pool.size);
   return () => {
     if (!openPools.delete(pool)) return;
     closedWorkerSeconds += pool.workerCpuSeconds();
@@ -73,6 +76,8 @@ export interface CpuReport {
   main: number | null;
   /** Every worker of every pool, closed or open, as last reported. */
   workers: number;
+  /** The most workers one pool started (0: every job ran in the main thread). */
+  threads: number;
   /** The whole process (every thread: main, workers, libuv's I/O threads, V8's GC and compiler threads). */
   process: number;
 }
@@ -85,5 +90,5 @@ export function cpuReport(): CpuReport {
   let workers = closedWorkerSeconds;
   for (const pool of openPools) workers += pool.workerCpuSeconds();
   const usage = process.cpuUsage();
-  return { main: threadCpuSeconds(), workers, process: (usage.user + usage.system) / 1e6 };
+  return { main: threadCpuSeconds(), workers, threads: mostWorkers, process: (usage.user + usage.system) / 1e6 };
 }

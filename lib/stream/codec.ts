@@ -70,7 +70,7 @@ export class ChunkEncoder extends OrderedTransform<ChunkJob, EncodedRecord> {
    * @throws ExcpError ERR_OUT_OF_RANGE for bad threads or memory
    */
   constructor(header: ContainerHeader, options: EncoderOptions = {}) {
-    const plan = planWork(header, resolveResources(options, 0), 'compress', options.bytesOnMain === true);
+    const plan = planWork(header, resolveResources(options, 0), 'compress', { readOnMain: options.bytesOnMain === true });
     const runner = new JobRunner(plan.workers);
     super(async (job: ChunkJob): Promise<EncodedRecord> => {
       const layout = layoutOf(header, job.entry);
@@ -159,7 +159,7 @@ export class ChunkDecoder extends OrderedTransform<RestoreEvent, RestoredEvent> 
     super(async (event: RestoreEvent): Promise<RestoredEvent> => {
       if (event.type === 'header') {
         header = event.header;
-        const plan = planWork(header, resources, 'restore', placer === null);
+        const plan = planWork(header, resources, 'restore', { restoredOnMain: placer === null, readOnMain: base !== null && !positionalBase });
         this.plan = plan;
         this.runner ??= new JobRunner(plan.workers);
         this.setLimit(plan.inFlight);

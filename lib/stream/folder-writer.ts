@@ -21,7 +21,7 @@
  * It is a Writable (object mode), not a Transform: it produces files, not a
  * byte stream.
  */
-import { closeSync, fsyncSync, openSync, write, writeSync } from 'node:fs';
+import { closeSync, fsync, openSync, write, writeSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -207,10 +207,12 @@ export class FolderWriter extends Writable implements ChunkPlacer {
       verifyFingerprints(header, this.footer, this.hashers.map((h) => h.digest()));
       // Every file's finishing step at once: their CRC jobs share the decoder's workers.
       await Promise.all(this.unfinished.map((u) => u.finish({ fd: u.fd, path: u.rawPath }, u.finalPath, this.tools)));
-      for (const fd of this.fds.splice(0)) {
-        fsyncSync(fd);
-        closeSync(fd);
-      }
+      // The files reach the disk together (libuv's threads), not one after the other on this thread.
+      const fds = this.fds.splice(0);
+      const synced = await Promise.allSettled(fds.map((fd) => new Promise<void>((resolve, reject) => fsync(fd, (e) => (e ? reject(e) : resolve())))));
+      for (const fd of fds) closeSync(fd);
+      const failed = synced.find((r) => r.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
       await Promise.all(this.unfinished.map((u) => rm(u.rawPath, { force: true })));
     };
     run().then(() => callback(), (e: unknown) => callback(e as Error));
