@@ -153,7 +153,7 @@ async function speed(name: string): Promise<void> {
   const p = (f: string) => join(dir, f);
   const t = threadFlag(values.threads) + memoryFlag;
   const map = ` --param-map ${p('param-map.json')}`;
-  sh(`cat ${p('cur.safetensors')} ${p('prev.safetensors')} > /dev/null; tar -cf - -C ${dir} cur prev > /dev/null`); // warm the page cache
+  sh(`cat ${p('cur.safetensors')} ${p('prev.safetensors')} > /dev/null; tar -chf - -C ${dir} cur prev > /dev/null`); // warm the page cache
   for (const f of ['res.excp', 'key.excp', 'dres.excp', 'dkey.excp', 'back.safetensors', 'piped.safetensors', 'kback.safetensors', 'dback', 'dkback', 'z', 'z.tar']) rmSync(p(f), { recursive: true, force: true });
   const rows: string[] = [];
   const zstd = have('zstd');
@@ -190,7 +190,7 @@ async function speed(name: string): Promise<void> {
   // Folders.
   const db = c.folderBytes;
   if (zstd) {
-    const zf = other(`tar -cf - -C ${dir} cur | zstd -q -f -3 -T${CORES} -o ${p('z.tar')}`);
+    const zf = other(`tar -chf - -C ${dir} cur | zstd -q -f -3 -T${CORES} -o ${p('z.tar')}`);
     const zfd = other(`mkdir -p ${p('zx')} && zstd -q -d -c ${p('z.tar')} | tar -xf - -C ${p('zx')}`);
     rows.push(otherRow(`folder: tar | zstd -3 -T${CORES}`, zf, db), otherRow('folder: zstd -d | tar -x', zfd, db));
     rmSync(p('zx'), { recursive: true, force: true });

@@ -20,6 +20,7 @@ import { ExcpError } from '../core/errors.js';
 import { type OptionSpec, describeRange, optionNamed, parseSize, valueFits } from '../core/options.js';
 import type { ContainerHeader, EntrySpec } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
+import { WORKER_DEPTH } from './pool.js';
 
 /** Threads and memory, checked. */
 export interface Resources {
@@ -63,19 +64,19 @@ const MB = 1024 * 1024;
 
 /*
  * The cost model, fitted to peak RSS measured against the worker count on
- * the 160m pair (1.9 GB, chunks of 2^20 elements; 1, 2, 4 and 8 workers),
- * each constant rounded up so that every measured peak stays under the
- * estimate (README "Threads and memory" has the table):
+ * the 160m pair (1.9 GB, chunks of 2^20 elements; 1, 2 and 4 workers on 2
+ * cores, --memory 64G so that nothing capped them), each constant rounded
+ * up so that every measured peak stays under the estimate:
  *
- *   run                       measured RSS (MB) at 1 / 2 / 4 / 8 workers   estimate
- *   residual compress         132 / 185 / 268 / 432                        148 / 209 / 332 / 578
- *   keyframe compress         173 / 289 / 437 / 679                        226 / 324 / 520 / 912
- *   residual restore, file    142 / 175 / 240 / 400                        156 / 225 / 364 / 642
- *   keyframe restore, file    190 / 231 / 310 / 425                        196 / 264 / 400 / 672
- *   residual restore, pipe    246 / 291 / 347 / 546                        269 / 363 / 550 / 924
+ *   run                       measured RSS (MB) at 1 / 2 / 4 workers   estimate
+ *   residual compress         155 / 214 / 331                          165 / 244 / 402
+ *   keyframe compress         219 / 312 / 478                          250 / 372 / 616
+ *   residual restore, file    179 / 224 / 351                          189 / 292 / 498
+ *   keyframe restore, file    193 / 259 / 324                          220 / 312 / 496
+ *   residual restore, pipe    261 / 288 / 419                          327 / 478 / 780
  *
- * So the default 256M feeds two workers for residuals and one for
- * keyframes or a pipe at the default chunk size; 1G feeds 8 to 15.
+ * So the default 256M feeds two workers for residual compress and one for
+ * the rest at the default chunk size; 1G feeds 5 to 11.
  */
 
 /**
@@ -93,7 +94,7 @@ export const WORKER_BYTES = 20 * MB;
  * symbols), and the same while it is decoded.
  */
 const ENCODE_FACTOR = { exact: 5.5, lossy: 2.5 };
-const DECODE_FACTOR = { exact: 3, lossy: 3 };
+const DECODE_FACTOR = { exact: 3, lossy: 4 };
 /** A lossy chunk's payload against its bytes (about 1/20 in practice; an exact one is taken as large as its bytes). */
 const LOSSY_PAYLOAD = 1 / 8;
 /**
@@ -186,7 +187,7 @@ function autoWorkers(header: ContainerHeader, direction: 'compress' | 'restore')
 export interface WorkPlan {
   /** Worker threads to start (0: jobs run in the calling thread). */
   workers: number;
-  /** Chunks in flight at once: one per worker plus one scheduled ahead. */
+  /** Chunks in flight at once: WORKER_DEPTH per worker plus one scheduled ahead. */
   inFlight: number;
   /** The budget's estimate of the peak resident memory (bytes). */
   estimate: number;
@@ -215,7 +216,8 @@ export function planWork(header: ContainerHeader, resources: Resources, directio
   const onMain = chunk.payload + (where.readOnMain ? chunk.bytes : 0) + (where.restoredOnMain ? PIPE_COPIES * chunk.restored : 0);
   const fixed = MAIN_BYTES + PAYLOAD_COPIES * chunk.payload + (where.restoredOnMain ? PIPE_BYTES + onMain : 0);
   if (wanted === 0) return { workers: 0, inFlight: 1, estimate: fixed + onMain + chunk.working };
-  const perWorker = WORKER_BYTES + chunk.working + onMain;
+  // A worker holds WORKER_DEPTH jobs: the one it codes, and the next, read meanwhile (or the last, being written).
+  const perWorker = WORKER_BYTES + chunk.working + (WORKER_DEPTH - 1) * chunk.bytes + WORKER_DEPTH * onMain;
   const workers = Math.max(1, Math.min(wanted, Math.floor((resources.memory - fixed) / perWorker)));
-  return { workers, inFlight: workers + 1, estimate: fixed + workers * perWorker };
+  return { workers, inFlight: WORKER_DEPTH * workers + 1, estimate: fixed + workers * perWorker };
 }

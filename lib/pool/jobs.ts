@@ -95,25 +95,58 @@ export type JobResult =
   | { kind: 'decode'; decoded: DecodedChunk; written: number | null }
   | { kind: 'crc'; crc: number };
 
-/*
+/** Bytes read at a time by a CRC job. */
+const CRC_STEP = 1 << 20;
+const EMPTY = new Uint8Array(0);
+
+/**
  * This thread's read buffers, reused chunk after chunk: a chunk's inputs are
- * megabytes, and fresh buffers per chunk only wait for the garbage collector.
+ * megabytes, and fresh buffers per chunk only wait for the garbage
+ * collector. A worker holds two jobs (it reads the next while it codes
+ * one, lib/pool/worker.ts), and takes them in order, so two sets of buffers
+ * used in turn never overlap.
  */
+const SETS = [new Scratch(), new Scratch()];
+let turn = 0;
 const SLOT_WEIGHT = 0;
 const SLOT_BASE = 1;
 const SLOT_M = 2;
 const SLOT_V = 3;
 const SLOT_CRC = 4;
-const buffers = new Scratch();
-const EMPTY = new Uint8Array(0);
-/** Bytes read at a time by a CRC job. */
-const CRC_STEP = 1 << 20;
+
+/** How a thread moves file bytes: at once (the calling thread), or through libuv's threads while it codes (a worker). */
+export interface FileIo {
+  read(fd: number, into: Uint8Array, offset: number, length: number, position: number): Promise<number> | number;
+  write(fd: number, bytes: Uint8Array, offset: number, length: number, position: number): Promise<number> | number;
+}
+
+/** Blocking reads and writes. */
+export const SYNC_IO: FileIo = {
+  read: (fd, into, offset, length, position) => readSync(fd, into, offset, length, position),
+  write: (fd, bytes, offset, length, position) => writeSync(fd, bytes, offset, length, position),
+};
 
 /**
  * Read the concatenation of file ranges into `into`.
  * @throws ExcpError ERR_TRUNCATED when a file ends first
  */
-export function readRanges(ranges: readonly FileRange[], into: Uint8Array): Uint8Array {
+export async function readRanges(ranges: readonly FileRange[], into: Uint8Array, io: FileIo = SYNC_IO): Promise<Uint8Array> {
+  let at = 0;
+  for (const r of ranges) {
+    let done = 0;
+    while (done < r.length) {
+      const n = await io.read(r.fd, into, at + done, r.length - done, r.position + done);
+      if (n === 0) throw new ExcpError('ERR_TRUNCATED', `unexpected end of file at byte ${r.position + done}`);
+      done += n;
+    }
+    at += r.length;
+  }
+  if (at !== into.length) throw new ExcpError('ERR_INVALID_ARG', `pool: ranges of ${at} bytes read into ${into.length}`);
+  return into;
+}
+
+/** {@link readRanges} with blocking reads. */
+function readRangesSync(ranges: readonly FileRange[], into: Uint8Array): Uint8Array {
   let at = 0;
   for (const r of ranges) {
     let done = 0;
@@ -134,45 +167,60 @@ function rangesLength(ranges: readonly FileRange[]): number {
   return n;
 }
 
-function readSlot(slot: number, ranges: readonly FileRange[] | null): Uint8Array | null {
-  if (!ranges) return null;
-  return readRanges(ranges, buffers.u8(slot, rangesLength(ranges)));
+/** What a job read before it is coded. */
+export interface JobInputs {
+  input: ChunkInput | null;
+  base: Uint8Array | null;
 }
 
-/** Write all of `bytes` at `position`. */
-export function writeFully(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+/** Bytes a decode job writes once it is decoded. */
+interface PendingWrite {
+  fd: number;
+  bytes: Uint8Array;
+  position: number;
 }
 
-function encode(job: EncodeJob): JobResult {
-  const input: ChunkInput = job.input ?? {
-    weight: readSlot(SLOT_WEIGHT, job.reads!.weight)!,
-    base: readSlot(SLOT_BASE, job.reads!.base),
-    expAvg: readSlot(SLOT_M, job.reads!.expAvg),
-    expAvgSq: readSlot(SLOT_V, job.reads!.expAvgSq),
-  };
-  const encoded = encodeChunk(job.layout, input, job.options);
+/**
+ * Read a job's inputs (a compress job's chunk, a decode job's base).
+ * @param job the job
+ * @param io how to read
+ * @returns the inputs, in this thread's buffers until {@link runReadJob} gives them back
+ */
+export async function readJobInputs(job: Job, io: FileIo): Promise<JobInputs> {
+  const set = SETS[turn++ % SETS.length]!;
+  const read = async (slot: number, ranges: readonly FileRange[] | null): Promise<Uint8Array | null> => (ranges ? readRanges(ranges, set.u8(slot, rangesLength(ranges)), io) : null);
+  if (job.kind === 'encode') {
+    if (job.input) return { input: job.input, base: null };
+    const r = job.reads!;
+    const [weight, base, expAvg, expAvgSq] = await Promise.all([read(SLOT_WEIGHT, r.weight), read(SLOT_BASE, r.base), read(SLOT_M, r.expAvg), read(SLOT_V, r.expAvgSq)]);
+    return { input: { weight: weight!, base, expAvg, expAvgSq }, base: null };
+  }
+  if (job.kind === 'decode') return { input: null, base: job.base ?? (await read(SLOT_BASE, job.baseReads)) };
+  return { input: null, base: null };
+}
+
+function encode(job: EncodeJob, inputs: JobInputs): JobResult {
+  const encoded = encodeChunk(job.layout, inputs.input!, job.options);
   const record = encodeRecord({ entry: job.entry, chunk: job.chunk, payload: encoded.payload }, fastCrc32);
   // The payload travels inside its record (one buffer, no second copy).
   return { kind: 'encode', encoded: { ...encoded, payload: recordPayload(record) }, record };
 }
 
-function decode(job: DecodeJob): JobResult {
+function decode(job: DecodeJob, inputs: JobInputs, writes: PendingWrite[]): JobResult {
   if (job.check) assertRecordCrc(job.what, job.chunk, job.check, job.payload, fastCrc32);
-  const base = job.base ?? readSlot(SLOT_BASE, job.baseReads);
-  const decoded = decodeChunk(job.layout, job.payload, job.count, base, job.what);
+  const decoded = decodeChunk(job.layout, job.payload, job.count, inputs.base, job.what);
+  const digestsOnly: DecodedChunk = { weight: EMPTY, expAvg: null, expAvgSq: null, digests: decoded.digests };
   if (job.writes) {
     let written = 0;
     for (const w of job.writes) {
       const bytes = decoded[w.buffer];
       if (!bytes || bytes.length < w.at + w.length) throw new ExcpError('ERR_CORRUPT', `restore: tensor '${job.what}' chunk ${job.chunk} is shorter than its place in the file`);
-      writeFully(w.fd, bytes.subarray(w.at, w.at + w.length), w.position);
+      writes.push({ fd: w.fd, bytes: bytes.subarray(w.at, w.at + w.length), position: w.position });
       written += w.length;
     }
-    return { kind: 'decode', decoded: { weight: EMPTY, expAvg: null, expAvgSq: null, digests: decoded.digests }, written };
+    return { kind: 'decode', decoded: digestsOnly, written };
   }
-  if (!job.keep) return { kind: 'decode', decoded: { weight: EMPTY, expAvg: null, expAvgSq: null, digests: decoded.digests }, written: 0 };
+  if (!job.keep) return { kind: 'decode', decoded: digestsOnly, written: 0 };
   return { kind: 'decode', decoded, written: null };
 }
 
@@ -181,10 +229,40 @@ function crcOf(job: CrcJob): JobResult {
   for (const r of job.ranges) {
     for (let at = 0; at < r.length; at += CRC_STEP) {
       const length = Math.min(CRC_STEP, r.length - at);
-      crc = fastCrc32(readRanges([{ fd: r.fd, position: r.position + at, length }], buffers.u8(SLOT_CRC, length)), crc);
+      crc = fastCrc32(readRangesSync([{ fd: r.fd, position: r.position + at, length }], SETS[0]!.u8(SLOT_CRC, length)), crc);
     }
   }
   return { kind: 'crc', crc };
+}
+
+/**
+ * Code a job whose inputs are read (the CPU part, in this thread), and write
+ * what it restored.
+ * @param job the job
+ * @param inputs from {@link readJobInputs}
+ * @param io how to write: the returned promise settles once every byte is written
+ * @returns the result, and the writes still in flight
+ * @throws ExcpError as the codec does
+ */
+export function codeJob(job: Job, inputs: JobInputs, io: FileIo): { result: JobResult; written: Promise<void> } {
+  const writes: PendingWrite[] = [];
+  let result: JobResult;
+  result = job.kind === 'encode' ? encode(job, inputs) : job.kind === 'decode' ? decode(job, inputs, writes) : crcOf(job);
+  if (io.write === SYNC_IO.write) {
+    for (const w of writes) writeFully(w.fd, w.bytes, w.position);
+    return { result, written: Promise.resolve() };
+  }
+  const written = Promise.all(writes.map(async (w) => {
+    let done = 0;
+    while (done < w.bytes.length) done += await io.write(w.fd, w.bytes, done, w.bytes.length - done, w.position + done);
+  })).then(() => undefined);
+  return { result, written };
+}
+
+/** Write all of `bytes` at `position`, blocking. */
+export function writeFully(fd: number, bytes: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }
 
 /**
@@ -194,9 +272,12 @@ function crcOf(job: CrcJob): JobResult {
  * @throws ExcpError as the codec, the reads and the writes do
  */
 export function runJob(job: Job): JobResult {
-  switch (job.kind) {
-    case 'encode': return encode(job);
-    case 'decode': return decode(job);
-    case 'crc': return crcOf(job);
-  }
+  const r = job.kind === 'encode' && job.reads ? job.reads : null;
+  const set = SETS[0]!;
+  const read = (slot: number, ranges: readonly FileRange[] | null): Uint8Array | null => (ranges ? readRangesSync(ranges, set.u8(slot, rangesLength(ranges))) : null);
+  const inputs: JobInputs = job.kind === 'encode'
+    ? { input: job.input ?? { weight: read(SLOT_WEIGHT, r!.weight)!, base: read(SLOT_BASE, r!.base), expAvg: read(SLOT_M, r!.expAvg), expAvgSq: read(SLOT_V, r!.expAvgSq) }, base: null }
+    : job.kind === 'decode' ? { input: null, base: job.base ?? read(SLOT_BASE, job.baseReads) } : { input: null, base: null };
+  // Blocking writes: done when codeJob returns.
+  return codeJob(job, inputs, SYNC_IO).result;
 }

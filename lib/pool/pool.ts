@@ -104,15 +104,24 @@ function startWorker(): Worker {
   return new Worker(boot, { eval: true, resourceLimits: WORKER_LIMITS });
 }
 
-/** Fixed-size pool; jobs are spread over idle workers. */
+/**
+ * Jobs a worker holds at once: one it codes and the next, whose bytes it
+ * reads meanwhile (lib/pool/worker.ts).
+ */
+export const WORKER_DEPTH = 2;
+
+/** Fixed-size pool; jobs go to the least busy worker, up to WORKER_DEPTH each. */
 export class WorkerPool {
   private readonly workers: Worker[] = [];
-  private readonly idle: Worker[] = [];
+  /** Jobs each worker holds. */
+  private readonly load = new Map<Worker, number>();
   private readonly waiting: Array<() => void> = [];
   private readonly pending = new Map<number, { resolve: (r: WorkerResponse) => void; reject: (e: Error) => void }>();
   /** Each worker's CPU seconds as it last reported them. */
   private readonly cpu = new Map<Worker, number>();
   private readonly untrack: () => void;
+  /** Where the search for a worker starts: the work spreads over every worker (each warms up its JIT). */
+  private next = 0;
   private nextId = 1;
   private closed = false;
   private broken: Error | null = null;
@@ -125,9 +134,11 @@ export class WorkerPool {
         if (r.cpu !== null) this.cpu.set(w, r.cpu);
         const p = this.pending.get(r.id);
         this.pending.delete(r.id);
+        const load = this.load.get(w)! - 1;
+        this.load.set(w, load);
         // Idle workers must not keep the process alive; busy ones must.
-        w.unref();
-        this.release(w);
+        if (load === 0) w.unref();
+        this.waiting.shift()?.();
         p?.resolve(r);
       });
       w.on('error', (e) => this.failAll(new ExcpError('ERR_IO', `pool: worker failed: ${e.message}`)));
@@ -136,7 +147,7 @@ export class WorkerPool {
       });
       w.unref();
       this.workers.push(w);
-      this.idle.push(w);
+      this.load.set(w, 0);
     }
     this.untrack = trackWorkerCpu(this);
   }
@@ -153,10 +164,16 @@ export class WorkerPool {
     return total;
   }
 
-  private release(w: Worker): void {
-    const next = this.waiting.shift();
-    this.idle.push(w);
-    next?.();
+  /** The least busy worker with room for a job (the search starts after the last one chosen), or null. */
+  private pick(): Worker | null {
+    let best: Worker | null = null;
+    for (let k = 0; k < this.workers.length; k++) {
+      const w = this.workers[(this.next + k) % this.workers.length]!;
+      const load = this.load.get(w)!;
+      if (load < WORKER_DEPTH && (best === null || load < this.load.get(best)!)) best = w;
+    }
+    if (best) this.next = (this.workers.indexOf(best) + 1) % this.workers.length;
+    return best;
   }
 
   private failAll(e: Error): void {
@@ -167,23 +184,24 @@ export class WorkerPool {
   }
 
   /**
-   * Run one job on the next idle worker.
+   * Run one job on the least busy worker.
    * @param job the job
    * @param transfer buffers to move to the worker
    * @returns its result and the request's buffers
    * @throws ExcpError the job's error, or ERR_IO when the pool broke
    */
   async run(job: Job, transfer: ArrayBuffer[]): Promise<JobAnswer> {
-    while (this.idle.length === 0 && !this.broken) await new Promise<void>((r) => this.waiting.push(r));
+    let w: Worker | null;
+    while ((w = this.pick()) === null && !this.broken) await new Promise<void>((r) => this.waiting.push(r));
     if (this.broken) throw this.broken;
     if (this.closed) throw new ExcpError('ERR_IO', 'pool: closed');
-    // Oldest idle first: the work spreads over every worker (each warms up its JIT).
-    const w = this.idle.shift()!;
+    const worker = w!;
+    this.load.set(worker, this.load.get(worker)! + 1);
     const id = this.nextId++;
     const r = await new Promise<WorkerResponse>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      w.ref();
-      w.postMessage({ id, job } satisfies WorkerRequest, [...new Set(transfer)]);
+      worker.ref();
+      worker.postMessage({ id, job } satisfies WorkerRequest, [...new Set(transfer)]);
     });
     if ('error' in r) throw new ExcpError(r.error.code, r.error.message);
     return { result: r.result, inputs: r.inputs };
