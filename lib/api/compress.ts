@@ -10,7 +10,7 @@ import { concatBytes } from '../core/bytes.js';
 import { DTYPE_BYTES, LOSSY_DTYPES, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { type CodecOptions, type LooseOptions, resolveOptions } from '../core/options.js';
-import type { SpillOptions } from '../io/spill.js';
+import { SPILL_MEMORY_BYTES, type SpillOptions } from '../io/spill.js';
 import { BaseCheck, type BaseVerdict, implausibleBase, unrelatedBase } from '../method/base-check.js';
 import type { Checkpoint, ContainerHeader, TensorInfo } from '../model/checkpoint.js';
 import { entryRawBytes } from '../model/pack.js';
@@ -22,6 +22,7 @@ import { SafetensorsMemory } from '../formats/safetensors-file.js';
 import { SafetensorsStream } from '../formats/safetensors-stream.js';
 import type { ParamPrior } from '../formats/optimizer-map.js';
 import { ChunkEncoder } from '../stream/codec.js';
+import { resolveResources } from '../pool/budget.js';
 import { ContainerWriter, type TensorHashes } from '../stream/container.js';
 import { RecordReorder } from '../stream/reorder.js';
 import { type ChunkJob, ChunkSource } from '../stream/source.js';
@@ -37,8 +38,13 @@ export type BaseCheckMode = 'refuse' | 'warn' | 'off';
 export interface CompressOptions extends LooseOptions {
   /** Base checkpoint: a path, or the file's bytes. Absent: a keyframe. */
   base?: string | Uint8Array | undefined;
-  /** Worker threads (default: all cores; 0 = in the calling thread). */
-  threads?: number | undefined;
+  /**
+   * Worker threads: 'auto' (the default: all cores the memory budget feeds,
+   * none for a small checkpoint), 0 (the calling thread) or 1 to 4 per core.
+   */
+  threads?: number | 'auto' | undefined;
+  /** Memory budget for everything in flight: bytes, or a size like '256M' or '1G' (default 256M). */
+  memory?: number | string | undefined;
   /** Called as chunks are coded, with input bytes done and total. */
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** Checkpoint folder only: parameter names in optimizer order (settles the param map). */
@@ -87,6 +93,8 @@ export interface ReadableExtras {
   onNotice?: ((message: string) => void) | undefined;
   /** Where early records wait when the checkpoint is read out of container order. */
   spill?: SpillOptions | undefined;
+  /** The memory budget (bytes or a size; default 256M): how many workers it feeds (lib/pool/budget.ts). */
+  memory?: number | string | undefined;
 }
 
 /**
@@ -94,8 +102,12 @@ export interface ReadableExtras {
  * @param current the checkpoint (random access, or a stream: `sequential`)
  * @param base the base, or null
  * @param options validated options
- * @param threads worker threads, or 'auto' (all cores, none for a small checkpoint)
- * @param extras the base check of a stream, notices, where early records wait
+ * @param threads worker threads, or 'auto' (all cores the budget feeds, none for a small checkpoint)
+ * @param onProgress called with checkpoint bytes coded and in all
+ * @param hashes per-tensor hashes in the footer
+ * @param extras the base check of a stream, notices, where early records wait, the memory budget
+ * @returns the bytes, the header, and `done`: settles once every stage ended and the workers stopped
+ *   (destroy the stream and await it before closing the checkpoints: the workers read their files)
  */
 export function compressReadable(current: Checkpoint, base: Checkpoint | null, options: CodecOptions, threads: number | 'auto',
   onProgress?: (done: number, total: number) => void, hashes: TensorHashes = 'auto', extras: ReadableExtras = {}): { stream: Readable; header: ContainerHeader; done: Promise<void> } {
@@ -106,7 +118,10 @@ export function compressReadable(current: Checkpoint, base: Checkpoint | null, o
   const reordered = order !== undefined && order.some((entry, i) => entry !== i);
   const check = base && (current.sequential || base.sequential) && (extras.baseCheck ?? 'refuse') !== 'off' ? streamBaseCheck(header, base.path, extras) : {};
   const source = new ChunkSource(header, current, base, { order, ...check });
-  const encoder = new ChunkEncoder(header, { threads });
+  // A stream's tensors that wait for their partners, and records that wait to go out in order, stay in memory up to their spill stores' limit.
+  const spillMemory = extras.spill?.memoryBytes ?? SPILL_MEMORY_BYTES;
+  const heldOnMain = spillMemory * ((current.sequential ? 1 : 0) + (base?.sequential ? 1 : 0) + (reordered ? 1 : 0));
+  const encoder = new ChunkEncoder(header, { threads, memory: extras.memory, bytesOnMain: !source.positional, heldOnMain });
   const writer = new ContainerWriter(header, hashes);
   if (onProgress) {
     // Progress in checkpoint bytes: an entry's chunk covers its elements in every member tensor.
@@ -136,7 +151,8 @@ function streamBaseCheck(header: ContainerHeader, baseName: string, extras: Read
   const check = new BaseCheck();
   return {
     observe: (job) => {
-      if (!checked.has(job.entry) || !job.input.base) return;
+      // A job that carries no bytes (read by its worker) comes only from a checkpoint read by path, never checked here.
+      if (!checked.has(job.entry) || !job.input?.base) return;
       const e = header.entries[job.entry]!;
       const t = header.tensors[e.weight]!;
       check.add(t.name, e.elements, toFloat32(job.input.weight, t.dtype), toFloat32(job.input.base, t.dtype));
@@ -234,6 +250,7 @@ function noticeUnrelated(findings: BaseFindings, onNotice?: (message: string) =>
  */
 async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions, stats?: CompressStats): AsyncGenerator<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
+  const { threads } = resolveResources(options);
   const spill: SpillOptions = { dir: options.tmp, stage: 'compress', memoryBytes: STREAM_MEMORY_BYTES };
   let base: Checkpoint | null = null;
   let current: Checkpoint | null = null;
@@ -270,14 +287,20 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
     if (folderVerdict) noticeUnrelated(folderVerdict, options.onNotice);
     if (options.onNotice) for (const line of await checkpointNotices(current, planFor(current, base, codec), details)) options.onNotice(line);
     if (checked && !folderVerdict && !current.sequential) noticeUnrelated(await checkBase(current, base!, paramWeights(planFor(current, base, codec)), mode, options.onNotice), options.onNotice);
-    const { stream, done } = compressReadable(current, base, codec, options.threads ?? 'auto', options.onProgress, options.tensorHashes,
-      { baseCheck: mode, onNotice: options.onNotice, spill });
+    const { stream, done } = compressReadable(current, base, codec, threads, options.onProgress, options.tensorHashes,
+      { baseCheck: mode, onNotice: options.onNotice, spill, memory: options.memory });
     if (stats) stats.inputBytes = current.dataLength + current.files.reduce((n, f) => n + (f.layout instanceof Uint8Array ? f.layout.length : 0), 0);
-    for await (const chunk of stream) {
-      if (stats) stats.outputBytes += (chunk as Uint8Array).length;
-      yield chunk as Uint8Array;
+    try {
+      for await (const chunk of stream) {
+        if (stats) stats.outputBytes += (chunk as Uint8Array).length;
+        yield chunk as Uint8Array;
+      }
+      await done;
+    } finally {
+      // Stopped early (an error downstream): the workers must stop reading before the files close.
+      stream.destroy();
+      await done.catch(() => undefined);
     }
-    await done;
     if (current instanceof SafetensorsStream) {
       await current.end();
       if (stats) stats.spilledBytes = current.spilledBytes;
@@ -289,7 +312,7 @@ async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, optio
 }
 
 function stripRuntime(o: CompressOptions): LooseOptions {
-  const { base: _b, threads: _t, onProgress: _p, paramMap: _m, paramPrior: _q, tensorHashes: _h, tmp: _d, rank: _r, baseCheck: _c, onNotice: _n, onStats: _s, ...rest } = o;
+  const { base: _b, threads: _t, memory: _y, onProgress: _p, paramMap: _m, paramPrior: _q, tensorHashes: _h, tmp: _d, rank: _r, baseCheck: _c, onNotice: _n, onStats: _s, ...rest } = o;
   return rest;
 }
 
@@ -299,10 +322,12 @@ function stripRuntime(o: CompressOptions): LooseOptions {
  * in memory up to STREAM_MEMORY_BYTES, then in a temporary file (`tmp`).
  * @param options method options and the base
  * @returns a Duplex for stream.pipeline
- * @throws ExcpError ERR_OUT_OF_RANGE for a bad option, at once
+ * @throws ExcpError ERR_OUT_OF_RANGE for a bad option (threads and memory included), at once
  */
 export function compress(options: CompressOptions = {}): Duplex {
-  resolveOptions(stripRuntime(options)); // bad options throw here, not later inside the stream
+  // Bad options throw here, not later inside the stream.
+  resolveOptions(stripRuntime(options));
+  resolveResources(options);
   return Duplex.from((source: AsyncIterable<Uint8Array>) => compressedBytes(source, options));
 }
 
@@ -315,11 +340,12 @@ export function compress(options: CompressOptions = {}): Duplex {
  */
 export async function compressBuffer(current: Uint8Array, base?: Uint8Array, options: Omit<CompressOptions, 'base'> = {}): Promise<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
+  const { threads } = resolveResources(options, 0);
   const cur = new SafetensorsMemory(current, '<current>');
   const b = base ? new SafetensorsMemory(base, '<base>') : null;
   const mode = options.baseCheck ?? 'refuse';
   if (b && mode !== 'off') noticeUnrelated(await checkBase(cur, b, paramWeights(planFor(cur, b, codec)), mode, options.onNotice), options.onNotice);
-  const { stream, done } = compressReadable(cur, b, codec, options.threads ?? 0, options.onProgress, options.tensorHashes);
+  const { stream, done } = compressReadable(cur, b, codec, threads, options.onProgress, options.tensorHashes, { memory: options.memory });
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c as Uint8Array);
   await done;
@@ -340,9 +366,12 @@ export interface CompressStats {
  * Compress a file (or stdin when input is undefined) into a writable.
  * @param input checkpoint path (file, folder or FIFO), or undefined for stdin
  * @param out where the container bytes go (not ended)
- * @param options method options, base, threads, progress
+ * @param options method options, base, threads, memory, progress
+ * @throws ExcpError ERR_OUT_OF_RANGE for a bad option, before anything is read
  */
 export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {
+  resolveOptions(stripRuntime(options));
+  resolveResources(options);
   const stats: CompressStats = { inputBytes: 0, outputBytes: 0, spilledBytes: 0 };
   await pipeline(Readable.from(compressedBytes(input ?? process.stdin, options, stats)), out, { end: false });
   options.onStats?.(stats);

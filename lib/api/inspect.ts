@@ -148,12 +148,13 @@ export function formatInspect(r: InspectReport): string {
  * Check every CRC, the base, and the restored fingerprint without writing anything.
  * @param path container file
  * @param base base checkpoint path, when the container needs one
- * @param threads worker threads
+ * @param threads worker threads (default 'auto')
  * @param tmp folder for what waits when the base is a stream
+ * @param memory memory budget (default 256M)
  */
-export async function verifyContainer(path: string, base: string | undefined, threads?: number, tmp?: string): Promise<{ chunks: number; base: boolean; target: string }> {
+export async function verifyContainer(path: string, base: string | undefined, threads?: number | 'auto', tmp?: string, memory?: number | string): Promise<{ chunks: number; base: boolean; target: string }> {
   const { header, footer } = await readContainerFile(path);
-  await verifyContainerFile(path, { base, threads, tmp });
+  await verifyContainerFile(path, { base, threads, tmp, memory });
   const chunks = footer.entries.reduce((s, e) => s + e.offsets.length, 0);
   return { chunks, base: header.entries.some((e) => e.base), target: footer.targetFingerprint };
 }

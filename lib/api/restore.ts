@@ -14,6 +14,7 @@ import type { Checkpoint } from '../model/checkpoint.js';
 import { openCheckpoint } from '../formats/registry.js';
 import { containerRank } from './open.js';
 import { ChunkDecoder } from '../stream/codec.js';
+import { resolveResources } from '../pool/budget.js';
 import { ContainerReader } from '../stream/container.js';
 import { FolderWriter } from '../stream/folder-writer.js';
 import { StreamWriter } from '../stream/writer.js';
@@ -22,7 +23,13 @@ import { StreamWriter } from '../stream/writer.js';
 export interface RestoreOptions {
   /** The base the container was made against: a path (file or folder), or a safetensors file's bytes. */
   base?: string | Uint8Array | undefined;
-  threads?: number | undefined;
+  /**
+   * Worker threads: 'auto' (the default: all cores the memory budget feeds,
+   * fewer for a small container), 0 (the calling thread) or 1 to 4 per core.
+   */
+  threads?: number | 'auto' | undefined;
+  /** Memory budget for everything in flight: bytes, or a size like '256M' or '1G' (default 256M). */
+  memory?: number | string | undefined;
   onProgress?: ((done: number, total: number) => void) | undefined;
   /** A per-rank container of a distributed checkpoint: the base folder is read for this rank's files only. */
   rank?: number | undefined;
@@ -37,21 +44,26 @@ function openBase(options: RestoreOptions): Promise<Checkpoint | null> {
 
 /**
  * Restore as a Duplex: write container bytes, read the restored file's bytes.
- * @param options the base (when the container was made against one)
+ * @param options the base (when the container was made against one), threads, memory
  * @returns a Duplex for stream.pipeline
+ * @throws ExcpError ERR_OUT_OF_RANGE for bad threads or memory, at once
  */
 export function restore(options: RestoreOptions = {}): Duplex {
+  const resources = resolveResources(options);
   return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
     const base = await openBase(options);
-    const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
+    const decoder = new ChunkDecoder(base, resources);
     const writer = new StreamWriter(options.onProgress);
     const out = new PassThrough();
-    const done = pipeline(Readable.from(source), new ContainerReader(), decoder, writer, out);
+    const done = pipeline(Readable.from(source), new ContainerReader({ deferRecordCrc: true }), decoder, writer, out);
     done.catch(() => undefined);
     try {
       for await (const chunk of out) yield chunk as Uint8Array;
       await done;
     } finally {
+      out.destroy();
+      await done.catch(() => undefined);
+      // The workers read the base: they stop before its files close.
       await decoder.close();
       await base?.close();
     }
@@ -66,7 +78,7 @@ export function restore(options: RestoreOptions = {}): Duplex {
  */
 export async function restoreBuffer(container: Uint8Array, base?: Uint8Array, options: Omit<RestoreOptions, 'base'> = {}): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
-  await pipeline(Readable.from([container]), restore({ ...options, base, threads: options.threads ?? 0 }), new Writable({
+  await pipeline(Readable.from([container]), restore({ ...options, base, threads: resolveResources(options, 0).threads }), new Writable({
     write(chunk: Uint8Array, _e, cb) {
       parts.push(chunk);
       cb();
@@ -137,14 +149,21 @@ export async function decodeFolderInto(input: string, folder: string, options: R
   await decodeInto(input, new FolderWriter(folder, options.onProgress, undefined, skip), options);
 }
 
-/** Decode a container file (or stdin when input is undefined) into a FolderWriter. */
+/**
+ * Decode a container file (or stdin when input is undefined) into a
+ * FolderWriter, whose files the workers write: the writer says where each
+ * chunk goes (it is the decoder's placer), and its files close only once
+ * the workers have stopped.
+ */
 async function decodeInto(input: string | undefined, writer: FolderWriter, options: RestoreOptions): Promise<void> {
+  const resources = resolveResources(options);
   const base = await openBase(options);
-  const decoder = new ChunkDecoder(base, { threads: options.threads ?? 'auto' });
+  const decoder = new ChunkDecoder(base, { ...resources, placer: writer });
   try {
-    await pipeline(input === undefined ? process.stdin : createReadStream(input), new ContainerReader(), decoder, writer);
+    await pipeline(input === undefined ? process.stdin : createReadStream(input), new ContainerReader({ deferRecordCrc: true }), decoder, writer);
   } finally {
     await decoder.close();
+    writer.closeFiles();
     await base?.close();
   }
 }

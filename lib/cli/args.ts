@@ -5,8 +5,9 @@
  * missing or bad value and conflicting flags are usage errors (exit 2) that
  * name the flag, never a field of the library.
  */
+import { availableParallelism } from 'node:os';
 import { ExcpError } from '../core/errors.js';
-import { COMMANDS, type Command, OPTIONS, type OptionSpec, describeRange, optionNamed, valueFits } from '../core/options.js';
+import { COMMANDS, type Command, OPTIONS, type OptionSpec, describeRange, optionNamed, parseSize, valueFits } from '../core/options.js';
 
 /** A parsed command line. */
 export interface CommandLine {
@@ -93,7 +94,7 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
       continue;
     }
     const text = eq > 0 ? arg.slice(eq + 1) : rest[++i];
-    if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec)})`);
+    if (text === undefined) throw usage(command, `${flag} needs a value (${describeRange(spec, availableParallelism())})`);
     const value = parseValue(spec, flag, text, command);
     if (spec.repeatable) {
       const list = values.get(spec.name);
@@ -110,17 +111,24 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
   return { command, positional, values };
 }
 
-/** A flag's value from its text, or undefined when it does not fit the row. */
+/**
+ * A flag's value as its row types it (a number, a size in bytes, one of the
+ * row's words such as `auto`, or the text), or undefined when it does not fit the row.
+ */
 function valueOf(spec: OptionSpec, text: string): string | number | undefined {
   let value: string | number = text;
-  if (spec.kind === 'number' || spec.kind === 'integer') {
+  if (spec.words?.includes(text)) {
+    value = text;
+  } else if (spec.kind === 'number' || spec.kind === 'integer') {
     value = text.trim() === '' ? NaN : Number(text);
+  } else if (spec.kind === 'size') {
+    value = parseSize(text);
   }
-  return valueFits(spec, value) ? value : undefined;
+  return valueFits(spec, value, availableParallelism()) ? value : undefined;
 }
 
 function parseValue(spec: OptionSpec, flag: string, text: string, command: Command | null): string | number {
   const value = valueOf(spec, text);
-  if (value === undefined) throw usage(command, `${flag} must be ${describeRange(spec)}, got '${text}'`);
+  if (value === undefined) throw usage(command, `${flag} must be ${describeRange(spec, availableParallelism())}, got '${text}'`);
   return value;
 }

@@ -74,7 +74,7 @@ async function compressCommand(line: CommandLine): Promise<number> {
   const paramMap = await paramMapOf(line);
   const rank = num(line, 'rank');
   const options = {
-    base, threads: num(line, 'threads'),
+    base, threads: num(line, 'threads'), memory: num(line, 'memory'),
     ...codecOptions(line),
     onProgress: progress(!line.values.has('quiet'), 'compress'),
     paramMap, rank,
@@ -115,7 +115,7 @@ async function restoreCommand(line: CommandLine): Promise<number> {
   const base = text(line, 'base');
   const rank = num(line, 'rank');
   const tmp = text(line, 'tmp');
-  const options = { base, threads: num(line, 'threads'), onProgress: progress(!line.values.has('quiet'), 'restore'), rank, tmp };
+  const options = { base, threads: num(line, 'threads'), memory: num(line, 'memory'), onProgress: progress(!line.values.has('quiet'), 'restore'), rank, tmp };
   const names = line.values.get('tensor');
   if (line.values.has('with-moments') && !Array.isArray(names)) throw usage('restore', '--with-moments goes with --tensor NAME');
   if (Array.isArray(names)) {
@@ -169,7 +169,7 @@ async function inspectCommand(line: CommandLine): Promise<number> {
 
 async function verifyCommand(line: CommandLine): Promise<number> {
   const [input] = positionals(line, 1, 1, 'a container file: verify IN');
-  const result = await verifyContainer(input!, text(line, 'base'), num(line, 'threads'), text(line, 'tmp'));
+  const result = await verifyContainer(input!, text(line, 'base'), num(line, 'threads'), text(line, 'tmp'), num(line, 'memory'));
   await printOut(`${input}: ok (${result.chunks} chunks checked${result.base ? ', base fingerprint matches' : ''}; restores to fingerprint ${result.target})\n`);
   return EXIT.ok;
 }

@@ -19,6 +19,11 @@ const encoder = new TextEncoder();
 export interface EncodedRecord extends EncodedChunk {
   entry: number;
   chunk: number;
+  /**
+   * The record's bytes as encodeRecord makes them, when the thread that
+   * coded the chunk framed it already (its payload is then a view of them).
+   */
+  framed?: Uint8Array;
 }
 
 /**
@@ -91,7 +96,7 @@ export class ContainerAssembler {
     const e = this.header.entries[rec.entry]!;
     const fe = this.footerEntries[rec.entry]!;
     fe.offsets.push(this.offset);
-    const bytes = encodeRecord({ entry: rec.entry, chunk: rec.chunk, payload: rec.payload });
+    const bytes = rec.framed ?? encodeRecord({ entry: rec.entry, chunk: rec.chunk, payload: rec.payload });
     fe.codedBytes += bytes.length;
     fe.keptWeights += rec.stats.keptWeights;
     fe.keptMoments += rec.stats.keptMoments;

@@ -53,14 +53,32 @@ export function encodeHead(header: ContainerHeader, kinds: FileKinds): Uint8Arra
   return w.finish();
 }
 
-/** Bytes of one chunk record. */
-export function encodeRecord(record: ChunkRecord): Uint8Array {
+/** A CRC-32 implementation: `crc(b, crc(a))` is the CRC of a then b (lib/core/crc32.ts, or a native one with the same result). */
+export type Crc32 = (bytes: Uint8Array, seed?: number) => number;
+
+/**
+ * Bytes of one chunk record.
+ * @param record the chunk and its payload
+ * @param crc the CRC-32 to use (a worker passes a native one; the bytes are the same)
+ */
+export function encodeRecord(record: ChunkRecord, crc: Crc32 = crc32): Uint8Array {
   const w = new ByteWriter(record.payload.length + 14);
   w.u8(RECORD_CHUNK);
   w.varint(record.payload.length);
   w.bytes(record.payload);
-  w.u32(recordCrc(recordCrcPrefix(record.entry, record.chunk, record.payload.length), record.payload));
+  w.u32(recordCrc(recordCrcPrefix(record.entry, record.chunk, record.payload.length), record.payload, crc));
   return w.finish();
+}
+
+/**
+ * Where a chunk record's payload sits in its bytes (after the type and the length varint).
+ * @param record the bytes of {@link encodeRecord}
+ * @returns the payload, a view of record
+ */
+export function recordPayload(record: Uint8Array): Uint8Array {
+  let at = 1;
+  while (record[at]! & 0x80) at++;
+  return record.subarray(at + 1, record.length - 4);
 }
 
 /**
@@ -219,9 +237,10 @@ export function decodeTrailer(trailer: Uint8Array): number {
  * CRC of a chunk record as encodeRecord computes it.
  * @param prefix the 13 bytes before the payload (version 1), or {@link recordCrcPrefix} (version 2)
  * @param payload the payload
+ * @param crc the CRC-32 to use
  */
-export function recordCrc(prefix: Uint8Array, payload: Uint8Array): number {
-  return crc32(payload, crc32(prefix));
+export function recordCrc(prefix: Uint8Array, payload: Uint8Array, crc: Crc32 = crc32): number {
+  return crc(payload, crc(prefix));
 }
 
 /**

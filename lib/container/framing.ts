@@ -9,14 +9,52 @@
 import { ExcpError } from '../core/errors.js';
 import { FORMAT_VERSION, MAX_BODY_BYTES, RECORD_CHUNK, RECORD_FOOTER } from '../core/constants.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
-import { HEAD_FIXED_BYTES, TRAILER_BYTES, chunkCount, decodeFooter, decodeHeader, decodeTrailer, maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix } from './format.js';
+import { crc32 } from '../core/crc32.js';
+import { type Crc32, HEAD_FIXED_BYTES, TRAILER_BYTES, chunkCount, decodeFooter, decodeHeader, decodeTrailer, maxPayloadBytes, readPreambleInfo, recordCrc, recordCrcPrefix } from './format.js';
 import type { FileKinds } from './kinds.js';
 
 /** What a container holds, in order: its header, its chunk records, its footer. */
 export type ContainerEvent =
   | { type: 'header'; header: ContainerHeader }
   | { type: 'footer'; footer: ContainerFooter }
-  | { type: 'chunk'; entry: number; chunk: number; payload: Uint8Array };
+  | { type: 'chunk'; entry: number; chunk: number; payload: Uint8Array; crc?: RecordCheck };
+
+/**
+ * A record's CRC left for the consumer to check (see {@link ParserOptions}):
+ * what it covers before the payload, and the stored value.
+ */
+export interface RecordCheck {
+  prefix: Uint8Array;
+  stored: number;
+}
+
+/** Options of {@link ContainerParser}. */
+export interface ParserOptions {
+  /**
+   * Hand each version 2 record's CRC on with its payload instead of checking
+   * it here: the consumer checks it with {@link assertRecordCrc} before it
+   * uses the payload (restore does it on the worker that decodes the chunk,
+   * so the main thread does not run over every byte). Version 1 records are
+   * always checked here (their entry and chunk fields are only trusted
+   * once their CRC is).
+   */
+  deferRecordCrc?: boolean;
+}
+
+/**
+ * Check a chunk record's CRC.
+ * @param name the entry's tensor name (for the message)
+ * @param chunk the chunk index
+ * @param check prefix and stored CRC
+ * @param payload the payload
+ * @param crc the CRC-32 to use
+ * @throws ExcpError ERR_CRC when they differ
+ */
+export function assertRecordCrc(name: string, chunk: number, check: RecordCheck, payload: Uint8Array, crc: Crc32 = crc32): void {
+  if (recordCrc(check.prefix, payload, crc) !== check.stored) {
+    throw new ExcpError('ERR_CRC', `container: checksum mismatch in tensor '${name}' chunk ${chunk}: the file is corrupt`);
+  }
+}
 
 /** Tracks what a sequence of chunk records must look like: entries in order, chunks in order. */
 export class RecordOrder {
@@ -85,15 +123,18 @@ export class ContainerParser {
 
   private readonly kinds: FileKinds;
   private readonly hint: ((head: Uint8Array) => string) | undefined;
+  private readonly deferRecordCrc: boolean;
   private events: ContainerEvent[] = [];
 
   /**
    * @param kinds the file kinds a header's files may be of
    * @param hint what a file that is not a container is (a suffix for the bad-magic error)
+   * @param options see {@link ParserOptions}
    */
-  constructor(kinds: FileKinds, hint?: (head: Uint8Array) => string) {
+  constructor(kinds: FileKinds, hint?: (head: Uint8Array) => string, options: ParserOptions = {}) {
     this.kinds = kinds;
     this.hint = hint;
+    this.deferRecordCrc = options.deferRecordCrc === true;
   }
 
   /** Return exactly n buffered bytes, or null if fewer are buffered. */
@@ -219,15 +260,15 @@ export class ContainerParser {
         const payload = bytes.subarray(0, rec.length);
         const crc = view.getUint32(rec.length, true);
         const name = header.tensors[header.entries[rec.entry]!.weight]!.name;
-        if (recordCrc(rec.prefix, payload) !== crc) {
-          throw new ExcpError('ERR_CRC', `container: checksum mismatch in tensor '${name}' chunk ${rec.chunk}: the file is corrupt`);
-        }
+        const check = { prefix: rec.prefix, stored: crc };
+        const defer = this.deferRecordCrc && this.version !== 1;
+        if (!defer) assertRecordCrc(name, rec.chunk, check, payload);
         try {
           this.order!.accept(rec.entry, rec.chunk);
         } catch (e) {
           throw new ExcpError('ERR_CORRUPT', `${(e as Error).message} (tensor '${name}')`);
         }
-        this.emit({ type: 'chunk', entry: rec.entry, chunk: rec.chunk, payload });
+        this.emit(defer ? { type: 'chunk', entry: rec.entry, chunk: rec.chunk, payload, crc: check } : { type: 'chunk', entry: rec.entry, chunk: rec.chunk, payload });
         this.expectRecord();
         return;
       }

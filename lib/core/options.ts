@@ -60,12 +60,16 @@ export interface OptionSpec {
   readonly short?: string;
   /** The method option it sets, when it is one (stored in every container). */
   readonly field?: keyof CodecOptions;
-  /** `flag`: takes no value. */
-  readonly kind: 'number' | 'integer' | 'flag' | 'string' | 'choice';
+  /** `flag`: takes no value; `size`: a byte count written like 256M or 1G (see {@link parseSize}). */
+  readonly kind: 'number' | 'integer' | 'flag' | 'string' | 'choice' | 'size';
   readonly min?: number;
   /** min is excluded (a number > min). */
   readonly above?: boolean;
   readonly max?: number;
+  /** The maximum is per core: the limit is max x the cores of the machine (see {@link limitOf}). */
+  readonly perCore?: boolean;
+  /** Words a number option also takes, e.g. `auto`. */
+  readonly words?: readonly string[];
   readonly choices?: readonly string[];
   /** The default (for a method option, DEFAULT_OPTIONS' value). */
   readonly default?: number | string | boolean;
@@ -86,6 +90,7 @@ export interface OptionSpec {
   readonly help: string;
 }
 
+const MIB = 1024 * 1024;
 const CODING: readonly Command[] = ['compress', 'chain'];
 const PROGRESS: readonly Command[] = ['compress', 'restore', 'verify', 'compare', 'chain', 'chain append', 'chain restore'];
 const THREADED: readonly Command[] = ['compress', 'restore', 'verify', 'chain', 'chain append', 'chain restore'];
@@ -157,8 +162,10 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: "exit 3 when an exp_avg's or exp_avg_sq's relative error exceeds E (by design 65-95% after a lossy compress)" },
   { name: 'max-step-error', kind: 'number', min: 0, value: 'E', commands: ['compare'],
     help: "exit 3 when the relative error of a parameter's first Adam step m/(sqrt(v)+eps) exceeds E" },
-  { name: 'threads', kind: 'integer', min: 0, max: 4096, value: 'N', commands: THREADED,
-    help: 'worker threads (default: all cores, or none for a small checkpoint, where starting workers costs more than it saves)' },
+  { name: 'threads', kind: 'integer', min: 0, max: 4, perCore: true, words: ['auto'], default: 'auto', value: 'N', commands: THREADED,
+    help: "worker threads: 'auto' (all cores that --memory feeds; none for a small checkpoint), or a count (0: none, all in the main thread)" },
+  { name: 'memory', kind: 'size', min: 64 * MIB, max: 2 ** 50, default: '256M', value: 'SIZE', commands: ['compress', 'restore', 'verify'],
+    help: 'memory budget for everything in flight (chunks in workers, buffers, spill); workers it cannot feed are not started (one always is)' },
   { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line (and no summary line after compress)' },
   { name: 'debug', kind: 'flag', commands: COMMANDS, help: 'print the stack trace of an error' },
   { name: 'help', short: 'h', kind: 'flag', commands: COMMANDS, help: 'this help' },
@@ -170,40 +177,85 @@ export function optionNamed(name: string): OptionSpec | undefined {
 }
 
 /**
+ * An option's largest value on a machine.
+ * @param spec the option
+ * @param cores the machine's cores (for a per-core maximum; absent: the maximum per core)
+ * @returns the maximum, or undefined when there is none
+ */
+export function limitOf(spec: OptionSpec, cores?: number): number | undefined {
+  if (spec.max === undefined || !spec.perCore || cores === undefined) return spec.max;
+  return spec.max * Math.max(1, Math.floor(cores));
+}
+
+/**
  * What a value of an option must be, in words (for error messages and help).
  * @param spec the option
+ * @param cores the machine's cores, for a per-core maximum (absent: it is given per core)
  */
-export function describeRange(spec: OptionSpec): string {
+export function describeRange(spec: OptionSpec, cores?: number): string {
   if (spec.kind === 'flag') return 'true or false';
   if (spec.kind === 'string') return 'a string';
   if (spec.kind === 'choice') return (spec.choices ?? []).map((c) => `'${c}'`).join(', ').replace(/, ([^,]*)$/, ' or $1');
+  const words = (spec.words ?? []).map((w) => ` or '${w}'`).join('');
+  if (spec.kind === 'size') return `a size from ${formatSize(spec.min ?? 0)} to ${formatSize(spec.max ?? Number.MAX_SAFE_INTEGER)} (bytes, or with K, M, G, T or P)`;
   const what = spec.kind === 'integer' ? 'an integer' : 'a number';
-  const { min, max, above } = spec;
+  const { min, above } = spec;
+  const max = limitOf(spec, cores);
+  const perCore = spec.perCore && cores === undefined ? ' per core' : '';
   if (min !== undefined && max !== undefined) {
-    if (spec.kind === 'integer') return `${what} from ${min} to ${max}`;
-    return `${what} in ${above ? '(' : '['}${min}, ${max}]`;
+    if (spec.kind === 'integer') return `${what} from ${min} to ${max}${perCore}${words}`;
+    return `${what} in ${above ? '(' : '['}${min}, ${max}]${perCore}${words}`;
   }
-  if (min !== undefined) return `a finite ${spec.kind === 'integer' ? 'integer' : 'number'} ${above ? '>' : '>='} ${min}`;
-  return what;
+  if (min !== undefined) return `a finite ${spec.kind === 'integer' ? 'integer' : 'number'} ${above ? '>' : '>='} ${min}${words}`;
+  return `${what}${words}`;
 }
 
 /**
  * Whether a value fits an option.
  * @param spec the option
- * @param value the value, already of the option's type (a number for numbers)
+ * @param value the value, already of the option's type (a number for numbers and sizes, or one of its words)
+ * @param cores the machine's cores, for a per-core maximum (absent: the maximum per core is the limit)
  */
-export function valueFits(spec: OptionSpec, value: unknown): boolean {
+export function valueFits(spec: OptionSpec, value: unknown, cores?: number): boolean {
   switch (spec.kind) {
     case 'flag': return typeof value === 'boolean';
     case 'string': return typeof value === 'string';
     case 'choice': return typeof value === 'string' && (spec.choices ?? []).includes(value);
     default: {
+      if (typeof value === 'string' && (spec.words ?? []).includes(value)) return true;
       if (typeof value !== 'number' || !Number.isFinite(value)) return false;
-      if (spec.kind === 'integer' && !Number.isInteger(value)) return false;
+      if ((spec.kind === 'integer' || spec.kind === 'size') && !Number.isInteger(value)) return false;
       if (spec.min !== undefined && (spec.above ? value <= spec.min : value < spec.min)) return false;
-      return spec.max === undefined || value <= spec.max;
+      const max = limitOf(spec, cores);
+      return max === undefined || value <= max;
     }
   }
+}
+
+const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 };
+
+/**
+ * A size as a user writes it: bytes (`268435456`), or a number with a binary
+ * unit K, M, G, T or P, optionally followed by B or iB (`256M`, `1.5G`, `512KiB`).
+ * @param text the size
+ * @returns whole bytes (rounded down), or NaN when the text is not a size
+ */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) return NaN;
+  return Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!);
+}
+
+/**
+ * A byte count in the largest binary unit that divides it (`256M`), else in bytes.
+ * @param bytes the size
+ */
+export function formatSize(bytes: number): string {
+  for (const unit of ['P', 'T', 'G', 'M', 'K']) {
+    const scale = SIZE_UNITS[unit.toLowerCase()]!;
+    if (bytes >= scale && bytes % scale === 0) return `${bytes / scale}${unit}`;
+  }
+  return String(bytes);
 }
 
 /** The method options' rows, in the order a container stores them. */

@@ -11,13 +11,32 @@
  * (lib/stream/writer.ts).
  */
 import type { FileKind } from '../container/kinds.js';
-import type { FileSpec, TensorSpec } from '../model/checkpoint.js';
+import type { FileRange, FileSpec, TensorSpec } from '../model/checkpoint.js';
 
 /** A run of a skeleton tensor's bytes: [at, at + length) of the tensor goes to [offset, offset + length) of the file. */
 export interface Segment {
   at: number;
   offset: number;
   length: number;
+}
+
+/**
+ * The file ranges of bytes [start, end) of a skeleton tensor whose segments
+ * (in order of `at`) lie in the file `fd`: what a worker reads for them.
+ * @param fd the file
+ * @param segments the skeleton's segments
+ * @param start first byte of the tensor
+ * @param end byte after the last
+ * @returns the ranges, in order
+ */
+export function segmentRanges(fd: number, segments: readonly Segment[], start: number, end: number): FileRange[] {
+  const ranges: FileRange[] = [];
+  for (const s of segments) {
+    const from = Math.max(start, s.at);
+    const to = Math.min(end, s.at + s.length);
+    if (from < to) ranges.push({ fd, position: s.offset + from - s.at, length: to - from });
+  }
+  return ranges;
 }
 
 /** Where a tensor's restored bytes go in its file: from an offset on, or (a skeleton: the bytes around other tensors) in segments. */
@@ -35,10 +54,10 @@ export interface FilePlacement {
    * The last step, after every byte was written and the fingerprints
    * checked, for a file that is not final as written (a torch.save zip,
    * whose CRC fields must follow its restored storages): the file was
-   * written as `raw`, and this writes `finalPath` from it (or renames it
-   * there). Absent: the written file is final.
+   * written as `raw`, and this makes `finalPath` from it (patching it in
+   * place and renaming it there). Absent: the written file is final.
    */
-  finish?: (raw: { fd: number; path: string }, finalPath: string) => void;
+  finish?: (raw: { fd: number; path: string }, finalPath: string, tools: FinishTools) => Promise<void> | void;
   /**
    * The last step for a file that is fixed in place instead (a torch.save
    * zip, whose CRC fields must follow its restored storages): called after
@@ -46,7 +65,16 @@ export interface FilePlacement {
    * file open for reading and writing; `what` names it in messages. Unlike
    * `finish`, it also serves a single-file container restored to a file.
    */
-  patch?: (fd: number, what: string) => void;
+  patch?: (fd: number, what: string, tools: FinishTools) => Promise<void> | void;
+}
+
+/** What the restore writer lends a finishing or fixing step: work spread over its threads. */
+export interface FinishTools {
+  /**
+   * The CRC-32 of the concatenation of file ranges, computed by a worker
+   * (calls run in parallel, up to the restore's threads).
+   */
+  crc32(ranges: readonly FileRange[]): Promise<number>;
 }
 
 /** A file kind: its container records and its restore. */

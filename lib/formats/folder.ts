@@ -33,9 +33,10 @@ import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { MAX_TENSORS } from '../core/constants.js';
 import { isSafeRelativePath } from '../container/validate.js';
-import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
+import type { Checkpoint, CheckpointFile, FileRange, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
 import { type Cut, torchFile } from './torch-kind.js';
+import { segmentRanges } from './file-format.js';
 import { NAMES_FILE, NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
 import { readExactlySync } from '../io/read.js';
@@ -219,6 +220,14 @@ export class FolderCheckpoint implements Checkpoint, OptimizerSide {
   /** Bytes of optimizer.pt. */
   readOptimizer(offset: number, length: number): Uint8Array {
     return readAt(this.optimizerFd, offset, length);
+  }
+
+  /** The file ranges of bytes [start, end) of a virtual tensor (see {@link Checkpoint.tensorRanges}). */
+  tensorRanges(info: TensorInfo, start: number, end: number): FileRange[] {
+    const source = this.sources.get(info.name);
+    if (!source) throw new ExcpError('ERR_BAD_HEADER', `folder: ${this.path}: no tensor '${info.name}'`);
+    if ('offset' in source) return [{ fd: source.fd, position: source.offset + start, length: end - start }];
+    return segmentRanges(source.fd, source.segments, start, end);
   }
 
   async close(): Promise<void> {

@@ -9,7 +9,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { ExcpError } from '../core/errors.js';
 import { readExactly } from '../io/read.js';
-import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
+import type { Checkpoint, CheckpointFile, FileRange, TensorInfo } from '../model/checkpoint.js';
 import { type SafetensorsHeader, parseSafetensorsHeader, readHeaderLength } from './safetensors.js';
 
 /** The one file of a safetensors checkpoint: its header bytes are its kind's layout. */
@@ -134,6 +134,11 @@ export class SafetensorsFile extends SafetensorsCheckpoint {
    */
   async tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     return readExactly(this.handle, this.header.dataOffset + info.begin + start, end - start, into);
+  }
+
+  /** The file range of bytes [start, end) of a tensor's data (see {@link Checkpoint.tensorRanges}). */
+  tensorRanges(info: TensorInfo, start: number, end: number): FileRange[] {
+    return [{ fd: this.handle.fd, position: this.header.dataOffset + info.begin + start, length: end - start }];
   }
 
   async close(): Promise<void> {

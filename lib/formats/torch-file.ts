@@ -27,9 +27,10 @@ import { basename } from 'node:path';
 import { DTYPE_BYTES, LOSSY_DTYPES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { readExactlySync } from '../io/read.js';
-import type { Checkpoint, CheckpointFile, TensorInfo } from '../model/checkpoint.js';
+import type { Checkpoint, CheckpointFile, FileRange, TensorInfo } from '../model/checkpoint.js';
 import { NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type Cut, torchFile } from './torch-kind.js';
+import { segmentRanges } from './file-format.js';
 import type { PickleValue } from './torch/pickle.js';
 import { type OptimizerState, type TorchCheckpoint, type TorchTensor, adamStateOf, readTorchCheckpoint } from './torch/serialization.js';
 import { startsLikeZip } from './torch/zip.js';
@@ -154,6 +155,14 @@ export class TorchFileCheckpoint implements Checkpoint, OptimizerSide {
       if (from < to) out.set(readExactlySync(this.fd, s.offset + from - s.at, to - from, this.path), from - start);
     }
     return out;
+  }
+
+  /** The file ranges of bytes [start, end) of a tensor (see {@link Checkpoint.tensorRanges}): the workers read them. */
+  tensorRanges(info: TensorInfo, start: number, end: number): FileRange[] {
+    const at = this.offsets.get(info.name);
+    if (at !== undefined) return [{ fd: this.fd, position: at + start, length: end - start }];
+    if (info.name !== TORCH_SKELETON) throw new ExcpError('ERR_BAD_HEADER', `torch: ${this.path}: no tensor '${info.name}'`);
+    return segmentRanges(this.fd, this.segments, start, end);
   }
 
   /** A model weight, read synchronously (the param map's statistics of the next file). */

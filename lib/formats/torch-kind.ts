@@ -15,14 +15,13 @@
  */
 import { writeSync } from 'node:fs';
 import type { ByteReader, ByteWriter } from '../core/bytes.js';
-import { crc32 } from '../core/crc32.js';
 import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { readIndices, readJson, readString, writeIndices, writeString } from '../container/fields.js';
 import { readExactlySync } from '../io/read.js';
 import type { CheckpointFile, FileSpec, TensorSpec } from '../model/checkpoint.js';
 import { isByteVector } from './blob.js';
-import type { FileFormat, FilePlacement, Segment } from './file-format.js';
+import type { FileFormat, FilePlacement, FinishTools, Segment } from './file-format.js';
 import { readTorchCheckpoint } from './torch/serialization.js';
 import type { ZipEntry } from './torch/zip.js';
 import { patchZipCrcs } from './torch/zip-rewrite.js';
@@ -139,7 +138,7 @@ export const torchKind: FileFormat = {
         { tensor: file.tensors[0]!, target: { segments: skeletonSegments(layout.size, ranges) } },
         ...ranges.map((r) => ({ tensor: r.tensor, target: { offset: r.offset } })),
       ],
-      patch: (fd, what) => patchTorchFile(fd, what, layout.size, ranges),
+      patch: (fd, what, tools) => patchTorchFile(fd, what, layout.size, ranges, tools),
     };
   },
 
@@ -155,26 +154,27 @@ export const torchKind: FileFormat = {
  * with `set_crc32_options(False)` records CRC 0 for every entry and keeps
  * it (torch.load checks no CRC, and a real CRC would change bytes the
  * original did not have). Exact tensors (a keyframe's weights, --lossless)
- * keep their CRCs, and nothing is written.
+ * keep their CRCs, and nothing is written. The storages' CRCs are computed
+ * by the restore's workers, one job per storage, in parallel.
  */
-function patchTorchFile(fd: number, what: string, size: number, ranges: readonly { offset: number; length: number }[]): void {
+async function patchTorchFile(fd: number, what: string, size: number, ranges: readonly { offset: number; length: number }[], tools: FinishTools): Promise<void> {
   const readAt = (offset: number, length: number): Uint8Array => readExactlySync(fd, offset, length, `restore: ${what}`);
   const checkpoint = readTorchCheckpoint(size, readAt);
   if (checkpoint.directory.entries.every((e) => e.crc32 === 0 || e.size === 0)) return;
   const storages = [...checkpoint.storages.values()];
-  const step = 4 * 1024 * 1024;
-  const crcs = new Map<ZipEntry, number>();
-  const checked = new Set<string>();
+  const touched = new Map<string, ZipEntry>();
   for (const r of ranges) {
     if (r.length === 0) continue;
     const s = storages.find((x) => r.offset >= x.entry.dataOffset && r.offset + r.length <= x.entry.dataOffset + x.entry.size);
     if (!s) throw new ExcpError('ERR_CORRUPT', `restore: ${what}: tensor bytes at ${r.offset} lie outside every storage`);
-    if (checked.has(s.key)) continue;
-    checked.add(s.key);
-    let crc = 0;
-    for (let at = 0; at < s.entry.size; at += step) crc = crc32(readAt(s.entry.dataOffset + at, Math.min(step, s.entry.size - at)), crc);
-    if (crc !== s.entry.crc32) crcs.set(s.entry, crc);
+    touched.set(s.key, s.entry);
   }
+  const entries = [...touched.values()];
+  const computed = await Promise.all(entries.map((e) => tools.crc32([{ fd, position: e.dataOffset, length: e.size }])));
+  const crcs = new Map<ZipEntry, number>();
+  entries.forEach((e, i) => {
+    if (computed[i] !== e.crc32) crcs.set(e, computed[i]!);
+  });
   patchZipCrcs(crcs, (offset, bytes) => {
     let done = 0;
     while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, offset + done);

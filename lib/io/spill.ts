@@ -9,9 +9,12 @@ import { tmpdir } from 'node:os';
 import { ExcpError } from '../core/errors.js';
 import { join } from 'node:path';
 
+/** Bytes a SpillStore keeps in memory before it spills to disk, unless told otherwise. */
+export const SPILL_MEMORY_BYTES = 16 * 1024 * 1024;
+
 /** Where a SpillStore keeps what does not fit in memory, and what it is for (messages). */
 export interface SpillOptions {
-  /** Bytes kept in memory before spilling to disk (default 16 MiB). */
+  /** Bytes kept in memory before spilling to disk (default {@link SPILL_MEMORY_BYTES}). */
   memoryBytes?: number | undefined;
   /** Folder of the temporary file (default: the system's temporary folder). */
   dir?: string | undefined;
@@ -37,7 +40,7 @@ export class SpillStore {
   /** @param options memory limit (a number: the limit alone), folder of the temporary file, stage for messages */
   constructor(options: number | SpillOptions = {}) {
     const o = typeof options === 'number' ? { memoryBytes: options } : options;
-    this.memoryLimit = o.memoryBytes ?? 16 * 1024 * 1024;
+    this.memoryLimit = o.memoryBytes ?? SPILL_MEMORY_BYTES;
     this.folder = o.dir;
     this.stage = o.stage ?? 'spill';
   }

@@ -78,6 +78,18 @@ export interface CheckpointFile {
 }
 
 /**
+ * A run of bytes in an open file: `length` bytes at `position` of the
+ * descriptor `fd`. Descriptors are process-wide, so a worker thread can read
+ * (or write) such a run itself: what lets the main thread hand out work
+ * without touching its bytes.
+ */
+export interface FileRange {
+  fd: number;
+  position: number;
+  length: number;
+}
+
+/**
  * An opened checkpoint (one adapter per input format, lib/formats/):
  * random access to its tensors, and the files they came from.
  */
@@ -97,6 +109,14 @@ export interface Checkpoint {
    * a reader may read into it and return it, so a caller can reuse buffers.
    */
   tensorBytes(info: TensorInfo, start: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Where bytes [start, end) of a tensor lie in files, in order (their
+   * concatenation is what {@link tensorBytes} returns), so that another
+   * thread can read them; valid until {@link close}. Absent (or null): the
+   * bytes are not in files (a checkpoint in memory); read them with
+   * tensorBytes.
+   */
+  tensorRanges?(info: TensorInfo, start: number, end: number): FileRange[] | null;
   close(): Promise<void>;
   /**
    * Set for a checkpoint read forward from a stream: each byte can be read

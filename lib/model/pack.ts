@@ -115,20 +115,3 @@ export function packEntries(tensors: TensorSpec[], entries: readonly EntrySpec[]
   });
   return out;
 }
-
-/**
- * A pack's bytes cut into its members' bytes.
- * @param tensors the header's tensors
- * @param e a pack entry
- * @param bytes the pack's concatenated bytes
- * @returns per non-empty member (in member order, as {@link digestTensors}) the tensor index and a view of its bytes
- */
-export function packSlices(tensors: readonly TensorSpec[], e: EntrySpec, bytes: Uint8Array): { tensor: number; bytes: Uint8Array }[] {
-  let at = 0;
-  return digestTensors(tensors, e).map((t) => {
-    const size = byteSize(tensors[t]!.dtype, tensors[t]!.shape, 'pack');
-    const view = bytes.subarray(at, at + size);
-    at += size;
-    return { tensor: t, bytes: view };
-  });
-}

@@ -11,22 +11,27 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
-import { availableParallelism } from 'node:os';
 import { ExcpError, type ErrorCode } from '../core/errors.js';
-import type { ChunkLayout, ChunkPosition, DecodedChunk, EncodedChunk } from '../method/codec.js';
 import type { ChunkInput } from '../method/reconstruct.js';
-import type { CodecOptions } from '../core/options.js';
+import { trackWorkerCpu } from './cpu.js';
+import { type Job, type JobResult, runJob } from './jobs.js';
 
 /** A request to a worker. */
-export type WorkerRequest =
-  | { id: number; kind: 'encode'; layout: ChunkLayout; input: ChunkInput; options: CodecOptions; position: ChunkPosition }
-  | { id: number; kind: 'decode'; layout: ChunkLayout; payload: Uint8Array; count: number; base: Uint8Array | null; what: string; position: ChunkPosition };
+export interface WorkerRequest {
+  id: number;
+  job: Job;
+}
 
-/** A worker's answer. */
+/** A worker's answer, with its thread's CPU seconds so far (null where unknown). */
 export type WorkerResponse =
-  | { id: number; encoded: EncodedChunk; inputs: ArrayBuffer[] }
-  | { id: number; decoded: DecodedChunk; inputs: ArrayBuffer[] }
-  | { id: number; error: { code: ErrorCode; message: string } };
+  | { id: number; result: JobResult; inputs: ArrayBuffer[]; cpu: number | null }
+  | { id: number; error: { code: ErrorCode; message: string }; cpu: number | null };
+
+/** A job's result and the request's buffers it sent back (for reuse). */
+export interface JobAnswer {
+  result: JobResult;
+  inputs: ArrayBuffer[];
+}
 
 /**
  * A free list of chunk-sized ArrayBuffers. The compress direction reads
@@ -84,11 +89,6 @@ export function inputBuffers(input: ChunkInput): ArrayBuffer[] {
   return [...new Set([weight, base, expAvg, expAvgSq].filter((b) => b !== null).map((b) => b.buffer as ArrayBuffer))];
 }
 
-/** Default thread count: all cores. */
-export function defaultThreads(): number {
-  return availableParallelism();
-}
-
 const WORKER_LIMITS = { maxYoungGenerationSizeMb: 4 };
 
 function startWorker(): Worker {
@@ -104,12 +104,24 @@ function startWorker(): Worker {
   return new Worker(boot, { eval: true, resourceLimits: WORKER_LIMITS });
 }
 
-/** Fixed-size pool; tasks are spread over idle workers. */
+/**
+ * Jobs a worker holds at once: one it codes and the next, whose bytes it
+ * reads meanwhile (lib/pool/worker.ts).
+ */
+export const WORKER_DEPTH = 2;
+
+/** Fixed-size pool; jobs go to the least busy worker, up to WORKER_DEPTH each. */
 export class WorkerPool {
   private readonly workers: Worker[] = [];
-  private readonly idle: Worker[] = [];
+  /** Jobs each worker holds. */
+  private readonly load = new Map<Worker, number>();
   private readonly waiting: Array<() => void> = [];
   private readonly pending = new Map<number, { resolve: (r: WorkerResponse) => void; reject: (e: Error) => void }>();
+  /** Each worker's CPU seconds as it last reported them. */
+  private readonly cpu = new Map<Worker, number>();
+  private readonly untrack: () => void;
+  /** Where the search for a worker starts: the work spreads over every worker (each warms up its JIT). */
+  private next = 0;
   private nextId = 1;
   private closed = false;
   private broken: Error | null = null;
@@ -119,11 +131,14 @@ export class WorkerPool {
     for (let i = 0; i < size; i++) {
       const w = startWorker();
       w.on('message', (r: WorkerResponse) => {
+        if (r.cpu !== null) this.cpu.set(w, r.cpu);
         const p = this.pending.get(r.id);
         this.pending.delete(r.id);
+        const load = this.load.get(w)! - 1;
+        this.load.set(w, load);
         // Idle workers must not keep the process alive; busy ones must.
-        w.unref();
-        this.release(w);
+        if (load === 0) w.unref();
+        this.waiting.shift()?.();
         p?.resolve(r);
       });
       w.on('error', (e) => this.failAll(new ExcpError('ERR_IO', `pool: worker failed: ${e.message}`)));
@@ -132,14 +147,33 @@ export class WorkerPool {
       });
       w.unref();
       this.workers.push(w);
-      this.idle.push(w);
+      this.load.set(w, 0);
     }
+    this.untrack = trackWorkerCpu(this);
   }
 
-  private release(w: Worker): void {
-    const next = this.waiting.shift();
-    this.idle.push(w);
-    next?.();
+  /** Number of workers. */
+  get size(): number {
+    return this.workers.length;
+  }
+
+  /** CPU seconds the workers have used, as last reported. */
+  workerCpuSeconds(): number {
+    let total = 0;
+    for (const s of this.cpu.values()) total += s;
+    return total;
+  }
+
+  /** The least busy worker with room for a job (the search starts after the last one chosen), or null. */
+  private pick(): Worker | null {
+    let best: Worker | null = null;
+    for (let k = 0; k < this.workers.length; k++) {
+      const w = this.workers[(this.next + k) % this.workers.length]!;
+      const load = this.load.get(w)!;
+      if (load < WORKER_DEPTH && (best === null || load < this.load.get(best)!)) best = w;
+    }
+    if (best) this.next = (this.workers.indexOf(best) + 1) % this.workers.length;
+    return best;
   }
 
   private failAll(e: Error): void {
@@ -150,23 +184,27 @@ export class WorkerPool {
   }
 
   /**
-   * Run one request on the next idle worker.
-   * @param request without id
+   * Run one job on the least busy worker.
+   * @param job the job
    * @param transfer buffers to move to the worker
-   * @returns the response
+   * @returns its result and the request's buffers
+   * @throws ExcpError the job's error, or ERR_IO when the pool broke
    */
-  async run(request: DistributiveOmit<WorkerRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerResponse> {
-    while (this.idle.length === 0 && !this.broken) await new Promise<void>((r) => this.waiting.push(r));
+  async run(job: Job, transfer: ArrayBuffer[]): Promise<JobAnswer> {
+    let w: Worker | null;
+    while ((w = this.pick()) === null && !this.broken) await new Promise<void>((r) => this.waiting.push(r));
     if (this.broken) throw this.broken;
     if (this.closed) throw new ExcpError('ERR_IO', 'pool: closed');
-    // Oldest idle first: the work spreads over every worker (each warms up its JIT).
-    const w = this.idle.shift()!;
+    const worker = w!;
+    this.load.set(worker, this.load.get(worker)! + 1);
     const id = this.nextId++;
-    return new Promise<WorkerResponse>((resolve, reject) => {
+    const r = await new Promise<WorkerResponse>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      w.ref();
-      w.postMessage({ ...request, id }, [...new Set(transfer)]);
+      worker.ref();
+      worker.postMessage({ id, job } satisfies WorkerRequest, [...new Set(transfer)]);
     });
+    if ('error' in r) throw new ExcpError(r.error.code, r.error.message);
+    return { result: r.result, inputs: r.inputs };
   }
 
   private closing: Promise<void> | null = null;
@@ -174,25 +212,48 @@ export class WorkerPool {
   /**
    * Stop all workers. Idempotent: a stream's destroy and its owner both close
    * the pool, and a second Worker.terminate() on an exited worker need not
-   * settle, so every caller shares the first call's promise.
+   * settle, so every caller shares the first call's promise. Resolves once
+   * every worker has exited (none still reads or writes a descriptor).
    */
   close(): Promise<void> {
     this.closed = true;
-    this.closing ??= Promise.all(this.workers.map((w) => w.terminate())).then(() => undefined);
+    this.closing ??= Promise.all(this.workers.map((w) => w.terminate())).then(() => this.untrack());
     return this.closing;
   }
 }
 
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
 /**
- * Turn a worker error answer into an ExcpError.
- * @param r the response
- * @returns r when it is not an error
+ * Runs jobs on a pool of workers, or (0 workers) in the calling thread:
+ * the same function either way (lib/pool/jobs.ts), so the same bytes.
  */
-export function unwrap(r: WorkerResponse): WorkerResponse {
-  if ('error' in r) throw new ExcpError(r.error.code, r.error.message);
-  return r;
+export class JobRunner {
+  private readonly pool: WorkerPool | null;
+
+  /** @param workers worker threads; 0 runs jobs in the calling thread */
+  constructor(workers: number) {
+    this.pool = workers > 0 ? new WorkerPool(workers) : null;
+  }
+
+  /** Worker threads (0: jobs run in the calling thread). */
+  get workers(): number {
+    return this.pool?.size ?? 0;
+  }
+
+  /**
+   * Run a job.
+   * @param job the job
+   * @param transfer buffers the job may take over (a worker sends them back in `inputs`)
+   * @throws ExcpError the job's error
+   */
+  async run(job: Job, transfer: ArrayBuffer[] = []): Promise<JobAnswer> {
+    if (this.pool) return this.pool.run(job, transfer);
+    return { result: runJob(job), inputs: [] };
+  }
+
+  /** Stop the workers (resolves once none runs). */
+  close(): Promise<void> {
+    return this.pool?.close() ?? Promise.resolve();
+  }
 }
 
 /**
@@ -201,7 +262,7 @@ export function unwrap(r: WorkerResponse): WorkerResponse {
  */
 export class OrderedTransform<I, O> extends Transform {
   private readonly work: (item: I) => Promise<O> | O;
-  private readonly limit: number;
+  private limit: number;
   private readonly queue: Array<Promise<O>> = [];
   private held: TransformCallback | null = null;
   private draining = false;
@@ -216,6 +277,15 @@ export class OrderedTransform<I, O> extends Transform {
     // 16 MB in, 12 MB restored out), and `limit` already keeps the workers fed.
     super({ objectMode: true, highWaterMark: 1 });
     this.work = work;
+    this.limit = Math.max(1, limit);
+  }
+
+  /**
+   * Change how many items may be in flight (a decoder learns it from the
+   * container's header, its first item).
+   * @param limit most items in flight (at least 1)
+   */
+  protected setLimit(limit: number): void {
     this.limit = Math.max(1, limit);
   }
 

@@ -5,13 +5,13 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { ContainerAssembler, type EncodedRecord, type TensorHashes } from '../container/assemble.js';
-import { ContainerParser } from '../container/framing.js';
+import { ContainerParser, type ParserOptions } from '../container/framing.js';
 import type { ContainerHeader } from '../model/checkpoint.js';
 import { FILE_KINDS } from '../formats/registry.js';
 import { otherThanContainer } from '../formats/sniff.js';
 
 export type { EncodedRecord, TensorHashes } from '../container/assemble.js';
-export type { ContainerEvent } from '../container/framing.js';
+export type { ContainerEvent, ParserOptions } from '../container/framing.js';
 
 /** EncodedRecord (object) -> container bytes. */
 export class ContainerWriter extends Transform {
@@ -47,10 +47,12 @@ export class ContainerWriter extends Transform {
 
 /** Container bytes -> ContainerEvent objects (header, chunks, footer). */
 export class ContainerReader extends Transform {
-  private readonly parser = new ContainerParser(FILE_KINDS, otherThanContainer);
+  private readonly parser: ContainerParser;
 
-  constructor() {
+  /** @param options see ParserOptions (deferRecordCrc: the decoder's workers check each record's CRC) */
+  constructor(options: ParserOptions = {}) {
     super({ writableObjectMode: false, readableObjectMode: true, readableHighWaterMark: 2 });
+    this.parser = new ContainerParser(FILE_KINDS, otherThanContainer, options);
   }
 
   override _transform(chunk: Uint8Array, _enc: BufferEncoding, callback: TransformCallback): void {

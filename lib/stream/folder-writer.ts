@@ -7,7 +7,10 @@
  * gives (lib/formats/file-format.ts): fixed bytes (a safetensors header),
  * tensors at offsets, a skeleton in the gaps around them. So chunks are
  * written where they belong with positional writes, and nothing waits in
- * memory, whatever the order.
+ * memory, whatever the order. Given to the decoder as its ChunkPlacer, the
+ * writer only says where each chunk goes, and the worker that decodes it
+ * writes it (the main thread touches no restored byte); a chunk that comes
+ * with its bytes is written here.
  *
  * Everything is written into a temporary folder beside the target. At the
  * end the fingerprints are checked, each file with a fixing step (a
@@ -19,18 +22,19 @@
  * It is a Writable (object mode), not a Transform: it produces files, not a
  * byte stream.
  */
-import { closeSync, fsyncSync, openSync, write, writeSync } from 'node:fs';
+import { closeSync, fsync, openSync, write, writeSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { DTYPE_BYTES, elementCount } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { HasherList } from '../core/hash.js';
-import { type RestoredRecord, takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
+import { type RestoredRecord, chunkPieces, takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
-import type { FilePlacement, Target } from '../formats/file-format.js';
+import type { FilePlacement, FinishTools, Target } from '../formats/file-format.js';
 import { fileFormat } from '../formats/registry.js';
-import type { RestoredEvent } from './codec.js';
+import { type PieceWrite, runJob } from '../pool/jobs.js';
+import type { ChunkPlacer, RestoredEvent } from './codec.js';
 
 /** Where a tensor's bytes go: a descriptor and the file kind's target. */
 type Placed = { fd: number; target: Target };
@@ -43,11 +47,19 @@ interface Unfinished {
   finish: NonNullable<FilePlacement['finish']>;
 }
 
+/** Finishing work in the calling thread, for a writer no decoder lent its threads to. */
+const IN_THREAD: FinishTools = {
+  crc32: async (ranges) => {
+    const result = runJob({ kind: 'crc', ranges: [...ranges] });
+    return result.kind === 'crc' ? result.crc : 0;
+  },
+};
+
 /**
  * RestoredEvent -> files in `temp`, each chunk written at its final offset.
  * Also restores a single-file container into an open file (`file`).
  */
-export class FolderWriter extends Writable {
+export class FolderWriter extends Writable implements ChunkPlacer {
   private readonly temp: string | null;
   private readonly file: number | undefined;
   private header: ContainerHeader | null = null;
@@ -62,6 +74,13 @@ export class FolderWriter extends Writable {
   private totalBytes = 0;
   private readonly onProgress: ((done: number, total: number) => void) | undefined;
   private readonly skip: ReadonlySet<string>;
+  /** The outputs opened for the header (by the decoder's prepare, or by the header event). */
+  private prepared: Promise<void> | null = null;
+  private tools: FinishTools = IN_THREAD;
+  /** A decoder places chunks through this writer (its workers write the files). */
+  private placing = false;
+  /** Every output file of the header is open (onHeader finished). */
+  private opened = false;
 
   /**
    * @param temp an empty folder the files are written into; null only checks the fingerprints (excp verify)
@@ -80,11 +99,50 @@ export class FolderWriter extends Writable {
 
   override _write(event: RestoredEvent, _enc: BufferEncoding, callback: (error?: Error | null) => void): void {
     const run = async (): Promise<void> => {
-      if (event.type === 'header') await this.onHeader(event.header);
+      if (event.type === 'header') await (this.prepared ??= this.onHeader(event.header));
       else if (event.type === 'footer') this.footer = event.footer;
       else await this.onChunk(event);
     };
     run().then(() => callback(), (e: unknown) => callback(e as Error));
+  }
+
+  /**
+   * Open the outputs for a header before the decoder decodes its first chunk ({@link ChunkPlacer}).
+   * @param header the container header
+   * @param tools the decoder's threads, for the finishing steps
+   */
+  prepare(header: ContainerHeader, tools: FinishTools): Promise<void> {
+    this.tools = tools;
+    this.placing = true;
+    return (this.prepared ??= this.onHeader(header));
+  }
+
+  /**
+   * Where a chunk's restored bytes go ({@link ChunkPlacer}): each piece at its
+   * tensor's offset, a skeleton's piece split over its segments.
+   * @returns the writes, or null when only fingerprints are checked (verify)
+   */
+  writes(entry: number, chunk: number): PieceWrite[] | null {
+    if (!this.header || (this.temp === null && this.file === undefined)) return null;
+    // A chunk placed before its files are open would be decoded and checked but never written.
+    if (!this.opened) throw new ExcpError('ERR_IO', 'restore: a chunk was placed before the output files were open');
+    const writes: PieceWrite[] = [];
+    for (const piece of chunkPieces(this.header, entry, chunk)) {
+      const placed = this.targets[piece.tensor];
+      if (!placed || piece.length === 0) continue;
+      const { fd, target } = placed;
+      if ('offset' in target) {
+        writes.push({ buffer: piece.buffer, at: piece.at, length: piece.length, fd, position: target.offset + piece.offset });
+        continue;
+      }
+      const end = piece.offset + piece.length;
+      for (const s of target.segments) {
+        const from = Math.max(piece.offset, s.at);
+        const to = Math.min(end, s.at + s.length);
+        if (from < to) writes.push({ buffer: piece.buffer, at: piece.at + from - piece.offset, length: to - from, fd, position: s.offset + from - s.at });
+      }
+    }
+    return writes;
   }
 
   private open(path: string): number {
@@ -130,6 +188,7 @@ export class FolderWriter extends Writable {
       for (const fixed of placement.fixed) writeAll(fd, fixed.bytes, fixed.offset);
       for (const { tensor, target } of placement.targets) this.targets[tensor] = { fd, target };
     }
+    this.opened = true;
   }
 
   /**
@@ -158,26 +217,41 @@ export class FolderWriter extends Writable {
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    try {
+    const run = async (): Promise<void> => {
       const header = this.header;
       if (!header) throw new ExcpError('ERR_TRUNCATED', 'restore: no container header');
       if (!this.footer) throw new ExcpError('ERR_TRUNCATED', 'restore: no footer');
       verifyFingerprints(header, this.footer, this.hashers.digests());
-      for (const p of this.patches) p.patch(p.fd, p.what);
-      for (const u of this.unfinished) u.finish({ fd: u.fd, path: u.rawPath }, u.finalPath);
-      for (const fd of this.fds.splice(0)) {
-        fsyncSync(fd);
-        closeSync(fd);
-      }
-      Promise.all(this.unfinished.map((u) => rm(u.rawPath, { force: true }))).then(() => callback(), (e: unknown) => callback(e as Error));
-    } catch (err) {
-      callback(err as Error);
-    }
+      // Every file's fixing and finishing step at once: their CRC jobs share the decoder's workers.
+      await Promise.all([
+        ...this.patches.map((p) => p.patch(p.fd, p.what, this.tools)),
+        ...this.unfinished.map((u) => u.finish({ fd: u.fd, path: u.rawPath }, u.finalPath, this.tools)),
+      ]);
+      // The files reach the disk together (libuv's threads), not one after the other on this thread.
+      const fds = this.fds.splice(0);
+      const synced = await Promise.allSettled(fds.map((fd) => new Promise<void>((resolve, reject) => fsync(fd, (e) => (e ? reject(e) : resolve())))));
+      for (const fd of fds) closeSync(fd);
+      const failed = synced.find((r) => r.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      await Promise.all(this.unfinished.map((u) => rm(u.rawPath, { force: true })));
+    };
+    run().then(() => callback(), (e: unknown) => callback(e as Error));
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    for (const fd of this.fds.splice(0)) closeSync(fd);
+    // A decoder's workers may still write to the files: its owner closes them (closeFiles) once they stopped.
+    if (!this.placing) this.closeFiles();
     callback(error);
+  }
+
+  /**
+   * Close the output files (after an error; at the end they are closed
+   * already). When the decoder's workers write them, call this only once
+   * the decoder has closed (its workers stopped): a descriptor closed under
+   * a worker could be reused by another file before the worker's write.
+   */
+  closeFiles(): void {
+    for (const fd of this.fds.splice(0)) closeSync(fd);
   }
 }
 

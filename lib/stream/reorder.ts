@@ -10,13 +10,14 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { RecordOrder } from '../container/framing.js';
 import type { EncodedRecord } from '../container/assemble.js';
+import { recordPayload } from '../container/format.js';
 import { type SpillOptions, SpillStore } from '../io/spill.js';
 import type { ContainerHeader } from '../model/checkpoint.js';
 
 /** EncodedRecord (any order) -> EncodedRecord (container order). */
 export class RecordReorder extends Transform {
   private readonly order: RecordOrder;
-  private readonly held = new Map<string, Omit<EncodedRecord, 'payload'>>();
+  private readonly held = new Map<string, Omit<EncodedRecord, 'payload' | 'framed'> & { framed: boolean }>();
   private readonly store: SpillStore;
 
   /**
@@ -36,10 +37,11 @@ export class RecordReorder extends Transform {
 
   override _transform(rec: EncodedRecord, _enc: BufferEncoding, callback: TransformCallback): void {
     try {
-      const { payload, ...rest } = rec;
+      // A record its worker framed waits whole (its payload is a view of it), so it is not framed again.
+      const { payload, framed, ...rest } = rec;
       const key = `${rec.entry}:${rec.chunk}`;
-      this.held.set(key, rest);
-      this.store.put(key, payload);
+      this.held.set(key, { ...rest, framed: framed !== undefined });
+      this.store.put(key, framed ?? payload);
       this.release();
       callback();
     } catch (err) {
@@ -55,9 +57,10 @@ export class RecordReorder extends Transform {
       const rest = this.held.get(key);
       if (!rest) return;
       this.held.delete(key);
-      const payload = this.store.take(key)!;
+      const { framed, ...fields } = rest;
+      const bytes = this.store.take(key)!;
       this.order.accept(entry, chunk);
-      this.push({ ...rest, payload });
+      this.push(framed ? { ...fields, payload: recordPayload(bytes), framed: bytes } : { ...fields, payload: bytes });
     }
   }
 

@@ -1,8 +1,14 @@
 /**
- * ChunkSource: the checkpoint read entry by entry, chunk by chunk, with the
+ * ChunkSource: the checkpoint entry by entry, chunk by chunk, with the
  * matching base bytes, as the first object stream of compress. Reading by
  * entry (not by file order) is what lets a parameter and its moments be
  * pruned jointly wherever the writer put them in the file.
+ *
+ * Where the checkpoints are files (Checkpoint.tensorRanges), a job names
+ * the file ranges of its bytes and the worker that codes it reads them:
+ * the main thread touches no chunk byte. Otherwise (a checkpoint in memory,
+ * a stream, or a stream's base check that looks at every chunk) the bytes
+ * are read here.
  */
 import { Readable } from 'node:stream';
 import { DTYPE_BYTES } from '../core/dtype.js';
@@ -10,13 +16,15 @@ import { ExcpError } from '../core/errors.js';
 import { BufferRecycler } from '../pool/pool.js';
 import { entryRawBytes, entryTensors } from '../model/pack.js';
 import type { ChunkInput } from '../method/reconstruct.js';
-import type { Checkpoint, ContainerHeader, EntrySpec, TensorInfo } from '../model/checkpoint.js';
+import type { Checkpoint, ContainerHeader, EntrySpec, FileRange, TensorInfo } from '../model/checkpoint.js';
+import type { ChunkReads } from '../pool/jobs.js';
 
-/** One unit of work for the encoder. */
+/** One unit of work for the encoder: its bytes (`input`), or where to read them (`reads`). */
 export interface ChunkJob {
   entry: number;
   chunk: number;
-  input: ChunkInput;
+  input: ChunkInput | null;
+  reads: ChunkReads | null;
   /**
    * Set when every input buffer came from the source's recycler: the coder
    * hands the buffers back through it once the chunk is coded (and then
@@ -36,7 +44,7 @@ function tensorInfo(file: Checkpoint, name: string): TensorInfo {
 export interface SourceOptions {
   /** Entry indices in reading order (default: container order). */
   order?: readonly number[] | undefined;
-  /** Sees every job before it goes on. */
+  /** Sees every job before it goes on (with its bytes: they are then read here, not by the workers). */
   observe?: ((job: ChunkJob) => void) | undefined;
   /** Called after the last job; may throw to fail the stream. */
   finish?: (() => void) | undefined;
@@ -55,6 +63,8 @@ export class ChunkSource extends Readable {
   private readonly observe: ((job: ChunkJob) => void) | undefined;
   private readonly finish: (() => void) | undefined;
   private reading = false;
+  /** Whether jobs name file ranges (the workers read) rather than carry bytes. */
+  readonly positional: boolean;
   /** Read buffers, reused chunk after chunk (float32 chunks fit a slot). */
   private readonly recycler: BufferRecycler;
   private readonly release: (buffers: ArrayBuffer[]) => void;
@@ -79,6 +89,39 @@ export class ChunkSource extends Readable {
     this.finish = options.finish;
     this.recycler = new BufferRecycler(Math.max(64, header.options.chunkElements * 4), 64);
     this.release = (buffers) => this.recycler.give(buffers);
+    // An observer looks at every job's bytes (the base check of a stream), so they are read here then.
+    this.positional = options.observe === undefined && typeof current.tensorRanges === 'function' && (base === null || typeof base.tensorRanges === 'function');
+  }
+
+  /** The file ranges of bytes [start, end) of a tensor, or null when the checkpoint gives none. */
+  private ranges(file: Checkpoint, name: string, start: number, end: number): FileRange[] | null {
+    return file.tensorRanges?.(tensorInfo(file, name), start, end) ?? null;
+  }
+
+  /** A job whose bytes the worker reads, or null when some tensor has no file ranges. */
+  private positionalJob(entry: number, e: EntrySpec, start: number, end: number): ChunkJob | null {
+    const { tensors } = this.header;
+    const of = (tensor: number | null, file: Checkpoint | null): FileRange[] | null => {
+      if (tensor === null || file === null) return null;
+      const eb = DTYPE_BYTES[tensors[tensor]!.dtype];
+      return this.ranges(file, tensors[tensor]!.name, start * eb, end * eb);
+    };
+    if (e.kind === 'pack') {
+      const weight: FileRange[] = [];
+      for (const t of entryTensors(e)) {
+        const info = tensorInfo(this.current, tensors[t]!.name);
+        const r = this.ranges(this.current, info.name, 0, info.end - info.begin);
+        if (!r) return null;
+        weight.push(...r);
+      }
+      return { entry, chunk: 0, input: null, reads: { weight, base: null, expAvg: null, expAvgSq: null } };
+    }
+    const weight = of(e.weight, this.current);
+    const base = e.base ? of(e.weight, this.base) : null;
+    const expAvg = of(e.expAvg, this.current);
+    const expAvgSq = of(e.expAvgSq, this.current);
+    if (!weight || (e.base && !base) || (e.expAvg !== null && !expAvg) || (e.expAvgSq !== null && !expAvgSq)) return null;
+    return { entry, chunk: this.chunk, input: null, reads: { weight, base, expAvg, expAvgSq } };
   }
 
   override _read(): void {
@@ -112,9 +155,14 @@ export class ChunkSource extends Readable {
         continue;
       }
       const end = Math.min(e.elements, start + options.chunkElements);
+      const positional = this.positional ? this.positionalJob(entry, e, start, end) : null;
+      if (positional) {
+        this.chunk++;
+        return positional;
+      }
       if (e.kind === 'pack') {
         this.chunk++;
-        return { entry, chunk: 0, input: { weight: await this.readPack(e), base: null, expAvg: null, expAvgSq: null } };
+        return { entry, chunk: 0, input: { weight: await this.readPack(e), base: null, expAvg: null, expAvgSq: null }, reads: null };
       }
       let pooled = true;
       const read = async (tensor: number | null, file: Checkpoint | null): Promise<Uint8Array | null> => {
@@ -133,7 +181,7 @@ export class ChunkSource extends Readable {
         read(e.expAvg, this.current),
         read(e.expAvgSq, this.current),
       ]);
-      const job: ChunkJob = { entry, chunk: this.chunk, input: { weight: weight!, base, expAvg, expAvgSq } };
+      const job: ChunkJob = { entry, chunk: this.chunk, input: { weight: weight!, base, expAvg, expAvgSq }, reads: null };
       if (pooled) job.release = this.release;
       this.chunk++;
       return job;
