@@ -6,7 +6,7 @@
  * before packs and lz variant 2), and spec/fixtures/format2/final/ containers
  * as format 2 was last written (commit bbaef7c), spec/fixtures/format3/ as
  * format 3 was written (commit 9177032, before the drift gain), spec/fixtures/format4/
- * as format 4 is written (commit 4c913f7), each with the SHA-256 of what
+ * as format 4 is written, each with the SHA-256 of what
  * that version restored them to.
  */
 import { test } from 'node:test';
@@ -108,7 +108,7 @@ for (const name of ['bf16-ckpt8-lossless.excp', 'fp32-ckpt8-vs-4.excp']) {
 const GENERATIONS = [
   { dir: new URL('./fixtures/format2/final/', import.meta.url), version: 2, what: 'as format 2 was last written (commit bbaef7c)' },
   { dir: new URL('./fixtures/format3/', import.meta.url), version: 3, what: 'format 3 (commit 9177032: method 2 without the drift gain)' },
-  { dir: new URL('./fixtures/format4/', import.meta.url), version: 4, what: 'format 4 (commit 4c913f7)' },
+  { dir: new URL('./fixtures/format4/', import.meta.url), version: 4, what: 'format 4' },
 ];
 
 type Want = { base: string | null; restoresTo: Record<string, string> };

@@ -31,7 +31,7 @@ import { compressBuffer, planFor } from '../lib/api/compress.js';
 import { restoreBuffer } from '../lib/api/restore.js';
 
 /** What the hand-built bodies' options (the difference {lossless: true, chunkElements: 1024}) read as in format 4. */
-const OPTIONS = { alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log', updateError: 0.577, keyframe: 'lossy' } as const;
+const OPTIONS = { alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: true, chunkElements: 1024, vFill: 'mean', vDomain: 'log', updateError: 0.8, keyframe: 'lossy' } as const;
 
 function spec(name: string, dtype: DType, elements: number, role: Role = 'plain'): TensorSpec {
   return { name, dtype, shape: [elements], role, entry: -1 };

@@ -135,7 +135,7 @@ describe('weight rule options', () => {
   it('defaults to the dithered residual (method 2); an explicit keep selects pruning by |dW|, an explicit alpha or PAPER_OPTIONS the paper\'s rule', () => {
     const d = resolveOptions();
     assert.equal(d.weightRule, 'dither');
-    assert.equal(d.updateError, 0.577);
+    assert.equal(d.updateError, 0.8);
     assert.equal(d.keyframe, 'lossy');
     assert.equal(d.bits, 2);
     assert.equal(resolveOptions({ keep: 0.4 }).weightRule, 'magnitude');

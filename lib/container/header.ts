@@ -32,7 +32,7 @@ const REFERENCE_OPTIONS: Readonly<Record<number, Readonly<Record<string, unknown
   }),
   4: Object.freeze({
     alpha: 5e-5, weightRule: 'dither', keep: 0.3, beta: 2, bits: 2, lossless: false, chunkElements: 1048576, vFill: 'mean', vDomain: 'log',
-    updateError: 0.577, keyframe: 'lossy',
+    updateError: 0.8, keyframe: 'lossy',
   }),
 });
 

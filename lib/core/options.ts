@@ -118,7 +118,7 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: "what a pruned v restores as: the chunk's mean pruned v, or 0 (the paper)" },
   { name: 'v-domain', field: 'vDomain', kind: 'choice', choices: ['log', 'linear'], default: 'log', commands: [],
     help: 'clustering domain of v (log keeps relative precision; linear is the paper)' },
-  { name: 'update-error', field: 'updateError', kind: 'number', min: 0, above: true, max: 4, default: 0.577, value: 'E', commands: CODING,
+  { name: 'update-error', field: 'updateError', kind: 'number', min: 0, above: true, max: 4, default: 0.8, value: 'E', commands: CODING,
     conflicts: ['alpha', 'keep', 'paper'],
     help: 'the fidelity knob: relative error of each weight update, ||dW^ - dW|| / ||dW||, that sets the step of its quantiser (finer where v is large: the measured error, shown by excp inspect, is 1-1.3x E); smaller: larger files, closer to the original' },
   { name: 'keyframe', field: 'keyframe', kind: 'choice', choices: ['lossy', 'exact'], default: 'lossy', value: 'MODE', commands: CODING,
