@@ -272,6 +272,8 @@ describe('issue 18: the command line as a new user meets it', () => {
     assert.match(r.stdout.toString(), /other tensors and files \(compared bit for bit\): 1 of \d+ differ: optimizer\.pt\n/);
     assert.match(r.stdout.toString(), /^ +[\d.]+%  __optimizer__\/\d+\/exp_avg(_sq)? in optimizer\.pt \(F32, /m);
     assert.match(r.stderr, /^excp: compare: exp_avg(_sq)? '__optimizer__\/\d+\/exp_avg(_sq)?' in optimizer\.pt has a relative error of [\d.]+, above --max-moment-error 0\.5\n$/);
+    // --top 0: the count alone, no empty list of names.
+    assert.match(run(['compare', join(fp32, 'checkpoint-8'), back, '--top', '0']).stdout.toString(), /other tensors and files \(compared bit for bit\): 1 of \d+ differ\n/);
     // A weight's error is of its update's size (a bias near 0 is mostly update): within 1 of the weight.
     assert.equal(run(['compare', join(fp32, 'checkpoint-8'), back, '--max-weight-error', '1', '--quiet']).status, 0);
   });

@@ -351,7 +351,8 @@ export function formatCompare(r: CompareReport, top = 10): string {
   if (raw.length) {
     const differ = raw.filter((t) => t.changed > 0);
     const names = differ.slice(0, top).map(describeTensor).join(', ');
-    lines.push(`other tensors and files (compared bit for bit): ${differ.length} of ${raw.length} differ${differ.length ? `: ${names}${differ.length > top ? ', ...' : ''}` : ''}`);
+    // With --top 0 no names are listed, only the count.
+    lines.push(`other tensors and files (compared bit for bit): ${differ.length} of ${raw.length} differ${differ.length && top > 0 ? `: ${names}${differ.length > top ? ', ...' : ''}` : ''}`);
   }
   const steps = [...r.steps].sort((x, y) => y.stepRelError - x.stepRelError);
   if (steps.length) {
