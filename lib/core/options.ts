@@ -120,7 +120,7 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
     help: 'clustering domain of v (log keeps relative precision; linear is the paper)' },
   { name: 'update-error', field: 'updateError', kind: 'number', min: 0, above: true, max: 4, default: 0.8, value: 'E', commands: CODING,
     conflicts: ['alpha', 'keep', 'paper'],
-    help: 'the fidelity knob: relative error of each weight update, ||dW^ - dW|| / ||dW||, that sets the step of its quantiser (finer where v is large: the measured error, shown by excp inspect, is 1-1.3x E); smaller: larger files, closer to the original' },
+    help: 'the fidelity knob: relative error of each weight update, ||dW^ - dW|| / ||dW||, that sets the step of its quantiser (finer where v is large: the measured error, shown by excp inspect, is 1-1.3x E); smaller: larger files, closer to the original; training washes the error out, so for a checkpoint that will not be trained further (evaluated, shipped) or far from its base, 0.577 or less' },
   { name: 'keyframe', field: 'keyframe', kind: 'choice', choices: ['lossy', 'exact'], default: 'lossy', value: 'MODE', commands: CODING,
     help: "a keyframe's fp32 weights: rounded to bf16's precision, or exact" },
   { name: 'paper', kind: 'flag', commands: CODING, conflicts: ['keep', 'rule', 'update-error'],
