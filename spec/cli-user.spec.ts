@@ -15,6 +15,7 @@ import { parseSafetensors, serializeSafetensors } from '../lib/formats/safetenso
 import { MAX_TENSORS } from '../lib/core/constants.js';
 import { restoreTensors } from '../lib/api/extract.js';
 import { restoreBuffer, restoreToFolder } from '../lib/api/restore.js';
+import { verifyContainer } from '../lib/api/inspect.js';
 import { compressTo } from '../lib/api/compress.js';
 import { writeAtomically } from '../lib/io/output.js';
 import { randomCheckpointPair, sameBytes } from './helpers.js';
@@ -237,8 +238,23 @@ describe('issue 18: the command line as a new user meets it', () => {
     // To stdout too, and only the records of that entry are read.
     const piped = run(['restore', container, '--base', prev, '--tensor', big.name, '-o', '-']);
     assert.ok(sameBytes(parseSafetensors(new Uint8Array(piped.stdout)).tensors[0]!.data, big.data));
+    // This container is small, so it keeps no per-tensor hashes (they would
+    // take over 1% of it): the other entries are decoded too, into nothing,
+    // and the whole fingerprint is checked.
     const result = await restoreTensors(container, [big.name], join(dir, 'one.safetensors'), { base: prev });
-    assert.equal(result.records, Math.ceil(big.data.length / 4 / 4096));
+    assert.equal(result.records, (await verifyContainer(container, prev)).chunks);
+    assert.equal(result.hashed, true);
+    // One with per-tensor hashes reads only the records of the entry asked for.
+    const large = randomCheckpointPair(5, { params: 3, maxElements: 60000 });
+    const largePrev = join(dir, 'large-prev.safetensors');
+    const largeContainer = join(dir, 'large.excp');
+    writeFileSync(largePrev, large.previous);
+    writeFileSync(join(dir, 'large.safetensors'), large.current);
+    assert.equal(run(['compress', join(dir, 'large.safetensors'), '--base', largePrev, '-o', largeContainer, '--chunk', '4096']).status, 0);
+    const first = parseSafetensors(large.current).tensors[0]!;
+    const one = await restoreTensors(largeContainer, [first.name], join(dir, 'large-one.safetensors'), { base: largePrev });
+    assert.equal(one.records, Math.ceil(first.data.length / 4 / 4096));
+    assert.ok(one.records < (await verifyContainer(largeContainer, largePrev)).chunks);
     // Mistakes: an unknown name, a pipe as input, --with-moments alone.
     const unknown = run(['restore', container, '--base', prev, '--tensor', 'nope', '-o', join(dir, 'nope.st')]);
     assert.equal(unknown.status, 1);

@@ -80,6 +80,21 @@ describe('mutation fuzzing (seed ' + SEED + ')', () => {
       `payload decoder not reached: ${JSON.stringify(stats.outcomes)}`);
     assert.ok(stats.slowestMs < 3000, `slowest case ${stats.slowestMs} ms: ${stats.slowestCase}`);
   });
+
+  it('a re-sealed payload of a small, hash-less container: restore --tensor checks the whole fingerprint (seed 2026, case 2470)', async () => {
+    // Restoring one tensor of a container without per-tensor hashes used to
+    // trust the CRCs alone, and returned other bytes for this case.
+    const stats = await runFuzz({ seed: 2026, from: 2470, iterations: 1, target: 'container', fileEvery: 10, caseTimeoutMs: 5000 });
+    assert.deepEqual(stats.outcomes, { 'container/payload ERR_FINGERPRINT': 1 });
+  });
+
+  it('a JSON footer whose entry errors are not numbers, a JSON header without a tool: refused as bad headers (seed 2026 case 48870, seed 7 case 19690)', async () => {
+    // inspect printed both, and threw a TypeError on them.
+    const footer = await runFuzz({ seed: 2026, from: 48870, iterations: 1, target: 'container', fileEvery: 10, caseTimeoutMs: 5000 });
+    assert.deepEqual(footer.outcomes, { 'container/footer-json ERR_BAD_HEADER': 1 });
+    const header = await runFuzz({ seed: 7, from: 19690, iterations: 1, target: 'container', fileEvery: 10, caseTimeoutMs: 5000 });
+    assert.deepEqual(header.outcomes, { 'container/header-json ERR_BAD_HEADER': 1 });
+  });
 });
 
 describe('length fields set to extremes', () => {

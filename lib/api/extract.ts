@@ -16,7 +16,7 @@ import { decodeChunk } from '../method/codec.js';
 import type { ContainerFooter, ContainerHeader } from '../model/checkpoint.js';
 import { chunkCount, layoutOf } from '../container/format.js';
 import { type ContainerSource, readRecordAt } from '../container/index.js';
-import { takeRestoredChunk } from '../container/verify.js';
+import { takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
 import { openCheckpoint } from '../formats/registry.js';
 import { buildSafetensorsHeader, parseSafetensorsHeader } from '../formats/safetensors.js';
 import type { Checkpoint } from '../model/checkpoint.js';
@@ -118,42 +118,64 @@ export async function restoreTensors(input: string, names: readonly string[], ta
   return withContainerIndex(input, async (source, header, footer) => {
     const chosen = chooseTensors(header, names, options.withMoments === true);
     const entries = [...new Set(chosen.map((t) => header.tensors[t]!.entry))].sort((a, b) => a - b);
-    const needsBase = entries.some((e) => header.entries[e]!.base);
-    const base = needsBase && options.base !== undefined ? await openCheckpoint(options.base, { role: 'base', spill: { dir: options.tmp, stage: 'restore' } }) : null;
-    base?.expect?.(entries.filter((e) => header.entries[e]!.base).map((e) => header.tensors[header.entries[e]!.weight]!.name));
+    const hashes = footer.tensorHashes;
+    // No per-tensor hashes: the writer leaves them out only of a container
+    // they would take more than 1% of, a small one, so the other entries are
+    // decoded too (into nothing) and the whole fingerprint is checked, when
+    // every base they need is at hand; else only the CRCs vouch for the bytes.
+    const picked = new Set(entries);
+    const rest = hashes ? [] : header.entries.map((_, i) => i).filter((i) => !picked.has(i));
+    const based = (list: number[]) => list.filter((e) => header.entries[e]!.base);
+    const whole = hashes === null && (based(rest).length === 0 || options.base !== undefined);
+    const needed = [...based(entries), ...(whole ? based(rest) : [])];
+    const base = needed.length && options.base !== undefined ? await openCheckpoint(options.base, { role: 'base', spill: { dir: options.tmp, stage: 'restore' } }) : null;
+    base?.expect?.(needed.map((e) => header.tensors[header.entries[e]!.weight]!.name));
     const { raw, tensors: layout } = buildSafetensorsHeader(chosen.map((t) => header.tensors[t]!), metadataOf(header));
     const at = new Map(chosen.map((t, k) => [t, raw.length + layout[k]!.begin]));
     let records = 0;
     const hashers = new HasherList(header.tensors.length);
+    // Checked before a file is renamed into place: a tensor that does not match leaves nothing behind.
+    const check = async (): Promise<void> => {
+      if (hashes) {
+        const digests = hashers.digests();
+        for (const t of chosen) {
+          if (digests[t] !== hashes[t]) throw new ExcpError('ERR_FINGERPRINT', `restore: tensor '${header.tensors[t]!.name}' restored to different bytes than recorded at compression`);
+        }
+      } else if (whole) {
+        for (const e of rest) records += await decodeEntry(source, header, footer, e, base, hashers, () => Promise.resolve());
+        verifyFingerprints(header, footer, hashers.digests());
+      }
+    };
     try {
       const write = async (out: Writable, fd?: number): Promise<void> => {
         if (fd !== undefined) {
           // A file: every chosen member of an entry is placed as its chunks are decoded, each entry once.
           await writeAt(fd, raw, 0);
           for (const e of entries) records += await decodeEntry(source, header, footer, e, base, hashers, (t, bytes, offset) => (at.has(t) ? writeAt(fd, bytes, at.get(t)! + offset) : Promise.resolve()));
+          await check();
           return;
         }
         // A stream: tensor after tensor, in file order (an entry with several chosen members is decoded once per member).
         await writeOut(out, raw);
+        const seen = new Set<number>();
         for (const t of chosen) {
           const own = new HasherList(header.tensors.length);
-          records += await decodeEntry(source, header, footer, header.tensors[t]!.entry, base, own, (m, bytes) => (m === t ? writeOut(out, bytes) : Promise.resolve()));
-          hashers.adopt(own, t);
+          const e = header.tensors[t]!.entry;
+          records += await decodeEntry(source, header, footer, e, base, own, (m, bytes) => (m === t ? writeOut(out, bytes) : Promise.resolve()));
+          if (!seen.has(e)) {
+            // The entry's every member once, for the whole fingerprint.
+            for (const m of header.tensors.keys()) if (header.tensors[m]!.entry === e) hashers.adopt(own, m);
+            seen.add(e);
+          }
         }
+        await check();
       };
       if (typeof target === 'string') await writeAtomically(target, write, { force: options.force, inputs: [...(options.inputs ?? []), input] });
       else await write(target);
     } finally {
       await base?.close();
     }
-    const digests = hashers.digests();
-    const hashes = footer.tensorHashes;
-    if (hashes) {
-      for (const t of chosen) {
-        if (digests[t] !== hashes[t]) throw new ExcpError('ERR_FINGERPRINT', `restore: tensor '${header.tensors[t]!.name}' restored to different bytes than recorded at compression`);
-      }
-    }
-    return { tensors: chosen.map((t) => header.tensors[t]!.name), records, hashed: hashes !== null };
+    return { tensors: chosen.map((t) => header.tensors[t]!.name), records, hashed: hashes !== null || whole };
   });
 }
 

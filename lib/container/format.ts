@@ -198,6 +198,12 @@ function validateFooter(f: ContainerFooter, header: ContainerHeader): void {
   f.entries.forEach((e, i) => {
     if (!e || typeof e !== 'object' || !Array.isArray(e.offsets)) fail(`entry ${i}`);
     if (!count(e.codedBytes) || !count(e.keptWeights) || !count(e.keptMoments)) fail(`entry ${i} counts`);
+    // The optional statistics too: a JSON footer may hold anything there.
+    if ((e.entropyBits !== undefined && !count(e.entropyBits)) || (e.symbolBits !== undefined && !count(e.symbolBits))) fail(`entry ${i} bit counts`);
+    if (e.errors !== undefined) {
+      const x = e.errors as unknown as Record<string, unknown> | null;
+      if (!x || typeof x !== 'object' || !['weight', 'm', 'v'].every((k) => typeof x[k] === 'number' && Number.isFinite(x[k]) && (x[k] as number) >= 0)) fail(`entry ${i} errors`);
+    }
     const spec = header.entries[i]!;
     if (e.offsets.length !== chunkCount(spec, header.options.chunkElements)) fail(`entry ${i} has ${e.offsets.length} record offsets`);
     let previous = -1;

@@ -27,6 +27,7 @@ function bad(what: string): never {
  */
 export function validateHeader(h: ContainerHeader, kinds: FileKinds): void {
   if (!h || typeof h !== 'object') bad('not an object');
+  if (typeof h.tool !== 'string') bad('tool');
   const o = h.options;
   if (!o || typeof o !== 'object') bad('options missing');
   if (!Number.isSafeInteger(o.chunkElements) || o.chunkElements < MIN_CHUNK_ELEMENTS || o.chunkElements > MAX_CHUNK_ELEMENTS) bad(`chunkElements ${String(o.chunkElements)}`);
