@@ -20,7 +20,7 @@
  * --params picks the size (tiny, 1m, 10m, 160m, 410m; default 160m),
  * --large adds 410m after it, --quick runs the tiny model only (seconds).
  * --rss runs the memory matrix instead: every kind of run (keyframes and
- * residuals, files and folders, pipes with a consumer that pauses) at 1, 2
+ * residuals, files and folders, stdin, pipes with a consumer that pauses) at 1, 2
  * and 4-per-core threads under --memory (default 256M), and reports peak
  * RSS against the budget.
  */
@@ -225,6 +225,7 @@ async function memory(name: string): Promise<void> {
   excp(`compress ${p('cur')}${map} -o ${p('dkey.excp')} -f`);
   const cases: Array<[string, (t: string) => Run]> = [
     ['file residual compress', (t) => excp(`compress ${p('cur.safetensors')} --base ${p('prev.safetensors')} -o ${p('x.excp')} -f${t}`)],
+    ['stdin residual compress', (t) => excp(`compress --base ${p('prev.safetensors')} -o ${p('x.excp')} -f${t}`, `< ${p('cur.safetensors')}`)],
     ['file residual compress > paused pipe', (t) => excp(`compress ${p('cur.safetensors')} --base ${p('prev.safetensors')} -o -${t}`, pause)],
     ['file keyframe compress', (t) => excp(`compress ${p('cur.safetensors')} -o ${p('x.excp')} -f${t}`)],
     ['file residual restore -o FILE', (t) => excp(`restore ${p('res.excp')} --base ${p('prev.safetensors')} -o ${p('x.safetensors')} -f${t}`)],

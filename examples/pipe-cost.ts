@@ -4,7 +4,10 @@
  * is read as a stream (as from stdin), and the bytes that waited on disk
  * for their partners are printed with the time and peak RSS.
  *
- *   npx tsx examples/pipe-cost.ts [--params 10m|160m|...] [--dtype F32|BF16] [--layout name|dtype] [--dir DIR]
+ *   npx tsx examples/pipe-cost.ts [--params 10m|160m|...] [--dtype F32|BF16] [--layout name|dtype] [--memory SIZE] [--dir DIR]
+ *
+ * --memory is the budget excp compress would run under (default 256M): its
+ * sixteenth, up to 64 MiB, waits in memory per store (streamMemoryBytes).
  *
  * `--layout dtype` rewrites the checkpoint in the order safetensors'
  * save_file uses (by dtype, F32 first, then by name), where bf16 weights
@@ -14,7 +17,8 @@ import { closeSync, createReadStream, mkdirSync, openSync, statSync, writeSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { STREAM_MEMORY_BYTES, compressReadable } from '../lib/api/compress.js';
+import { compressReadable, streamMemoryBytes } from '../lib/api/compress.js';
+import { resolveResources } from '../lib/pool/budget.js';
 import type { DType } from '../lib/core/dtype.js';
 import { resolveOptions } from '../lib/core/options.js';
 import { SafetensorsFile } from '../lib/formats/safetensors-file.js';
@@ -26,6 +30,7 @@ const { values } = parseArgs({ options: {
   params: { type: 'string', default: '10m' },
   dtype: { type: 'string', default: 'F32' },
   layout: { type: 'string', default: 'name' },
+  memory: { type: 'string', default: '256M' },
   dir: { type: 'string', default: join(tmpdir(), 'excp-pipe-cost') },
 } });
 const preset = PRESETS[values.params!];
@@ -56,16 +61,17 @@ if (values.layout === 'dtype') {
 }
 
 const started = Date.now();
-const spill = { dir, memoryBytes: STREAM_MEMORY_BYTES };
+const { memory } = resolveResources({ memory: values.memory });
+const spill = { dir, memoryBytes: streamMemoryBytes(memory) };
 const stream = await SafetensorsStream.open(createReadStream(input, { highWaterMark: 1 << 16 }), 'stdin', spill);
 const base = await SafetensorsFile.open(prev);
-const { stream: out, done } = compressReadable(stream, base, resolveOptions({}), 'auto', undefined, 'auto', { spill });
+const { stream: out, done } = compressReadable(stream, base, resolveOptions({}), 'auto', undefined, 'auto', { spill, memory });
 let bytes = 0;
 for await (const c of out) bytes += (c as Uint8Array).length;
 await done;
 await stream.end();
 console.log(JSON.stringify({
-  params: values.params, dtype, layout: values.layout, inputBytes: statSync(input).size, outputBytes: bytes,
+  params: values.params, dtype, layout: values.layout, memory: values.memory, inputBytes: statSync(input).size, outputBytes: bytes,
   waitedOnDisk: stream.spilledBytes, seconds: (Date.now() - started) / 1000, peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024),
 }));
 await stream.close();

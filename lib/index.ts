@@ -25,7 +25,7 @@ export { ChunkSource, type ChunkJob } from './stream/source.js';
 export { ChunkEncoder, ChunkDecoder } from './stream/codec.js';
 export { ContainerWriter, ContainerReader } from './stream/container.js';
 export { StreamWriter } from './stream/writer.js';
-export { compress, compressBuffer, compressTo, compressReadable, STREAM_MEMORY_BYTES, type BaseCheckMode, type CompressOptions, type CompressStats } from './api/compress.js';
+export { compress, compressBuffer, compressTo, compressReadable, STREAM_MEMORY_BYTES, streamMemoryBytes, type BaseCheckMode, type CompressOptions, type CompressStats } from './api/compress.js';
 export { restoreTensors, type TensorRestoreOptions, type TensorRestoreResult } from './api/extract.js';
 export { RecordReorder } from './stream/reorder.js';
 export { restore, restoreBuffer, restoreTo, restoreToFile, restoreToFolder, type RestoreOptions } from './api/restore.js';

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { compress, compressReadable } from '../lib/api/compress.js';
+import { type CompressStats, compress, compressReadable, compressTo } from '../lib/api/compress.js';
 import { resolveOptions } from '../lib/core/options.js';
 import { SafetensorsMemory } from '../lib/formats/safetensors-file.js';
 import { SafetensorsStream } from '../lib/formats/safetensors-stream.js';
@@ -128,5 +128,38 @@ describe('compress from a stream', () => {
     await stream.close();
     writeFileSync(join(dir, 'x'), '');
     rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('what waits in memory follows --memory', () => {
+  it('a sixteenth of the budget, at most 64 MiB: at 64M what waits for its partners goes to disk, at 1G it stays in memory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'excp-stream-memory-'));
+    try {
+      const rng = new Prng(3);
+      const n = 1 << 21;
+      const floats = (scale: number, f = (x: number) => x) => {
+        const a = new Float32Array(n);
+        for (let i = 0; i < n; i++) a[i] = f(scale * rng.normal());
+        return new Uint8Array(a.buffer);
+      };
+      const shape = [2048, 1024];
+      const file = serializeSafetensors([
+        { name: 'w', dtype: 'F32', shape, data: floats(0.02) },
+        { name: 'w.exp_avg', dtype: 'F32', shape, data: floats(1e-3) },
+        { name: 'w.exp_avg_sq', dtype: 'F32', shape, data: floats(1e-3, (x) => x * x) },
+      ]);
+      const spilled = async (memory: string): Promise<number> => {
+        let stats: CompressStats | null = null;
+        const sink = new Writable({ write: (_c, _e, cb) => cb() });
+        await compressTo(Readable.from(chunkify(file, 1 << 16)), sink, { threads: 0, memory, tmp: dir, chunkElements: 1 << 18, onStats: (s) => (stats = s) });
+        return stats!.spilledBytes;
+      };
+      // A chunk of w is read, then one of exp_avg, then one of exp_avg_sq:
+      // the rest of w and of exp_avg (7 MiB each) wait as the stream passes them.
+      assert.ok(await spilled('64M') >= 8 * 1024 * 1024, 'at 64M (4 MiB in memory) most of it waits on disk');
+      assert.equal(await spilled('1G'), 0, 'at 1G (64 MiB in memory) nothing waits on disk');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

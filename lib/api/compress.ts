@@ -56,7 +56,7 @@ export interface CompressOptions extends LooseOptions {
   /**
    * Folder for what waits when the checkpoint comes from a stream (default:
    * the system's temporary folder): the tensors that arrive before their
-   * partners, beyond {@link STREAM_MEMORY_BYTES} in memory.
+   * partners, beyond {@link streamMemoryBytes} in memory.
    */
   tmp?: string | undefined;
   /** A distributed checkpoint folder (DCP): compress only this rank's files (and the shared ones); the base is read the same way. */
@@ -76,10 +76,23 @@ export interface CompressOptions extends LooseOptions {
 
 /**
  * Bytes of a streamed checkpoint that may wait in memory for their partners
- * before they go to a temporary file: a parameter whose weight and moments
- * are neighbours in the file waits its weight and first moment here.
+ * before they go to a temporary file, at most: a parameter whose weight and
+ * moments are neighbours in the file waits its weight and first moment
+ * here. A run takes {@link streamMemoryBytes} of its memory budget.
  */
 export const STREAM_MEMORY_BYTES = 64 * 1024 * 1024;
+
+/**
+ * What each store of a streamed run (the checkpoint's tensors that wait,
+ * the base's, the records that wait to go out in order) keeps in memory:
+ * a sixteenth of the memory budget, up to STREAM_MEMORY_BYTES. At the
+ * default 256M that is 16 MiB: with all of 64 MiB a residual compress from
+ * stdin peaked at 333 MB (160m pair, one worker), over the budget.
+ * @param memory the memory budget in bytes
+ */
+export function streamMemoryBytes(memory: number): number {
+  return Math.min(STREAM_MEMORY_BYTES, Math.floor(memory / 16));
+}
 
 /** The container header for a checkpoint against an optional base. */
 export function planFor(current: Checkpoint, base: Checkpoint | null, options: CodecOptions): ContainerHeader {
@@ -250,8 +263,8 @@ function noticeUnrelated(findings: BaseFindings, onNotice?: (message: string) =>
  */
 async function* compressedBytes(input: string | AsyncIterable<Uint8Array>, options: CompressOptions, stats?: CompressStats): AsyncGenerator<Uint8Array> {
   const codec = resolveOptions(stripRuntime(options));
-  const { threads } = resolveResources(options);
-  const spill: SpillOptions = { dir: options.tmp, stage: 'compress', memoryBytes: STREAM_MEMORY_BYTES };
+  const { threads, memory } = resolveResources(options);
+  const spill: SpillOptions = { dir: options.tmp, stage: 'compress', memoryBytes: streamMemoryBytes(memory) };
   let base: Checkpoint | null = null;
   let current: Checkpoint | null = null;
   try {
@@ -319,7 +332,7 @@ function stripRuntime(o: CompressOptions): LooseOptions {
 /**
  * Compress as a Duplex: write safetensors bytes, read container bytes.
  * The input is read once, forward; what must wait for its partners waits
- * in memory up to STREAM_MEMORY_BYTES, then in a temporary file (`tmp`).
+ * in memory up to streamMemoryBytes(memory), then in a temporary file (`tmp`).
  * @param options method options and the base
  * @returns a Duplex for stream.pipeline
  * @throws ExcpError ERR_OUT_OF_RANGE for a bad option (threads and memory included), at once
@@ -363,13 +376,13 @@ export interface CompressStats {
 }
 
 /**
- * Compress a file (or stdin when input is undefined) into a writable.
- * @param input checkpoint path (file, folder or FIFO), or undefined for stdin
+ * Compress a file, a byte stream, or stdin (input undefined) into a writable.
+ * @param input checkpoint path (file, folder or FIFO), safetensors bytes as a stream, or undefined for stdin
  * @param out where the container bytes go (not ended)
  * @param options method options, base, threads, memory, progress
  * @throws ExcpError ERR_OUT_OF_RANGE for a bad option, before anything is read
  */
-export async function compressTo(input: string | undefined, out: Writable, options: CompressOptions): Promise<void> {
+export async function compressTo(input: string | AsyncIterable<Uint8Array> | undefined, out: Writable, options: CompressOptions): Promise<void> {
   resolveOptions(stripRuntime(options));
   resolveResources(options);
   const stats: CompressStats = { inputBytes: 0, outputBytes: 0, spilledBytes: 0 };

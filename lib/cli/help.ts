@@ -20,10 +20,11 @@ const DOCS: Record<Command, CommandDoc> = {
     details: `IN is a safetensors file (each parameter NAME with NAME.exp_avg and
 NAME.exp_avg_sq) or a PyTorch / Hugging Face checkpoint folder; absent or
 '-': stdin. A pipe (stdin, a FIFO, <(...)) is read once: a tensor that comes
-before its partners waits in memory (64 MiB), then in --tmp DIR. BASE is the
-previous checkpoint as restored (a file, or the previous folder); a base
-that is not an earlier checkpoint of the same run (the cosine of W and
-W_base below 0.2) is refused unless --force. OUT absent or '-': stdout (not
+before its partners waits in memory (a sixteenth of --memory, at most 64
+MiB), then in --tmp DIR. BASE is the previous checkpoint as restored (a
+file, or the previous folder); a base that is not an earlier checkpoint of
+the same run (the cosine of W and W_base below 0.2) is refused unless
+--force. OUT absent or '-': stdout (not
 a terminal unless -o -); on a terminal, a summary line goes to stderr. A
 PyTorch distributed checkpoint folder (.metadata + __R_i.distcp) goes in
 whole, or with --rank R one rank's files into the per-rank folder OUT.`,

@@ -165,7 +165,7 @@ export const OPTIONS: readonly OptionSpec[] = Object.freeze([
   { name: 'threads', kind: 'integer', min: 0, max: 4, perCore: true, words: ['auto'], default: 'auto', value: 'N', commands: THREADED,
     help: "worker threads: 'auto' (all cores that --memory feeds; none for a small checkpoint), or a count (0: none, all in the main thread)" },
   { name: 'memory', kind: 'size', min: 64 * MIB, max: 2 ** 50, default: '256M', value: 'SIZE', commands: ['compress', 'restore', 'verify'],
-    help: 'memory budget for everything in flight (chunks in workers, buffers, spill); workers it cannot feed are not started (one always is)' },
+    help: 'memory budget for everything in flight (chunks in workers, buffers, spill); workers it cannot feed are not started (none fits: the main thread codes)' },
   { name: 'quiet', kind: 'flag', commands: PROGRESS, help: 'no progress line (and no summary line after compress)' },
   { name: 'debug', kind: 'flag', commands: COMMANDS, help: 'print the stack trace of an error' },
   { name: 'help', short: 'h', kind: 'flag', commands: COMMANDS, help: 'this help' },

@@ -12,8 +12,8 @@
  * coded exactly (a keyframe: the exact coder works on byte planes, about
  * six times the chunk) or lossy (three times; six with method 2's
  * dither). Workers the budget does not feed are not started: their chunks
- * wait for a free worker instead of taking memory.
- * One worker always runs, whatever the budget.
+ * wait for a free worker instead of taking memory. Where not even one
+ * worker fits, the chunks are coded on the calling thread.
  */
 import { availableParallelism } from 'node:os';
 import { DTYPE_BYTES } from '../core/dtype.js';
@@ -84,8 +84,10 @@ const MB = 1024 * 1024;
  * feeds 5 to 10. A checkpoint read from a stream (stdin, a FIFO) also
  * holds what waits for its partners in memory (up to the spill stores'
  * memory, lib/io/spill.ts), which the plan counts on the main thread
- * (PlanOptions.heldOnMain): such a residual compress peaks at 330 MB with
- * one worker, over the default budget (one worker always runs).
+ * (PlanOptions.heldOnMain, a sixteenth of the budget per store:
+ * streamMemoryBytes in lib/api/compress.ts). With all of 64 MiB per store
+ * and one worker such a residual compress peaked at 346 MB; with 16 MiB at
+ * 277-312 MB, and with no worker (one does not fit 256M) at 225 MB.
  */
 
 /**
@@ -128,12 +130,20 @@ function chunkElements(header: ContainerHeader, e: EntrySpec): number {
   return e.kind === 'pack' ? e.elements : Math.min(e.elements, header.options.chunkElements);
 }
 
-/** What one chunk of an entry costs: its bytes as read (tensors and base), restored (tensors), its payload, and how its weight is coded. */
+/**
+ * What one chunk of an entry costs: its bytes as read (tensors and base),
+ * restored (tensors), its payload, how its weight is coded, and the bytes
+ * its working set scales with: the chunk's bytes for an exact coding (byte
+ * planes), its values as float32 for a lossy one (the codec works in
+ * float32 whatever the dtype: a bf16 residual from stdin, counted by its
+ * bytes, was estimated at 243 MB and peaked at 292 MB).
+ */
 interface ChunkCost {
   bytes: number;
   restored: number;
   payload: number;
   coding: 'exact' | 'lossy' | 'dithered';
+  working: number;
 }
 
 function chunkCost(header: ContainerHeader, e: EntrySpec): ChunkCost {
@@ -152,7 +162,8 @@ function chunkCost(header: ContainerHeader, e: EntrySpec): ChunkCost {
   // An exact weight (a keyframe, a plain tensor) dominates: the exact coder's working set is several times the pruning path's.
   const exact = e.exactWeight;
   const coding = exact ? 'exact' : header.options.weightRule === 'dither' ? 'dithered' : 'lossy';
-  return { bytes: restored + base, restored, payload: exact ? restored : Math.ceil(restored * LOSSY_PAYLOAD), coding };
+  const floats = e.kind === 'pack' ? 0 : n * 4 * ((e.expAvg !== null ? 3 : 1) + (e.base ? 1 : 0));
+  return { bytes: restored + base, restored, payload: exact ? restored : Math.ceil(restored * LOSSY_PAYLOAD), coding, working: exact ? restored + base : Math.max(restored + base, floats) };
 }
 
 /** The costs of a container's chunks that the plan needs: the largest of each over its entries. */
@@ -162,7 +173,7 @@ function largest(header: ContainerHeader, direction: 'compress' | 'restore'): { 
     if (e.elements === 0) continue;
     const c = chunkCost(header, e);
     const factor = (direction === 'compress' ? ENCODE_FACTOR : DECODE_FACTOR)[c.coding];
-    out.working = Math.max(out.working, c.bytes * factor);
+    out.working = Math.max(out.working, c.working * factor);
     out.payload = Math.max(out.payload, c.payload);
     out.restored = Math.max(out.restored, c.restored);
     out.bytes = Math.max(out.bytes, c.bytes);
@@ -230,6 +241,11 @@ export function planWork(header: ContainerHeader, resources: Resources, directio
   if (wanted === 0) return { workers: 0, inFlight: 1, estimate: fixed + onMain + chunk.working };
   // A worker holds WORKER_DEPTH jobs: the one it codes, and the next, read meanwhile (or the last, being written).
   const perWorker = WORKER_BYTES + chunk.working + (WORKER_DEPTH - 1) * chunk.bytes + WORKER_DEPTH * onMain;
-  const workers = Math.max(1, Math.min(wanted, Math.floor((resources.memory - fixed) / perWorker)));
+  const workers = Math.min(wanted, Math.floor((resources.memory - fixed) / perWorker));
+  // Not even one worker fits: the calling thread codes the chunks, which
+  // costs neither a worker's isolate nor a second chunk in flight (a restore
+  // into a pipe at 256M: 197 MB and 14.7 s instead of 258 MB and 11.9 s; a
+  // compress from stdin: 225 MB instead of 277 MB, as fast).
+  if (workers < 1) return { workers: 0, inFlight: 1, estimate: fixed + onMain + chunk.working };
   return { workers, inFlight: WORKER_DEPTH * workers + 1, estimate: fixed + workers * perWorker };
 }
