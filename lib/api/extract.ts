@@ -20,6 +20,7 @@ import { takeRestoredChunk, verifyFingerprints } from '../container/verify.js';
 import { openCheckpoint } from '../formats/registry.js';
 import { buildSafetensorsHeader, parseSafetensorsHeader } from '../formats/safetensors.js';
 import type { Checkpoint } from '../model/checkpoint.js';
+import { entryTensors } from '../model/pack.js';
 import { withContainerIndex } from './open.js';
 
 /** Options of {@link restoreTensors}. */
@@ -164,7 +165,7 @@ export async function restoreTensors(input: string, names: readonly string[], ta
           records += await decodeEntry(source, header, footer, e, base, own, (m, bytes) => (m === t ? writeOut(out, bytes) : Promise.resolve()));
           if (!seen.has(e)) {
             // The entry's every member once, for the whole fingerprint.
-            for (const m of header.tensors.keys()) if (header.tensors[m]!.entry === e) hashers.adopt(own, m);
+            for (const m of entryTensors(header.entries[e]!)) hashers.adopt(own, m);
             seen.add(e);
           }
         }

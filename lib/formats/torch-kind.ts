@@ -15,7 +15,7 @@
  */
 import { writeSync } from 'node:fs';
 import type { ByteReader, ByteWriter } from '../core/bytes.js';
-import { DTYPE_BYTES, type DType, elementCount } from '../core/dtype.js';
+import { type DType, byteSize } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { readIndices, readJson, readString, writeIndices, writeString } from '../container/fields.js';
 import { readExactlySync } from '../io/read.js';
@@ -82,7 +82,46 @@ export function torchFile(path: string | null, skeleton: string, size: number, c
 }
 
 function bytesOf(t: TensorSpec): number {
-  return elementCount(t.shape, 'container') * DTYPE_BYTES[t.dtype];
+  return byteSize(t.dtype, t.shape, 'container');
+}
+
+/**
+ * Check the cut tensors of a skeleton-and-cut file (this kind and `distcp`):
+ * each offset after the previous tensor's end, the last end within the
+ * file, and the skeleton exactly the bytes that are not cut out.
+ * @param within called with each tensor's [at, end) for a kind's own checks
+ */
+export function checkCutOffsets(file: FileSpec, tensors: readonly TensorSpec[], size: number, offsets: readonly unknown[], kind: string,
+  fail: (what: string) => never, within?: (at: number, end: number) => void): void {
+  let end = 0;
+  let cut = 0;
+  file.tensors.slice(1).forEach((t, i) => {
+    const at = offsets[i];
+    if (!Number.isSafeInteger(at) || (at as number) < end) fail(`${kind} layout offset ${String(at)}`);
+    const length = bytesOf(tensors[t]!);
+    end = (at as number) + length;
+    cut += length;
+    within?.(at as number, end);
+  });
+  if (end > size || bytesOf(tensors[file.tensors[0]!]!) !== size - cut) fail(`${kind} layout size`);
+}
+
+/** Where a skeleton-and-cut file's tensors go: the skeleton into the gaps, each cut tensor at its offset. */
+export function cutPlacement(file: FileSpec, tensors: readonly TensorSpec[], size: number, offsets: readonly number[]): {
+  ranges: { tensor: number; offset: number; length: number }[]; placement: Pick<FilePlacement, 'size' | 'fixed' | 'targets'>;
+} {
+  const ranges = file.tensors.slice(1).map((t, k) => ({ tensor: t, offset: offsets[k]!, length: bytesOf(tensors[t]!) }));
+  return {
+    ranges,
+    placement: {
+      size,
+      fixed: [],
+      targets: [
+        { tensor: file.tensors[0]!, target: { segments: skeletonSegments(size, ranges) } },
+        ...ranges.map((r) => ({ tensor: r.tensor, target: { offset: r.offset } })),
+      ],
+    },
+  };
 }
 
 /** The file kind `torch`. */
@@ -117,29 +156,13 @@ export const torchKind: FileFormat = {
     const { size, offsets } = layout;
     if (!Number.isSafeInteger(size) || (size as number) < 0 || !Array.isArray(offsets) || offsets.length !== file.tensors.length - 1) fail('torch layout');
     if (!isByteVector(tensors[file.tensors[0]!])) fail('the skeleton is one U8 vector');
-    let end = 0;
-    let cut = 0;
-    file.tensors.slice(1).forEach((t, k) => {
-      const at = (offsets as unknown[])[k];
-      if (!Number.isSafeInteger(at) || (at as number) < end) fail(`torch layout offset ${String(at)}`);
-      end = (at as number) + bytesOf(tensors[t]!);
-      cut += bytesOf(tensors[t]!);
-    });
-    if (end > (size as number) || bytesOf(tensors[file.tensors[0]!]!) !== (size as number) - cut) fail('torch layout size');
+    checkCutOffsets(file, tensors, size as number, offsets as unknown[], 'torch', fail);
   },
 
   place(file: FileSpec, tensors: readonly TensorSpec[]): FilePlacement {
     const layout = file.layout as TorchLayout;
-    const ranges = file.tensors.slice(1).map((t, k) => ({ tensor: t, offset: layout.offsets[k]!, length: bytesOf(tensors[t]!) }));
-    return {
-      size: layout.size,
-      fixed: [],
-      targets: [
-        { tensor: file.tensors[0]!, target: { segments: skeletonSegments(layout.size, ranges) } },
-        ...ranges.map((r) => ({ tensor: r.tensor, target: { offset: r.offset } })),
-      ],
-      patch: (fd, what, tools) => patchTorchFile(fd, what, layout.size, ranges, tools),
-    };
+    const { ranges, placement } = cutPlacement(file, tensors, layout.size, layout.offsets);
+    return { ...placement, patch: (fd, what, tools) => patchTorchFile(fd, what, layout.size, ranges, tools) };
   },
 
   rewritten(file: FileSpec): number[] {

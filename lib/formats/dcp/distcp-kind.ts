@@ -17,14 +17,13 @@
 import { fsyncSync, renameSync, writeSync } from 'node:fs';
 import type { ByteReader, ByteWriter } from '../../core/bytes.js';
 import { crc32 } from '../../core/crc32.js';
-import { DTYPE_BYTES, elementCount } from '../../core/dtype.js';
 import { ExcpError } from '../../core/errors.js';
 import { readIndices, readJson, readString, writeIndices, writeString } from '../../container/fields.js';
 import { readExactlySync } from '../../io/read.js';
 import type { FileSpec, TensorSpec } from '../../model/checkpoint.js';
 import { isByteVector } from '../blob.js';
 import type { FileFormat, FilePlacement } from '../file-format.js';
-import { skeletonSegments } from '../torch-kind.js';
+import { checkCutOffsets, cutPlacement } from '../torch-kind.js';
 import { type ZipEntry, readZipDirectory } from '../torch/zip.js';
 
 /** A distcp file's layout: its size, the items holding cut tensors, and each cut tensor's offset. */
@@ -32,10 +31,6 @@ export interface DistcpLayout {
   size: number;
   items: [number, number][];
   offsets: number[];
-}
-
-function bytesOf(t: TensorSpec): number {
-  return elementCount(t.shape, 'container') * DTYPE_BYTES[t.dtype];
 }
 
 /** The file kind `distcp`. */
@@ -74,32 +69,20 @@ export const distcpKind: FileFormat = {
       itemEnd = (at as number) + (length as number);
     }
     if (itemEnd > (size as number)) fail('distcp items run past the file');
-    let end = 0;
-    let cut = 0;
     let k = 0;
     const ranges = items as [number, number][];
-    file.tensors.slice(1).forEach((t, i) => {
-      const at = (offsets as unknown[])[i];
-      if (!Number.isSafeInteger(at) || (at as number) < end) fail(`distcp layout offset ${String(at)}`);
-      end = (at as number) + bytesOf(tensors[t]!);
-      cut += bytesOf(tensors[t]!);
-      while (k < ranges.length && ranges[k]![0] + ranges[k]![1] <= (at as number)) k++;
+    checkCutOffsets(file, tensors, size as number, offsets as unknown[], 'distcp', fail, (at, end) => {
+      while (k < ranges.length && ranges[k]![0] + ranges[k]![1] <= at) k++;
       const item = ranges[k];
-      if (!item || (at as number) < item[0] || end > item[0] + item[1]) fail(`distcp tensor at ${String(at)} lies in no item`);
+      if (!item || at < item[0] || end > item[0] + item[1]) fail(`distcp tensor at ${String(at)} lies in no item`);
     });
-    if (end > (size as number) || bytesOf(tensors[file.tensors[0]!]!) !== (size as number) - cut) fail('distcp layout size');
   },
 
   place(file: FileSpec, tensors: readonly TensorSpec[]): FilePlacement {
     const layout = file.layout as DistcpLayout;
-    const ranges = file.tensors.slice(1).map((t, k) => ({ tensor: t, offset: layout.offsets[k]!, length: bytesOf(tensors[t]!) }));
+    const { ranges, placement } = cutPlacement(file, tensors, layout.size, layout.offsets);
     return {
-      size: layout.size,
-      fixed: [],
-      targets: [
-        { tensor: file.tensors[0]!, target: { segments: skeletonSegments(layout.size, ranges) } },
-        ...ranges.map((r) => ({ tensor: r.tensor, target: { offset: r.offset } })),
-      ],
+      ...placement,
       finish: (raw, finalPath) => {
         fixDistcpCrcs(raw.fd, finalPath, layout.items, ranges);
         fsyncSync(raw.fd);
