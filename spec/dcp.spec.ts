@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,13 +19,13 @@ import { DEFAULT_OPTIONS } from '../lib/core/options.js';
 import { ExcpError } from '../lib/core/errors.js';
 import { decodeHeader, encodeHead } from '../lib/container/format.js';
 import { planHeader } from '../lib/model/plan.js';
-import { compressTo } from '../lib/api/compress.js';
+import type { CompressOptions } from '../lib/api/compress.js';
 import { restoreToFolder } from '../lib/api/restore.js';
 import { compressRank, readRankSet, restoreRanks } from '../lib/api/ranks.js';
 import { DcpCheckpoint } from '../lib/formats/dcp/checkpoint.js';
 import { parseDcpMetadata } from '../lib/formats/dcp/metadata.js';
 import { FILE_KINDS, openCheckpoint } from '../lib/formats/registry.js';
-import { str } from './helpers.js';
+import { compressToPath, str } from './helpers.js';
 import { diffRestoredDcp } from '../examples/dcp-diff.js';
 import { metadataPickle, pickleNode, shardedModel, tensorItem, writeDcpFolder, distcpFiles } from './support/dcp-writer.js';
 
@@ -37,13 +37,8 @@ process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 let counter = 0;
 const fresh = (what: string): string => join(work, `${what}-${counter++}`);
 
-async function compressFolder(input: string, options: Parameters<typeof compressTo>[2] = {}): Promise<string> {
-  const path = `${fresh('c')}.excp`;
-  const out = createWriteStream(path);
-  await compressTo(input, out, { threads: 0, ...options });
-  out.end();
-  await new Promise<void>((resolve) => out.on('finish', () => resolve()));
-  return path;
+async function compressFolder(input: string, options: CompressOptions = {}): Promise<string> {
+  return compressToPath(input, `${fresh('c')}.excp`, options);
 }
 
 async function restoreFolder(container: string, base?: string): Promise<string> {
@@ -229,7 +224,7 @@ test('a chain of DCP folders: links checked across the rewritten CRCs, any step 
 });
 
 test('no silent fallback: a folder without usable Adam state is coded exactly, with one notice saying what was found', async () => {
-  const notices = async (input: string, options: Parameters<typeof compressTo>[2] = {}): Promise<string[]> => {
+  const notices = async (input: string, options: CompressOptions = {}): Promise<string[]> => {
     const got: string[] = [];
     await compressFolder(input, { ...options, onNotice: (m) => got.push(m) });
     return got;

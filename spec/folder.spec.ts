@@ -8,7 +8,7 @@ import { describe, it, test } from 'node:test';
 import { FILE_KINDS } from '../lib/formats/registry.js';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,8 +23,8 @@ import { parseSafetensors } from '../lib/formats/safetensors.js';
 import { readOptimizerState, readTorchCheckpoint, type OptimizerState } from '../lib/formats/torch/serialization.js';
 import { readZipDirectory } from '../lib/formats/torch/zip.js';
 import { writeZip } from './support/zip-writer.js';
-import { uniform } from './helpers.js';
-import { compressTo, planFor } from '../lib/api/compress.js';
+import { compressToPath, uniform } from './helpers.js';
+import { type CompressOptions, planFor } from '../lib/api/compress.js';
 import { restoreToFolder } from '../lib/api/restore.js';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/torch/', import.meta.url));
@@ -33,13 +33,8 @@ const work = mkdtempSync(join(tmpdir(), 'excp-folder-spec-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 let counter = 0;
 
-async function compressFolder(input: string, options: Parameters<typeof compressTo>[2]): Promise<string> {
-  const path = join(work, `c${counter++}.excp`);
-  const out = createWriteStream(path);
-  await compressTo(input, out, { threads: 0, ...options });
-  out.end();
-  await new Promise<void>((resolve) => out.on('finish', () => resolve()));
-  return path;
+async function compressFolder(input: string, options: CompressOptions): Promise<string> {
+  return compressToPath(input, join(work, `c${counter++}.excp`), options);
 }
 
 async function restoreFolder(container: string, base?: string): Promise<string> {

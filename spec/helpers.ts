@@ -9,6 +9,8 @@ import { pipeline } from 'node:stream/promises';
 import { Prng } from './support/prng.js';
 import { type DType, fromFloat32 } from '../lib/core/dtype.js';
 import { serializeSafetensors, type TensorData } from '../lib/formats/safetensors.js';
+import { createWriteStream } from 'node:fs';
+import { type CompressOptions, compressTo } from '../lib/api/compress.js';
 
 /** A random tensor of float dtype; `special` sprinkles NaN, ±Inf, -0 and subnormals. */
 export function randomFloats(rng: Prng, n: number, scale: number, special = false): Float32Array {
@@ -182,4 +184,13 @@ export function runNode(args: string[], cwd: string): Promise<{ status: number |
     child.on('error', reject);
     child.on('close', (status) => resolve({ status, stdout, stderr }));
   });
+}
+
+/** Compress a checkpoint (a file or a folder) into a new file at `path`, in the calling thread unless options say otherwise. */
+export async function compressToPath(input: string, path: string, options: CompressOptions = {}): Promise<string> {
+  const out = createWriteStream(path);
+  await compressTo(input, out, { threads: 0, ...options });
+  out.end();
+  await new Promise<void>((resolve) => out.on('finish', () => resolve()));
+  return path;
 }

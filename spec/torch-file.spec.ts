@@ -7,14 +7,14 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from '../lib/core/crc32.js';
 import { toFloat32 } from '../lib/core/dtype.js';
 import { ExcpError } from '../lib/core/errors.js';
-import { compressTo } from '../lib/api/compress.js';
+import type { CompressOptions } from '../lib/api/compress.js';
 import { restoreBuffer, restoreToFile } from '../lib/api/restore.js';
 import { inspectContainer } from '../lib/api/inspect.js';
 import { TORCH_SKELETON, TorchFileCheckpoint } from '../lib/formats/torch-file.js';
@@ -22,7 +22,7 @@ import { readTorchCheckpoint } from '../lib/formats/torch/serialization.js';
 import { readZipDirectory } from '../lib/formats/torch/zip.js';
 import { writeZip } from './support/zip-writer.js';
 import { patchZipCrcs } from '../lib/formats/torch/zip-rewrite.js';
-import { uniform } from './helpers.js';
+import { compressToPath, uniform } from './helpers.js';
 
 const TORCH2 = fileURLToPath(new URL('./fixtures/torch2/', import.meta.url));
 const loopRef = JSON.parse(readFileSync(join(TORCH2, 'loop', 'reference.json'), 'utf8')).styles;
@@ -38,13 +38,8 @@ const STYLES = {
 const loop = (p: string): string => join(TORCH2, 'loop', p);
 const bytes = (path: string): Uint8Array => new Uint8Array(readFileSync(path));
 
-async function compressFile(input: string, options: Parameters<typeof compressTo>[2] = {}): Promise<string> {
-  const path = join(work, `c${counter++}.excp`);
-  const out = createWriteStream(path);
-  await compressTo(input, out, { threads: 0, ...options });
-  out.end();
-  await new Promise<void>((resolve) => out.on('finish', () => resolve()));
-  return path;
+async function compressFile(input: string, options: CompressOptions = {}): Promise<string> {
+  return compressToPath(input, join(work, `c${counter++}.excp`), options);
 }
 
 async function restoreFile(container: string, base?: string): Promise<Uint8Array> {

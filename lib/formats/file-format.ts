@@ -39,6 +39,21 @@ export function segmentRanges(fd: number, segments: readonly Segment[], start: n
   return ranges;
 }
 
+/**
+ * Bytes [start, end) of a tensor stored in segments (a skeleton): the
+ * ranges segmentRanges lists, read into one buffer.
+ * @param read reads `length` bytes at `position` of `fd` (the reader's own messages)
+ */
+export function readSegments(fd: number, segments: readonly Segment[], start: number, end: number, read: (fd: number, position: number, length: number) => Uint8Array): Uint8Array {
+  const out = new Uint8Array(end - start);
+  for (const s of segments) {
+    const from = Math.max(start, s.at);
+    const to = Math.min(end, s.at + s.length);
+    if (from < to) out.set(read(fd, s.offset + from - s.at, to - from), from - start);
+  }
+  return out;
+}
+
 /** Where a tensor's restored bytes go in its file: from an offset on, or (a skeleton: the bytes around other tensors) in segments. */
 export type Target = { offset: number } | { segments: Segment[] };
 

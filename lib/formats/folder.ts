@@ -36,7 +36,7 @@ import { isSafeRelativePath } from '../container/validate.js';
 import type { Checkpoint, CheckpointFile, FileRange, TensorInfo } from '../model/checkpoint.js';
 import { SafetensorsFile } from './safetensors-file.js';
 import { type Cut, torchFile } from './torch-kind.js';
-import { segmentRanges } from './file-format.js';
+import { readSegments, segmentRanges } from './file-format.js';
 import { NAMES_FILE, NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type OptimizerState, type TorchCheckpoint, readOptimizerState, readTorchCheckpoint } from './torch/serialization.js';
 import { readExactlySync } from '../io/read.js';
@@ -200,13 +200,7 @@ export class FolderCheckpoint implements Checkpoint, OptimizerSide {
     const source = this.sources.get(info.name);
     if (!source) throw new ExcpError('ERR_BAD_HEADER', `folder: ${this.path}: no tensor '${info.name}'`);
     if ('offset' in source) return readAt(source.fd, source.offset + start, end - start);
-    const out = new Uint8Array(end - start);
-    for (const s of source.segments) {
-      const from = Math.max(start, s.at);
-      const to = Math.min(end, s.at + s.length);
-      if (from < to) out.set(readAt(source.fd, s.offset + from - s.at, to - from), from - start);
-    }
-    return out;
+    return readSegments(source.fd, source.segments, start, end, readAt);
   }
 
   /** A model weight (a tensor cut from its file), read synchronously: the param map's statistics of the next step. */

@@ -30,7 +30,7 @@ import { readExactlySync } from '../io/read.js';
 import type { Checkpoint, CheckpointFile, FileRange, TensorInfo } from '../model/checkpoint.js';
 import { NAMES_PYTHON, type OptimizerOpenOptions, type OptimizerSide, type ParamMapInfo, STATE_PREFIX, type TensorReader, mapOptimizer, momentCuts } from './optimizer-map.js';
 import { type Cut, torchFile } from './torch-kind.js';
-import { segmentRanges } from './file-format.js';
+import { readSegments, segmentRanges } from './file-format.js';
 import type { PickleValue } from './torch/pickle.js';
 import { type OptimizerState, type TorchCheckpoint, type TorchTensor, adamStateOf, readTorchCheckpoint } from './torch/serialization.js';
 import { startsLikeZip } from './torch/zip.js';
@@ -148,13 +148,7 @@ export class TorchFileCheckpoint implements Checkpoint, OptimizerSide {
     const at = this.offsets.get(info.name);
     if (at !== undefined) return readExactlySync(this.fd, at + start, end - start, this.path);
     if (info.name !== TORCH_SKELETON) throw new ExcpError('ERR_BAD_HEADER', `torch: ${this.path}: no tensor '${info.name}'`);
-    const out = new Uint8Array(end - start);
-    for (const s of this.segments) {
-      const from = Math.max(start, s.at);
-      const to = Math.min(end, s.at + s.length);
-      if (from < to) out.set(readExactlySync(this.fd, s.offset + from - s.at, to - from, this.path), from - start);
-    }
-    return out;
+    return readSegments(this.fd, this.segments, start, end, (fd, position, length) => readExactlySync(fd, position, length, this.path));
   }
 
   /** The file ranges of bytes [start, end) of a tensor (see {@link Checkpoint.tensorRanges}): the workers read them. */

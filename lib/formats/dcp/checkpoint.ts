@@ -28,7 +28,7 @@ import { ExcpError } from '../../core/errors.js';
 import { Hasher } from '../../core/hash.js';
 import { readExactlySync } from '../../io/read.js';
 import type { Checkpoint, CheckpointFile, TensorInfo } from '../../model/checkpoint.js';
-import type { Segment } from '../file-format.js';
+import { type Segment, readSegments } from '../file-format.js';
 import { FILE_PREFIX, listFiles } from '../folder.js';
 import { skeletonSegments } from '../torch-kind.js';
 import { type DistcpCut, rankOfFile, readDistcpItems } from './distcp.js';
@@ -194,13 +194,7 @@ export class DcpCheckpoint implements Checkpoint {
       if (source.check) checkCrc(source.check, bytes, start, info.end - info.begin);
       return bytes;
     }
-    const out = new Uint8Array(end - start);
-    for (const s of source.segments) {
-      const from = Math.max(start, s.at);
-      const to = Math.min(end, s.at + s.length);
-      if (from < to) out.set(readExactlySync(source.fd, s.offset + from - s.at, to - from, this.path), from - start);
-    }
-    return out;
+    return readSegments(source.fd, source.segments, start, end, (fd, position, length) => readExactlySync(fd, position, length, this.path));
   }
 
   async close(): Promise<void> {
