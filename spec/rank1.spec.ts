@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chunkGrid, rank1Estimate, rank1Factors, roundFactor } from '../lib/method/rank1.js';
+import { chunkGrid, rank1Estimate, rank1Factors, rank1Table, roundFactor } from '../lib/method/rank1.js';
 import { ditherSeed, fillDither } from '../lib/method/dither.js';
 import { Prng } from './support/prng.js';
 
@@ -46,6 +46,35 @@ test('v that is 0, negative or not finite counts as 0; an all-zero chunk estimat
   const est = rank1Estimate(rows, cols, 0, 3, new Float32Array(6));
   assert.ok(est.every((x) => Number.isFinite(x) && x >= 0));
   assert.deepEqual([...rank1Estimate(new Float32Array(1), new Float32Array(4), 0, 4, new Float32Array(4))], [0, 0, 0, 0]);
+});
+
+test('rank1Table gives rank1Estimate bit for bit: as a table of factor pairs, and per element where pairs are many', () => {
+  const rng = new Prng(11);
+  const bits = (a: Float32Array) => [...new Uint32Array(a.buffer, a.byteOffset, a.length)];
+  const cases: [rows: number, columns: number, start: number, n: number, levels: number][] = [
+    [300, 64, 0, 300 * 64, 6], // few distinct factors: a table
+    [300, 64, 37, 5000, 6], // partial rows at both ends
+    [1, 4096, 100, 3000, 20], // within one row
+    [50, 3, 0, 150, 1000], // factors nearly all different: per element
+  ];
+  for (const [rows, columns, start, n, levels] of cases) {
+    const v = new Float32Array(rows * columns).map(() => 1e-9 * 2 ** Math.floor(rng.next() * Math.log2(levels + 1)) * (1 + rng.next()));
+    const chunk = v.subarray(start, start + n);
+    const { rows: r, cols: c } = rank1Factors(chunk, start, columns);
+    const expected = rank1Estimate(r, c, start, columns, new Float32Array(n));
+    const table = rank1Table(r, c, start, columns, new Int32Array(n), new Float32Array(n));
+    const got = Float32Array.from(table.index, (k) => table.values[k]!);
+    if (levels === 1000) assert.equal(table.values.length, n);
+    else assert.ok(table.values.length < n / 2, `a table of ${table.values.length} for ${n} elements`);
+    assert.deepEqual(bits(got), bits(expected), `rows ${rows} columns ${columns} start ${start} n ${n}`);
+  }
+  // Factors told apart by their bits: -0 and 0 give v^ of different signs.
+  const r = Float32Array.of(-0, 0, 1);
+  const c = Float32Array.of(2, 2, 2, 2);
+  const expected = rank1Estimate(r, c, 0, 4, new Float32Array(12));
+  const table = rank1Table(r, c, 0, 4, new Int32Array(12), new Float32Array(12));
+  assert.ok(table.values.length < 12);
+  assert.deepEqual(bits(Float32Array.from(table.index, (k) => table.values[k]!)), bits(expected));
 });
 
 test('dither: uniform in [0, 1), the same for the same seed, different across chunks and bases', () => {

@@ -43,15 +43,31 @@ export function ditherSeed(baseDigest: string | null, entry: number, chunk: numb
 }
 
 /**
+ * The stream of a chunk's offsets (ditherAt's first argument).
+ * @param seed the chunk's seed (ditherSeed)
+ */
+export function ditherStream(seed: number): number {
+  return Math.imul(seed, 0x27d4eb2f) >>> 0;
+}
+
+/**
+ * The offset of element i: k / 2^24 for an integer k in [0, 2^24), exact
+ * in float32 (and the same double whether kept in a Float32Array or not).
+ * @param stream ditherStream of the chunk's seed
+ * @param i the element's index in its chunk
+ */
+export function ditherAt(stream: number, i: number): number {
+  return (mix32((stream + Math.imul(i, 0x9e3779b9)) >>> 0) >>> 8) * (1 / 16777216);
+}
+
+/**
  * The offsets of a chunk.
  * @param seed the chunk's seed (ditherSeed)
- * @param out receives one offset per element, each k / 2^24 for an integer k in [0, 2^24)
+ * @param out receives one offset per element (ditherAt)
  * @returns `out`
  */
 export function fillDither(seed: number, out: Float32Array): Float32Array {
-  const s = Math.imul(seed, 0x27d4eb2f) >>> 0;
-  for (let i = 0; i < out.length; i++) out[i] = mix32((s + Math.imul(i, 0x9e3779b9)) >>> 0) >>> 8;
-  // 2^-24 is exact in float32: every offset is exactly representable.
-  for (let i = 0; i < out.length; i++) out[i] = out[i]! * (1 / 16777216);
+  const stream = ditherStream(seed);
+  for (let i = 0; i < out.length; i++) out[i] = ditherAt(stream, i);
   return out;
 }

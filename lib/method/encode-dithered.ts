@@ -32,13 +32,13 @@ import { hashBytes } from '../core/hash.js';
 import type { CodecOptions } from '../core/options.js';
 import { Scratch } from '../core/scratch.js';
 import { encodeExact } from '../coding/exact.js';
-import { ditherSeed, fillDither } from './dither.js';
+import { ditherAt, ditherSeed, ditherStream } from './dither.js';
 import { type ChunkCode, encodePayload } from './payload/payload.js';
-import { type DitheredWeight, MAX_INDEX, indexSymbol } from './payload/factored.js';
+import { type DitheredWeight, type FactoredMoments, MAX_INDEX, indexSymbol, movedBit } from './payload/factored.js';
 import { quantizeGathered } from './quantize.js';
-import { rank1Estimate, rank1Factors } from './rank1.js';
-import { type ChunkInput, type ChunkLayout, type ChunkPosition, type EncodedChunk, errorSums, pickExceptions, reconstructInto, restoredDigests } from './reconstruct.js';
-import { ditheredResidual, elementSteps, residualScratch } from './reconstruct-factored.js';
+import { type Rank1Table, rank1Factors, rank1Table } from './rank1.js';
+import { type ChunkInput, type ChunkLayout, type ChunkPosition, type EncodedChunk, errorSums, pickExceptions, restoredDigests } from './reconstruct.js';
+import { restoreDithered, restoreFactored, rootTable, scaleMean, stepScales } from './reconstruct-factored.js';
 import type { SymbolCost } from './payload/streams.js';
 
 /** The clamp of the per-element step's scale (v^ / mean v^)^(1/4): at most 2x finer or coarser. */
@@ -79,27 +79,29 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
     if (!(y >= 0 && y - y === 0)) vExc.push(i);
   }
   const factors = rank1Factors(v, position.start, layout.columns!);
-  const vHat = rank1Estimate(factors.rows, factors.cols, position.start, layout.columns!, work.f32(SLOT_VHAT, n));
+  const vHat = rank1Table(factors.rows, factors.cols, position.start, layout.columns!, work.i32(SLOT_INDEX, n), work.f32(SLOT_VHAT, n));
+  const index = vHat.index;
+  const roots = rootTable(vHat, work.f32(SLOT_SQRT, vHat.values.length));
 
-  // The weight.
+  // The weight, and its restored residual dW^ (what restore adds to the base).
   let exactBytes: Uint8Array | null = null;
   let dithered: DitheredWeight | null = null;
+  const residual = work.f32(SLOT_RESIDUAL, n);
   if (keyframe) {
     exactBytes = options.keyframe === 'lossy' && wd === 'F32' && !layout.base ? roundToBf16(input.weight) : input.weight;
   } else {
-    dithered = ditherWeight(input.weight, base!, wd, vHat, baseDigest, position, options.updateError * Math.sqrt(12));
+    dithered = ditherWeight(input.weight, base!, wd, vHat, baseDigest, position, options.updateError * Math.sqrt(12), residual);
   }
 
   // m as Adam's step, where the weight moved (everywhere for a keyframe).
   const moved = dithered ? dithered.symbols : null;
   const mExc: number[] = [];
-  const sq = work.f32(SLOT_SQRT, n);
   const u = work.f32(SLOT_U, n);
   let sumU = 0;
   for (let i = 0; i < n; i++) {
     const x = m[i]!;
-    sq[i] = Math.fround(Math.sqrt(vHat[i]!));
-    const step = sq[i]! > 0 ? x / sq[i]! : x === 0 ? 0 : Infinity;
+    const root = roots[index[i]!]!;
+    const step = root > 0 ? x / root : x === 0 ? 0 : Infinity;
     if (step - step !== 0) {
       // Not finite, or no v^ to divide by: m is kept exactly.
       mExc.push(i);
@@ -115,17 +117,16 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
   let coded = 0;
   let kept = 0;
   for (let i = 0; i < n; i++) {
-    if (moved && moved[i] === 0) continue;
+    // Without branches (movedBit): every position writes, the kept ones advance.
+    const mv = moved ? movedBit(moved[i]!) : 1;
     const x = u[i]!;
-    if (Math.abs(x) > tau && x !== 0) {
-      nz[kept] = x;
-      slot[kept] = coded;
-      kept++;
-    }
-    coded++;
+    nz[kept] = x;
+    slot[kept] = coded;
+    kept += mv & +(Math.abs(x) > tau) & +(x !== 0);
+    coded += mv;
   }
   const stepStream = quantizeGathered(nz.subarray(0, kept), slot, coded, options.bits, 'linear');
-  const drift = dithered ? driftGain(dithered, stepStream.symbols, m, sq, baseDigest, position, vHat) : 0;
+  const drift = dithered ? driftGain(dithered, stepStream.symbols, m, roots, index, residual) : 0;
 
   const code: ChunkCode = {
     baseDigest,
@@ -137,14 +138,17 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
       },
     },
   };
-  const restored = reconstructInto(layout, code, n, base, exactBytes, null, null, true, position);
+  // What restore computes (reconstruct.ts's method 2 path), from the v^ and dW^ already at hand.
+  const factored = (code.moments as { factored: FactoredMoments }).factored;
+  const restoredM = restoreFactored(factored, vHat, moved, dithered ? residual : null, md!, true);
+  const restored = { weight: dithered ? restoreDithered(dithered, base!, wd, residual, true) : exactBytes!, expAvg: restoredM.m, expAvgSq: restoredM.v };
   const digests = restoredDigests(restored);
   const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
   const payload = encodePayload(code, n, cost);
   let movedCount = n;
   if (moved) {
     movedCount = 0;
-    for (let i = 0; i < n; i++) movedCount += +(moved[i] !== 0);
+    for (let i = 0; i < n; i++) movedCount += movedBit(moved[i]!);
   }
   // Measured after the digests: errorSums reads restored bytes that may sit in the reconstruct's scratch.
   const errors = errorSums(wd, md!, input, restored, n);
@@ -160,19 +164,22 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
  * (examples/realrun/FINDINGS.md: at a checkpoint every 25 steps the final
  * gap went from +1.61% to +0.50%).
  * @param stepSymbols the step stream's symbols (over the positions the weight moved)
- * @param root fround(sqrt(v^)) per element
+ * @param roots fround(sqrt(v^)) per position of v^'s table
+ * @param index v^'s table position per element
+ * @param residual dW^ of the chunk
  */
-function driftGain(d: DitheredWeight, stepSymbols: Uint8Array, m: Float32Array, root: Float32Array, baseDigest: string | null,
-  position: ChunkPosition, vHat: Float32Array): number {
+function driftGain(d: DitheredWeight, stepSymbols: Uint8Array, m: Float32Array, roots: Float32Array, index: Int32Array, residual: Float32Array): number {
   const n = m.length;
-  const residual = ditheredResidual(d, baseDigest, position, vHat, residualScratch(n));
   let num = 0;
   let den = 0;
+  const count = stepSymbols.length;
   let t = 0;
   for (let i = 0; i < n; i++) {
-    const s = d.symbols[i] === 0 ? 0 : stepSymbols[t++]!;
+    const mv = movedBit(d.symbols[i]!);
+    const s = (t < count ? stepSymbols[t]! : 0) * mv;
+    t += mv;
     if (s !== 0) continue;
-    const x = Math.fround(residual[i]! * root[i]!);
+    const x = Math.fround(residual[i]! * roots[index[i]!]!);
     const y = m[i]!;
     if (y - y !== 0) continue;
     num += x * y;
@@ -183,48 +190,59 @@ function driftGain(d: DitheredWeight, stepSymbols: Uint8Array, m: Float32Array, 
 }
 
 /**
- * The dithered residual of a weight chunk.
+ * The dithered residual of a weight chunk, and dW^ as restore computes it
+ * (ditheredResidual, in the same float32 operations), in two passes.
  * @param factor the chunk's step in units of the rms of the scaled residual
+ * @param residual receives dW^
  */
-function ditherWeight(weight: Uint8Array, base: Uint8Array, dtype: ChunkLayout['weightDtype'], vHat: Float32Array, baseDigest: string | null,
-  position: ChunkPosition, factor: number): DitheredWeight {
-  const n = vHat.length;
+function ditherWeight(weight: Uint8Array, base: Uint8Array, dtype: ChunkLayout['weightDtype'], vHat: Rank1Table, baseDigest: string | null,
+  position: ChunkPosition, factor: number, residual: Float32Array): DitheredWeight {
+  const index = vHat.index;
+  const n = index.length;
+  const size = vHat.values.length;
   const eb = DTYPE_BYTES[dtype];
   const cur = work.readFloat32(weight, dtype, SLOT_CUR, n);
   const bas = work.readFloat32(base, dtype, SLOT_BASE, n);
   const dW = work.f32(SLOT_DW, n);
+  // Per position of v^'s table: the scale, the unit step fround(1 / scale), and (below) the step.
+  const scale = stepScales(vHat, scaleMean(STEP_CLIP, vHat), STEP_CLIP, work.f32(SLOT_STEP, size));
+  const unit = work.f32(SLOT_UNIT, size);
+  for (let k = 0; k < size; k++) unit[k] = Math.fround(1 / scale[k]!);
   const wExc: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const d = Math.fround(cur[i]! - bas[i]!);
-    if (d - d !== 0) {
-      wExc.push(i);
-      dW[i] = 0;
-    } else {
-      dW[i] = d;
-    }
-  }
-  // The unit steps give the scale: dW / unit is the scaled residual, whose rms sets the chunk's step.
-  const unit = elementSteps(1, STEP_CLIP, vHat, work.f32(SLOT_STEP, n));
+  // dW, each element's scale, and the rms of the scaled residual dW / unit step (unit = fround(1 / scale)): the chunk's step.
   let sumSq = 0;
   for (let i = 0; i < n; i++) {
-    const x = dW[i]! / unit[i]!;
+    let d = Math.fround(cur[i]! - bas[i]!);
+    if (d - d !== 0) {
+      wExc.push(i);
+      d = 0;
+    }
+    dW[i] = d;
+    const x = d / unit[index[i]!]!;
     sumSq += x * x;
   }
   const step = Math.fround(factor * Math.sqrt(sumSq / n));
   const symbols = new Uint8Array(n);
   if (step > 0 && Number.isFinite(step)) {
-    const steps = elementSteps(step, STEP_CLIP, vHat, unit);
-    const u = fillDither(ditherSeed(baseDigest, position.entry, position.chunk), work.f32(SLOT_DITHER, n));
+    const steps = unit;
+    for (let k = 0; k < size; k++) steps[k] = Math.fround(step / scale[k]!);
+    const stream = ditherStream(ditherSeed(baseDigest, position.entry, position.chunk));
     for (let i = 0; i < n; i++) {
-      const k = Math.floor(dW[i]! / steps[i]! + u[i]!);
+      const st = steps[index[i]!]!;
+      const u = ditherAt(stream, i);
+      let k = Math.floor(dW[i]! / st + u);
       if (k > MAX_INDEX || k < -MAX_INDEX) {
-        // An outlier of the residual: the exact weight.
+        // An outlier of the residual: the exact weight (its index is 0 in the stream).
         wExc.push(i);
+        k = 0;
       } else {
         symbols[i] = indexSymbol(k);
       }
+      residual[i] = Math.fround(Math.fround(Math.fround(k + 0.5) - u) * st);
     }
     wExc.sort((a, b) => a - b);
+  } else {
+    residual.fill(0);
   }
   return { step: step > 0 && Number.isFinite(step) ? step : 0, clip: STEP_CLIP, symbols, exceptions: pickExceptions(weight, wExc, eb) };
 }
@@ -240,5 +258,7 @@ const SLOT_CUR = 7;
 const SLOT_BASE = 8;
 const SLOT_DW = 9;
 const SLOT_STEP = 10;
-const SLOT_DITHER = 11;
+const SLOT_RESIDUAL = 11;
+const SLOT_INDEX = 12;
+const SLOT_UNIT = 13;
 const work = new Scratch();

@@ -112,13 +112,7 @@ export function rank1Estimate(rows: Float32Array, cols: Float32Array, start: num
   const n = out.length;
   const grid = chunkGrid(start, n, columns);
   const lead = start - grid.row0 * columns - grid.col0;
-  let weighted = 0;
-  for (let k = 0; k < grid.rows; k++) {
-    const first = k === 0 ? lead : 0;
-    const last = Math.min(grid.cols, lead + n - k * grid.cols);
-    weighted += rows[k]! * (last - first);
-  }
-  const mean = Math.fround(weighted / n);
+  const mean = estimateMean(rows, grid, start, columns, n);
   let r = 0;
   let c = lead;
   for (let i = 0; i < n; i++) {
@@ -129,4 +123,101 @@ export function rank1Estimate(rows: Float32Array, cols: Float32Array, start: num
     }
   }
   return out;
+}
+
+/**
+ * v^ of a chunk as a table: per element, where its value sits in `values`.
+ * The factors have 4 significant bits, so a chunk's rows take few distinct
+ * row factors and its columns few distinct column factors, and v^ (their
+ * product over the mean) one value per pair of them. What restore computes
+ * from v^ per element (its square root, the dither's step scale: two
+ * square roots and a division each) is then computed once per pair.
+ */
+export interface Rank1Table {
+  /** Per element of the chunk: the position of its v^ in `values`. */
+  index: Int32Array;
+  /**
+   * v^ per position: one per pair of distinct row and column factors, or
+   * (where such pairs would not be fewer than half the chunk's elements)
+   * one per element, in order.
+   */
+  values: Float32Array;
+}
+
+/**
+ * rank1Estimate's values as a table: values[index[i]] is, bit for bit,
+ * rank1Estimate's element i (each computed by the same float32 operations
+ * from the same factors).
+ * @param rows the row factors
+ * @param cols the column factors
+ * @param start the chunk's first element in the tensor
+ * @param columns columns of the tensor's matrix
+ * @param index receives the per-element positions (its length is the chunk's)
+ * @param values room for the values (at least the chunk's length)
+ * @returns the table (views of `index` and `values`)
+ */
+export function rank1Table(rows: Float32Array, cols: Float32Array, start: number, columns: number, index: Int32Array, values: Float32Array): Rank1Table {
+  const n = index.length;
+  const grid = chunkGrid(start, n, columns);
+  const rowKey = distinctFactors(rows);
+  const colKey = distinctFactors(cols);
+  const pairs = rowKey.distinct.length * colKey.distinct.length;
+  if (2 * pairs >= n) {
+    // Few elements per pair (small chunks, factors all different): per element, as rank1Estimate.
+    rank1Estimate(rows, cols, start, columns, values.subarray(0, n));
+    for (let i = 0; i < n; i++) index[i] = i;
+    return { index, values: values.subarray(0, n) };
+  }
+  const mean = estimateMean(rows, grid, start, columns, n);
+  const dc = colKey.distinct.length;
+  const out = values.subarray(0, pairs);
+  for (let a = 0; a < rowKey.distinct.length; a++) {
+    for (let b = 0; b < dc; b++) {
+      out[a * dc + b] = mean > 0 ? Math.fround(Math.fround(rowKey.distinct[a]! * colKey.distinct[b]!) / mean) : 0;
+    }
+  }
+  const lead = start - grid.row0 * columns - grid.col0;
+  const colAt = colKey.at;
+  let r = 0;
+  let c = lead;
+  let rowBase = rowKey.at[0]! * dc;
+  for (let i = 0; i < n; i++) {
+    index[i] = rowBase + colAt[c]!;
+    if (++c === grid.cols) {
+      c = 0;
+      r++;
+      if (r < grid.rows) rowBase = rowKey.at[r]! * dc;
+    }
+  }
+  return { index, values: out };
+}
+
+/** rank1Estimate's mean: of the row factors, weighted by the elements each row holds. */
+function estimateMean(rows: Float32Array, grid: ChunkGrid, start: number, columns: number, n: number): number {
+  const lead = start - grid.row0 * columns - grid.col0;
+  let weighted = 0;
+  for (let k = 0; k < grid.rows; k++) {
+    const first = k === 0 ? lead : 0;
+    const last = Math.min(grid.cols, lead + n - k * grid.cols);
+    weighted += rows[k]! * (last - first);
+  }
+  return Math.fround(weighted / n);
+}
+
+/** The distinct values of factors (told apart by their bits, so -0 is not 0) and which one each factor is. */
+function distinctFactors(f: Float32Array): { distinct: Float32Array; at: Int32Array } {
+  const bits = new Uint32Array(f.buffer, f.byteOffset, f.length);
+  const seen = new Map<number, number>();
+  const at = new Int32Array(f.length);
+  const distinct: number[] = [];
+  for (let k = 0; k < f.length; k++) {
+    let j = seen.get(bits[k]!);
+    if (j === undefined) {
+      j = distinct.length;
+      seen.set(bits[k]!, j);
+      distinct.push(f[k]!);
+    }
+    at[k] = j;
+  }
+  return { distinct: Float32Array.from(distinct), at };
 }

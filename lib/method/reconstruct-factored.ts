@@ -9,10 +9,10 @@
 import { type DType, DTYPE_BYTES, fromFloat32, toFloat32 } from '../core/dtype.js';
 import { ExcpError } from '../core/errors.js';
 import { Scratch } from '../core/scratch.js';
-import { fillDither, ditherSeed } from './dither.js';
+import { ditherAt, ditherSeed, ditherStream } from './dither.js';
 import type { DitheredWeight, FactoredMoments } from './payload/factored.js';
-import { symbolIndex } from './payload/factored.js';
-import { chunkGrid, rank1Estimate } from './rank1.js';
+import { movedBit, symbolIndex } from './payload/factored.js';
+import { type Rank1Table, chunkGrid, rank1Table } from './rank1.js';
 import type { Exceptions } from './payload/streams.js';
 
 /** Where a chunk is: what its dither and its v^ grid depend on. */
@@ -23,76 +23,113 @@ export interface ChunkPosition {
   start: number;
 }
 
-const SLOT_VHAT = 0;
-const SLOT_DITHER = 1;
+const SLOT_INDEX = 0;
+const SLOT_TABLE = 1;
 const SLOT_W = 2;
 const SLOT_M = 3;
 const SLOT_V = 4;
 const SLOT_RESIDUAL = 5;
+const SLOT_STEPS = 6;
+const SLOT_ROOTS = 7;
 const work = new Scratch();
 
 /**
- * v^ of a chunk from its factors.
+ * v^ of a chunk from its factors, as a table (rank1Table), in this module's scratch.
  * @param f the factored moments
  * @param n elements in the chunk
  * @param columns columns of the tensor's matrix
  * @param start the chunk's first element
- * @param out receives v^
  * @throws ExcpError ERR_CORRUPT when the factor counts do not fit the chunk's grid
  */
-export function factoredV(f: FactoredMoments, n: number, columns: number, start: number, out: Float32Array): Float32Array {
+export function factoredV(f: FactoredMoments, n: number, columns: number, start: number): Rank1Table {
   const grid = chunkGrid(start, n, columns);
   if (f.rows.length !== grid.rows || f.cols.length !== grid.cols) {
     throw new ExcpError('ERR_CORRUPT', `codec: ${f.rows.length} x ${f.cols.length} v factors for a grid of ${grid.rows} x ${grid.cols}`);
   }
-  return rank1Estimate(f.rows, f.cols, start, columns, out);
+  return rank1Table(f.rows, f.cols, start, columns, work.i32(SLOT_INDEX, n), work.f32(SLOT_TABLE, n));
 }
 
 /**
- * The per-element step of a dithered weight: step / scale, the scale
- * clamp((v^ / mean v^)^(1/4), 1/clip, clip) (1 without a clip or a v^):
- * finer steps where v, Adam's curvature estimate, is large.
- * @param step the stored step
+ * The mean of v^ that scales a dithered weight's steps, or 0 when its steps
+ * are not scaled (no clip, no v^, or a mean that is not > 0). The sum runs
+ * over the elements in order, as the format says.
  * @param clip the stored clip (0: no scale)
  * @param vHat v^ of the chunk, or null
- * @param out receives the steps
  */
-export function elementSteps(step: number, clip: number, vHat: Float32Array | null, out: Float32Array): Float32Array {
-  const n = out.length;
-  if (clip === 0 || !vHat) return out.fill(step);
+export function scaleMean(clip: number, vHat: Rank1Table | null): number {
+  if (clip === 0 || !vHat) return 0;
+  const { index, values } = vHat;
+  const n = index.length;
   let sum = 0;
-  for (let i = 0; i < n; i++) sum += vHat[i]!;
+  for (let i = 0; i < n; i++) sum += values[index[i]!]!;
   const mean = Math.fround(sum / n);
-  if (!(mean > 0)) return out.fill(step);
+  return mean > 0 ? mean : 0;
+}
+
+/**
+ * One element's step scale, clamp((v^ / mean)^(1/4), lo, hi) in float32:
+ * finer steps where v, Adam's curvature estimate, is large.
+ * @param lo fround(1 / clip)
+ * @param hi fround(clip)
+ */
+export function stepScale(vHat: number, mean: number, lo: number, hi: number): number {
+  const s = Math.fround(Math.sqrt(Math.fround(Math.sqrt(Math.fround(vHat / mean)))));
+  return s < lo ? lo : s > hi ? hi : s;
+}
+
+/**
+ * The step scale per position of v^'s table (1 everywhere where the mean is 0).
+ * @param mean scaleMean of the chunk
+ * @param clip the stored clip
+ * @param out receives one scale per table value
+ */
+export function stepScales(vHat: Rank1Table, mean: number, clip: number, out: Float32Array): Float32Array {
+  const values = vHat.values;
+  if (mean === 0) return out.fill(1);
   const lo = Math.fround(1 / clip);
   const hi = Math.fround(clip);
-  for (let i = 0; i < n; i++) {
-    let s = Math.fround(Math.sqrt(Math.fround(Math.sqrt(Math.fround(vHat[i]! / mean)))));
-    s = s < lo ? lo : s > hi ? hi : s;
-    out[i] = Math.fround(step / s);
-  }
+  for (let k = 0; k < values.length; k++) out[k] = stepScale(values[k]!, mean, lo, hi);
+  return out;
+}
+
+/**
+ * fround(sqrt(v^)) per position of v^'s table.
+ * @param out receives one root per table value
+ */
+export function rootTable(vHat: Rank1Table, out: Float32Array): Float32Array {
+  const values = vHat.values;
+  for (let k = 0; k < values.length; k++) out[k] = Math.fround(Math.sqrt(values[k]!));
   return out;
 }
 
 /**
  * The restored residual of a dithered weight, dW^ = (k + 1/2 - u) * step_i
- * (all 0 when the step is 0): what restoreDithered adds to the base, and
- * what m's drift multiplies.
+ * with step_i = step / scale (stepScale; the step itself where the steps
+ * are not scaled), all 0 when the step is 0: what restoreDithered adds to
+ * the base, and what m's drift multiplies.
  * @param d the dithered weight
  * @param baseDigest the chunk's base digest (the dither's seed)
  * @param position where the chunk is
  * @param vHat v^ (for the per-element step), or null
  * @param out receives dW^ (its length is the chunk's)
  */
-export function ditheredResidual(d: DitheredWeight, baseDigest: string | null, position: ChunkPosition, vHat: Float32Array | null, out: Float32Array): Float32Array {
+export function ditheredResidual(d: DitheredWeight, baseDigest: string | null, position: ChunkPosition, vHat: Rank1Table | null, out: Float32Array): Float32Array {
   const n = out.length;
   if (!(d.step > 0)) return out.fill(0);
   if (d.clip > 0 && !vHat) throw new ExcpError('ERR_CORRUPT', 'codec: a scaled dithered weight without factored moments');
-  const steps = elementSteps(d.step, d.clip, vHat, work.f32(SLOT_DITHER, n));
-  const u = fillDither(ditherSeed(baseDigest, position.entry, position.chunk), out);
+  const step = d.step;
+  const symbols = d.symbols;
+  const stream = ditherStream(ditherSeed(baseDigest, position.entry, position.chunk));
+  const mean = scaleMean(d.clip, vHat);
+  if (mean === 0) {
+    for (let i = 0; i < n; i++) out[i] = Math.fround(Math.fround(Math.fround(symbolIndex(symbols[i]!) + 0.5) - ditherAt(stream, i)) * step);
+    return out;
+  }
+  const steps = stepScales(vHat!, mean, d.clip, work.f32(SLOT_STEPS, vHat!.values.length));
+  for (let k = 0; k < steps.length; k++) steps[k] = Math.fround(step / steps[k]!);
+  const index = vHat!.index;
   for (let i = 0; i < n; i++) {
-    const k = symbolIndex(d.symbols[i]!);
-    out[i] = Math.fround(Math.fround(Math.fround(k + 0.5) - u[i]!) * steps[i]!);
+    out[i] = Math.fround(Math.fround(Math.fround(symbolIndex(symbols[i]!) + 0.5) - ditherAt(stream, i)) * steps[index[i]!]!);
   }
   return out;
 }
@@ -122,30 +159,36 @@ export function restoreDithered(d: DitheredWeight, base: Uint8Array, dtype: DTyp
 /**
  * Restored m and v of factored moments.
  * @param f the factored moments
- * @param vHat v^ of the chunk
+ * @param vHat v^ of the chunk (factoredV)
  * @param moved the weight's symbols (m is coded where they are nonzero), or null for an exact weight (m coded everywhere)
  * @param residual dW^ of a dithered weight (ditheredResidual), or null for an exact weight
  * @param dtype the moments' dtype
  * @param scratch whether the results may live in scratch
  */
-export function restoreFactored(f: FactoredMoments, vHat: Float32Array, moved: Uint8Array | null, residual: Float32Array | null, dtype: DType,
+export function restoreFactored(f: FactoredMoments, vHat: Rank1Table, moved: Uint8Array | null, residual: Float32Array | null, dtype: DType,
   scratch: boolean): { m: Uint8Array; v: Uint8Array } {
-  const n = vHat.length;
+  const { index, values } = vHat;
+  const n = index.length;
+  const roots = rootTable(vHat, work.f32(SLOT_ROOTS, values.length));
   const mb = DTYPE_BYTES[dtype];
   const direct = dtype === 'F32' && !scratch;
   const m = direct ? new Float32Array(n) : work.f32(SLOT_M, n).fill(0);
   const { centers, symbols } = f.step;
   const drift = residual ? f.drift : 0;
+  const count = symbols.length;
   let t = 0;
   for (let i = 0; i < n; i++) {
-    const root = Math.fround(Math.sqrt(vHat[i]!));
-    const s = moved && moved[i] === 0 ? 0 : symbols[t++]!;
+    const root = roots[index[i]!]!;
+    // The step stream's position without a branch (movedBit); a stream too short shows in t below.
+    const mv = moved ? movedBit(moved[i]!) : 1;
+    const s = (t < count ? symbols[t]! : 0) * mv;
+    t += mv;
     if (s !== 0) m[i] = Math.fround(centers[s - 1]! * root);
     else if (drift !== 0) m[i] = Math.fround(drift * Math.fround(residual![i]! * root));
   }
-  if (t !== symbols.length) throw new ExcpError('ERR_CORRUPT', `codec: ${symbols.length} step symbols for ${t} positions`);
-  const v = direct ? new Float32Array(vHat) : work.f32(SLOT_V, n);
-  if (!direct) v.set(vHat);
+  if (t !== count) throw new ExcpError('ERR_CORRUPT', `codec: ${count} step symbols for ${t} positions`);
+  const v = direct ? new Float32Array(n) : work.f32(SLOT_V, n);
+  for (let i = 0; i < n; i++) v[i] = values[index[i]!]!;
   const mBytes = dtype === 'F32' ? new Uint8Array(m.buffer, m.byteOffset, n * 4) : fromFloat32(m, dtype);
   const vBytes = dtype === 'F32' ? new Uint8Array(v.buffer, v.byteOffset, n * 4) : fromFloat32(v, dtype);
   applyExceptions(mBytes, f.mExceptions, mb);
@@ -158,10 +201,6 @@ export function residualScratch(n: number): Float32Array {
   return work.f32(SLOT_RESIDUAL, n);
 }
 
-/** A scratch array for v^ (the encoder and the decoder compute it first). */
-export function vHatScratch(n: number): Float32Array {
-  return work.f32(SLOT_VHAT, n);
-}
 
 function applyExceptions(bytes: Uint8Array, e: Exceptions, eb: number): void {
   e.positions.forEach((p, i) => bytes.set(e.raw.subarray(i * eb, i * eb + eb), p * eb));

@@ -13,7 +13,7 @@ import { decodeExact } from '../coding/exact.js';
 import { dequantizeNested, dequantizeStream } from './quantize.js';
 import type { ChunkCode, Exceptions } from './payload/payload.js';
 import type { QuantizedStream } from './quantize.js';
-import { type ChunkPosition, ditheredResidual, factoredV, residualScratch, restoreDithered, restoreFactored, vHatScratch } from './reconstruct-factored.js';
+import { type ChunkPosition, ditheredResidual, factoredV, residualScratch, restoreDithered, restoreFactored } from './reconstruct-factored.js';
 
 export type { ChunkPosition } from './reconstruct-factored.js';
 
@@ -188,7 +188,7 @@ function reconstructMethod2(
   const md = layout.momentDtype;
   const m = code.moments;
   if (!position || !layout.columns) throw new ExcpError('ERR_CORRUPT', 'codec: a method 2 chunk in a container that does not place it');
-  const vHat = m && 'factored' in m ? factoredV(m.factored, n, layout.columns, position.start, vHatScratch(n)) : null;
+  const vHat = m && 'factored' in m ? factoredV(m.factored, n, layout.columns, position.start) : null;
   let weight: Uint8Array;
   let moved: Uint8Array | null = null;
   let residual: Float32Array | null = null;
@@ -298,7 +298,10 @@ function sums(a: Uint8Array, b: Uint8Array, ref: Uint8Array | null, dtype: DType
   let total = 0;
   for (let start = 0; start < n; start += BLOCK) {
     const k = Math.min(BLOCK, n - start);
-    const at = (bytes: Uint8Array, out: Float32Array) => toFloat32(bytes.subarray(start * eb, (start + k) * eb), dtype, out.subarray(0, k));
+    // Aligned F32 bytes are read in place; anything else is converted a block at a time.
+    const at = (bytes: Uint8Array, out: Float32Array) => dtype === 'F32' && bytes.byteOffset % 4 === 0
+      ? new Float32Array(bytes.buffer, bytes.byteOffset + start * 4, k)
+      : toFloat32(bytes.subarray(start * eb, (start + k) * eb), dtype, out.subarray(0, k));
     const x = at(a, bufA);
     const y = at(b, bufB);
     const r = ref ? at(ref, bufC) : null;
