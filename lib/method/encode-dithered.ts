@@ -112,7 +112,8 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
     }
   }
   const tau = options.beta * (sumU / n);
-  const nz = work.f32(SLOT_NZ, n);
+  // The kept steps, gathered in place over u (the gather writes at or before the position it reads).
+  const nz = u;
   const slot = work.i32(SLOT_SLOT, n);
   let coded = 0;
   let kept = 0;
@@ -203,7 +204,8 @@ function ditherWeight(weight: Uint8Array, base: Uint8Array, dtype: ChunkLayout['
   const eb = DTYPE_BYTES[dtype];
   const cur = work.readFloat32(weight, dtype, SLOT_CUR, n);
   const bas = work.readFloat32(base, dtype, SLOT_BASE, n);
-  const dW = work.f32(SLOT_DW, n);
+  // dW lives where dW^ will: the quantising pass reads each dW before it writes that position's dW^.
+  const dW = residual;
   // Per position of v^'s table: the scale, the unit step fround(1 / scale), and (below) the step.
   const scale = stepScales(vHat, scaleMean(STEP_CLIP, vHat), STEP_CLIP, work.f32(SLOT_STEP, size));
   const unit = work.f32(SLOT_UNIT, size);
@@ -252,11 +254,9 @@ const SLOT_V = 1;
 const SLOT_VHAT = 2;
 const SLOT_SQRT = 3;
 const SLOT_U = 4;
-const SLOT_NZ = 5;
 const SLOT_SLOT = 6;
 const SLOT_CUR = 7;
 const SLOT_BASE = 8;
-const SLOT_DW = 9;
 const SLOT_STEP = 10;
 const SLOT_RESIDUAL = 11;
 const SLOT_INDEX = 12;

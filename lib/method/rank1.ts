@@ -73,22 +73,36 @@ export function rank1Factors(v: Float32Array, start: number, columns: number): {
   const n = v.length;
   const grid = chunkGrid(start, n, columns);
   const rowSum = new Float64Array(grid.rows);
-  const rowCount = new Float64Array(grid.rows);
   const colSum = new Float64Array(grid.cols);
-  const colCount = new Float64Array(grid.cols);
+  const lead = (start - grid.row0 * columns) - grid.col0;
   let r = 0;
-  let c = (start - grid.row0 * columns) - grid.col0;
+  let c = lead;
   for (let i = 0; i < n; i++) {
     const y = v[i]!;
     const x = y > 0 && y - y === 0 ? y : 0;
     rowSum[r]! += x;
-    rowCount[r]!++;
     colSum[c]! += x;
-    colCount[c]!++;
     if (++c === grid.cols) {
       c = 0;
       r++;
     }
+  }
+  // How many elements each row and column holds follows from where the chunk starts and ends.
+  const rowCount = new Float64Array(grid.rows);
+  const colCount = new Float64Array(grid.cols);
+  for (let k = 0; k < grid.rows; k++) {
+    const first = k === 0 ? lead : 0;
+    const last = Math.min(grid.cols, lead + n - k * grid.cols);
+    rowCount[k] = last - first;
+  }
+  // Every row but the first and the last holds every column; those two hold a run from their end.
+  colCount.fill(Math.max(0, grid.rows - 2));
+  const lastEnd = lead + n - (grid.rows - 1) * grid.cols;
+  if (grid.rows === 1) {
+    for (let j = lead; j < lastEnd; j++) colCount[j]!++;
+  } else {
+    for (let j = lead; j < grid.cols; j++) colCount[j]!++;
+    for (let j = 0; j < lastEnd; j++) colCount[j]!++;
   }
   const rows = new Float32Array(grid.rows);
   const cols = new Float32Array(grid.cols);

@@ -10,8 +10,8 @@
  * table below) and are taken a little high. A chunk's cost
  * depends on the container: the largest chunk of any entry, its weight
  * coded exactly (a keyframe: the exact coder works on byte planes, about
- * six times the chunk) or lossy (three times; six with method 2's
- * dither). Workers the budget does not feed are not started: their chunks
+ * six times the chunk) or lossy (three times; four and a half with
+ * method 2's dither). Workers the budget does not feed are not started: their chunks
  * wait for a free worker instead of taking memory. Where not even one
  * worker fits, the chunks are coded on the calling thread.
  */
@@ -74,14 +74,19 @@ const MB = 1024 * 1024;
  * from run to run (garbage collection):
  *
  *   run                              measured RSS (MB) at 1 / 2 / 4 workers   estimate
- *   residual compress, dither        193-204 / 297-366 / 511-524              229 / 372 / 658
+ *   residual compress, dither        172-175 / 246-249 / 403-409              197 / 308 / 530
  *   residual compress, --rule paper  163 / 253 / 396                          173 / 260 / 434
- *   keyframe compress                219 / 317 / 528                          250 / 372 / 616
- *   residual restore, file           151 / 237 / 352                          189 / 292 / 498
- *   residual restore, pipe           266 / 303 / 397                          327 / 478 / 780
+ *   keyframe compress                226-228 / 303-314 / 475-485              250 / 372 / 616
+ *   residual restore, file           168-169 / 233-256 / 400-402              189 / 292 / 498
+ *   residual restore, pipe           253-281 / 312-334 / 415-471              327 / 478 / 780
+ *
+ * (Two runs each, after the dithered encoder stopped keeping a buffer per
+ * intermediate (dW, the offsets, the steps, the gathered steps): its rows
+ * were 193-204 / 297-366 / 511-524 before, estimated with a factor of 6.5
+ * where 4.5 now; the --rule paper row is from the earlier fit.)
  *
  * So the default 256M feeds one worker at the default chunk size; 1G
- * feeds 5 to 10. A checkpoint read from a stream (stdin, a FIFO) also
+ * feeds 7 (keyframe compress) to 9 (residual restore). A checkpoint read from a stream (stdin, a FIFO) also
  * holds what waits for its partners in memory (up to the spill stores'
  * memory, lib/io/spill.ts), which the plan counts on the main thread
  * (PlanOptions.heldOnMain, a sixteenth of the budget per store:
@@ -104,7 +109,7 @@ export const WORKER_BYTES = 20 * MB;
  * candidate codings, the output) or lossy (residual, selection, gathers,
  * symbols), and the same while it is decoded.
  */
-const ENCODE_FACTOR = { exact: 5.5, lossy: 3, dithered: 6.5 };
+const ENCODE_FACTOR = { exact: 5.5, lossy: 3, dithered: 4.5 };
 const DECODE_FACTOR = { exact: 3, lossy: 4, dithered: 4 };
 /** A lossy chunk's payload against its bytes (about 1/20 in practice; an exact one is taken as large as its bytes). */
 const LOSSY_PAYLOAD = 1 / 8;

@@ -90,17 +90,15 @@ export function movedBit(s: number): number {
 /** The m contexts of a dithered weight's symbols: the class of each nonzero symbol, in order. */
 export function moveContexts(symbols: Uint8Array): Uint8Array {
   const n = symbols.length;
-  let count = 0;
-  for (let i = 0; i < n; i++) count += movedBit(symbols[i]!);
-  // One slot more than the classes: every position writes, only the moved ones advance.
-  const out = new Uint8Array(count + 1);
+  // Room for every position and one more: every position writes, only the moved ones advance.
+  const out = new Uint8Array(n + 1);
   let t = 0;
   for (let i = 0; i < n; i++) {
     const s = symbols[i]!;
     out[t] = CLASS[s]!;
     t += movedBit(s);
   }
-  return out.subarray(0, count);
+  return out.subarray(0, t);
 }
 
 /**
