@@ -24,7 +24,7 @@ import { encodeDithered } from './encode-dithered.js';
 import { chunkGrid } from './rank1.js';
 import {
   type ChunkInput, type ChunkLayout, type ChunkPosition, type DecodedChunk, type EncodedChunk,
-  reconstructChunk, reconstructInto, restoredDigests,
+  reconstructInto, restoredDigests,
 } from './reconstruct.js';
 
 export type { ChunkInput, ChunkLayout, ChunkPosition, ChunkStats, DecodedChunk, EncodedChunk, ErrorSums, RestoredChunk } from './reconstruct.js';
@@ -80,10 +80,11 @@ function encodeAllExact(layout: ChunkLayout, input: ChunkInput, hasMoments: bool
  * @param base base bytes of the chunk's weight (when layout.base)
  * @param what tensor name for error messages
  * @param position where the chunk is (a format 3 container's method 2 chunks need it)
+ * @param scratch whether the restored bytes may be views of this thread's scratch, valid until its next decode (a caller that writes them out at once): no fresh megabytes per chunk
  * @returns restored bytes and their digests
  * @throws ExcpError ERR_BASE_MISSING, ERR_BASE_MISMATCH, ERR_CORRUPT
  */
-export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string, position?: ChunkPosition): DecodedChunk {
+export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number, base: Uint8Array | null, what: string, position?: ChunkPosition, scratch = false): DecodedChunk {
   const mb = layout.momentDtype ? DTYPE_BYTES[layout.momentDtype] : 1;
   // Method 2 streams are read only where the header places the chunk (format 3 on).
   const grid = layout.columns && position && n > 0 ? chunkGrid(position.start, n, layout.columns) : null;
@@ -96,7 +97,7 @@ export function decodeChunk(layout: ChunkLayout, payload: Uint8Array, n: number,
       throw new ExcpError('ERR_BASE_MISMATCH', `restore: tensor '${what}': the base differs from the one used at compression (digest ${digest}, expected ${code.baseDigest})`);
     }
   }
-  const restored = reconstructChunk(layout, code, n, base, null, null, null, position);
+  const restored = reconstructInto(layout, code, n, base, null, null, null, scratch, position);
   return { ...restored, digests: restoredDigests(restored, layout.pieces) };
 }
 

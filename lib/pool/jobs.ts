@@ -210,9 +210,10 @@ function encode(job: EncodeJob, inputs: JobInputs): JobResult {
   return { kind: 'encode', encoded: { ...encoded, payload: recordPayload(record) }, record };
 }
 
-function decode(job: DecodeJob, inputs: JobInputs, writes: PendingWrite[]): JobResult {
+function decode(job: DecodeJob, inputs: JobInputs, writes: PendingWrite[], writtenAtOnce: boolean): JobResult {
   if (job.check) assertRecordCrc(job.what, job.chunk, job.check, job.payload, fastCrc32);
-  const decoded = decodeChunk(job.layout, job.payload, job.count, inputs.base, job.what, job.position);
+  // Bytes written before the next job decodes can live in the codec's scratch.
+  const decoded = decodeChunk(job.layout, job.payload, job.count, inputs.base, job.what, job.position, writtenAtOnce && job.writes !== undefined && job.writes !== null);
   const digestsOnly: DecodedChunk = { weight: EMPTY, expAvg: null, expAvgSq: null, digests: decoded.digests };
   if (job.writes) {
     let written = 0;
@@ -251,8 +252,9 @@ function crcOf(job: CrcJob): JobResult {
 export function codeJob(job: Job, inputs: JobInputs, io: FileIo): { result: JobResult; written: Promise<void> } {
   const writes: PendingWrite[] = [];
   let result: JobResult;
-  result = job.kind === 'encode' ? encode(job, inputs) : job.kind === 'decode' ? decode(job, inputs, writes) : crcOf(job);
-  if (io.write === SYNC_IO.write) {
+  const sync = io.write === SYNC_IO.write;
+  result = job.kind === 'encode' ? encode(job, inputs) : job.kind === 'decode' ? decode(job, inputs, writes, sync) : crcOf(job);
+  if (sync) {
     for (const w of writes) writeFully(w.fd, w.bytes, w.position);
     return { result, written: Promise.resolve() };
   }
