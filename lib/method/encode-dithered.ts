@@ -74,11 +74,7 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
 
   // v: its factors (what is not a finite v >= 0 is an exception, and 0 to the factors).
   const vExc: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const y = v[i]!;
-    if (!(y >= 0 && y - y === 0)) vExc.push(i);
-  }
-  const factors = rank1Factors(v, position.start, layout.columns!);
+  const factors = rank1Factors(v, position.start, layout.columns!, vExc);
   const vHat = rank1Table(factors.rows, factors.cols, position.start, layout.columns!, work.i32(SLOT_INDEX, n), work.f32(SLOT_VHAT, n));
   const index = vHat.index;
   const roots = rootTable(vHat, work.f32(SLOT_SQRT, vHat.values.length));
@@ -115,6 +111,7 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
   // The kept steps, gathered in place over u (the gather writes at or before the position it reads).
   const nz = u;
   const slot = work.i32(SLOT_SLOT, n);
+  // Positions the step stream codes: where the weight moved (every position for a keyframe), the chunk's kept weights.
   let coded = 0;
   let kept = 0;
   for (let i = 0; i < n; i++) {
@@ -146,14 +143,9 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
   const digests = restoredDigests(restored);
   const cost: SymbolCost = { entropyBits: 0, symbolBits: 0 };
   const payload = encodePayload(code, n, cost);
-  let movedCount = n;
-  if (moved) {
-    movedCount = 0;
-    for (let i = 0; i < n; i++) movedCount += movedBit(moved[i]!);
-  }
   // Measured after the digests: errorSums reads restored bytes that may sit in the reconstruct's scratch.
   const errors = errorSums(wd, md!, input, restored, n);
-  return { payload, digests, baseDigest, stats: { elements: n, keptWeights: movedCount, keptMoments: kept, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits, errors } };
+  return { payload, digests, baseDigest, stats: { elements: n, keptWeights: coded, keptMoments: kept, entropyBits: cost.entropyBits, symbolBits: cost.symbolBits, errors } };
 }
 
 /**

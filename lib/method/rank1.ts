@@ -67,9 +67,10 @@ export function roundFactor(x: number): number {
  * @param v the chunk's v as float32
  * @param start the chunk's first element in the tensor
  * @param columns columns of the tensor's matrix
+ * @param exceptions if given, receives (in order) the positions whose v is not a finite value >= 0
  * @returns one mean per row and per column of the chunk's grid
  */
-export function rank1Factors(v: Float32Array, start: number, columns: number): { rows: Float32Array; cols: Float32Array } {
+export function rank1Factors(v: Float32Array, start: number, columns: number, exceptions?: number[]): { rows: Float32Array; cols: Float32Array } {
   const n = v.length;
   const grid = chunkGrid(start, n, columns);
   const rowSum = new Float64Array(grid.rows);
@@ -80,6 +81,7 @@ export function rank1Factors(v: Float32Array, start: number, columns: number): {
   for (let i = 0; i < n; i++) {
     const y = v[i]!;
     const x = y > 0 && y - y === 0 ? y : 0;
+    if (exceptions && !(y >= 0 && y - y === 0)) exceptions.push(i);
     rowSum[r]! += x;
     colSum[c]! += x;
     if (++c === grid.cols) {

@@ -128,6 +128,14 @@ const PIPE_BYTES = 64 * MB;
 /** A restore into a pipe holds each restored chunk on the main thread this many times over (in flight, then buffered by the writer). */
 const PIPE_COPIES = 2;
 
+/**
+ * A chunk read on the main thread (from a stream) is held there this many
+ * times over: as the stream delivered it and as the buffer handed to the
+ * worker. (Counted once, a residual compress from stdin at 256M was
+ * estimated at 245 MB with one worker, which then peaked at 262-312 MB.)
+ */
+const READ_COPIES = 2;
+
 /** Elements of the container per worker started by 'auto' (see {@link autoWorkers}). */
 const ELEMENTS_PER_WORKER = 16 * 1024 * 1024;
 
@@ -241,7 +249,7 @@ export function planWork(header: ContainerHeader, resources: Resources, directio
   const wanted = resources.threads === 'auto' ? autoWorkers(header, direction) : resources.threads;
   const chunk = largest(header, direction);
   // Per chunk in flight on the main thread: its payload (the record coded, or the record to decode), its bytes when read there, its restored bytes when they come back.
-  const onMain = chunk.payload + (where.readOnMain ? chunk.bytes : 0) + (where.restoredOnMain ? PIPE_COPIES * chunk.restored : 0);
+  const onMain = chunk.payload + (where.readOnMain ? READ_COPIES * chunk.bytes : 0) + (where.restoredOnMain ? PIPE_COPIES * chunk.restored : 0);
   const fixed = MAIN_BYTES + PAYLOAD_COPIES * chunk.payload + (where.restoredOnMain ? PIPE_BYTES + onMain : 0) + (where.heldOnMain ?? 0);
   if (wanted === 0) return { workers: 0, inFlight: 1, estimate: fixed + onMain + chunk.working };
   // A worker holds WORKER_DEPTH jobs: the one it codes, and the next, read meanwhile (or the last, being written).
