@@ -174,23 +174,24 @@ export function restoreFactored(f: FactoredMoments, vHat: Rank1Table, moved: Uin
   const roots = rootTable(vHat, work.f32(SLOT_ROOTS, values.length));
   const mb = DTYPE_BYTES[dtype];
   const direct = dtype === 'F32' && !scratch;
-  const m = direct ? new Float32Array(n) : work.f32(SLOT_M, n).fill(0);
+  const m = direct ? new Float32Array(n) : work.f32(SLOT_M, n);
+  const v = direct ? new Float32Array(n) : work.f32(SLOT_V, n);
   const { centers, symbols } = f.step;
   const drift = residual ? f.drift : 0;
   const count = symbols.length;
   let t = 0;
+  // m and v in one pass (every element of both written).
   for (let i = 0; i < n; i++) {
-    const root = roots[index[i]!]!;
+    const k = index[i]!;
+    const root = roots[k]!;
+    v[i] = values[k]!;
     // The step stream's position without a branch (movedBit); a stream too short shows in t below.
     const mv = moved ? movedBit(moved[i]!) : 1;
     const s = (t < count ? symbols[t]! : 0) * mv;
     t += mv;
-    if (s !== 0) m[i] = Math.fround(centers[s - 1]! * root);
-    else if (drift !== 0) m[i] = Math.fround(drift * Math.fround(residual![i]! * root));
+    m[i] = s !== 0 ? Math.fround(centers[s - 1]! * root) : drift !== 0 ? Math.fround(drift * Math.fround(residual![i]! * root)) : 0;
   }
   if (t !== count) throw new ExcpError('ERR_CORRUPT', `codec: ${count} step symbols for ${t} positions`);
-  const v = direct ? new Float32Array(n) : work.f32(SLOT_V, n);
-  for (let i = 0; i < n; i++) v[i] = values[index[i]!]!;
   const mBytes = dtype === 'F32' ? new Uint8Array(m.buffer, m.byteOffset, n * 4) : fromFloat32(m, dtype);
   const vBytes = dtype === 'F32' ? new Uint8Array(v.buffer, v.byteOffset, n * 4) : fromFloat32(v, dtype);
   applyExceptions(mBytes, f.mExceptions, mb);
