@@ -38,7 +38,7 @@ import { type DitheredWeight, type FactoredMoments, MAX_INDEX, indexSymbol, move
 import { quantizeGathered } from './quantize.js';
 import { type Rank1Table, rank1Factors, rank1Table } from './rank1.js';
 import { type ChunkInput, type ChunkLayout, type ChunkPosition, type EncodedChunk, errorSums, pickExceptions, restoredDigests } from './reconstruct.js';
-import { restoreDithered, restoreFactored, rootTable, scaleMean, stepScales } from './reconstruct-factored.js';
+import { ditheredValue, restoreDithered, restoreFactored, rootTable, scaleMean, stepScales, tableSteps } from './reconstruct-factored.js';
 import type { SymbolCost } from './payload/streams.js';
 
 /** The clamp of the per-element step's scale (v^ / mean v^)^(1/4): at most 2x finer or coarser. */
@@ -126,18 +126,16 @@ export function encodeDithered(layout: ChunkLayout, input: ChunkInput, options: 
   const stepStream = quantizeGathered(nz.subarray(0, kept), slot, coded, options.bits, 'linear');
   const drift = dithered ? driftGain(dithered, stepStream.symbols, m, roots, index, residual) : 0;
 
+  const factored: FactoredMoments = {
+    rows: factors.rows, cols: factors.cols, step: stepStream, drift,
+    mExceptions: pickExceptions(expAvg!, mExc, mb), vExceptions: pickExceptions(expAvgSq!, vExc, mb),
+  };
   const code: ChunkCode = {
     baseDigest,
     weight: dithered ? { dithered } : { exact: encodeExact(exactBytes!, wd, layout.base ? base! : undefined) },
-    moments: {
-      factored: {
-        rows: factors.rows, cols: factors.cols, step: stepStream, drift,
-        mExceptions: pickExceptions(expAvg!, mExc, mb), vExceptions: pickExceptions(expAvgSq!, vExc, mb),
-      },
-    },
+    moments: { factored },
   };
   // What restore computes (reconstruct.ts's method 2 path), from the v^ and dW^ already at hand.
-  const factored = (code.moments as { factored: FactoredMoments }).factored;
   const restoredM = restoreFactored(factored, vHat, moved, dithered ? residual : null, md!, true);
   const restored = { weight: dithered ? restoreDithered(dithered, base!, wd, residual, true) : exactBytes!, expAvg: restoredM.m, expAvgSq: restoredM.v };
   const digests = restoredDigests(restored);
@@ -200,8 +198,7 @@ function ditherWeight(weight: Uint8Array, base: Uint8Array, dtype: ChunkLayout['
   const dW = residual;
   // Per position of v^'s table: the scale, the unit step fround(1 / scale), and (below) the step.
   const scale = stepScales(vHat, scaleMean(STEP_CLIP, vHat), STEP_CLIP, work.f32(SLOT_STEP, size));
-  const unit = work.f32(SLOT_UNIT, size);
-  for (let k = 0; k < size; k++) unit[k] = Math.fround(1 / scale[k]!);
+  const unit = tableSteps(1, scale, work.f32(SLOT_UNIT, size));
   const wExc: number[] = [];
   // dW, each element's scale, and the rms of the scaled residual dW / unit step (unit = fround(1 / scale)): the chunk's step.
   let sumSq = 0;
@@ -218,8 +215,7 @@ function ditherWeight(weight: Uint8Array, base: Uint8Array, dtype: ChunkLayout['
   const step = Math.fround(factor * Math.sqrt(sumSq / n));
   const symbols = new Uint8Array(n);
   if (step > 0 && Number.isFinite(step)) {
-    const steps = unit;
-    for (let k = 0; k < size; k++) steps[k] = Math.fround(step / scale[k]!);
+    const steps = tableSteps(step, scale, unit);
     const stream = ditherStream(ditherSeed(baseDigest, position.entry, position.chunk));
     for (let i = 0; i < n; i++) {
       const st = steps[index[i]!]!;
@@ -232,7 +228,7 @@ function ditherWeight(weight: Uint8Array, base: Uint8Array, dtype: ChunkLayout['
       } else {
         symbols[i] = indexSymbol(k);
       }
-      residual[i] = Math.fround(Math.fround(Math.fround(k + 0.5) - u) * st);
+      residual[i] = ditheredValue(k, u, st);
     }
     wExc.sort((a, b) => a - b);
   } else {

@@ -44,6 +44,16 @@ export function chunkGrid(start: number, n: number, columns: number): ChunkGrid 
   return { row0, rows, col0: 0, cols: columns };
 }
 
+/** The column (within the grid) of a chunk's first element. */
+function leadOf(grid: ChunkGrid, start: number, columns: number): number {
+  return start - grid.row0 * columns - grid.col0;
+}
+
+/** Elements of the chunk in row k of its grid (the first and last rows may be partial). */
+function rowLength(grid: ChunkGrid, lead: number, n: number, k: number): number {
+  return Math.min(grid.cols, lead + n - k * grid.cols) - (k === 0 ? lead : 0);
+}
+
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
@@ -75,7 +85,7 @@ export function rank1Factors(v: Float32Array, start: number, columns: number, ex
   const grid = chunkGrid(start, n, columns);
   const rowSum = new Float64Array(grid.rows);
   const colSum = new Float64Array(grid.cols);
-  const lead = (start - grid.row0 * columns) - grid.col0;
+  const lead = leadOf(grid, start, columns);
   let r = 0;
   let c = lead;
   for (let i = 0; i < n; i++) {
@@ -92,11 +102,7 @@ export function rank1Factors(v: Float32Array, start: number, columns: number, ex
   // How many elements each row and column holds follows from where the chunk starts and ends.
   const rowCount = new Float64Array(grid.rows);
   const colCount = new Float64Array(grid.cols);
-  for (let k = 0; k < grid.rows; k++) {
-    const first = k === 0 ? lead : 0;
-    const last = Math.min(grid.cols, lead + n - k * grid.cols);
-    rowCount[k] = last - first;
-  }
+  for (let k = 0; k < grid.rows; k++) rowCount[k] = rowLength(grid, lead, n, k);
   // Every row but the first and the last holds every column; those two hold a run from their end.
   colCount.fill(Math.max(0, grid.rows - 2));
   const lastEnd = lead + n - (grid.rows - 1) * grid.cols;
@@ -127,8 +133,8 @@ export function rank1Factors(v: Float32Array, start: number, columns: number, ex
 export function rank1Estimate(rows: Float32Array, cols: Float32Array, start: number, columns: number, out: Float32Array): Float32Array {
   const n = out.length;
   const grid = chunkGrid(start, n, columns);
-  const lead = start - grid.row0 * columns - grid.col0;
-  const mean = estimateMean(rows, grid, start, columns, n);
+  const lead = leadOf(grid, start, columns);
+  const mean = estimateMean(rows, grid, lead, n);
   let r = 0;
   let c = lead;
   for (let i = 0; i < n; i++) {
@@ -184,7 +190,8 @@ export function rank1Table(rows: Float32Array, cols: Float32Array, start: number
     for (let i = 0; i < n; i++) index[i] = i;
     return { index, values: values.subarray(0, n) };
   }
-  const mean = estimateMean(rows, grid, start, columns, n);
+  const lead = leadOf(grid, start, columns);
+  const mean = estimateMean(rows, grid, lead, n);
   const dc = colKey.distinct.length;
   const out = values.subarray(0, pairs);
   for (let a = 0; a < rowKey.distinct.length; a++) {
@@ -192,7 +199,6 @@ export function rank1Table(rows: Float32Array, cols: Float32Array, start: number
       out[a * dc + b] = mean > 0 ? Math.fround(Math.fround(rowKey.distinct[a]! * colKey.distinct[b]!) / mean) : 0;
     }
   }
-  const lead = start - grid.row0 * columns - grid.col0;
   const colAt = colKey.at;
   let r = 0;
   let c = lead;
@@ -209,14 +215,9 @@ export function rank1Table(rows: Float32Array, cols: Float32Array, start: number
 }
 
 /** rank1Estimate's mean: of the row factors, weighted by the elements each row holds. */
-function estimateMean(rows: Float32Array, grid: ChunkGrid, start: number, columns: number, n: number): number {
-  const lead = start - grid.row0 * columns - grid.col0;
+function estimateMean(rows: Float32Array, grid: ChunkGrid, lead: number, n: number): number {
   let weighted = 0;
-  for (let k = 0; k < grid.rows; k++) {
-    const first = k === 0 ? lead : 0;
-    const last = Math.min(grid.cols, lead + n - k * grid.cols);
-    weighted += rows[k]! * (last - first);
-  }
+  for (let k = 0; k < grid.rows; k++) weighted += rows[k]! * rowLength(grid, lead, n, k);
   return Math.fround(weighted / n);
 }
 

@@ -103,6 +103,21 @@ export function rootTable(vHat: Rank1Table, out: Float32Array): Float32Array {
 }
 
 /**
+ * step / scale per position of v^'s table (stepScales): the per-element
+ * steps of a dithered weight; with step 1, its unit steps.
+ * @param out receives the steps (may be `scales` itself)
+ */
+export function tableSteps(step: number, scales: Float32Array, out: Float32Array): Float32Array {
+  for (let k = 0; k < scales.length; k++) out[k] = Math.fround(step / scales[k]!);
+  return out;
+}
+
+/** One element of dW^: (k + 1/2 - u) * step_i in float32, as restore computes it (the encoder calls it too). */
+export function ditheredValue(k: number, u: number, step: number): number {
+  return Math.fround(Math.fround(Math.fround(k + 0.5) - u) * step);
+}
+
+/**
  * The restored residual of a dithered weight, dW^ = (k + 1/2 - u) * step_i
  * with step_i = step / scale (stepScale; the step itself where the steps
  * are not scaled), all 0 when the step is 0: what restoreDithered adds to
@@ -122,15 +137,13 @@ export function ditheredResidual(d: DitheredWeight, baseDigest: string | null, p
   const stream = ditherStream(ditherSeed(baseDigest, position.entry, position.chunk));
   const mean = scaleMean(d.clip, vHat);
   if (mean === 0) {
-    for (let i = 0; i < n; i++) out[i] = Math.fround(Math.fround(Math.fround(symbolIndex(symbols[i]!) + 0.5) - ditherAt(stream, i)) * step);
+    for (let i = 0; i < n; i++) out[i] = ditheredValue(symbolIndex(symbols[i]!), ditherAt(stream, i), step);
     return out;
   }
-  const steps = stepScales(vHat!, mean, d.clip, work.f32(SLOT_STEPS, vHat!.values.length));
-  for (let k = 0; k < steps.length; k++) steps[k] = Math.fround(step / steps[k]!);
+  const scales = stepScales(vHat!, mean, d.clip, work.f32(SLOT_STEPS, vHat!.values.length));
+  const steps = tableSteps(step, scales, scales);
   const index = vHat!.index;
-  for (let i = 0; i < n; i++) {
-    out[i] = Math.fround(Math.fround(Math.fround(symbolIndex(symbols[i]!) + 0.5) - ditherAt(stream, i)) * steps[index[i]!]!);
-  }
+  for (let i = 0; i < n; i++) out[i] = ditheredValue(symbolIndex(symbols[i]!), ditherAt(stream, i), steps[index[i]!]!);
   return out;
 }
 
@@ -203,7 +216,6 @@ export function restoreFactored(f: FactoredMoments, vHat: Rank1Table, moved: Uin
 export function residualScratch(n: number): Float32Array {
   return work.f32(SLOT_RESIDUAL, n);
 }
-
 
 function applyExceptions(bytes: Uint8Array, e: Exceptions, eb: number): void {
   e.positions.forEach((p, i) => bytes.set(e.raw.subarray(i * eb, i * eb + eb), p * eb));

@@ -86,7 +86,10 @@ const MB = 1024 * 1024;
  * where 4.5 now; the --rule paper row is from the earlier fit.)
  *
  * So the default 256M feeds one worker at the default chunk size; 1G
- * feeds 7 (keyframe compress) to 9 (residual restore). A checkpoint read from a stream (stdin, a FIFO) also
+ * feeds 7 (keyframe compress; 7 started, 759 MB peak, with --threads 8),
+ * 8 (residual compress; 8, 770 MB) and 9 (residual restore, by the
+ * estimate; 8, the most --threads takes on 2 cores, peaked at 498 MB).
+ * A checkpoint read from a stream (stdin, a FIFO) also
  * holds what waits for its partners in memory (up to the spill stores'
  * memory, lib/io/spill.ts), which the plan counts on the main thread
  * (PlanOptions.heldOnMain, a sixteenth of the budget per store:
@@ -132,7 +135,8 @@ const PIPE_COPIES = 2;
  * A chunk read on the main thread (from a stream) is held there this many
  * times over: as the stream delivered it and as the buffer handed to the
  * worker. (Counted once, a residual compress from stdin at 256M was
- * estimated at 245 MB with one worker, which then peaked at 262-312 MB.)
+ * estimated at 245 MB with one worker, which then peaked at 262-295 MB:
+ * `npm run bench -- --rss`.)
  */
 const READ_COPIES = 2;
 

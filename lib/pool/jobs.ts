@@ -213,7 +213,7 @@ function encode(job: EncodeJob, inputs: JobInputs): JobResult {
 function decode(job: DecodeJob, inputs: JobInputs, writes: PendingWrite[], writtenAtOnce: boolean): JobResult {
   if (job.check) assertRecordCrc(job.what, job.chunk, job.check, job.payload, fastCrc32);
   // Bytes written before the next job decodes can live in the codec's scratch.
-  const decoded = decodeChunk(job.layout, job.payload, job.count, inputs.base, job.what, job.position, writtenAtOnce && job.writes !== undefined && job.writes !== null);
+  const decoded = decodeChunk(job.layout, job.payload, job.count, inputs.base, job.what, job.position, writtenAtOnce && job.writes !== null);
   const digestsOnly: DecodedChunk = { weight: EMPTY, expAvg: null, expAvgSq: null, digests: decoded.digests };
   if (job.writes) {
     let written = 0;
